@@ -1,0 +1,105 @@
+//! `hvd`, the hv daemon: serves the REST/JSON API on a Unix socket and hands every request to
+//! the engine. This binary is thin: argument parsing, logging, the socket, signals, routes.
+
+mod routes;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+/// The hv daemon: owns VMs and serves the hv API.
+#[derive(Parser, Debug)]
+#[command(name = "hvd", version)]
+struct Args {
+    /// Unix socket to serve the API on (mode 0600).
+    #[arg(long, env = "HV_SOCKET", default_value = "/run/hv/hvd.sock")]
+    socket: PathBuf,
+    /// Where hv keeps its database, logs and runtime sockets (mode 0700).
+    #[arg(long, env = "HV_STATE_DIR", default_value = "/var/lib/hv")]
+    state_dir: PathBuf,
+    /// The QEMU system emulator to run.
+    #[arg(long, env = "HV_QEMU", default_value = "qemu-system-x86_64")]
+    qemu: String,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// One hvd per state dir.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    let path = dir.join("hvd.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on an fd we own, with constant flags.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another hvd is already using state dir {} (stop it first, or use another --state-dir)", dir.display());
+    }
+    Ok(f)
+}
+
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    if path.as_os_str().len() > 107 {
+        bail!("socket path {} is longer than the 107 bytes Unix sockets allow; use a shorter --socket", path.display());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("an hvd is already serving {}; stop it first, or use another --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(l)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let _lock = lock_state_dir(&args.state_dir)?;
+    let listener = bind_socket(&args.socket)?;
+    let mut cfg = engine::Config::new(args.state_dir.clone());
+    cfg.qemu_binary = args.qemu.clone();
+    let engine = engine::Engine::open(cfg).await.context("cannot open the engine")?;
+    tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "hvd ready");
+    let app = routes::router(engine.clone());
+    let auto = engine.clone();
+    tokio::spawn(async move { auto.autostart().await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("stopping hvd; running VMs keep running");
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API failed")?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    // Long waits (shutdown, console followers) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+}

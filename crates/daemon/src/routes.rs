@@ -1,0 +1,249 @@
+//! HTTP routes: decode the request, call the engine, encode the reply. Errors become
+//! `{"error": {"code", "message"}}` with one status per [`ErrorCode`], in [`status_of`].
+
+use std::time::Duration;
+
+use api::{
+    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, ErrorDetail, ShutdownRequest, StartRequest,
+    UndefineRequest, VmList, WaitRequest,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{ConsoleMsg, Engine, EngineError};
+use model::VmSpec;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+/// An error on its way to the client.
+pub struct ApiError(ErrorCode, String);
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError(e.code(), e.to_string())
+    }
+}
+
+/// The one place that maps error codes to HTTP statuses.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists | ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::Busy => StatusCode::LOCKED,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.0, message: self.1 } };
+        (status_of(self.0), Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Parses a JSON body with our error format (serde names unknown fields).
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    let slice: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    serde_json::from_slice(slice).map_err(|e| ApiError(ErrorCode::InvalidArgument, format!("invalid request body: {e}")))
+}
+
+pub fn router(engine: Engine) -> Router {
+    Router::new()
+        .route(paths::PING, get(|| async { Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })) }))
+        .route(paths::HOST_CHECK, get(host_check))
+        .route(paths::EVENTS, get(events))
+        .route(paths::VMS, get(list).post(create))
+        .route("/v1/vms/{name}", get(info).put(update).delete(undefine_delete))
+        .route("/v1/vms/{name}/start", post(start))
+        .route("/v1/vms/{name}/shutdown", post(shutdown))
+        .route("/v1/vms/{name}/reboot", post(reboot))
+        .route("/v1/vms/{name}/destroy", post(destroy))
+        .route("/v1/vms/{name}/reset", post(reset))
+        .route("/v1/vms/{name}/pause", post(pause))
+        .route("/v1/vms/{name}/resume", post(resume))
+        .route("/v1/vms/{name}/undefine", post(undefine))
+        .route("/v1/vms/{name}/autostart", post(autostart))
+        .route("/v1/vms/{name}/wait", post(wait))
+        .route("/v1/vms/{name}/showcmd", get(showcmd))
+        .route("/v1/vms/{name}/console", get(console_ws))
+        .route("/v1/vms/{name}/console/log", get(console_log))
+        .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
+        .with_state(engine)
+}
+
+async fn host_check(State(e): State<Engine>) -> Json<api::HostReport> {
+    Json(e.host_check().await)
+}
+
+async fn list(State(e): State<Engine>) -> Json<VmList> {
+    Json(VmList { vms: e.list() })
+}
+
+async fn create(State(e): State<Engine>, b: Bytes) -> Result<(StatusCode, Json<api::VmInfo>), ApiError> {
+    let req: CreateVmRequest = body(&b)?;
+    Ok((StatusCode::CREATED, Json(e.define(req.spec, req.start).await?)))
+}
+
+async fn info(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.info(&name)?))
+}
+
+async fn update(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+    let spec: VmSpec = body(&b)?;
+    Ok(Json(e.update(&name, spec).await?))
+}
+
+async fn start(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+    let req: StartRequest = body(&b)?;
+    Ok(Json(e.start(&name, req.paused).await?))
+}
+
+async fn shutdown(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+    let req: ShutdownRequest = body(&b)?;
+    Ok(Json(e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force).await?))
+}
+
+async fn reboot(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+    let req: ShutdownRequest = body(&b)?;
+    Ok(Json(e.reboot(&name, Duration::from_secs(req.timeout_secs), req.force).await?))
+}
+
+async fn destroy(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.destroy(&name).await?))
+}
+
+async fn reset(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.reset(&name).await?))
+}
+
+async fn pause(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.pause(&name).await?))
+}
+
+async fn resume(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.resume(&name).await?))
+}
+
+async fn undefine(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> Result<StatusCode, ApiError> {
+    let req: UndefineRequest = body(&b)?;
+    e.undefine(&name, req.remove_storage, req.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn undefine_delete(State(e): State<Engine>, Path(name): Path<String>, Query(req): Query<UndefineRequest>) -> Result<StatusCode, ApiError> {
+    e.undefine(&name, req.remove_storage, req.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn autostart(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+    let req: AutostartRequest = body(&b)?;
+    Ok(Json(e.set_autostart(&name, req.enabled)?))
+}
+
+async fn wait(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::WaitResponse> {
+    let req: WaitRequest = body(&b)?;
+    Ok(Json(e.wait(&name, req).await?))
+}
+
+async fn showcmd(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::ShowCmd> {
+    Ok(Json(e.showcmd(&name).await?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// What the console printed since the VM last started; with `follow`, then live output until
+/// the VM stops.
+async fn console_log(State(e): State<Engine>, Path(name): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let hub = e.console(&name)?;
+    let (snap, rx) = hub.subscribe();
+    let head = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(snap)) });
+    let body = if q.follow {
+        let live = futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ConsoleMsg::Data(d)) => return Some((Ok(Bytes::copy_from_slice(&d)), rx)),
+                    Ok(ConsoleMsg::Reset) => continue,
+                    Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => return None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                }
+            }
+        });
+        Body::from_stream(futures_util::StreamExt::chain(head, live))
+    } else {
+        Body::from_stream(head)
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// Newline-delimited JSON events.
+async fn events(State(e): State<Engine>) -> Response {
+    let rx = e.subscribe_events();
+    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(s)).into_response()
+}
+
+/// The serial console as a WebSocket: binary frames both ways. Any number of clients.
+async fn console_ws(State(e): State<Engine>, Path(name): Path<String>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let hub = e.console(&name)?;
+    Ok(ws.on_upgrade(move |socket| console_session(e, name, hub, socket)))
+}
+
+async fn console_session(e: Engine, name: String, hub: std::sync::Arc<engine::ConsoleHub>, mut socket: WebSocket) {
+    let (_, mut rx) = hub.subscribe();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(ConsoleMsg::Data(d)) => {
+                    if socket.send(Message::Binary(Bytes::copy_from_slice(&d))).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(ConsoleMsg::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                    let _ = socket.send(Message::Text("\r\n[hv: the VM stopped; console closed]\r\n".into())).await;
+                    break;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Binary(b))) => {
+                    if e.console_input(&name, b.to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if e.console_input(&name, t.as_bytes().to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}

@@ -1,0 +1,53 @@
+//! Engine errors, each with its stable API [`ErrorCode`].
+
+use api::ErrorCode;
+use model::{InvalidTransition, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("VM {0:?} does not exist (hv list --all shows the defined VMs)")]
+    NotFound(String),
+    #[error("a VM named {0:?} already exists; pick another name, or change it with hv edit")]
+    AlreadyExists(String),
+    #[error("invalid spec: {0}")]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("VM {vm:?}: {source}")]
+    InvalidState { vm: String, source: InvalidTransition },
+    #[error("VM {vm:?} is busy with {op}; try again when it has finished")]
+    Busy { vm: String, op: &'static str },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Host(String),
+    #[error("{0}")]
+    Qemu(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// The stable API code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            EngineError::Spec(_) | EngineError::Invalid(_) => ErrorCode::InvalidArgument,
+            EngineError::InvalidState { .. } => ErrorCode::InvalidState,
+            EngineError::Busy { .. } => ErrorCode::Busy,
+            EngineError::Timeout(_) => ErrorCode::Timeout,
+            EngineError::Host(_) => ErrorCode::HostError,
+            EngineError::Qemu(_) => ErrorCode::QemuError,
+            EngineError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for EngineError {
+    fn from(e: rusqlite::Error) -> Self {
+        EngineError::Internal(format!("database: {e}"))
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,512 @@
+//! The engine owns hv's state: VM definitions in SQLite, one supervisor per running QEMU
+//! (driven by QMP events and the process's exit), consoles, waits and events.
+//!
+//! It knows no HTTP: the daemon calls the methods of [`Engine`] and maps [`EngineError`]s to
+//! status codes. Operations on one VM are serialized by an operation marker (a second one gets
+//! [`EngineError::Busy`]); no lock is held while waiting on QMP or the guest. A restarted
+//! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
+
+mod console;
+mod error;
+mod run;
+mod store;
+mod vm;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitResponse};
+use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
+use tokio::sync::broadcast;
+
+pub use console::{ConsoleHub, ConsoleMsg};
+pub use error::{EngineError, Result};
+use store::Store;
+use vm::Vm;
+
+/// Where the engine keeps its files and which QEMU it runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub qemu_binary: String,
+}
+
+impl Config {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Config { state_dir, qemu_binary: host_probe::QEMU_BINARY.to_string() }
+    }
+    fn vm_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vms").join(name)
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+}
+
+/// Host facts probed once, on first use.
+#[derive(Debug, Clone)]
+struct HostCaps {
+    qemu_version: (u32, u32, u32),
+    kvm: bool,
+    accel_reason: String,
+}
+
+pub(crate) struct Inner {
+    cfg: Config,
+    store: Store,
+    vms: RwLock<BTreeMap<String, Arc<Vm>>>,
+    events: broadcast::Sender<Event>,
+    caps: tokio::sync::OnceCell<HostCaps>,
+    boot_id: String,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> EngineError {
+    move |e| EngineError::Host(format!("{what}: {e}"))
+}
+
+impl Engine {
+    /// Opens (or creates) the state dir, loads every VM and re-attaches to running ones.
+    pub async fn open(cfg: Config) -> Result<Engine> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [cfg.state_dir.clone(), cfg.state_dir.join("vms"), cfg.run_dir()] {
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        }
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("cannot set the mode of {}", cfg.state_dir.display())))?;
+        let probe = cfg.run_dir().join("12345678.qmp");
+        if probe.as_os_str().len() > 107 {
+            return Err(EngineError::Invalid(format!(
+                "state dir {} is too long for Unix socket paths (107 bytes at most, and hv needs {}); use a shorter --state-dir",
+                cfg.state_dir.display(),
+                probe.as_os_str().len()
+            )));
+        }
+        let store = Store::open(&cfg.state_dir.join("hv.db"))?;
+        let rows = store.load_all()?;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                vms: RwLock::new(BTreeMap::new()),
+                events: broadcast::channel(1024).0,
+                caps: tokio::sync::OnceCell::new(),
+                boot_id,
+            }),
+        };
+        let mut reattach = Vec::new();
+        for row in rows {
+            let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
+            if vm.lock().rec.pid.is_some() {
+                reattach.push(vm.clone());
+            }
+            engine.write_vms().insert(vm.name.clone(), vm);
+        }
+        for vm in reattach {
+            engine.reattach(vm).await;
+        }
+        Ok(engine)
+    }
+
+    /// Starts every autostart VM that is not running, unless a user stopped it during this
+    /// host boot.
+    pub async fn autostart(&self) {
+        let vms: Vec<Arc<Vm>> = self.read_vms().values().cloned().collect();
+        for vm in vms {
+            let go = {
+                let st = vm.lock();
+                st.spec.autostart
+                    && !st.state.is_active()
+                    && st.rec.user_stopped_boot.as_deref() != Some(self.inner.boot_id.as_str())
+            };
+            if go {
+                tracing::info!(vm = %vm.name, "autostart");
+                if let Err(e) = self.start(&vm.name, false).await {
+                    tracing::error!(vm = %vm.name, error = %e, "autostart failed");
+                }
+            }
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    fn read_vms(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Vm>>> {
+        self.inner.vms.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write_vms(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Vm>>> {
+        self.inner.vms.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Vm>> {
+        self.read_vms().get(name).cloned().ok_or_else(|| EngineError::NotFound(name.to_string()))
+    }
+
+    pub(crate) fn emit(&self, vm: &str, kind: EventKind) {
+        let _ = self.inner.events.send(Event { time_ms: now_ms(), vm: vm.to_string(), kind });
+    }
+
+    /// Every event from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    async fn caps(&self) -> Result<HostCaps> {
+        let qemu = self.inner.cfg.qemu_binary.clone();
+        self.inner
+            .caps
+            .get_or_try_init(|| async move {
+                let v = host_probe::tool_version(&qemu).await.map_err(|e| {
+                    EngineError::Host(format!("cannot run QEMU ({qemu}): {e}; install qemu-system-x86 (hv host check tells more)"))
+                })?;
+                let qemu_version = host_probe::parse_qemu_version(&v)
+                    .ok_or_else(|| EngineError::Host(format!("cannot read the QEMU version from {v:?}")))?;
+                let d = host_probe::decide_accel(&host_probe::gather_kvm_facts());
+                tracing::info!(?qemu_version, kvm = d.kvm, reason = %d.reason, "host probed");
+                Ok(HostCaps { qemu_version, kvm: d.kvm, accel_reason: d.reason })
+            })
+            .await
+            .cloned()
+    }
+
+    /// `hv host check`.
+    pub async fn host_check(&self) -> HostReport {
+        host_probe::check_host(&self.inner.cfg.qemu_binary).await
+    }
+
+    // ---- definitions ----
+
+    /// Defines a VM (creating missing disks that have a size, probing formats, generating
+    /// MACs), and starts it when asked. Nothing is left behind when any step fails.
+    pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
+        spec.validate()?;
+        let name = spec.name.to_string();
+        if self.read_vms().contains_key(&name) {
+            return Err(EngineError::AlreadyExists(name));
+        }
+        let created = self.prepare_host_side(&mut spec).await?;
+        let undo = |e: EngineError| {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+            e
+        };
+        let vm = {
+            let mut vms = self.write_vms();
+            if vms.contains_key(&name) {
+                return Err(undo(EngineError::AlreadyExists(name)));
+            }
+            let id = self.inner.store.insert(&spec).map_err(undo)?;
+            let vm = Arc::new(Vm::new(id, spec, Default::default()));
+            vms.insert(name.clone(), vm.clone());
+            vm
+        };
+        self.emit(&name, EventKind::Defined);
+        tracing::info!(vm = %name, "defined");
+        if start {
+            if let Err(e) = self.start(&name, false).await {
+                // `create --start` is all or nothing.
+                let _ = self.remove_definition(&vm);
+                for p in &created {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+        Ok(self.info_of(&vm, true))
+    }
+
+    /// Replaces a VM's spec (`hv edit`). The name cannot change. A running VM picks the new
+    /// spec up at its next start.
+    pub async fn update(&self, name: &str, mut spec: VmSpec) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("edit")?;
+        if spec.name.as_str() != name {
+            return Err(EngineError::Invalid(format!(
+                "the spec is for {:?} but the VM is {name:?}; renaming is not supported",
+                spec.name.as_str()
+            )));
+        }
+        spec.validate()?;
+        // Keep MACs the user did not change.
+        let old = vm.lock().spec.clone();
+        for (i, nic) in spec.nics.iter_mut().enumerate() {
+            if nic.mac.is_none() {
+                nic.mac = old.nics.get(i).and_then(|n| n.mac);
+            }
+        }
+        let created = self.prepare_host_side(&mut spec).await?;
+        if let Err(e) = self.inner.store.update_spec(vm.id, &spec) {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        vm.lock().spec = spec;
+        self.emit(name, EventKind::Updated);
+        Ok(self.info_of(&vm, true))
+    }
+
+    /// Checks files, creates missing sized disks, records probed formats and generates MACs.
+    /// Returns the files it created.
+    async fn prepare_host_side(&self, spec: &mut VmSpec) -> Result<Vec<PathBuf>> {
+        if let Some(k) = &spec.kernel {
+            must_exist("kernel", &k.path)?;
+            if let Some(i) = &k.initrd {
+                must_exist("initrd", i)?;
+            }
+        }
+        if let Some(c) = &spec.cdrom {
+            must_exist("cdrom", c)?;
+        }
+        let mut created: Vec<PathBuf> = Vec::new();
+        let res = async {
+            for (i, d) in spec.disks.iter_mut().enumerate() {
+                if d.path.exists() {
+                    if d.path.is_dir() {
+                        return Err(EngineError::Invalid(format!("disks[{i}]: {} is a directory, not a disk image", d.path.display())));
+                    }
+                    if d.format.is_none() {
+                        d.format = Some(run::probe_format(&d.path).await?);
+                    }
+                } else if let Some(size) = d.size {
+                    let fmt = *d.format.get_or_insert(DiskFormat::Qcow2);
+                    if let Some(parent) = d.path.parent() {
+                        if !parent.is_dir() {
+                            return Err(EngineError::Invalid(format!(
+                                "disks[{i}]: directory {} does not exist",
+                                parent.display()
+                            )));
+                        }
+                    }
+                    run::create_image(&d.path, fmt, size.0).await?;
+                    created.push(d.path.clone());
+                } else {
+                    return Err(EngineError::Invalid(format!(
+                        "disks[{i}]: {} does not exist; add size=SIZE to create it",
+                        d.path.display()
+                    )));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        self.assign_macs(&mut spec.nics);
+        Ok(created)
+    }
+
+    fn assign_macs(&self, nics: &mut [NicSpec]) {
+        let mut used: Vec<Mac> = self.read_vms().values().flat_map(|vm| vm.lock().spec.nics.iter().filter_map(|n| n.mac).collect::<Vec<_>>()).collect();
+        used.extend(nics.iter().filter_map(|n| n.mac));
+        for nic in nics.iter_mut().filter(|n| n.mac.is_none()) {
+            let mac = loop {
+                let mut b = [0u8; 3];
+                let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+                let m = Mac::qemu(b);
+                if !used.contains(&m) {
+                    break m;
+                }
+            };
+            used.push(mac);
+            nic.mac = Some(mac);
+        }
+    }
+
+    fn remove_definition(&self, vm: &Arc<Vm>) -> Result<()> {
+        self.inner.store.delete(vm.id)?;
+        self.write_vms().remove(&vm.name);
+        let _ = std::fs::remove_dir_all(self.inner.cfg.vm_dir(&vm.name));
+        self.emit(&vm.name, EventKind::Undefined);
+        Ok(())
+    }
+
+    /// Removes a VM's definition; with `remove_storage` also its writable disk images.
+    pub async fn undefine(&self, name: &str, remove_storage: bool, force: bool) -> Result<()> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("undefine")?;
+        let state = vm.state();
+        if state.is_active() {
+            if !force {
+                Action::Undefine.check(state).map_err(|source| EngineError::InvalidState { vm: name.into(), source })?;
+            }
+            self.destroy_vm(&vm).await?;
+        }
+        let disks: Vec<PathBuf> = vm.lock().spec.disks.iter().filter(|d| !d.readonly).map(|d| d.path.clone()).collect();
+        self.remove_definition(&vm)?;
+        if remove_storage {
+            for d in disks {
+                if let Err(e) = std::fs::remove_file(&d) {
+                    tracing::warn!(disk = %d.display(), error = %e, "could not remove disk");
+                }
+            }
+        }
+        tracing::info!(vm = name, remove_storage, "undefined");
+        Ok(())
+    }
+
+    pub fn set_autostart(&self, name: &str, enabled: bool) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let spec = {
+            let mut st = vm.lock();
+            st.spec.autostart = enabled;
+            st.spec.clone()
+        };
+        self.inner.store.update_spec(vm.id, &spec)?;
+        self.emit(name, EventKind::Updated);
+        Ok(self.info_of(&vm, false))
+    }
+
+    // ---- views ----
+
+    pub fn list(&self) -> Vec<VmInfo> {
+        self.read_vms().values().map(|vm| self.info_of(vm, false)).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        Ok(self.info_of(&vm, true))
+    }
+
+    pub fn spec(&self, name: &str) -> Result<VmSpec> {
+        Ok(self.get(name)?.lock().spec.clone())
+    }
+
+    fn info_of(&self, vm: &Vm, with_spec: bool) -> VmInfo {
+        let st = vm.lock();
+        let active = st.state.is_active();
+        VmInfo {
+            name: vm.name.clone(),
+            state: st.state,
+            vcpus: st.spec.vcpus,
+            memory_mib: st.spec.memory_mib(),
+            autostart: st.spec.autostart,
+            ephemeral: st.spec.ephemeral,
+            accel: st.rec.accel.clone().filter(|_| active),
+            pid: st.rec.pid.filter(|_| active),
+            started_at: st.rec.started_at.filter(|_| active),
+            vnc: st.vnc.clone().filter(|_| active),
+            crash: st.rec.crash.clone().filter(|_| st.state == VmState::Crashed),
+            accel_reason: st.rec.accel_reason.clone().filter(|_| active),
+            spec: with_spec.then(|| st.spec.clone()),
+        }
+    }
+
+    /// The QEMU command line of the running VM, or the one hv would run.
+    pub async fn showcmd(&self, name: &str) -> Result<ShowCmd> {
+        let vm = self.get(name)?;
+        {
+            let st = vm.lock();
+            if st.state.is_active() && !st.rec.argv.is_empty() {
+                return Ok(ShowCmd { argv: st.rec.argv.clone(), running: true });
+            }
+        }
+        let spec = vm.lock().spec.clone();
+        let (argv, _) = self.plan_argv(&vm, &spec, false, &[]).await?;
+        Ok(ShowCmd { argv, running: false })
+    }
+
+    /// A stream of the VM's console: the scrollback since it last started, then live output.
+    pub fn console(&self, name: &str) -> Result<Arc<ConsoleHub>> {
+        Ok(self.get(name)?.console.clone())
+    }
+
+    /// Types into the VM's serial console.
+    pub fn console_input(&self, name: &str, data: Vec<u8>) -> Result<()> {
+        let vm = self.get(name)?;
+        if vm.console.send_input(data) {
+            Ok(())
+        } else {
+            Err(EngineError::InvalidState {
+                vm: name.into(),
+                source: model::InvalidTransition { action: Action::Start, state: vm.state(), hint: "; its console is not connected (is it running?)" },
+            })
+        }
+    }
+
+    /// Waits until the VM reaches a state, or its console prints a match for a regex.
+    pub async fn wait(&self, name: &str, req: WaitRequest) -> Result<WaitResponse> {
+        let vm = self.get(name)?;
+        if !(req.timeout_secs.is_finite() && (0.0..=86400.0).contains(&req.timeout_secs)) {
+            return Err(EngineError::Invalid(format!("timeout {} is out of range; use 0 to 86400 seconds", req.timeout_secs)));
+        }
+        let timeout = Duration::from_secs_f64(req.timeout_secs);
+        match (req.state, req.console) {
+            (Some(target), None) => {
+                let mut rx = vm.state_tx.subscribe();
+                let reached = tokio::time::timeout(timeout, rx.wait_for(|s| *s == target)).await.is_ok_and(|r| r.is_ok());
+                Ok(WaitResponse { reached, state: vm.state(), matched: None })
+            }
+            (None, Some(pattern)) => {
+                let re = regex::bytes::Regex::new(&pattern)
+                    .map_err(|e| EngineError::Invalid(format!("invalid console regex {pattern:?}: {e}")))?;
+                let matched = tokio::time::timeout(timeout, wait_console(&vm.console, &re)).await.ok();
+                Ok(WaitResponse { reached: matched.is_some(), state: vm.state(), matched })
+            }
+            _ => Err(EngineError::Invalid("wait needs exactly one of a state or a console regex".into())),
+        }
+    }
+}
+
+/// Searches the scrollback, then live output, for `re`.
+async fn wait_console(hub: &ConsoleHub, re: &regex::bytes::Regex) -> String {
+    let (mut work, mut rx) = hub.subscribe();
+    let mut from = 0usize;
+    loop {
+        if let Some(m) = re.find(&work[from..]) {
+            return String::from_utf8_lossy(m.as_bytes()).into_owned();
+        }
+        // Matches may straddle chunks: search again from a little before the new data.
+        from = work.len().saturating_sub(4096);
+        match rx.recv().await {
+            Ok(ConsoleMsg::Data(d)) => work.extend_from_slice(&d),
+            Ok(ConsoleMsg::Reset) => {
+                work.clear();
+                from = 0;
+            }
+            Ok(ConsoleMsg::Closed) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let (snap, new_rx) = hub.subscribe();
+                work = snap;
+                rx = new_rx;
+                from = 0;
+            }
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+        if work.len() > 4 << 20 {
+            let cut = work.len() - (1 << 20);
+            work.drain(..cut);
+            from = from.saturating_sub(cut);
+        }
+    }
+}
+
+fn must_exist(what: &str, p: &Path) -> Result<()> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => Ok(()),
+        Ok(_) => Err(EngineError::Invalid(format!("{what} {} is not a regular file", p.display()))),
+        Err(e) => Err(EngineError::Invalid(format!("{what} {}: {e}", p.display()))),
+    }
+}

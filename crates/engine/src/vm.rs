@@ -1,0 +1,79 @@
+//! One VM as the engine holds it: the spec, observed state and runtime handles, the operation
+//! marker that serializes user operations, the state watch and the console hub.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use api::VncInfo;
+use host_exec::PidFd;
+use model::{VmSpec, VmState};
+use qmp::Qmp;
+use tokio::sync::watch;
+
+use crate::console::ConsoleHub;
+use crate::error::{EngineError, Result};
+use crate::store::RuntimeRecord;
+
+pub(crate) struct VmRt {
+    pub spec: VmSpec,
+    pub state: VmState,
+    pub rec: RuntimeRecord,
+    pub qmp: Option<Arc<Qmp>>,
+    pub pidfd: Option<Arc<PidFd>>,
+    pub vnc: Option<VncInfo>,
+    /// hv itself asked QEMU to go away (destroy): its exit is not a crash.
+    pub stopping: bool,
+}
+
+pub(crate) struct Vm {
+    pub id: i64,
+    pub name: String,
+    st: Mutex<VmRt>,
+    op: Mutex<Option<&'static str>>,
+    pub state_tx: watch::Sender<VmState>,
+    pub console: Arc<ConsoleHub>,
+}
+
+/// Marks an operation in progress on a VM; dropping it ends the operation.
+pub(crate) struct OpGuard<'a>(&'a Mutex<Option<&'static str>>);
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Vm {
+    pub fn new(id: i64, spec: VmSpec, rec: RuntimeRecord) -> Vm {
+        let state = if rec.crash.is_some() { VmState::Crashed } else { VmState::Shutoff };
+        Vm {
+            id,
+            name: spec.name.to_string(),
+            st: Mutex::new(VmRt { spec, state, rec, qmp: None, pidfd: None, vnc: None, stopping: false }),
+            op: Mutex::new(None),
+            state_tx: watch::channel(state).0,
+            console: Arc::new(ConsoleHub::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, VmRt> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> VmState {
+        self.lock().state
+    }
+
+    /// Starts an operation, or says which one is already running.
+    pub fn begin(&self, op: &'static str) -> Result<OpGuard<'_>> {
+        let mut cur = self.op.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = *cur {
+            return Err(EngineError::Busy { vm: self.name.clone(), op: other });
+        }
+        *cur = Some(op);
+        Ok(OpGuard(&self.op))
+    }
+
+    pub fn qmp(&self) -> Result<Arc<Qmp>> {
+        self.lock().qmp.clone().ok_or_else(|| EngineError::Qemu(format!("VM {:?} has no QMP connection", self.name)))
+    }
+}

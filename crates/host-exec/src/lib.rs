@@ -1,0 +1,244 @@
+//! The only place in hv that starts processes: one-shot tools (`qemu-img`, `qemu-system-* --version`)
+//! and long-running QEMU, plus watching and signalling processes by pidfd.
+//!
+//! Every command is an argv (never a shell string), runs with a cleared environment and
+//! `LC_ALL=C`, inherits no file descriptors except the ones asked for, and is logged.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed { program: String, status: String, stderr: String },
+    #[error("{program} did not finish within {secs} s")]
+    Timeout { program: String, secs: u64 },
+    #[error("cannot watch process {pid}: {source}")]
+    Watch { pid: u32, source: io::Error },
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn base_command(program: &OsStr) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear().env("LC_ALL", "C").env("PATH", PATH);
+    c
+}
+
+/// Output of a finished one-shot tool.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a tool to completion; a non-zero exit is an error carrying its stderr.
+pub async fn run(program: &str, args: &[&OsStr], timeout: Duration) -> Result<Output, ExecError> {
+    tracing::debug!(program, ?args, "run");
+    let mut c = base_command(OsStr::new(program));
+    c.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let fut = c.output();
+    let out = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ExecError::Timeout { program: program.to_string(), secs: timeout.as_secs() })?
+        .map_err(|source| ExecError::Spawn { program: program.to_string(), source })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(ExecError::Failed {
+            program: program.to_string(),
+            status: out.status.to_string(),
+            stderr: stderr.trim().to_string(),
+        });
+    }
+    Ok(Output { stdout, stderr })
+}
+
+/// Finds an executable on the standard PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| PathBuf::from(program));
+    }
+    PATH.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// A long-running child such as QEMU, started in its own session so that signals to hvd
+/// (and hvd's death) never reach it.
+pub struct Daemonized {
+    pub child: Child,
+    pub pid: u32,
+}
+
+/// Starts `program argv` in a new session with stdin on /dev/null, stdout and stderr appended
+/// to `log`, and each `(fd, target)` in `fds` inherited as fd number `target`.
+pub fn spawn_detached(
+    program: &Path,
+    argv: &[OsString],
+    fds: Vec<(OwnedFd, RawFd)>,
+    log: File,
+) -> Result<Daemonized, ExecError> {
+    tracing::info!(program = %program.display(), argv = ?argv, "spawn");
+    let err_log = log.try_clone().map_err(|source| ExecError::Spawn { program: program.display().to_string(), source })?;
+    let mut c = base_command(program.as_os_str());
+    c.args(argv).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err_log));
+    let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // functions (setsid, fcntl, dup2, close) on fds it was handed; it allocates nothing.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // First move every source above the target range so no dup2 clobbers another
+            // source, then put each in place; dup2 clears FD_CLOEXEC on the copy.
+            let mut moved = [0 as RawFd; 16];
+            for (i, (src, _)) in raw.iter().enumerate().take(16) {
+                let fd = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                moved[i] = fd;
+            }
+            for (i, (_, target)) in raw.iter().enumerate().take(16) {
+                if libc::dup2(moved[i], *target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(moved[i]);
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().map_err(|source| ExecError::Spawn { program: program.display().to_string(), source })?;
+    drop(fds);
+    let pid = child.id().unwrap_or(0);
+    Ok(Daemonized { child, pid })
+}
+
+/// How a process ended, as far as we can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Not our child (hvd restarted since it started): only the fact that it ended is known.
+    Unknown,
+}
+
+impl From<std::process::ExitStatus> for Exit {
+    fn from(s: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            _ => Exit::Unknown,
+        }
+    }
+}
+
+/// A handle on a process that is not (or no longer) our child, by pidfd: no PID reuse races,
+/// and its end is an event, not something to poll for.
+pub struct PidFd {
+    fd: AsyncFd<OwnedFd>,
+    pub pid: u32,
+}
+
+impl PidFd {
+    /// Opens a pidfd for `pid`; fails when the process does not exist.
+    pub fn open(pid: u32) -> Result<PidFd, ExecError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(ExecError::Watch { pid, source: io::Error::last_os_error() });
+        }
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: `owned` is an open fd that the AsyncFd owns for its whole life, and
+        // `OwnedFd::as_raw_fd` always returns that same fd.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+            .map_err(|e| ExecError::Watch { pid, source: e.into() })?;
+        Ok(PidFd { fd, pid })
+    }
+
+    /// Resolves when the process has exited.
+    pub async fn exited(&self) {
+        loop {
+            match self.fd.readable().await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(pid = self.pid, error = %e, "pidfd wait failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a signal through the pidfd (never to a recycled PID).
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a null siginfo and no flags.
+        let r = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The command line of a process, NUL-separated arguments split out.
+pub fn process_cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+}
+
+/// Makes this process a child subreaper, so QEMU processes orphaned by an earlier hvd that
+/// this one did not start still get reaped promptly when they are our descendants.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn run_reports_failures_with_stderr() {
+        let out = run("sh", &[OsStr::new("-c"), OsStr::new("echo $LC_ALL; echo err >&2")], Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out.stdout.trim(), "C");
+        let e = run("sh", &[OsStr::new("-c"), OsStr::new("echo boom >&2; exit 3")], Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.to_string().contains("boom") && e.to_string().contains("exit status: 3"), "{e}");
+        let e = run("/nonexistent/tool", &[], Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ExecError::Spawn { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn detached_child_gets_fds_and_a_pidfd_sees_its_end() {
+        let dir = std::env::temp_dir().join(format!("hv-exec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = File::create(dir.join("log")).unwrap();
+        let passed: OwnedFd = File::open("/dev/null").unwrap().into();
+        let argv = vec![OsString::from("-c"), OsString::from("ls -l /proc/self/fd/7 >&2; [ -e /proc/self/fd/7 ] && [ $$ = $(cut -d' ' -f6 /proc/self/stat) ] || true; exit 4")];
+        let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![(passed, 7)], log).unwrap();
+        let watch = PidFd::open(d.pid).unwrap();
+        let status = d.child.wait().await.unwrap();
+        watch.exited().await;
+        assert_eq!(Exit::from(status), Exit::Code(4));
+        let text = std::fs::read_to_string(dir.join("log")).unwrap();
+        assert!(text.contains("/dev/null"), "fd 7 was not inherited: {text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,17 @@
+//! Validated domain types for hv: VM names, sizes, the VM spec (disks, NICs, graphics, boot
+//! order) and the VM lifecycle transition table.
+//!
+//! Everything here is pure: no I/O, no async. A [`VmSpec`] that passed [`VmSpec::validate`] is
+//! internally consistent; checks that need the host (files exist, images probe) live in the
+//! engine.
+
+mod lifecycle;
+mod size;
+mod spec;
+
+pub use lifecycle::{Action, InvalidTransition, VmState};
+pub use size::{parse_size, Size, SizeError};
+pub use spec::{
+    Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec,
+    KernelBoot, Machine, Mac, NicKind, NicModel, NicSpec, SpecError, VmName, VmSpec, VncSpec,
+};

@@ -1,0 +1,843 @@
+//! The VM spec: what a user asked for, validated, persisted and dumped as TOML or JSON.
+//!
+//! CLI SPEC strings (`path=P,format=qcow2,bus=virtio`) parse through `FromStr`; spec files are
+//! the serde form of [`VmSpec`] (unknown fields are rejected by name).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::size::{parse_size, Size};
+
+/// Why a spec (or one of its parts) is invalid. The message names the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A VM name: `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct VmName(String);
+
+impl VmName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for VmName {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            SpecError::new(
+                "name",
+                format!(
+                    "invalid VM name {s:?}: {why}; use 1 to 63 characters from A-Z a-z 0-9 . _ - \
+                     starting with a letter or digit"
+                ),
+            )
+        };
+        let mut chars = s.chars();
+        match chars.next() {
+            None => return Err(bad("it is empty")),
+            Some(c) if !c.is_ascii_alphanumeric() => {
+                return Err(bad("it must start with a letter or digit"))
+            }
+            Some(_) => {}
+        }
+        if s.len() > 63 {
+            return Err(bad("it is longer than 63 characters"));
+        }
+        if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(bad(&format!("{c:?} is not allowed")));
+        }
+        Ok(VmName(s.to_string()))
+    }
+}
+
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VmName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident, $field:literal, { $($var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($var),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = SpecError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok($name::$var),)+
+                    _ => Err(SpecError::new($field, format!(
+                        "unknown value {s:?}; use one of: {}",
+                        [$($s),+].join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The QEMU machine type.
+    Machine, "machine", { Pc = "pc", Q35 = "q35" });
+string_enum!(
+    /// Accelerator choice; `auto` means KVM when it runs standard guests, else TCG.
+    Accel, "accel", { Auto = "auto", Kvm = "kvm", Tcg = "tcg" });
+string_enum!(
+    /// Disk image format (qemu-img owns both).
+    DiskFormat, "format", { Qcow2 = "qcow2", Raw = "raw" });
+string_enum!(
+    /// The bus a disk is attached to.
+    DiskBus, "bus", { Virtio = "virtio", Ide = "ide", Sata = "sata", Scsi = "scsi" });
+string_enum!(
+    /// Host cache mode, with QEMU's meanings.
+    CacheMode, "cache", {
+        None = "none", Writeback = "writeback", Writethrough = "writethrough",
+        Directsync = "directsync", Unsafe = "unsafe",
+    });
+string_enum!(
+    /// Emulated NIC model.
+    NicModel, "model", { Virtio = "virtio", E1000 = "e1000", Rtl8139 = "rtl8139" });
+string_enum!(
+    /// Where a NIC is plugged in.
+    NicKind, "type", { User = "user", Network = "network", Bridge = "bridge" });
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine::Pc
+    }
+}
+impl Default for Accel {
+    fn default() -> Self {
+        Accel::Auto
+    }
+}
+impl Default for DiskBus {
+    fn default() -> Self {
+        DiskBus::Virtio
+    }
+}
+impl Default for CacheMode {
+    fn default() -> Self {
+        CacheMode::Writeback
+    }
+}
+impl Default for NicModel {
+    fn default() -> Self {
+        NicModel::Virtio
+    }
+}
+
+/// Splits `k=v,k=v` into pairs; a bare word becomes `(word, "")`.
+fn kv_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
+    s.split(',').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+fn on_off(field: &str, v: &str) -> Result<bool, SpecError> {
+    match v {
+        "on" | "yes" | "true" | "1" | "" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(SpecError::new(field, format!("expected on or off, got {v:?}"))),
+    }
+}
+
+/// A disk attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    /// Recorded at define time (probed when not given) and never re-probed afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    #[serde(default)]
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub cache: CacheMode,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
+    /// Creates the image with this size when the file is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+}
+
+impl FromStr for DiskSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut d = DiskSpec {
+            path: PathBuf::new(),
+            format: None,
+            bus: DiskBus::default(),
+            cache: CacheMode::default(),
+            readonly: false,
+            size: None,
+        };
+        for (k, v) in kv_pairs(s) {
+            match k {
+                "path" | "file" => d.path = PathBuf::from(v),
+                "format" => d.format = Some(v.parse()?),
+                "bus" => d.bus = v.parse()?,
+                "cache" => d.cache = v.parse()?,
+                "readonly" | "ro" => d.readonly = on_off("disk readonly", v)?,
+                "size" => {
+                    d.size = Some(Size(
+                        parse_size(v).map_err(|e| SpecError::new("disk size", e.to_string()))?,
+                    ))
+                }
+                _ => {
+                    return Err(SpecError::new(
+                        "disk",
+                        format!(
+                            "unknown key {k:?} in {s:?}; use path=P[,format=qcow2|raw][,bus=virtio|ide|sata|scsi]\
+                             [,cache=MODE][,readonly=on][,size=SIZE]"
+                        ),
+                    ))
+                }
+            }
+        }
+        d.validate(0)?;
+        Ok(d)
+    }
+}
+
+impl DiskSpec {
+    fn validate(&self, i: usize) -> Result<(), SpecError> {
+        let field = format!("disks[{i}]");
+        if self.path.as_os_str().is_empty() {
+            return Err(SpecError::new(field, "a disk needs path=FILE"));
+        }
+        if !self.path.is_absolute() {
+            return Err(SpecError::new(
+                field,
+                format!("disk path {:?} must be absolute", self.path),
+            ));
+        }
+        if self.readonly && self.size.is_some() {
+            return Err(SpecError::new(field, "a read-only disk cannot be created with size="));
+        }
+        if self.readonly && !matches!(self.bus, DiskBus::Virtio | DiskBus::Scsi) {
+            return Err(SpecError::new(
+                field,
+                format!("QEMU cannot attach a read-only disk on bus={}; use bus=virtio or bus=scsi", self.bus),
+            ));
+        }
+        if let Some(Size(0)) = self.size {
+            return Err(SpecError::new(field, "size must be larger than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A MAC address; hv generates them in `52:54:00`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A locally administered unicast MAC in QEMU's `52:54:00` prefix.
+    pub fn qemu(suffix: [u8; 3]) -> Mac {
+        Mac([0x52, 0x54, 0x00, suffix[0], suffix[1], suffix[2]])
+    }
+}
+
+impl FromStr for Mac {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            SpecError::new(
+                "mac",
+                format!("invalid MAC address {s:?}; use six hex pairs like 52:54:00:12:34:56"),
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(&parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if out[0] & 1 == 1 {
+            return Err(SpecError::new(
+                "mac",
+                format!("{s} is a multicast address; a NIC needs a unicast MAC (even first byte)"),
+            ));
+        }
+        if out == [0; 6] {
+            return Err(SpecError::new("mac", "00:00:00:00:00:00 is not a usable MAC"));
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    #[serde(rename = "type")]
+    pub kind: NicKind,
+    /// Network name (`type = "network"`) or host bridge (`type = "bridge"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub model: NicModel,
+    /// Generated by hvd at define time when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+}
+
+impl FromStr for NicSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut nic: Option<NicSpec> = None;
+        let mut model = NicModel::default();
+        let mut mac = None;
+        let usage = "use user | network=NAME | bridge=BR, optionally with ,model=virtio|e1000|rtl8139 and ,mac=52:54:00:xx:xx:xx";
+        for (k, v) in kv_pairs(s) {
+            let set = |kind, source: Option<String>, nic: &mut Option<NicSpec>| {
+                if nic.is_some() {
+                    return Err(SpecError::new("nic", format!("{s:?} names more than one backend; {usage}")));
+                }
+                *nic = Some(NicSpec { kind, source, model: NicModel::Virtio, mac: None });
+                Ok(())
+            };
+            match (k, v) {
+                ("user", "") => set(NicKind::User, None, &mut nic)?,
+                ("network" | "bridge", "") => {
+                    return Err(SpecError::new("nic", format!("{k}= needs a name; {usage}")))
+                }
+                ("network", name) => set(NicKind::Network, Some(name.to_string()), &mut nic)?,
+                ("bridge", name) => set(NicKind::Bridge, Some(name.to_string()), &mut nic)?,
+                ("model", m) => model = m.parse()?,
+                ("mac", m) => mac = Some(m.parse()?),
+                _ => return Err(SpecError::new("nic", format!("unknown key {k:?} in {s:?}; {usage}"))),
+            }
+        }
+        let mut nic = nic.ok_or_else(|| SpecError::new("nic", format!("{s:?} names no backend; {usage}")))?;
+        nic.model = model;
+        nic.mac = mac;
+        nic.validate(0)?;
+        Ok(nic)
+    }
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl NicSpec {
+    fn validate(&self, i: usize) -> Result<(), SpecError> {
+        let field = format!("nics[{i}]");
+        match (self.kind, &self.source) {
+            (NicKind::User, None) => Ok(()),
+            (NicKind::User, Some(_)) => Err(SpecError::new(field, "a user NIC takes no source")),
+            (NicKind::Network | NicKind::Bridge, None) => {
+                Err(SpecError::new(field, format!("a {} NIC needs source = NAME", self.kind)))
+            }
+            (NicKind::Network, Some(n)) => n.parse::<VmName>().map(|_| ()).map_err(|_| {
+                SpecError::new(field, format!("invalid network name {n:?}"))
+            }),
+            (NicKind::Bridge, Some(b)) if valid_ifname(b) => Ok(()),
+            (NicKind::Bridge, Some(b)) => Err(SpecError::new(
+                field,
+                format!("invalid bridge name {b:?}: use up to 15 characters from A-Z a-z 0-9 . _ -"),
+            )),
+        }
+    }
+}
+
+/// VNC display settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VncSpec {
+    #[serde(default = "default_listen")]
+    pub listen: IpAddr,
+    /// TCP port (5900 and up); chosen automatically when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+fn default_listen() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// The VM's display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "type", deny_unknown_fields)]
+pub enum GraphicsSpec {
+    #[default]
+    None,
+    Vnc(VncSpec),
+}
+
+impl FromStr for GraphicsSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut it = kv_pairs(s);
+        let usage = "use none or vnc[,listen=ADDR][,port=N][,password=PW]";
+        match it.next() {
+            Some(("none", "")) if s == "none" => Ok(GraphicsSpec::None),
+            Some(("vnc", "")) => {
+                let mut vnc = VncSpec { listen: default_listen(), port: None, password: None };
+                for (k, v) in it {
+                    match k {
+                        "listen" => {
+                            vnc.listen = v.parse().map_err(|_| {
+                                SpecError::new("graphics", format!("invalid listen address {v:?}; use an IP address such as 127.0.0.1 or 0.0.0.0"))
+                            })?
+                        }
+                        "port" => {
+                            vnc.port = Some(v.parse().map_err(|_| {
+                                SpecError::new("graphics", format!("invalid port {v:?}"))
+                            })?)
+                        }
+                        "password" | "passwd" => vnc.password = Some(v.to_string()),
+                        _ => return Err(SpecError::new("graphics", format!("unknown key {k:?}; {usage}"))),
+                    }
+                }
+                let g = GraphicsSpec::Vnc(vnc);
+                g.validate()?;
+                Ok(g)
+            }
+            _ => Err(SpecError::new("graphics", format!("invalid graphics {s:?}; {usage}"))),
+        }
+    }
+}
+
+impl GraphicsSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        if let GraphicsSpec::Vnc(v) = self {
+            if let Some(p) = v.port {
+                if !(5900..=65535).contains(&p) {
+                    return Err(SpecError::new("graphics", format!("VNC port {p} is out of range; use 5900-65535")));
+                }
+            }
+            if let Some(pw) = &v.password {
+                if pw.is_empty() || pw.len() > 8 || pw.contains(',') {
+                    return Err(SpecError::new(
+                        "graphics",
+                        "a VNC password has 1 to 8 characters (the VNC protocol uses only 8) and no commas",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One device class in the boot order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootDevice {
+    Cdrom,
+    Disk,
+    Network,
+}
+
+impl BootDevice {
+    /// QEMU's `-boot order=` letter.
+    pub fn letter(self) -> char {
+        match self {
+            BootDevice::Cdrom => 'd',
+            BootDevice::Disk => 'c',
+            BootDevice::Network => 'n',
+        }
+    }
+}
+
+/// Boot order: `cdrom,disk,network` words or QEMU's letters (`dc`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BootOrder(pub Vec<BootDevice>);
+
+impl FromStr for BootOrder {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "use a list like cdrom,disk,network or QEMU letters like dc (d=cdrom, c=disk, n=network)";
+        let mut out = Vec::new();
+        let words: Vec<&str> = s.split(',').map(str::trim).collect();
+        let all_letters = words.len() == 1 && s.chars().all(|c| matches!(c, 'c' | 'd' | 'n'));
+        if s.is_empty() {
+            return Err(SpecError::new("boot", format!("empty boot order; {usage}")));
+        }
+        if all_letters {
+            for c in s.chars() {
+                out.push(match c {
+                    'c' => BootDevice::Disk,
+                    'd' => BootDevice::Cdrom,
+                    _ => BootDevice::Network,
+                });
+            }
+        } else {
+            for w in words {
+                out.push(match w {
+                    "cdrom" | "cd" => BootDevice::Cdrom,
+                    "disk" | "hd" => BootDevice::Disk,
+                    "network" | "net" => BootDevice::Network,
+                    _ => return Err(SpecError::new("boot", format!("unknown boot device {w:?}; {usage}"))),
+                });
+            }
+        }
+        for (i, d) in out.iter().enumerate() {
+            if out[..i].contains(d) {
+                return Err(SpecError::new("boot", format!("{s:?} lists a device twice; {usage}")));
+            }
+        }
+        Ok(BootOrder(out))
+    }
+}
+
+impl fmt::Display for BootOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words: Vec<&str> = self
+            .0
+            .iter()
+            .map(|d| match d {
+                BootDevice::Cdrom => "cdrom",
+                BootDevice::Disk => "disk",
+                BootDevice::Network => "network",
+            })
+            .collect();
+        f.write_str(&words.join(","))
+    }
+}
+
+impl Serialize for BootOrder {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BootOrder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// What a user asked for: persisted, dumped, edited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: VmName,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    #[serde(default)]
+    pub machine: Machine,
+    #[serde(default)]
+    pub accel: Accel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelBoot>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrder>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
+    #[serde(default)]
+    pub graphics: GraphicsSpec,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autostart: bool,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> Size {
+    Size(512 << 20)
+}
+
+/// Limits that keep a spec sane before the host is asked.
+pub const MAX_VCPUS: u32 = 255;
+pub const MIN_MEMORY: u64 = 16 << 20;
+pub const MAX_MEMORY: u64 = 4 << 40;
+pub const MAX_DISKS: usize = 16;
+pub const MAX_NICS: usize = 8;
+
+impl VmSpec {
+    /// A spec with defaults for everything but the name.
+    pub fn new(name: VmName) -> Self {
+        VmSpec {
+            name,
+            vcpus: default_vcpus(),
+            memory: default_memory(),
+            machine: Machine::default(),
+            accel: Accel::default(),
+            kernel: None,
+            disks: Vec::new(),
+            cdrom: None,
+            boot: None,
+            nics: Vec::new(),
+            graphics: GraphicsSpec::None,
+            ephemeral: false,
+            autostart: false,
+        }
+    }
+
+    /// Memory in MiB, as QEMU's `-m` takes it.
+    pub fn memory_mib(&self) -> u64 {
+        self.memory.0 >> 20
+    }
+
+    /// Checks everything that needs no host access.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(SpecError::new("vcpus", format!("{} vCPUs is out of range; use 1 to {MAX_VCPUS}", self.vcpus)));
+        }
+        let m = self.memory.0;
+        if m < MIN_MEMORY || m > MAX_MEMORY {
+            return Err(SpecError::new("memory", format!("{} is out of range; use 16M to 4T", self.memory)));
+        }
+        if m % (1 << 20) != 0 {
+            return Err(SpecError::new("memory", format!("{} bytes is not a whole number of MiB", m)));
+        }
+        if let Some(k) = &self.kernel {
+            for (what, p) in [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())] {
+                if let Some(p) = p {
+                    if !p.is_absolute() {
+                        return Err(SpecError::new(what, format!("path {p:?} must be absolute")));
+                    }
+                }
+            }
+            if k.cmdline.as_deref().is_some_and(|c| c.contains('\0')) {
+                return Err(SpecError::new("cmdline", "contains a NUL byte"));
+            }
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(SpecError::new("disks", format!("at most {MAX_DISKS} disks")));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            d.validate(i)?;
+            if self.disks[..i].iter().any(|o| o.path == d.path) {
+                return Err(SpecError::new(format!("disks[{i}]"), format!("{:?} is attached twice", d.path)));
+            }
+        }
+        if let Some(c) = &self.cdrom {
+            if !c.is_absolute() {
+                return Err(SpecError::new("cdrom", format!("path {c:?} must be absolute")));
+            }
+        }
+        if let Some(b) = &self.boot {
+            if b.0.contains(&BootDevice::Cdrom) && self.cdrom.is_none() {
+                return Err(SpecError::new("boot", "boots from cdrom but the VM has no --cdrom"));
+            }
+            if b.0.contains(&BootDevice::Disk) && self.disks.is_empty() {
+                return Err(SpecError::new("boot", "boots from disk but the VM has no --disk"));
+            }
+            if b.0.contains(&BootDevice::Network) && self.nics.is_empty() {
+                return Err(SpecError::new("boot", "boots from network but the VM has no --nic"));
+            }
+        }
+        if self.nics.len() > MAX_NICS {
+            return Err(SpecError::new("nics", format!("at most {MAX_NICS} NICs")));
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            n.validate(i)?;
+            if let Some(mac) = n.mac {
+                if self.nics[..i].iter().any(|o| o.mac == Some(mac)) {
+                    return Err(SpecError::new(format!("nics[{i}]"), format!("MAC {mac} is used twice")));
+                }
+            }
+        }
+        self.graphics.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Result<VmName, SpecError> {
+        s.parse()
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "db_2.prod", "X9", &"a".repeat(63)] {
+            assert!(name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../etc", "a b", "-a", ".hidden", "a/b", "é", &"a".repeat(64)] {
+            let e = name(bad).unwrap_err();
+            assert_eq!(e.field, "name");
+            assert!(e.message.contains("invalid VM name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn disk_spec_strings() {
+        let d: DiskSpec = "path=/v/a.qcow2,format=qcow2,bus=scsi,cache=none,readonly=on".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/v/a.qcow2"));
+        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        assert_eq!((d.bus, d.cache, d.readonly), (DiskBus::Scsi, CacheMode::None, true));
+        let d: DiskSpec = "path=/v/b.img,size=2G".parse().unwrap();
+        assert_eq!(d.size, Some(Size(2 << 30)));
+        for bad in ["format=qcow2", "path=rel.img", "path=/a,format=vmdk", "path=/a,bus=usb", "path=/a,color=red", "path=/a,size=huge", "path=/a,readonly=on,size=1G"] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nic_spec_strings() {
+        let n: NicSpec = "user".parse().unwrap();
+        assert_eq!((n.kind, n.model, n.mac), (NicKind::User, NicModel::Virtio, None));
+        let n: NicSpec = "network=default,model=e1000,mac=52:54:00:aa:bb:cc".parse().unwrap();
+        assert_eq!(n.kind, NicKind::Network);
+        assert_eq!(n.source.as_deref(), Some("default"));
+        assert_eq!(n.mac.unwrap().to_string(), "52:54:00:aa:bb:cc");
+        for bad in ["", "model=virtio", "user,network=x", "network=", "user,mac=01:00:00:00:00:01", "user,mac=zz:54:00:aa:bb:cc", "user,mac=52:54:00", "bridge=this-name-is-too-long", "user,model=ne2k"] {
+            assert!(bad.parse::<NicSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn boot_orders() {
+        assert_eq!("dc".parse::<BootOrder>().unwrap().0, vec![BootDevice::Cdrom, BootDevice::Disk]);
+        assert_eq!("cdrom,disk".parse::<BootOrder>().unwrap().to_string(), "cdrom,disk");
+        assert_eq!("n".parse::<BootOrder>().unwrap().0, vec![BootDevice::Network]);
+        for bad in ["", "x", "cdrom,floppy", "dd", "disk,disk", "a"] {
+            assert!(bad.parse::<BootOrder>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn graphics() {
+        assert_eq!("none".parse::<GraphicsSpec>().unwrap(), GraphicsSpec::None);
+        let g: GraphicsSpec = "vnc,listen=0.0.0.0,port=5905,password=secret".parse().unwrap();
+        let GraphicsSpec::Vnc(v) = g else { panic!("not vnc") };
+        assert_eq!((v.port, v.password.as_deref()), (Some(5905), Some("secret")));
+        for bad in ["spice", "vnc,port=80", "vnc,password=waytoolongpw", "vnc,listen=nowhere", "none,port=1"] {
+            assert!(bad.parse::<GraphicsSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_file_rejects_unknown_fields_by_name() {
+        let e = toml::from_str::<VmSpec>("name = \"a\"\ncolour = \"red\"\n").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = toml::from_str::<VmSpec>("name = \"a\"\n[[disks]]\npath = \"/x\"\nspeed = 1\n").unwrap_err().to_string();
+        assert!(e.contains("speed"), "{e}");
+    }
+
+    #[test]
+    fn spec_round_trips_through_toml_and_json() {
+        let mut s = VmSpec::new(name("web").unwrap());
+        s.memory = Size(1 << 30);
+        s.disks.push("path=/d/a.qcow2,format=qcow2".parse().unwrap());
+        s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+        s.graphics = "vnc,port=5901".parse().unwrap();
+        s.boot = Some("disk".parse().unwrap());
+        s.validate().unwrap();
+        let t = toml::to_string(&s).unwrap();
+        assert!(t.contains("memory = \"1G\""), "{t}");
+        assert_eq!(toml::from_str::<VmSpec>(&t).unwrap(), s);
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<VmSpec>(&j).unwrap(), s);
+    }
+
+    #[test]
+    fn spec_validation() {
+        let base = VmSpec::new(name("v").unwrap());
+        let cases: Vec<(&str, Box<dyn Fn(&mut VmSpec)>)> = vec![
+            ("vcpus", Box::new(|s| s.vcpus = 0)),
+            ("vcpus", Box::new(|s| s.vcpus = 1000)),
+            ("memory", Box::new(|s| s.memory = Size(1 << 20))),
+            ("memory", Box::new(|s| s.memory = Size((64 << 20) + 1))),
+            ("boot", Box::new(|s| s.boot = Some("cdrom".parse().unwrap()))),
+            ("boot", Box::new(|s| s.boot = Some("disk".parse().unwrap()))),
+            ("cdrom", Box::new(|s| s.cdrom = Some("rel.iso".into()))),
+            ("kernel", Box::new(|s| s.kernel = Some(KernelBoot { path: "vmlinuz".into(), initrd: None, cmdline: None }))),
+            ("disks[1]", Box::new(|s| {
+                s.disks.push("path=/a".parse().unwrap());
+                s.disks.push("path=/a".parse().unwrap());
+            })),
+            ("nics[1]", Box::new(|s| {
+                s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+                s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+            })),
+        ];
+        for (field, mutate) in cases {
+            let mut s = base.clone();
+            mutate(&mut s);
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        base.validate().unwrap();
+    }
+}

@@ -1,0 +1,488 @@
+//! Pure translation of a [`VmSpec`] plus what we know of the host ([`QemuCaps`]) and of this
+//! run ([`RunPlan`]) into QEMU's argv.
+//!
+//! The spec is first lowered to a typed machine IR ([`Machine`]: chardevs, block nodes,
+//! netdevs, devices), then rendered. `-blockdev`, `-device`, `-netdev` use QEMU's JSON syntax;
+//! the few options that only take keyval syntax (`-chardev`, `-vnc`, `-name`) escape commas.
+//! No I/O happens here: paths and fd numbers come in, a `Vec<OsString>` comes out.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use model::{CacheMode, DiskBus, DiskFormat, GraphicsSpec, Machine as MachineType, NicKind, NicModel, VmSpec};
+use serde_json::{json, Value};
+
+/// The accelerator a VM actually runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What we know of the QEMU binary and host.
+#[derive(Debug, Clone)]
+pub struct QemuCaps {
+    /// (major, minor, micro)
+    pub version: (u32, u32, u32),
+    pub accel: Accel,
+    /// The `-cpu` model for KVM (`host`, or a fallback where `host` aborts).
+    pub kvm_cpu: String,
+}
+
+/// Per-run facts: where this run's sockets, logs and overlays are.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Inherited listening socket for QMP (`-chardev socket,fd=N`).
+    pub qmp_fd: i32,
+    /// Inherited listening socket for the serial console.
+    pub serial_fd: i32,
+    /// QEMU appends everything the serial console prints here, also while hvd is down.
+    pub console_log: PathBuf,
+    /// For `ephemeral` VMs: the throw-away qcow2 overlay per disk (same order as `spec.disks`);
+    /// `None` for a disk written in place (or read-only).
+    pub overlays: Vec<Option<PathBuf>>,
+    /// Start with the CPUs stopped (`-S`).
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgvError {
+    #[error("{what} is not supported yet: {hint}")]
+    Unsupported { what: String, hint: String },
+    #[error("the disk format of {path:?} is unknown; it must be recorded when the VM is defined")]
+    UnknownFormat { path: PathBuf },
+    #[error("too many {bus} devices: at most {max}")]
+    TooManyOnBus { bus: &'static str, max: usize },
+}
+
+/// A character device backed by an inherited listening socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketChardev {
+    pub id: String,
+    pub fd: i32,
+    pub logfile: Option<PathBuf>,
+}
+
+/// The typed machine IR.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub name: String,
+    pub machine_type: MachineType,
+    pub accel: Accel,
+    pub cpu: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub chardevs: Vec<SocketChardev>,
+    pub serial: Option<String>,
+    pub monitor: Option<String>,
+    pub blockdevs: Vec<Value>,
+    pub netdevs: Vec<Value>,
+    pub devices: Vec<Value>,
+    pub kernel: Option<(PathBuf, Option<PathBuf>, Option<String>)>,
+    pub boot_order: Option<String>,
+    pub vnc: Option<String>,
+    pub paused: bool,
+}
+
+/// Lowers a spec to the machine IR.
+pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, ArgvError> {
+    let mut m = Machine {
+        name: spec.name.to_string(),
+        machine_type: spec.machine,
+        accel: caps.accel,
+        cpu: (caps.accel == Accel::Kvm).then(|| caps.kvm_cpu.clone()),
+        memory_mib: spec.memory_mib(),
+        vcpus: spec.vcpus,
+        chardevs: vec![
+            SocketChardev { id: "hv-qmp".into(), fd: plan.qmp_fd, logfile: None },
+            SocketChardev { id: "hv-serial0".into(), fd: plan.serial_fd, logfile: Some(plan.console_log.clone()) },
+        ],
+        serial: Some("hv-serial0".into()),
+        monitor: Some("hv-qmp".into()),
+        blockdevs: Vec::new(),
+        netdevs: Vec::new(),
+        devices: Vec::new(),
+        kernel: spec.kernel.as_ref().map(|k| (k.path.clone(), k.initrd.clone(), k.cmdline.clone())),
+        boot_order: spec.boot.as_ref().map(|b| b.0.iter().map(|d| d.letter()).collect()),
+        vnc: None,
+        paused: plan.paused,
+    };
+    let mut buses = Buses::new(spec.machine);
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let overlay = plan.overlays.get(i).cloned().flatten();
+        let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat { path: disk.path.clone() })?;
+        let (path, format) = match &overlay {
+            Some(o) => (o.as_path(), DiskFormat::Qcow2),
+            None => (disk.path.as_path(), format),
+        };
+        let node = format!("hv-disk{i}");
+        m.blockdevs.extend(block_nodes(&node, path, format, disk.cache, disk.readonly));
+        let mut dev = match disk.bus {
+            DiskBus::Virtio => json!({ "driver": "virtio-blk-pci", "drive": node, "id": format!("disk{i}") }),
+            DiskBus::Scsi => {
+                let (bus, scsi_id) = buses.scsi(&mut m.devices);
+                json!({ "driver": "scsi-hd", "drive": node, "id": format!("disk{i}"), "bus": bus, "channel": 0, "scsi-id": scsi_id, "lun": 0 })
+            }
+            DiskBus::Ide => {
+                let (bus, unit) = buses.ide()?;
+                json!({ "driver": "ide-hd", "drive": node, "id": format!("disk{i}"), "bus": bus, "unit": unit })
+            }
+            DiskBus::Sata => {
+                let bus = buses.sata(&mut m.devices)?;
+                json!({ "driver": "ide-hd", "drive": node, "id": format!("disk{i}"), "bus": bus })
+            }
+        };
+        dev["write-cache"] = json!(if matches!(disk.cache, CacheMode::Writethrough | CacheMode::Directsync) { "off" } else { "on" });
+        m.devices.push(dev);
+    }
+    if let Some(iso) = &spec.cdrom {
+        let node = "hv-cd0".to_string();
+        m.blockdevs.extend(block_nodes(&node, iso, DiskFormat::Raw, CacheMode::Writeback, true));
+        let dev = match spec.machine {
+            MachineType::Pc => {
+                let (bus, unit) = buses.ide_cd()?;
+                json!({ "driver": "ide-cd", "drive": node, "id": "cdrom0", "bus": bus, "unit": unit })
+            }
+            MachineType::Q35 => {
+                let bus = buses.sata(&mut m.devices)?;
+                json!({ "driver": "ide-cd", "drive": node, "id": "cdrom0", "bus": bus })
+            }
+        };
+        m.devices.push(dev);
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let id = format!("hv-net{i}");
+        match nic.kind {
+            NicKind::User => m.netdevs.push(json!({ "type": "user", "id": id })),
+            NicKind::Network | NicKind::Bridge => {
+                return Err(ArgvError::Unsupported {
+                    what: format!("a {} NIC", nic.kind),
+                    hint: "managed networks and bridges arrive with hv's networking; use --nic user for now".into(),
+                })
+            }
+        }
+        let driver = match nic.model {
+            NicModel::Virtio => "virtio-net-pci",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        };
+        let mut dev = json!({ "driver": driver, "netdev": id, "id": format!("nic{i}") });
+        if let Some(mac) = nic.mac {
+            dev["mac"] = json!(mac.to_string());
+        }
+        m.devices.push(dev);
+    }
+    if let GraphicsSpec::Vnc(v) = &spec.graphics {
+        m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
+        m.devices.push(json!({ "driver": "qemu-xhci", "id": "usb" }));
+        m.devices.push(json!({ "driver": "usb-tablet", "id": "tablet0", "bus": "usb.0" }));
+        let host = match v.listen {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let mut vnc = match v.port {
+            Some(p) => format!("{host}:{}", p - 5900),
+            None => format!("{host}:0,to=99"),
+        };
+        if v.password.is_some() {
+            vnc.push_str(",password=on");
+        }
+        m.vnc = Some(vnc);
+    }
+    Ok(m)
+}
+
+/// A file node plus a format node, with the cache mode spelled the way `-blockdev` wants it.
+fn block_nodes(node: &str, path: &Path, format: DiskFormat, cache: CacheMode, readonly: bool) -> [Value; 2] {
+    let (direct, no_flush) = match cache {
+        CacheMode::None | CacheMode::Directsync => (true, false),
+        CacheMode::Writeback | CacheMode::Writethrough => (false, false),
+        CacheMode::Unsafe => (false, true),
+    };
+    let cache = json!({ "direct": direct, "no-flush": no_flush });
+    let file_node = format!("{node}-file");
+    [
+        json!({
+            "driver": "file", "filename": path.to_string_lossy(), "node-name": file_node,
+            "auto-read-only": true, "discard": "unmap", "cache": cache, "read-only": readonly,
+        }),
+        json!({
+            "driver": format.as_str(), "node-name": node, "file": file_node,
+            "cache": cache, "read-only": readonly,
+        }),
+    ]
+}
+
+/// Hands out controller slots and adds controllers when first needed.
+struct Buses {
+    machine: MachineType,
+    ide_next: usize,
+    sata_next: usize,
+    ahci_added: bool,
+    scsi_next: u32,
+}
+
+impl Buses {
+    fn new(machine: MachineType) -> Self {
+        Buses { machine, ide_next: 0, sata_next: 0, ahci_added: false, scsi_next: 0 }
+    }
+
+    /// `pc`: hda, hdb on ide.0, then ide.1 unit 1 (ide.1 unit 0 is kept for the CD-ROM, hdc).
+    fn ide(&mut self) -> Result<(String, u32), ArgvError> {
+        if self.machine == MachineType::Q35 {
+            // q35's IDE buses are the built-in AHCI ports, one unit each.
+            let bus = self.sata_slot()?;
+            return Ok((bus, 0));
+        }
+        let slots = [("ide.0", 0), ("ide.0", 1), ("ide.1", 1)];
+        let slot = slots.get(self.ide_next).ok_or(ArgvError::TooManyOnBus { bus: "ide", max: 3 })?;
+        self.ide_next += 1;
+        Ok((slot.0.to_string(), slot.1))
+    }
+
+    fn ide_cd(&mut self) -> Result<(String, u32), ArgvError> {
+        Ok(("ide.1".to_string(), 0))
+    }
+
+    fn sata_slot(&mut self) -> Result<String, ArgvError> {
+        if self.sata_next >= 6 {
+            return Err(ArgvError::TooManyOnBus { bus: "sata", max: 6 });
+        }
+        let prefix = if self.machine == MachineType::Q35 { "ide" } else { "ahci0" };
+        let bus = format!("{prefix}.{}", self.sata_next);
+        self.sata_next += 1;
+        Ok(bus)
+    }
+
+    fn sata(&mut self, devices: &mut Vec<Value>) -> Result<String, ArgvError> {
+        if self.machine == MachineType::Pc && !self.ahci_added {
+            devices.push(json!({ "driver": "ich9-ahci", "id": "ahci0" }));
+            self.ahci_added = true;
+        }
+        self.sata_slot()
+    }
+
+    /// virtio-scsi: one controller, one target per disk.
+    fn scsi(&mut self, devices: &mut Vec<Value>) -> (String, u32) {
+        if self.scsi_next == 0 {
+            devices.push(json!({ "driver": "virtio-scsi-pci", "id": "scsi0" }));
+        }
+        self.scsi_next += 1;
+        ("scsi0.0".to_string(), self.scsi_next - 1)
+    }
+}
+
+/// Doubles commas, as QEMU's keyval syntax wants inside a value.
+fn esc(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+impl Machine {
+    /// Renders the IR as QEMU's argv (without the binary).
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        push("-name", format!("guest={},debug-threads=on", self.name.replace(',', ",,")));
+        push("-machine", self.machine_type.as_str().to_string());
+        push("-accel", self.accel.as_str().to_string());
+        if let Some(cpu) = &self.cpu {
+            push("-cpu", cpu.clone());
+        }
+        push("-m", self.memory_mib.to_string());
+        push("-smp", self.vcpus.to_string());
+        let mut a2: Vec<String> = vec![
+            "-no-user-config".into(),
+            "-nodefaults".into(),
+            "-no-shutdown".into(),
+        ];
+        a.append(&mut a2);
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        push("-msg", "timestamp=on".into());
+        push("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
+        for c in &self.chardevs {
+            let mut s = format!("socket,id={},fd={},server=on,wait=off", c.id, c.fd);
+            if let Some(l) = &c.logfile {
+                s.push_str(&format!(",logfile={},logappend=on", esc(l)));
+            }
+            push("-chardev", s);
+        }
+        if let Some(m) = &self.monitor {
+            push("-mon", format!("chardev={m},mode=control"));
+        }
+        if let Some(s) = &self.serial {
+            push("-serial", format!("chardev:{s}"));
+        }
+        for b in &self.blockdevs {
+            push("-blockdev", b.to_string());
+        }
+        for n in &self.netdevs {
+            push("-netdev", n.to_string());
+        }
+        for d in &self.devices {
+            push("-device", d.to_string());
+        }
+        if let Some((k, initrd, cmdline)) = &self.kernel {
+            push("-kernel", k.to_string_lossy().into_owned());
+            if let Some(i) = initrd {
+                push("-initrd", i.to_string_lossy().into_owned());
+            }
+            if let Some(c) = cmdline {
+                push("-append", c.clone());
+            }
+        }
+        if let Some(o) = &self.boot_order {
+            push("-boot", format!("order={o}"));
+        }
+        push("-display", "none".into());
+        if let Some(v) = &self.vnc {
+            push("-vnc", v.clone());
+        }
+        if self.paused {
+            a.push("-S".into());
+        }
+        a.into_iter().map(OsString::from).collect()
+    }
+}
+
+/// `lower` then `to_argv`.
+pub fn build(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Vec<OsString>, ArgvError> {
+    Ok(lower(spec, caps, plan)?.to_argv())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{KernelBoot, VmName};
+
+    fn caps() -> QemuCaps {
+        QemuCaps { version: (7, 2, 22), accel: Accel::Tcg, kvm_cpu: "host".into() }
+    }
+
+    fn plan() -> RunPlan {
+        RunPlan {
+            qmp_fd: 3,
+            serial_fd: 4,
+            console_log: "/var/lib/hv/vms/web/console.log".into(),
+            overlays: vec![],
+            paused: false,
+        }
+    }
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec::new(name.parse::<VmName>().unwrap())
+    }
+
+    /// Renders one argument per line, the golden file format.
+    fn render(argv: &[OsString]) -> String {
+        let mut out = String::new();
+        for a in argv {
+            let s = a.to_string_lossy();
+            if s.starts_with('-') && !out.is_empty() {
+                out.push('\n');
+            } else if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&s);
+        }
+        out.push('\n');
+        out
+    }
+
+    /// Compares with `tests/data/NAME.args`; `HV_UPDATE_GOLDEN=1 cargo test -p qemu-argv`
+    /// rewrites the goldens.
+    fn check(name: &str, spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) {
+        spec.validate().unwrap();
+        let got = render(&build(spec, caps, plan).unwrap());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(format!("{name}.args"));
+        if std::env::var_os("HV_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(got, want, "golden {} differs; rerun with HV_UPDATE_GOLDEN=1 and review the diff", path.display());
+    }
+
+    #[test]
+    fn minimal_kernel_boot() {
+        let mut s = spec("tiny");
+        s.memory = model::Size(256 << 20);
+        s.kernel = Some(KernelBoot {
+            path: "/g/vmlinuz".into(),
+            initrd: Some("/g/initrd.gz".into()),
+            cmdline: Some("console=ttyS0 panic=-1".into()),
+        });
+        check("minimal-kernel-boot", &s, &caps(), &plan());
+    }
+
+    #[test]
+    fn disks_on_every_bus_with_cache_modes() {
+        let mut s = spec("web");
+        s.vcpus = 2;
+        for d in [
+            "path=/d/root.qcow2,format=qcow2,bus=virtio,cache=none",
+            "path=/d/data.raw,format=raw,bus=scsi,cache=writethrough",
+            "path=/d/old.raw,format=raw,bus=ide,cache=unsafe",
+            "path=/d/sata.qcow2,format=qcow2,bus=sata,cache=directsync",
+            "path=/d/ro.raw,format=raw,readonly=on",
+        ] {
+            s.disks.push(d.parse().unwrap());
+        }
+        s.cdrom = Some("/iso/debian,12.iso".into());
+        s.boot = Some("cdrom,disk".parse().unwrap());
+        check("disks-every-bus", &s, &caps(), &plan());
+    }
+
+    #[test]
+    fn q35_kvm_nics_vnc_paused() {
+        let mut s = spec("desk");
+        s.machine = MachineType::Q35;
+        s.cdrom = Some("/iso/x.iso".into());
+        s.disks.push("path=/d/a.qcow2,format=qcow2,bus=sata".parse().unwrap());
+        s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+        s.nics.push("user,model=e1000,mac=52:54:00:00:00:02".parse().unwrap());
+        s.graphics = "vnc,listen=0.0.0.0,port=5905,password=pw".parse().unwrap();
+        let caps = QemuCaps { accel: Accel::Kvm, ..caps() };
+        let plan = RunPlan { paused: true, ..plan() };
+        check("q35-kvm-nics-vnc-paused", &s, &caps, &plan);
+    }
+
+    #[test]
+    fn ephemeral_uses_overlays_and_auto_vnc_port() {
+        let mut s = spec("eph");
+        s.ephemeral = true;
+        s.disks.push("path=/d/base.raw,format=raw".parse().unwrap());
+        s.graphics = "vnc,listen=::1".parse().unwrap();
+        let plan = RunPlan { overlays: vec![Some("/run/hv/7.ov0".into())], ..plan() };
+        check("ephemeral-overlay", &s, &caps(), &plan);
+    }
+
+    #[test]
+    fn refusals() {
+        let mut s = spec("n");
+        s.nics.push("network=default".parse().unwrap());
+        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::Unsupported { .. })));
+        let mut s = spec("f");
+        s.disks.push("path=/d/x".parse().unwrap());
+        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::UnknownFormat { .. })));
+        let mut s = spec("i");
+        for n in 0..4 {
+            s.disks.push(format!("path=/d/{n},format=raw,bus=ide").parse().unwrap());
+        }
+        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::TooManyOnBus { bus: "ide", .. })));
+    }
+}
