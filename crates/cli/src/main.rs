@@ -1,1 +1,374 @@
-fn main() {}
+//! `hv`, the command-line client. It only talks to hvd's API (through the `client` crate):
+//! every command is one or two API calls plus formatting.
+
+mod console;
+mod edit;
+mod output;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use api::WaitRequest;
+use clap::{Parser, Subcommand};
+use client::Client;
+use model::{Accel, BootOrder, DiskSpec, GraphicsSpec, KernelBoot, Machine, NicSpec, Size, VmName, VmSpec, VmState};
+use output::Format;
+
+/// hv: run and manage QEMU/KVM virtual machines through hvd.
+#[derive(Parser, Debug)]
+#[command(name = "hv", version, propagate_version = true)]
+struct Cli {
+    /// hvd's API socket.
+    #[arg(long, global = true, env = "HV_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCmd {
+    /// Check QEMU, the accelerator and the tools hv uses.
+    Check {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    name: VmName,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Memory, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M")]
+    memory: Size,
+    #[arg(long, default_value = "pc")]
+    machine: Machine,
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// Boot this kernel directly.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    cmdline: Option<String>,
+    /// path=P[,format=qcow2|raw][,bus=virtio|ide|sata|scsi][,cache=MODE][,readonly=on][,size=SIZE]
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    #[arg(long)]
+    cdrom: Option<PathBuf>,
+    /// Boot order: cdrom,disk,network or QEMU letters (dc).
+    #[arg(long)]
+    boot: Option<BootOrder>,
+    /// user | network=NAME | bridge=BR [,model=virtio|e1000|rtl8139][,mac=52:54:00:xx:xx:xx]
+    #[arg(long = "nic")]
+    nics: Vec<NicSpec>,
+    /// none | vnc[,listen=ADDR][,port=N][,password=PW]
+    #[arg(long, default_value = "none")]
+    graphics: GraphicsSpec,
+    /// Discard all disk writes when the VM powers off.
+    #[arg(long)]
+    ephemeral: bool,
+    /// Start the VM when hvd starts.
+    #[arg(long)]
+    autostart: bool,
+    /// Start the VM right away.
+    #[arg(long)]
+    start: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Host checks.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Define a VM from flags (and optionally start it).
+    Create(Box<CreateArgs>),
+    /// Define a VM from a TOML spec file (the format `hv dump` prints).
+    Define { file: PathBuf },
+    /// Print a VM's spec.
+    Dump {
+        name: String,
+        #[arg(long, default_value = "toml", value_parser = ["toml", "json"])]
+        format: String,
+    },
+    /// Edit a VM's spec in $EDITOR.
+    Edit { name: String },
+    /// List VMs (running ones; --all for every VM).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one VM.
+    Info {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Start a VM.
+    Start {
+        name: String,
+        #[arg(long)]
+        paused: bool,
+        /// Attach to the serial console once started.
+        #[arg(long)]
+        console: bool,
+    },
+    /// Press the ACPI power button and wait for the guest to power off.
+    Shutdown {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Power off hard when the guest has not shut down by the timeout.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hard power-off (nothing is deleted).
+    Destroy { name: String },
+    /// Graceful reboot: ACPI shutdown, then start again.
+    Reboot {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hard reset.
+    Reset { name: String },
+    /// Pause the vCPUs.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// Remove a VM's definition.
+    Undefine {
+        name: String,
+        /// Also delete its writable disk images.
+        #[arg(long)]
+        remove_storage: bool,
+        /// Destroy it first if it is running.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Turn autostart on (or off with --disable).
+    Autostart {
+        name: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Attach to the serial console (Ctrl-] detaches), or print its log.
+    Console {
+        name: String,
+        /// Print what the console printed since the VM last started.
+        #[arg(long)]
+        log: bool,
+        /// With --log: keep printing until the VM stops.
+        #[arg(long, requires = "log")]
+        follow: bool,
+    },
+    /// Wait for a state or for console output matching a regex (exit 1 on timeout).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["state", "console"])))]
+    Wait {
+        name: String,
+        #[arg(long)]
+        state: Option<VmState>,
+        #[arg(long)]
+        console: Option<String>,
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Print the QEMU command line.
+    Showcmd { name: String },
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir().context("cannot read the current directory")?.join(p))
+}
+
+/// Parses a disk SPEC, making a relative path absolute against the current directory.
+fn disk_spec(s: &str) -> Result<DiskSpec> {
+    let mut parts = Vec::new();
+    for p in s.split(',') {
+        match p.split_once('=') {
+            Some((k @ ("path" | "file"), v)) => parts.push(format!("{k}={}", absolute(Path::new(v))?.display())),
+            _ => parts.push(p.to_string()),
+        }
+    }
+    parts.join(",").parse::<DiskSpec>().map_err(|e| anyhow::anyhow!("--disk {s:?}: {}", e.message))
+}
+
+fn spec_from(a: CreateArgs) -> Result<VmSpec> {
+    let mut spec = VmSpec::new(a.name);
+    spec.vcpus = a.vcpus;
+    spec.memory = a.memory;
+    spec.machine = a.machine;
+    spec.accel = a.accel;
+    if let Some(k) = a.kernel {
+        spec.kernel = Some(KernelBoot { path: absolute(&k)?, initrd: a.initrd.map(|i| absolute(&i)).transpose()?, cmdline: a.cmdline });
+    }
+    spec.disks = a.disks.iter().map(|d| disk_spec(d)).collect::<Result<_>>()?;
+    spec.cdrom = a.cdrom.map(|c| absolute(&c)).transpose()?;
+    spec.boot = a.boot;
+    spec.nics = a.nics;
+    spec.graphics = a.graphics;
+    spec.ephemeral = a.ephemeral;
+    spec.autostart = a.autostart;
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// Reads a spec file; unknown fields are named.
+pub fn parse_spec_file(text: &str, what: &str) -> Result<VmSpec> {
+    let spec: VmSpec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {}", e.to_string().trim()))?;
+    spec.validate().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(spec)
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let c = Client::new(&cli.socket);
+    match cli.cmd {
+        Cmd::Host(HostCmd::Check { format }) => {
+            let r = c.host_check()?;
+            if !output::structured(format, &r)? {
+                print!("{}", output::host_report(&r));
+            }
+            let failed = r.checks.iter().any(|c| c.status == api::CheckStatus::Fail);
+            return Ok(if failed { 1 } else { 0 });
+        }
+        Cmd::Create(a) => {
+            let start = a.start;
+            let spec = spec_from(*a)?;
+            let info = c.create(spec, start)?;
+            println!("VM {} defined{}", info.name, if start { " and started" } else { "" });
+        }
+        Cmd::Define { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let spec = parse_spec_file(&text, &file.display().to_string())?;
+            let info = c.create(spec, false)?;
+            println!("VM {} defined from {}", info.name, file.display());
+        }
+        Cmd::Dump { name, format } => {
+            let spec = c.info(&name)?.spec.context("hvd sent no spec")?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&spec)?);
+            } else {
+                print!("{}", toml::to_string(&spec)?);
+            }
+        }
+        Cmd::Edit { name } => return edit::edit(&c, &name),
+        Cmd::List { all, format } => {
+            let vms: Vec<_> = c.list()?.into_iter().filter(|v| all || v.state.is_active()).collect();
+            if !output::structured(format, &vms)? {
+                print!("{}", output::vm_table(&vms));
+            }
+        }
+        Cmd::Info { name, format } => {
+            let v = c.info(&name)?;
+            if !output::structured(format, &v)? {
+                print!("{}", output::vm_details(&v));
+            }
+        }
+        Cmd::Start { name, paused, console } => {
+            let v = c.start(&name, paused)?;
+            println!("VM {} started{}", v.name, if paused { " (paused)" } else { "" });
+            if console {
+                console::attach(&c, &name)?;
+            }
+        }
+        Cmd::Shutdown { name, timeout, force } => {
+            c.shutdown(&name, timeout, force)?;
+            println!("VM {name} is shut off");
+        }
+        Cmd::Destroy { name } => {
+            c.destroy(&name)?;
+            println!("VM {name} destroyed (powered off)");
+        }
+        Cmd::Reboot { name, timeout, force } => {
+            c.reboot(&name, timeout, force)?;
+            println!("VM {name} rebooted");
+        }
+        Cmd::Reset { name } => {
+            c.reset(&name)?;
+            println!("VM {name} was reset");
+        }
+        Cmd::Pause { name } => {
+            c.pause(&name)?;
+            println!("VM {name} paused");
+        }
+        Cmd::Resume { name } => {
+            c.resume(&name)?;
+            println!("VM {name} resumed");
+        }
+        Cmd::Undefine { name, remove_storage, force } => {
+            c.undefine(&name, remove_storage, force)?;
+            println!("VM {name} undefined{}", if remove_storage { " and its storage removed" } else { "" });
+        }
+        Cmd::Autostart { name, disable } => {
+            c.autostart(&name, !disable)?;
+            println!("VM {name} autostart {}", if disable { "disabled" } else { "enabled" });
+        }
+        Cmd::Console { name, log, follow } => {
+            if log {
+                let mut r = c.console_log(&name, follow)?;
+                let mut out = std::io::stdout();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    std::io::Write::write_all(&mut out, &buf[..n])?;
+                    std::io::Write::flush(&mut out)?;
+                }
+            } else {
+                console::attach(&c, &name)?;
+            }
+        }
+        Cmd::Wait { name, state, console, timeout } => {
+            let r = c.wait(&name, &WaitRequest { state, console: console.clone(), timeout_secs: timeout })?;
+            if !r.reached {
+                let what = match (state, console) {
+                    (Some(s), _) => format!("state {s}"),
+                    (_, Some(re)) => format!("console output matching {re:?}"),
+                    _ => String::new(),
+                };
+                eprintln!("error: timed out after {timeout} s waiting for {what} (VM {name} is {})", r.state);
+                return Ok(1);
+            }
+            if let Some(m) = r.matched {
+                println!("{m}");
+            }
+        }
+        Cmd::Showcmd { name } => {
+            let s = c.showcmd(&name)?;
+            println!("{}", s.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" \\\n    "));
+        }
+    }
+    Ok(0)
+}
+
+/// Quotes an argument so the printed command can be pasted into a shell.
+fn shell_quote(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,1 +1,285 @@
-//! TODO
+//! A small blocking client for the hvd API over its Unix socket: typed calls for every
+//! endpoint, streaming bodies (console log, events) and the console WebSocket.
+//!
+//! It speaks plain HTTP/1.1 with one request per connection, which keeps a CLI invocation to a
+//! connect, a write and a read: no async runtime, no connection pool.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use api::{
+    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, HostReport, ShowCmd, ShutdownRequest, StartRequest,
+    UndefineRequest, VmInfo, VmList, WaitRequest, WaitResponse,
+};
+use model::VmSpec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The default socket, as in DESIGN.md.
+pub const DEFAULT_SOCKET: &str = "/run/hv/hvd.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach hvd at {socket}: {source}; is hvd running? (start it with `hvd`, or point --socket / HV_SOCKET at it)")]
+    Connect { socket: String, source: std::io::Error },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api { code: ErrorCode, status: u16, message: String },
+    #[error("talking to hvd failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("hvd sent a reply hv does not understand: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The API error code, when the daemon answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A response whose body is still to be read.
+pub struct Response {
+    pub status: u16,
+    body: Box<dyn Read + Send>,
+}
+
+impl Response {
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        self.body
+    }
+}
+
+/// Reads an HTTP/1.1 chunked body.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            if line.trim().is_empty() {
+                // The CRLF that ends the previous chunk.
+                line.clear();
+                self.inner.read_line(&mut line)?;
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size:?}")))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn connect(&self) -> Result<UnixStream> {
+        UnixStream::connect(&self.socket)
+            .map_err(|source| ClientError::Connect { socket: self.socket.display().to_string(), source })
+    }
+
+    /// Sends one request and reads the status line and headers.
+    pub fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response> {
+        let mut s = self.connect()?;
+        let body = body.unwrap_or(b"");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        s.write_all(&req)?;
+        let mut r = BufReader::new(s);
+        let mut raw = Vec::new();
+        loop {
+            let n = r.read_until(b'\n', &mut raw)?;
+            if n == 0 {
+                return Err(ClientError::Protocol("connection closed before the headers ended".into()));
+            }
+            if raw.ends_with(b"\r\n\r\n") {
+                break;
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let status = resp.code.unwrap_or(0);
+        let header = |name: &str| {
+            resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let body: Box<dyn Read + Send> = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            Box::new(Chunked { inner: r, left: 0, done: false })
+        } else if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            Box::new(r.take(len))
+        } else {
+            Box::new(r)
+        };
+        Ok(Response { status, body })
+    }
+
+    /// Sends a request and decodes a JSON reply (or the API error).
+    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&impl Serialize>) -> Result<T> {
+        let bytes = body.map(|b| serde_json::to_vec(b)).transpose().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self.send(method, path, bytes.as_deref())?;
+        let status = resp.status;
+        let mut data = Vec::new();
+        resp.into_reader().read_to_end(&mut data)?;
+        if !(200..300).contains(&status) {
+            return Err(match serde_json::from_slice::<ErrorBody>(&data) {
+                Ok(e) => ClientError::Api { code: e.error.code, status, message: e.error.message },
+                Err(_) => ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&data))),
+            });
+        }
+        if data.is_empty() {
+            data = b"null".to_vec();
+        }
+        serde_json::from_slice(&data).map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.call("POST", path, Some(body))
+    }
+
+    fn action(&self, name: &str, action: &str) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, action), &serde_json::json!({}))
+    }
+
+    pub fn ping(&self) -> Result<serde_json::Value> {
+        self.call("GET", paths::PING, None::<&()>)
+    }
+    pub fn host_check(&self) -> Result<HostReport> {
+        self.call("GET", paths::HOST_CHECK, None::<&()>)
+    }
+    pub fn list(&self) -> Result<Vec<VmInfo>> {
+        Ok(self.call::<VmList>("GET", paths::VMS, None::<&()>)?.vms)
+    }
+    pub fn info(&self, name: &str) -> Result<VmInfo> {
+        self.call("GET", &paths::vm(name), None::<&()>)
+    }
+    pub fn create(&self, spec: VmSpec, start: bool) -> Result<VmInfo> {
+        self.post(paths::VMS, &CreateVmRequest { spec, start })
+    }
+    pub fn update(&self, name: &str, spec: &VmSpec) -> Result<VmInfo> {
+        self.call("PUT", &paths::vm(name), Some(spec))
+    }
+    pub fn start(&self, name: &str, paused: bool) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "start"), &StartRequest { paused })
+    }
+    pub fn shutdown(&self, name: &str, timeout_secs: u64, force: bool) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "shutdown"), &ShutdownRequest { timeout_secs, force })
+    }
+    pub fn reboot(&self, name: &str, timeout_secs: u64, force: bool) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "reboot"), &ShutdownRequest { timeout_secs, force })
+    }
+    pub fn destroy(&self, name: &str) -> Result<VmInfo> {
+        self.action(name, "destroy")
+    }
+    pub fn reset(&self, name: &str) -> Result<VmInfo> {
+        self.action(name, "reset")
+    }
+    pub fn pause(&self, name: &str) -> Result<VmInfo> {
+        self.action(name, "pause")
+    }
+    pub fn resume(&self, name: &str) -> Result<VmInfo> {
+        self.action(name, "resume")
+    }
+    pub fn undefine(&self, name: &str, remove_storage: bool, force: bool) -> Result<()> {
+        self.post::<serde_json::Value>(&paths::vm_action(name, "undefine"), &UndefineRequest { remove_storage, force }).map(drop)
+    }
+    pub fn autostart(&self, name: &str, enabled: bool) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "autostart"), &AutostartRequest { enabled })
+    }
+    pub fn wait(&self, name: &str, req: &WaitRequest) -> Result<WaitResponse> {
+        self.post(&paths::vm_action(name, "wait"), req)
+    }
+    pub fn showcmd(&self, name: &str) -> Result<ShowCmd> {
+        self.call("GET", &paths::vm_action(name, "showcmd"), None::<&()>)
+    }
+
+    /// What the console printed since the VM last started; with `follow`, a reader that keeps
+    /// going until the VM stops.
+    pub fn console_log(&self, name: &str, follow: bool) -> Result<Box<dyn Read + Send>> {
+        let path = format!("{}?follow={follow}", paths::vm_action(name, "console/log"));
+        let resp = self.send("GET", &path, None)?;
+        if resp.status != 200 {
+            let status = resp.status;
+            let mut data = Vec::new();
+            resp.into_reader().read_to_end(&mut data)?;
+            return Err(match serde_json::from_slice::<ErrorBody>(&data) {
+                Ok(e) => ClientError::Api { code: e.error.code, status, message: e.error.message },
+                Err(_) => ClientError::Protocol(format!("HTTP {status}")),
+            });
+        }
+        Ok(resp.into_reader())
+    }
+
+    /// The event stream: one JSON event per line.
+    pub fn events(&self) -> Result<impl BufRead> {
+        Ok(BufReader::new(self.send("GET", paths::EVENTS, None)?.into_reader()))
+    }
+
+    /// Opens the serial console WebSocket (binary frames both ways).
+    pub fn console(&self, name: &str) -> Result<tungstenite::WebSocket<UnixStream>> {
+        // Check the VM exists first so the error is the API's, not a failed handshake.
+        self.info(name)?;
+        let stream = self.connect()?;
+        let url = format!("ws://hvd{}", paths::vm_action(name, "console"));
+        let (ws, _) = tungstenite::client(url.as_str(), stream).map_err(|e| ClientError::Protocol(format!("console handshake: {e}")))?;
+        Ok(ws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let raw = b"5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n";
+        let mut c = Chunked { inner: BufReader::new(&raw[..]), left: 0, done: false };
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello world!");
+    }
+
+    #[test]
+    fn connect_error_says_what_to_do() {
+        let e = Client::new("/nonexistent/hvd.sock").list().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/hvd.sock") && e.contains("is hvd running"), "{e}");
+    }
+}

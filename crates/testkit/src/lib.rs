@@ -1,4 +1,9 @@
-//! Test support for hv: builds the test guests from Debian packages, and (later) runs a
-//! hermetic `hvd` per test.
+//! Test support for hv: builds the test guests from Debian packages ([`guest`]), runs a
+//! hermetic `hvd` per test with its own state dir and socket ([`TestHvd`]), and drives guests
+//! through the API (console typing, deadline waits). Everything a test starts is stopped by
+//! PID when the test ends, also when it fails, and the logs are dumped on failure.
 
 pub mod guest;
+mod hvd;
+
+pub use hvd::{TestHvd, VmOpts};

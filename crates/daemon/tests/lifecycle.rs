@@ -1,0 +1,226 @@
+//! The VM lifecycle on real QEMU with the tiny guest, driven through hvd's API only.
+//! These boot real guests under TCG wherever KVM cannot run a standard guest.
+
+use std::time::Duration;
+
+use api::{ErrorCode, EventKind};
+use model::VmState;
+use testkit::{guest, TestHvd, VmOpts};
+
+fn hvd() -> TestHvd {
+    TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts")
+}
+
+const T: Duration = Duration::from_secs(30);
+
+fn boot(h: &TestHvd, name: &str, opts: VmOpts) {
+    let spec = h.tiny_spec(name, opts).unwrap();
+    let info = h.client().create(spec, true).unwrap();
+    assert_eq!(info.state, VmState::Running);
+    h.wait_ready(name).unwrap();
+}
+
+#[test]
+fn start_ready_acpi_shutdown_shutoff() {
+    let h = hvd();
+    boot(&h, "acpi", VmOpts::default());
+    let info = h.client().info("acpi").unwrap();
+    assert_eq!(info.accel.as_deref().map(|a| a == "tcg" || a == "kvm"), Some(true));
+    assert!(info.pid.is_some());
+    let info = h.client().shutdown("acpi", 30, false).unwrap();
+    assert_eq!(info.state, VmState::Shutoff);
+    assert!(h.console_text("acpi").contains(guest::POWERDOWN_MARKER));
+    assert!(h.qemu_pids().is_empty(), "QEMU is gone after shutdown");
+    // Runtime sockets are cleaned up.
+    let run: Vec<_> = std::fs::read_dir(h.state_dir.join("run")).unwrap().collect();
+    assert!(run.is_empty(), "run dir still has {run:?}");
+}
+
+#[test]
+fn guest_ignoring_acpi_is_not_reported_shut_down_and_force_powers_off() {
+    let h = hvd();
+    boot(&h, "deaf", VmOpts { no_acpi: true, ..Default::default() });
+    let e = h.client().shutdown("deaf", 2, false).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
+    assert!(e.to_string().contains("still running"), "{e}");
+    assert_eq!(h.client().info("deaf").unwrap().state, VmState::Running);
+    // The guest still works.
+    h.run_in_guest("deaf", "echo still-$((40+2))", "still-42").unwrap();
+    let info = h.client().shutdown("deaf", 1, true).unwrap();
+    assert_eq!(info.state, VmState::Shutoff);
+    assert!(h.qemu_pids().is_empty());
+}
+
+#[test]
+fn destroy_powers_off_hard_and_keeps_the_definition() {
+    let h = hvd();
+    boot(&h, "d", VmOpts { no_acpi: true, ..Default::default() });
+    let info = h.client().destroy("d").unwrap();
+    assert_eq!(info.state, VmState::Shutoff);
+    assert!(h.qemu_pids().is_empty());
+    assert_eq!(h.client().list().unwrap().len(), 1);
+    let e = h.client().destroy("d").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState));
+}
+
+#[test]
+fn pause_resume_reset() {
+    let h = hvd();
+    boot(&h, "p", VmOpts::default());
+    assert_eq!(h.client().pause("p").unwrap().state, VmState::Paused);
+    assert_eq!(h.client().pause("p").unwrap_err().code(), Some(ErrorCode::InvalidState));
+    assert_eq!(h.client().resume("p").unwrap().state, VmState::Running);
+    h.run_in_guest("p", "echo alive-after-resume", "alive-after-resume\r?\n").unwrap();
+    let pid = h.client().info("p").unwrap().pid;
+    h.client().reset("p").unwrap();
+    // The guest boots again in the same QEMU.
+    h.wait_console("p", "(?s)alive-after-resume.*HV-GUEST-READY", Duration::from_secs(60)).unwrap();
+    let info = h.client().info("p").unwrap();
+    assert_eq!((info.state, info.pid), (VmState::Running, pid));
+}
+
+#[test]
+fn guest_reboot_keeps_running_and_guest_poweroff_is_seen_at_once() {
+    let h = hvd();
+    boot(&h, "g", VmOpts::default());
+    let mut events = h.client().events().unwrap();
+    h.type_line("g", "reboot -f").unwrap();
+    let mut saw_reset = false;
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut events, &mut line).unwrap() > 0 {
+        let ev: api::Event = serde_json::from_str(line.trim()).unwrap();
+        line.clear();
+        if matches!(ev.kind, EventKind::Reset) {
+            saw_reset = true;
+            break;
+        }
+    }
+    assert!(saw_reset);
+    h.wait_console("g", "(?s)HV-GUEST-READY.*HV-GUEST-READY", Duration::from_secs(60)).unwrap();
+    assert_eq!(h.client().info("g").unwrap().state, VmState::Running);
+    h.wait_ready("g").unwrap();
+    h.type_line("g", "poweroff -f").unwrap();
+    h.wait_state("g", VmState::Shutoff, T).unwrap();
+    let info = h.client().info("g").unwrap();
+    assert!(info.crash.is_none(), "a guest power-off is not a crash: {info:?}");
+}
+
+#[test]
+fn hv_reboot_restarts_the_guest() {
+    let h = hvd();
+    boot(&h, "rb", VmOpts::default());
+    let before = h.client().info("rb").unwrap().pid;
+    let info = h.client().reboot("rb", 30, false).unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_ne!(info.pid, before, "reboot = shutdown + start: a new QEMU");
+    h.wait_ready("rb").unwrap();
+    assert!(!h.console_text("rb").contains(guest::POWERDOWN_MARKER), "the console log is per start");
+}
+
+#[test]
+fn sigkill_of_hvd_leaves_vms_running_and_a_new_hvd_reattaches() {
+    let mut h = hvd();
+    boot(&h, "keep", VmOpts::default());
+    let pid = h.client().info("keep").unwrap().pid;
+    h.kill9().unwrap();
+    // Output while hvd is down is not lost (QEMU logs the chardev itself).
+    std::thread::sleep(Duration::from_millis(200));
+    h.start_again().unwrap();
+    let info = h.client().info("keep").unwrap();
+    assert_eq!((info.state, info.pid), (VmState::Running, pid));
+    h.run_in_guest("keep", "echo reattached-$((6*7))", "reattached-42").unwrap();
+    assert!(h.console_text("keep").contains(guest::READY_MARKER), "scrollback survives the restart");
+    assert_eq!(h.client().shutdown("keep", 30, false).unwrap().state, VmState::Shutoff);
+    // SIGTERM stops hvd, not the VMs.
+    boot(&h, "keep2", VmOpts::default());
+    let pid2 = h.client().info("keep2").unwrap().pid;
+    h.restart().unwrap();
+    let info = h.client().info("keep2").unwrap();
+    assert_eq!((info.state, info.pid), (VmState::Running, pid2));
+}
+
+#[test]
+fn vm_that_died_while_hvd_was_down_is_crashed_after_restart() {
+    let mut h = hvd();
+    boot(&h, "gone", VmOpts::default());
+    let pid = h.client().info("gone").unwrap().pid.unwrap();
+    h.kill9().unwrap();
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + T;
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| !c.is_empty()).unwrap_or(false)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.start_again().unwrap();
+    let info = h.client().info("gone").unwrap();
+    assert_eq!(info.state, VmState::Crashed);
+    assert!(info.crash.unwrap().reason.contains("not its parent"));
+    // A crashed VM can start again.
+    h.client().start("gone", false).unwrap();
+    h.wait_ready("gone").unwrap();
+}
+
+#[test]
+fn sigkill_of_qemu_leaves_the_vm_crashed_with_the_reason() {
+    let h = hvd();
+    boot(&h, "k", VmOpts::default());
+    let pid = h.client().info("k").unwrap().pid.unwrap();
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    h.wait_state("k", VmState::Crashed, T).unwrap();
+    let crash = h.client().info("k").unwrap().crash.expect("crash info");
+    assert_eq!(crash.signal, Some(9));
+    assert!(crash.reason.contains("signal 9"), "{crash:?}");
+    assert!(!crash.log_tail.is_empty(), "the QEMU log tail is kept");
+}
+
+#[test]
+fn autostart_vms_start_when_hvd_starts() {
+    let mut h = hvd();
+    let spec = h.tiny_spec("auto", VmOpts { autostart: true, ..Default::default() }).unwrap();
+    h.client().create(spec, false).unwrap();
+    let spec = h.tiny_spec("manual", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    h.restart().unwrap();
+    h.wait_state("auto", VmState::Running, T).unwrap();
+    h.wait_ready("auto").unwrap();
+    assert_eq!(h.client().info("manual").unwrap().state, VmState::Shutoff);
+    // A user's shutdown sticks across an hvd restart in the same host boot.
+    h.client().shutdown("auto", 30, false).unwrap();
+    h.restart().unwrap();
+    assert_eq!(h.client().info("auto").unwrap().state, VmState::Shutoff);
+    h.client().autostart("auto", false).unwrap();
+    assert!(!h.client().info("auto").unwrap().autostart);
+}
+
+fn sha(path: &std::path::Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+#[test]
+fn ephemeral_writes_are_discarded_and_normal_writes_persist() {
+    let h = hvd();
+    for (name, ephemeral) in [("eph", true), ("persist", false)] {
+        let disk = h.dir.join(format!("{name}.raw"));
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let before = sha(&disk);
+        let d: model::DiskSpec = format!("path={},format=raw", disk.display()).parse().unwrap();
+        boot(&h, name, VmOpts { disks: vec![d], ephemeral, ..Default::default() });
+        assert!(h.console_text(name).contains("HV-DISK vda"));
+        h.run_in_guest(name, "echo hv-was-here | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null && echo WRITE-$((1+1))", "WRITE-2").unwrap();
+        h.client().shutdown(name, 30, false).unwrap();
+        let after = sha(&disk);
+        if ephemeral {
+            assert_eq!(before, after, "an ephemeral VM changed its disk");
+            let leftovers: Vec<_> = std::fs::read_dir(h.state_dir.join("vms").join(name)).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ephemeral")).collect();
+            assert!(leftovers.is_empty(), "overlay left behind");
+        } else {
+            assert_ne!(before, after, "the write did not reach the disk");
+            assert!(std::fs::read(&disk).unwrap().starts_with(b"hv-was-here"));
+        }
+    }
+}
