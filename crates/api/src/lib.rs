@@ -116,7 +116,10 @@ pub fn default_shutdown_timeout() -> u64 {
 
 impl Default for ShutdownRequest {
     fn default() -> Self {
-        ShutdownRequest { timeout_secs: default_shutdown_timeout(), force: false }
+        ShutdownRequest {
+            timeout_secs: default_shutdown_timeout(),
+            force: false,
+        }
     }
 }
 
@@ -285,7 +288,12 @@ mod tests {
 
     #[test]
     fn error_body_shape_is_stable() {
-        let b = ErrorBody { error: ErrorDetail { code: ErrorCode::InvalidState, message: "m".into() } };
+        let b = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::InvalidState,
+                message: "m".into(),
+            },
+        };
         assert_eq!(
             serde_json::to_string(&b).unwrap(),
             r#"{"error":{"code":"invalid_state","message":"m"}}"#
@@ -297,7 +305,10 @@ mod tests {
         let e = Event {
             time_ms: 5,
             vm: "a".into(),
-            kind: EventKind::StateChanged { state: VmState::Running, reason: None },
+            kind: EventKind::StateChanged {
+                state: VmState::Running,
+                reason: None,
+            },
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
@@ -307,8 +318,15 @@ mod tests {
 
     #[test]
     fn error_codes_serialize_as_their_names() {
-        for c in [ErrorCode::InvalidArgument, ErrorCode::Busy, ErrorCode::HostError] {
-            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.as_str()));
+        for c in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::Busy,
+            ErrorCode::HostError,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.as_str())
+            );
         }
     }
 }

@@ -43,7 +43,9 @@ impl Drop for RawMode {
 
 pub fn attach(client: &client::Client, name: &str) -> Result<()> {
     let mut ws = client.console(name)?;
-    ws.get_ref().set_read_timeout(Some(Duration::from_millis(20))).context("console socket")?;
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .context("console socket")?;
     eprintln!("Connected to the console of {name}; press Ctrl-] to detach.\r");
     let raw = RawMode::enter();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
@@ -91,8 +93,14 @@ pub fn attach(client: &client::Client, name: &str) -> Result<()> {
             }
             Ok(Message::Close(_)) => break Ok(()),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => break Ok(()),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                break Ok(())
+            }
             Err(e) => break Err(anyhow::anyhow!("console connection failed: {e}")),
         }
     };

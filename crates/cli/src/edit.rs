@@ -11,7 +11,9 @@ pub fn edit(c: &client::Client, name: &str) -> Result<i32> {
     let path = dir.join(format!("hv-edit-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, &original).with_context(|| format!("cannot write {}", path.display()))?;
     let _cleanup = Cleanup(path.clone());
-    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
     loop {
         // The user's editor is the one process the CLI starts; it runs with the user's terminal.
         let mut parts = editor.split_whitespace();
@@ -29,10 +31,15 @@ pub fn edit(c: &client::Client, name: &str) -> Result<i32> {
             println!("VM {name} unchanged");
             return Ok(0);
         }
-        let result = crate::parse_spec_file(&text, "edited spec").and_then(|s| c.update(name, &s).map_err(Into::into));
+        let result = crate::parse_spec_file(&text, "edited spec")
+            .and_then(|s| c.update(name, &s).map_err(Into::into));
         match result {
             Ok(info) => {
-                let note = if info.state.is_active() { " (takes effect at the next start)" } else { "" };
+                let note = if info.state.is_active() {
+                    " (takes effect at the next start)"
+                } else {
+                    ""
+                };
                 println!("VM {name} updated{note}");
                 return Ok(0);
             }
@@ -48,11 +55,21 @@ pub fn edit(c: &client::Client, name: &str) -> Result<i32> {
 }
 
 fn ask(prompt: &str) -> bool {
-    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return false };
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return false;
+    };
     let mut w = &tty;
     let _ = w.write_all(prompt.as_bytes());
     let mut line = String::new();
-    if std::io::BufReader::new(&tty).read_line(&mut line).unwrap_or(0) == 0 {
+    if std::io::BufReader::new(&tty)
+        .read_line(&mut line)
+        .unwrap_or(0)
+        == 0
+    {
         return false;
     }
     !line.trim().eq_ignore_ascii_case("n")

@@ -12,7 +12,10 @@ use anyhow::{Context, Result};
 use api::WaitRequest;
 use clap::{Parser, Subcommand};
 use client::Client;
-use model::{Accel, BootOrder, DiskSpec, GraphicsSpec, KernelBoot, Machine, NicSpec, Size, VmName, VmSpec, VmState};
+use model::{
+    Accel, BootOrder, DiskSpec, GraphicsSpec, KernelBoot, Machine, NicSpec, Size, VmName, VmSpec,
+    VmState,
+};
 use output::Format;
 
 /// hv: run and manage QEMU/KVM virtual machines through hvd.
@@ -188,7 +191,9 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    Ok(std::env::current_dir().context("cannot read the current directory")?.join(p))
+    Ok(std::env::current_dir()
+        .context("cannot read the current directory")?
+        .join(p))
 }
 
 /// Parses a disk SPEC, making a relative path absolute against the current directory.
@@ -196,11 +201,16 @@ fn disk_spec(s: &str) -> Result<DiskSpec> {
     let mut parts = Vec::new();
     for p in s.split(',') {
         match p.split_once('=') {
-            Some((k @ ("path" | "file"), v)) => parts.push(format!("{k}={}", absolute(Path::new(v))?.display())),
+            Some((k @ ("path" | "file"), v)) => {
+                parts.push(format!("{k}={}", absolute(Path::new(v))?.display()))
+            }
             _ => parts.push(p.to_string()),
         }
     }
-    parts.join(",").parse::<DiskSpec>().map_err(|e| anyhow::anyhow!("--disk {s:?}: {}", e.message))
+    parts
+        .join(",")
+        .parse::<DiskSpec>()
+        .map_err(|e| anyhow::anyhow!("--disk {s:?}: {}", e.message))
 }
 
 fn spec_from(a: CreateArgs) -> Result<VmSpec> {
@@ -210,9 +220,17 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     spec.machine = a.machine;
     spec.accel = a.accel;
     if let Some(k) = a.kernel {
-        spec.kernel = Some(KernelBoot { path: absolute(&k)?, initrd: a.initrd.map(|i| absolute(&i)).transpose()?, cmdline: a.cmdline });
+        spec.kernel = Some(KernelBoot {
+            path: absolute(&k)?,
+            initrd: a.initrd.map(|i| absolute(&i)).transpose()?,
+            cmdline: a.cmdline,
+        });
     }
-    spec.disks = a.disks.iter().map(|d| disk_spec(d)).collect::<Result<_>>()?;
+    spec.disks = a
+        .disks
+        .iter()
+        .map(|d| disk_spec(d))
+        .collect::<Result<_>>()?;
     spec.cdrom = a.cdrom.map(|c| absolute(&c)).transpose()?;
     spec.boot = a.boot;
     spec.nics = a.nics;
@@ -225,8 +243,10 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
 
 /// Reads a spec file; unknown fields are named.
 pub fn parse_spec_file(text: &str, what: &str) -> Result<VmSpec> {
-    let spec: VmSpec = toml::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {}", e.to_string().trim()))?;
-    spec.validate().map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    let spec: VmSpec =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {}", e.to_string().trim()))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     Ok(spec)
 }
 
@@ -245,10 +265,15 @@ fn run(cli: Cli) -> Result<i32> {
             let start = a.start;
             let spec = spec_from(*a)?;
             let info = c.create(spec, start)?;
-            println!("VM {} defined{}", info.name, if start { " and started" } else { "" });
+            println!(
+                "VM {} defined{}",
+                info.name,
+                if start { " and started" } else { "" }
+            );
         }
         Cmd::Define { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let spec = parse_spec_file(&text, &file.display().to_string())?;
             let info = c.create(spec, false)?;
             println!("VM {} defined from {}", info.name, file.display());
@@ -263,7 +288,11 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Edit { name } => return edit::edit(&c, &name),
         Cmd::List { all, format } => {
-            let vms: Vec<_> = c.list()?.into_iter().filter(|v| all || v.state.is_active()).collect();
+            let vms: Vec<_> = c
+                .list()?
+                .into_iter()
+                .filter(|v| all || v.state.is_active())
+                .collect();
             if !output::structured(format, &vms)? {
                 print!("{}", output::vm_table(&vms));
             }
@@ -274,14 +303,26 @@ fn run(cli: Cli) -> Result<i32> {
                 print!("{}", output::vm_details(&v));
             }
         }
-        Cmd::Start { name, paused, console } => {
+        Cmd::Start {
+            name,
+            paused,
+            console,
+        } => {
             let v = c.start(&name, paused)?;
-            println!("VM {} started{}", v.name, if paused { " (paused)" } else { "" });
+            println!(
+                "VM {} started{}",
+                v.name,
+                if paused { " (paused)" } else { "" }
+            );
             if console {
                 console::attach(&c, &name)?;
             }
         }
-        Cmd::Shutdown { name, timeout, force } => {
+        Cmd::Shutdown {
+            name,
+            timeout,
+            force,
+        } => {
             c.shutdown(&name, timeout, force)?;
             println!("VM {name} is shut off");
         }
@@ -289,7 +330,11 @@ fn run(cli: Cli) -> Result<i32> {
             c.destroy(&name)?;
             println!("VM {name} destroyed (powered off)");
         }
-        Cmd::Reboot { name, timeout, force } => {
+        Cmd::Reboot {
+            name,
+            timeout,
+            force,
+        } => {
             c.reboot(&name, timeout, force)?;
             println!("VM {name} rebooted");
         }
@@ -305,13 +350,27 @@ fn run(cli: Cli) -> Result<i32> {
             c.resume(&name)?;
             println!("VM {name} resumed");
         }
-        Cmd::Undefine { name, remove_storage, force } => {
+        Cmd::Undefine {
+            name,
+            remove_storage,
+            force,
+        } => {
             c.undefine(&name, remove_storage, force)?;
-            println!("VM {name} undefined{}", if remove_storage { " and its storage removed" } else { "" });
+            println!(
+                "VM {name} undefined{}",
+                if remove_storage {
+                    " and its storage removed"
+                } else {
+                    ""
+                }
+            );
         }
         Cmd::Autostart { name, disable } => {
             c.autostart(&name, !disable)?;
-            println!("VM {name} autostart {}", if disable { "disabled" } else { "enabled" });
+            println!(
+                "VM {name} autostart {}",
+                if disable { "disabled" } else { "enabled" }
+            );
         }
         Cmd::Console { name, log, follow } => {
             if log {
@@ -330,15 +389,30 @@ fn run(cli: Cli) -> Result<i32> {
                 console::attach(&c, &name)?;
             }
         }
-        Cmd::Wait { name, state, console, timeout } => {
-            let r = c.wait(&name, &WaitRequest { state, console: console.clone(), timeout_secs: timeout })?;
+        Cmd::Wait {
+            name,
+            state,
+            console,
+            timeout,
+        } => {
+            let r = c.wait(
+                &name,
+                &WaitRequest {
+                    state,
+                    console: console.clone(),
+                    timeout_secs: timeout,
+                },
+            )?;
             if !r.reached {
                 let what = match (state, console) {
                     (Some(s), _) => format!("state {s}"),
                     (_, Some(re)) => format!("console output matching {re:?}"),
                     _ => String::new(),
                 };
-                eprintln!("error: timed out after {timeout} s waiting for {what} (VM {name} is {})", r.state);
+                eprintln!(
+                    "error: timed out after {timeout} s waiting for {what} (VM {name} is {})",
+                    r.state
+                );
                 return Ok(1);
             }
             if let Some(m) = r.matched {
@@ -347,7 +421,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Showcmd { name } => {
             let s = c.showcmd(&name)?;
-            println!("{}", s.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" \\\n    "));
+            println!(
+                "{}",
+                s.argv
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" \\\n    ")
+            );
         }
     }
     Ok(0)
@@ -355,7 +436,10 @@ fn run(cli: Cli) -> Result<i32> {
 
 /// Quotes an argument so the printed command can be pasted into a shell.
 fn shell_quote(a: &str) -> String {
-    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         a.to_string()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))

@@ -75,7 +75,18 @@ pub fn vm_table(vms: &[VmInfo]) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "VCPUS", "MEMORY", "AUTOSTART", "ACCEL", "PID"], &rows)
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "VCPUS",
+            "MEMORY",
+            "AUTOSTART",
+            "ACCEL",
+            "PID",
+        ],
+        &rows,
+    )
 }
 
 pub fn vm_details(v: &VmInfo) -> String {
@@ -84,8 +95,14 @@ pub fn vm_details(v: &VmInfo) -> String {
         ("State".into(), v.state.to_string()),
         ("vCPUs".into(), v.vcpus.to_string()),
         ("Memory".into(), mem(v.memory_mib)),
-        ("Autostart".into(), if v.autostart { "yes" } else { "no" }.into()),
-        ("Ephemeral".into(), if v.ephemeral { "yes" } else { "no" }.into()),
+        (
+            "Autostart".into(),
+            if v.autostart { "yes" } else { "no" }.into(),
+        ),
+        (
+            "Ephemeral".into(),
+            if v.ephemeral { "yes" } else { "no" }.into(),
+        ),
     ];
     if let Some(a) = &v.accel {
         rows.push(("Accel".into(), a.clone()));
@@ -104,15 +121,30 @@ pub fn vm_details(v: &VmInfo) -> String {
         for (i, d) in spec.disks.iter().enumerate() {
             let fmt = d.format.map(|f| f.to_string()).unwrap_or_default();
             let ro = if d.readonly { ", read-only" } else { "" };
-            rows.push((format!("Disk {i}"), format!("{} ({fmt}, {}, cache={}{ro})", d.path.display(), d.bus, d.cache)));
+            rows.push((
+                format!("Disk {i}"),
+                format!(
+                    "{} ({fmt}, {}, cache={}{ro})",
+                    d.path.display(),
+                    d.bus,
+                    d.cache
+                ),
+            ));
         }
         if let Some(c) = &spec.cdrom {
             rows.push(("CD-ROM".into(), c.display().to_string()));
         }
         for (i, n) in spec.nics.iter().enumerate() {
-            let src = n.source.as_deref().map(|s| format!("={s}")).unwrap_or_default();
+            let src = n
+                .source
+                .as_deref()
+                .map(|s| format!("={s}"))
+                .unwrap_or_default();
             let mac = n.mac.map(|m| m.to_string()).unwrap_or_default();
-            rows.push((format!("NIC {i}"), format!("{}{src} {} {mac}", n.kind, n.model)));
+            rows.push((
+                format!("NIC {i}"),
+                format!("{}{src} {} {mac}", n.kind, n.model),
+            ));
         }
         if let Some(k) = &spec.kernel {
             rows.push(("Kernel".into(), k.path.display().to_string()));
@@ -125,13 +157,21 @@ pub fn vm_details(v: &VmInfo) -> String {
         }
     }
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    rows.iter().map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:"))).collect()
+    rows.iter()
+        .map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:")))
+        .collect()
 }
 
 pub fn host_report(r: &HostReport) -> String {
     let mut out = String::new();
     for c in &r.checks {
-        let _ = writeln!(out, "{:<4}  {:<9} {}", format!("{:?}", c.status).to_uppercase(), c.name, c.detail);
+        let _ = writeln!(
+            out,
+            "{:<4}  {:<9} {}",
+            format!("{:?}", c.status).to_uppercase(),
+            c.name,
+            c.detail
+        );
         if let Some(h) = &c.hint {
             let _ = writeln!(out, "{:<15} hint: {h}", "");
         }

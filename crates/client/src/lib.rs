@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use api::{
-    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, HostReport, ShowCmd, ShutdownRequest, StartRequest,
-    UndefineRequest, VmInfo, VmList, WaitRequest, WaitResponse,
+    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, HostReport, ShowCmd,
+    ShutdownRequest, StartRequest, UndefineRequest, VmInfo, VmList, WaitRequest, WaitResponse,
 };
 use model::VmSpec;
 use serde::de::DeserializeOwned;
@@ -22,10 +22,17 @@ pub const DEFAULT_SOCKET: &str = "/run/hv/hvd.sock";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach hvd at {socket}: {source}; is hvd running? (start it with `hvd`, or point --socket / HV_SOCKET at it)")]
-    Connect { socket: String, source: std::io::Error },
+    Connect {
+        socket: String,
+        source: std::io::Error,
+    },
     /// The daemon answered with an error.
     #[error("{message}")]
-    Api { code: ErrorCode, status: u16, message: String },
+    Api {
+        code: ErrorCode,
+        status: u16,
+        message: String,
+    },
     #[error("talking to hvd failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("hvd sent a reply hv does not understand: {0}")]
@@ -77,8 +84,12 @@ impl<R: BufRead> Read for Chunked<R> {
                 self.inner.read_line(&mut line)?;
             }
             let size = line.trim().split(';').next().unwrap_or("");
-            self.left = usize::from_str_radix(size, 16)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size:?}")))?;
+            self.left = usize::from_str_radix(size, 16).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad chunk size {size:?}"),
+                )
+            })?;
             if self.left == 0 {
                 self.done = true;
                 return Ok(0);
@@ -101,7 +112,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into() }
+        Client {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -109,8 +122,10 @@ impl Client {
     }
 
     fn connect(&self) -> Result<UnixStream> {
-        UnixStream::connect(&self.socket)
-            .map_err(|source| ClientError::Connect { socket: self.socket.display().to_string(), source })
+        UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+            socket: self.socket.display().to_string(),
+            source,
+        })
     }
 
     /// Sends one request and reads the status line and headers.
@@ -129,7 +144,9 @@ impl Client {
         loop {
             let n = r.read_until(b'\n', &mut raw)?;
             if n == 0 {
-                return Err(ClientError::Protocol("connection closed before the headers ended".into()));
+                return Err(ClientError::Protocol(
+                    "connection closed before the headers ended".into(),
+                ));
             }
             if raw.ends_with(b"\r\n\r\n") {
                 break;
@@ -137,38 +154,65 @@ impl Client {
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
-        resp.parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        resp.parse(&raw)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let status = resp.code.unwrap_or(0);
         let header = |name: &str| {
-            resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).into_owned())
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
         };
-        let body: Box<dyn Read + Send> = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            Box::new(Chunked { inner: r, left: 0, done: false })
-        } else if let Some(len) = header("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
-            Box::new(r.take(len))
-        } else {
-            Box::new(r)
-        };
+        let body: Box<dyn Read + Send> =
+            if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                Box::new(Chunked {
+                    inner: r,
+                    left: 0,
+                    done: false,
+                })
+            } else if let Some(len) =
+                header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Box::new(r.take(len))
+            } else {
+                Box::new(r)
+            };
         Ok(Response { status, body })
     }
 
     /// Sends a request and decodes a JSON reply (or the API error).
-    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&impl Serialize>) -> Result<T> {
-        let bytes = body.map(|b| serde_json::to_vec(b)).transpose().map_err(|e| ClientError::Protocol(e.to_string()))?;
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b))
+            .transpose()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self.send(method, path, bytes.as_deref())?;
         let status = resp.status;
         let mut data = Vec::new();
         resp.into_reader().read_to_end(&mut data)?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_slice::<ErrorBody>(&data) {
-                Ok(e) => ClientError::Api { code: e.error.code, status, message: e.error.message },
-                Err(_) => ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&data))),
+                Ok(e) => ClientError::Api {
+                    code: e.error.code,
+                    status,
+                    message: e.error.message,
+                },
+                Err(_) => ClientError::Protocol(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&data)
+                )),
             });
         }
         if data.is_empty() {
             data = b"null".to_vec();
         }
-        serde_json::from_slice(&data).map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
+        serde_json::from_slice(&data)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
     }
 
     fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
@@ -201,10 +245,22 @@ impl Client {
         self.post(&paths::vm_action(name, "start"), &StartRequest { paused })
     }
     pub fn shutdown(&self, name: &str, timeout_secs: u64, force: bool) -> Result<VmInfo> {
-        self.post(&paths::vm_action(name, "shutdown"), &ShutdownRequest { timeout_secs, force })
+        self.post(
+            &paths::vm_action(name, "shutdown"),
+            &ShutdownRequest {
+                timeout_secs,
+                force,
+            },
+        )
     }
     pub fn reboot(&self, name: &str, timeout_secs: u64, force: bool) -> Result<VmInfo> {
-        self.post(&paths::vm_action(name, "reboot"), &ShutdownRequest { timeout_secs, force })
+        self.post(
+            &paths::vm_action(name, "reboot"),
+            &ShutdownRequest {
+                timeout_secs,
+                force,
+            },
+        )
     }
     pub fn destroy(&self, name: &str) -> Result<VmInfo> {
         self.action(name, "destroy")
@@ -219,10 +275,20 @@ impl Client {
         self.action(name, "resume")
     }
     pub fn undefine(&self, name: &str, remove_storage: bool, force: bool) -> Result<()> {
-        self.post::<serde_json::Value>(&paths::vm_action(name, "undefine"), &UndefineRequest { remove_storage, force }).map(drop)
+        self.post::<serde_json::Value>(
+            &paths::vm_action(name, "undefine"),
+            &UndefineRequest {
+                remove_storage,
+                force,
+            },
+        )
+        .map(drop)
     }
     pub fn autostart(&self, name: &str, enabled: bool) -> Result<VmInfo> {
-        self.post(&paths::vm_action(name, "autostart"), &AutostartRequest { enabled })
+        self.post(
+            &paths::vm_action(name, "autostart"),
+            &AutostartRequest { enabled },
+        )
     }
     pub fn wait(&self, name: &str, req: &WaitRequest) -> Result<WaitResponse> {
         self.post(&paths::vm_action(name, "wait"), req)
@@ -241,7 +307,11 @@ impl Client {
             let mut data = Vec::new();
             resp.into_reader().read_to_end(&mut data)?;
             return Err(match serde_json::from_slice::<ErrorBody>(&data) {
-                Ok(e) => ClientError::Api { code: e.error.code, status, message: e.error.message },
+                Ok(e) => ClientError::Api {
+                    code: e.error.code,
+                    status,
+                    message: e.error.message,
+                },
                 Err(_) => ClientError::Protocol(format!("HTTP {status}")),
             });
         }
@@ -250,7 +320,9 @@ impl Client {
 
     /// The event stream: one JSON event per line.
     pub fn events(&self) -> Result<impl BufRead> {
-        Ok(BufReader::new(self.send("GET", paths::EVENTS, None)?.into_reader()))
+        Ok(BufReader::new(
+            self.send("GET", paths::EVENTS, None)?.into_reader(),
+        ))
     }
 
     /// Opens the serial console WebSocket (binary frames both ways).
@@ -259,7 +331,8 @@ impl Client {
         self.info(name)?;
         let stream = self.connect()?;
         let url = format!("ws://hvd{}", paths::vm_action(name, "console"));
-        let (ws, _) = tungstenite::client(url.as_str(), stream).map_err(|e| ClientError::Protocol(format!("console handshake: {e}")))?;
+        let (ws, _) = tungstenite::client(url.as_str(), stream)
+            .map_err(|e| ClientError::Protocol(format!("console handshake: {e}")))?;
         Ok(ws)
     }
 }
@@ -271,7 +344,11 @@ mod tests {
     #[test]
     fn chunked_bodies_decode() {
         let raw = b"5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n";
-        let mut c = Chunked { inner: BufReader::new(&raw[..]), left: 0, done: false };
+        let mut c = Chunked {
+            inner: BufReader::new(&raw[..]),
+            left: 0,
+            done: false,
+        };
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
         assert_eq!(out, "hello world!");
@@ -279,7 +356,13 @@ mod tests {
 
     #[test]
     fn connect_error_says_what_to_do() {
-        let e = Client::new("/nonexistent/hvd.sock").list().unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/hvd.sock") && e.contains("is hvd running"), "{e}");
+        let e = Client::new("/nonexistent/hvd.sock")
+            .list()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/hvd.sock") && e.contains("is hvd running"),
+            "{e}"
+        );
     }
 }

@@ -28,18 +28,30 @@ struct Args {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// One hvd per state dir.
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
     let path = dir.join("hvd.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: flock on an fd we own, with constant flags.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another hvd is already using state dir {} (stop it first, or use another --state-dir)", dir.display());
+        bail!(
+            "another hvd is already using state dir {} (stop it first, or use another --state-dir)",
+            dir.display()
+        );
     }
     Ok(f)
 }
@@ -49,15 +61,21 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
         bail!("socket path {} is longer than the 107 bytes Unix sockets allow; use a shorter --socket", path.display());
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("an hvd is already serving {}; stop it first, or use another --socket", path.display());
+            bail!(
+                "an hvd is already serving {}; stop it first, or use another --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(l)
@@ -68,7 +86,9 @@ async fn run(args: Args) -> Result<()> {
     let listener = bind_socket(&args.socket)?;
     let mut cfg = engine::Config::new(args.state_dir.clone());
     cfg.qemu_binary = args.qemu.clone();
-    let engine = engine::Engine::open(cfg).await.context("cannot open the engine")?;
+    let engine = engine::Engine::open(cfg)
+        .await
+        .context("cannot open the engine")?;
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "hvd ready");
     let app = routes::router(engine.clone());
     let auto = engine.clone();
@@ -81,7 +101,10 @@ async fn run(args: Args) -> Result<()> {
         }
         tracing::info!("stopping hvd; running VMs keep running");
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving the API failed")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving the API failed")?;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }
@@ -89,7 +112,11 @@ async fn run(args: Args) -> Result<()> {
 fn main() {
     let args = Args::parse();
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

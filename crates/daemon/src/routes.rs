@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use api::{
-    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, ErrorDetail, ShutdownRequest, StartRequest,
-    UndefineRequest, VmList, WaitRequest,
+    paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, ErrorDetail, ShutdownRequest,
+    StartRequest, UndefineRequest, VmList, WaitRequest,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -37,13 +37,20 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::AlreadyExists | ErrorCode::InvalidState => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::LOCKED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.0, message: self.1 } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.0,
+                message: self.1,
+            },
+        };
         (status_of(self.0), Json(body)).into_response()
     }
 }
@@ -53,16 +60,29 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// Parses a JSON body with our error format (serde names unknown fields).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let slice: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
-    serde_json::from_slice(slice).map_err(|e| ApiError(ErrorCode::InvalidArgument, format!("invalid request body: {e}")))
+    serde_json::from_slice(slice).map_err(|e| {
+        ApiError(
+            ErrorCode::InvalidArgument,
+            format!("invalid request body: {e}"),
+        )
+    })
 }
 
 pub fn router(engine: Engine) -> Router {
     Router::new()
-        .route(paths::PING, get(|| async { Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })) }))
+        .route(
+            paths::PING,
+            get(|| async {
+                Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+            }),
+        )
         .route(paths::HOST_CHECK, get(host_check))
         .route(paths::EVENTS, get(events))
         .route(paths::VMS, get(list).post(create))
-        .route("/v1/vms/{name}", get(info).put(update).delete(undefine_delete))
+        .route(
+            "/v1/vms/{name}",
+            get(info).put(update).delete(undefine_delete),
+        )
         .route("/v1/vms/{name}/start", post(start))
         .route("/v1/vms/{name}/shutdown", post(shutdown))
         .route("/v1/vms/{name}/reboot", post(reboot))
@@ -88,33 +108,61 @@ async fn list(State(e): State<Engine>) -> Json<VmList> {
     Json(VmList { vms: e.list() })
 }
 
-async fn create(State(e): State<Engine>, b: Bytes) -> Result<(StatusCode, Json<api::VmInfo>), ApiError> {
+async fn create(
+    State(e): State<Engine>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::VmInfo>), ApiError> {
     let req: CreateVmRequest = body(&b)?;
-    Ok((StatusCode::CREATED, Json(e.define(req.spec, req.start).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(e.define(req.spec, req.start).await?),
+    ))
 }
 
 async fn info(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
     Ok(Json(e.info(&name)?))
 }
 
-async fn update(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+async fn update(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
     let spec: VmSpec = body(&b)?;
     Ok(Json(e.update(&name, spec).await?))
 }
 
-async fn start(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+async fn start(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
     let req: StartRequest = body(&b)?;
     Ok(Json(e.start(&name, req.paused).await?))
 }
 
-async fn shutdown(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+async fn shutdown(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
     let req: ShutdownRequest = body(&b)?;
-    Ok(Json(e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force).await?))
+    Ok(Json(
+        e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force)
+            .await?,
+    ))
 }
 
-async fn reboot(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+async fn reboot(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
     let req: ShutdownRequest = body(&b)?;
-    Ok(Json(e.reboot(&name, Duration::from_secs(req.timeout_secs), req.force).await?))
+    Ok(Json(
+        e.reboot(&name, Duration::from_secs(req.timeout_secs), req.force)
+            .await?,
+    ))
 }
 
 async fn destroy(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
@@ -133,23 +181,39 @@ async fn resume(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<
     Ok(Json(e.resume(&name).await?))
 }
 
-async fn undefine(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> Result<StatusCode, ApiError> {
+async fn undefine(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Result<StatusCode, ApiError> {
     let req: UndefineRequest = body(&b)?;
     e.undefine(&name, req.remove_storage, req.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn undefine_delete(State(e): State<Engine>, Path(name): Path<String>, Query(req): Query<UndefineRequest>) -> Result<StatusCode, ApiError> {
+async fn undefine_delete(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    Query(req): Query<UndefineRequest>,
+) -> Result<StatusCode, ApiError> {
     e.undefine(&name, req.remove_storage, req.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn autostart(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::VmInfo> {
+async fn autostart(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
     let req: AutostartRequest = body(&b)?;
     Ok(Json(e.set_autostart(&name, req.enabled)?))
 }
 
-async fn wait(State(e): State<Engine>, Path(name): Path<String>, b: Bytes) -> ApiResult<api::WaitResponse> {
+async fn wait(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::WaitResponse> {
     let req: WaitRequest = body(&b)?;
     Ok(Json(e.wait(&name, req).await?))
 }
@@ -166,17 +230,24 @@ struct LogQuery {
 
 /// What the console printed since the VM last started; with `follow`, then live output until
 /// the VM stops.
-async fn console_log(State(e): State<Engine>, Path(name): Path<String>, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+async fn console_log(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
     let hub = e.console(&name)?;
     let (snap, rx) = hub.subscribe();
-    let head = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(snap)) });
+    let head =
+        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(snap)) });
     let body = if q.follow {
         let live = futures_util::stream::unfold(rx, |mut rx| async move {
             loop {
                 match rx.recv().await {
                     Ok(ConsoleMsg::Data(d)) => return Some((Ok(Bytes::copy_from_slice(&d)), rx)),
                     Ok(ConsoleMsg::Reset) => continue,
-                    Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => return None,
+                    Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                        return None
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 }
             }
@@ -204,16 +275,29 @@ async fn events(State(e): State<Engine>) -> Response {
             }
         }
     });
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(s)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(s),
+    )
+        .into_response()
 }
 
 /// The serial console as a WebSocket: binary frames both ways. Any number of clients.
-async fn console_ws(State(e): State<Engine>, Path(name): Path<String>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn console_ws(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let hub = e.console(&name)?;
     Ok(ws.on_upgrade(move |socket| console_session(e, name, hub, socket)))
 }
 
-async fn console_session(e: Engine, name: String, hub: std::sync::Arc<engine::ConsoleHub>, mut socket: WebSocket) {
+async fn console_session(
+    e: Engine,
+    name: String,
+    hub: std::sync::Arc<engine::ConsoleHub>,
+    mut socket: WebSocket,
+) {
     let (_, mut rx) = hub.subscribe();
     loop {
         tokio::select! {

@@ -27,7 +27,11 @@ fn bad_specs_are_refused_and_create_nothing() {
     s.kernel.as_mut().unwrap().path = "/nonexistent/vmlinuz".into();
     check(&h, s, ErrorCode::InvalidArgument, "/nonexistent/vmlinuz");
     let mut s = ok.clone();
-    s.disks.push(format!("path={}/missing.qcow2", h.dir.display()).parse().unwrap());
+    s.disks.push(
+        format!("path={}/missing.qcow2", h.dir.display())
+            .parse()
+            .unwrap(),
+    );
     check(&h, s, ErrorCode::InvalidArgument, "add size=SIZE");
     let mut s = ok.clone();
     s.boot = Some("cdrom".parse().unwrap());
@@ -35,26 +39,47 @@ fn bad_specs_are_refused_and_create_nothing() {
     // A sized disk is created, and removed again when a later step fails.
     let mut s = ok.clone();
     let made = h.dir.join("made.qcow2");
-    s.disks.push(format!("path={},size=16M", made.display()).parse().unwrap());
-    s.disks.push(format!("path={}/missing.raw", h.dir.display()).parse().unwrap());
+    s.disks
+        .push(format!("path={},size=16M", made.display()).parse().unwrap());
+    s.disks.push(
+        format!("path={}/missing.raw", h.dir.display())
+            .parse()
+            .unwrap(),
+    );
     check(&h, s, ErrorCode::InvalidArgument, "missing.raw");
     assert!(!made.exists(), "half-created disk left behind");
     assert!(h.client().list().unwrap().is_empty());
     // Unknown JSON fields are named.
-    let resp = h.client().send("POST", "/v1/vms", Some(br#"{"spec":{"name":"x","colour":"red"}}"#)).unwrap();
+    let resp = h
+        .client()
+        .send(
+            "POST",
+            "/v1/vms",
+            Some(br#"{"spec":{"name":"x","colour":"red"}}"#),
+        )
+        .unwrap();
     assert_eq!(resp.status, 400);
     let mut body = String::new();
     std::io::Read::read_to_string(&mut resp.into_reader(), &mut body).unwrap();
-    assert!(body.contains("colour") && body.contains("invalid_argument"), "{body}");
+    assert!(
+        body.contains("colour") && body.contains("invalid_argument"),
+        "{body}"
+    );
     // Bad names never reach the disk.
-    let resp = h.client().send("POST", "/v1/vms", Some(br#"{"spec":{"name":"../etc"}}"#)).unwrap();
+    let resp = h
+        .client()
+        .send("POST", "/v1/vms", Some(br#"{"spec":{"name":"../etc"}}"#))
+        .unwrap();
     assert_eq!(resp.status, 400);
     assert!(!h.state_dir.join("etc").exists());
     // Duplicates.
     h.client().create(ok.clone(), false).unwrap();
     check(&h, ok, ErrorCode::AlreadyExists, "already exists");
     assert_eq!(h.client().list().unwrap().len(), 1);
-    assert_eq!(h.client().info("nope").unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        h.client().info("nope").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
 }
 
 #[test]
@@ -62,7 +87,8 @@ fn create_with_start_is_all_or_nothing_and_kvm_is_refused_when_unusable() {
     let h = hvd();
     let mut s = h.tiny_spec("c", VmOpts::default()).unwrap();
     let made = h.dir.join("c.qcow2");
-    s.disks.push(format!("path={},size=16M", made.display()).parse().unwrap());
+    s.disks
+        .push(format!("path={},size=16M", made.display()).parse().unwrap());
     s.memory = model::Size(1 << 40); // QEMU cannot allocate 1 TiB here
     let e = h.client().create(s, true).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::QemuError), "{e}");
@@ -82,7 +108,15 @@ fn create_with_start_is_all_or_nothing_and_kvm_is_refused_when_unusable() {
 #[test]
 fn invalid_actions_and_busy_vms_are_refused() {
     let h = hvd();
-    let spec = h.tiny_spec("s", VmOpts { no_acpi: true, ..Default::default() }).unwrap();
+    let spec = h
+        .tiny_spec(
+            "s",
+            VmOpts {
+                no_acpi: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     h.client().create(spec, false).unwrap();
     for (what, e) in [
         ("shutdown", h.client().shutdown("s", 1, false).unwrap_err()),
@@ -95,12 +129,19 @@ fn invalid_actions_and_busy_vms_are_refused() {
     }
     h.client().start("s", false).unwrap();
     h.wait_ready("s").unwrap();
-    assert_eq!(h.client().start("s", false).unwrap_err().code(), Some(ErrorCode::InvalidState));
-    assert_eq!(h.client().undefine("s", false, false).unwrap_err().code(), Some(ErrorCode::InvalidState));
+    assert_eq!(
+        h.client().start("s", false).unwrap_err().code(),
+        Some(ErrorCode::InvalidState)
+    );
+    assert_eq!(
+        h.client().undefine("s", false, false).unwrap_err().code(),
+        Some(ErrorCode::InvalidState)
+    );
     // A shutdown of a guest that ignores ACPI takes its whole timeout; meanwhile the VM is busy.
     let c = h.client().clone();
     let waiter = std::thread::spawn(move || c.shutdown("s", 5, false));
-    h.wait_state("s", VmState::ShuttingDown, Duration::from_secs(5)).unwrap();
+    h.wait_state("s", VmState::ShuttingDown, Duration::from_secs(5))
+        .unwrap();
     let e = h.client().pause("s").unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
     assert!(e.to_string().contains("busy with shutdown"), "{e}");

@@ -25,27 +25,40 @@ fn start_ready_acpi_shutdown_shutoff() {
     let h = hvd();
     boot(&h, "acpi", VmOpts::default());
     let info = h.client().info("acpi").unwrap();
-    assert_eq!(info.accel.as_deref().map(|a| a == "tcg" || a == "kvm"), Some(true));
+    assert_eq!(
+        info.accel.as_deref().map(|a| a == "tcg" || a == "kvm"),
+        Some(true)
+    );
     assert!(info.pid.is_some());
     let info = h.client().shutdown("acpi", 30, false).unwrap();
     assert_eq!(info.state, VmState::Shutoff);
     assert!(h.console_text("acpi").contains(guest::POWERDOWN_MARKER));
     assert!(h.qemu_pids().is_empty(), "QEMU is gone after shutdown");
     // Runtime sockets are cleaned up.
-    let run: Vec<_> = std::fs::read_dir(h.state_dir.join("run")).unwrap().collect();
+    let run: Vec<_> = std::fs::read_dir(h.state_dir.join("run"))
+        .unwrap()
+        .collect();
     assert!(run.is_empty(), "run dir still has {run:?}");
 }
 
 #[test]
 fn guest_ignoring_acpi_is_not_reported_shut_down_and_force_powers_off() {
     let h = hvd();
-    boot(&h, "deaf", VmOpts { no_acpi: true, ..Default::default() });
+    boot(
+        &h,
+        "deaf",
+        VmOpts {
+            no_acpi: true,
+            ..Default::default()
+        },
+    );
     let e = h.client().shutdown("deaf", 2, false).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Timeout), "{e}");
     assert!(e.to_string().contains("still running"), "{e}");
     assert_eq!(h.client().info("deaf").unwrap().state, VmState::Running);
     // The guest still works.
-    h.run_in_guest("deaf", "echo still-$((40+2))", "still-42").unwrap();
+    h.run_in_guest("deaf", "echo still-$((40+2))", "still-42")
+        .unwrap();
     let info = h.client().shutdown("deaf", 1, true).unwrap();
     assert_eq!(info.state, VmState::Shutoff);
     assert!(h.qemu_pids().is_empty());
@@ -54,7 +67,14 @@ fn guest_ignoring_acpi_is_not_reported_shut_down_and_force_powers_off() {
 #[test]
 fn destroy_powers_off_hard_and_keeps_the_definition() {
     let h = hvd();
-    boot(&h, "d", VmOpts { no_acpi: true, ..Default::default() });
+    boot(
+        &h,
+        "d",
+        VmOpts {
+            no_acpi: true,
+            ..Default::default()
+        },
+    );
     let info = h.client().destroy("d").unwrap();
     assert_eq!(info.state, VmState::Shutoff);
     assert!(h.qemu_pids().is_empty());
@@ -68,13 +88,22 @@ fn pause_resume_reset() {
     let h = hvd();
     boot(&h, "p", VmOpts::default());
     assert_eq!(h.client().pause("p").unwrap().state, VmState::Paused);
-    assert_eq!(h.client().pause("p").unwrap_err().code(), Some(ErrorCode::InvalidState));
+    assert_eq!(
+        h.client().pause("p").unwrap_err().code(),
+        Some(ErrorCode::InvalidState)
+    );
     assert_eq!(h.client().resume("p").unwrap().state, VmState::Running);
-    h.run_in_guest("p", "echo alive-after-resume", "alive-after-resume\r?\n").unwrap();
+    h.run_in_guest("p", "echo alive-after-resume", "alive-after-resume\r?\n")
+        .unwrap();
     let pid = h.client().info("p").unwrap().pid;
     h.client().reset("p").unwrap();
     // The guest boots again in the same QEMU.
-    h.wait_console("p", "(?s)alive-after-resume.*HV-GUEST-READY", Duration::from_secs(60)).unwrap();
+    h.wait_console(
+        "p",
+        "(?s)alive-after-resume.*HV-GUEST-READY",
+        Duration::from_secs(60),
+    )
+    .unwrap();
     let info = h.client().info("p").unwrap();
     assert_eq!((info.state, info.pid), (VmState::Running, pid));
 }
@@ -96,13 +125,21 @@ fn guest_reboot_keeps_running_and_guest_poweroff_is_seen_at_once() {
         }
     }
     assert!(saw_reset);
-    h.wait_console("g", "(?s)HV-GUEST-READY.*HV-GUEST-READY", Duration::from_secs(60)).unwrap();
+    h.wait_console(
+        "g",
+        "(?s)HV-GUEST-READY.*HV-GUEST-READY",
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(h.client().info("g").unwrap().state, VmState::Running);
     h.wait_ready("g").unwrap();
     h.type_line("g", "poweroff -f").unwrap();
     h.wait_state("g", VmState::Shutoff, T).unwrap();
     let info = h.client().info("g").unwrap();
-    assert!(info.crash.is_none(), "a guest power-off is not a crash: {info:?}");
+    assert!(
+        info.crash.is_none(),
+        "a guest power-off is not a crash: {info:?}"
+    );
 }
 
 #[test]
@@ -114,7 +151,10 @@ fn hv_reboot_restarts_the_guest() {
     assert_eq!(info.state, VmState::Running);
     assert_ne!(info.pid, before, "reboot = shutdown + start: a new QEMU");
     h.wait_ready("rb").unwrap();
-    assert!(!h.console_text("rb").contains(guest::POWERDOWN_MARKER), "the console log is per start");
+    assert!(
+        !h.console_text("rb").contains(guest::POWERDOWN_MARKER),
+        "the console log is per start"
+    );
 }
 
 #[test]
@@ -128,9 +168,16 @@ fn sigkill_of_hvd_leaves_vms_running_and_a_new_hvd_reattaches() {
     h.start_again().unwrap();
     let info = h.client().info("keep").unwrap();
     assert_eq!((info.state, info.pid), (VmState::Running, pid));
-    h.run_in_guest("keep", "echo reattached-$((6*7))", "reattached-42").unwrap();
-    assert!(h.console_text("keep").contains(guest::READY_MARKER), "scrollback survives the restart");
-    assert_eq!(h.client().shutdown("keep", 30, false).unwrap().state, VmState::Shutoff);
+    h.run_in_guest("keep", "echo reattached-$((6*7))", "reattached-42")
+        .unwrap();
+    assert!(
+        h.console_text("keep").contains(guest::READY_MARKER),
+        "scrollback survives the restart"
+    );
+    assert_eq!(
+        h.client().shutdown("keep", 30, false).unwrap().state,
+        VmState::Shutoff
+    );
     // SIGTERM stops hvd, not the VMs.
     boot(&h, "keep2", VmOpts::default());
     let pid2 = h.client().info("keep2").unwrap().pid;
@@ -149,7 +196,9 @@ fn vm_that_died_while_hvd_was_down_is_crashed_after_restart() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let deadline = std::time::Instant::now() + T;
     while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-        && std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| !c.is_empty()).unwrap_or(false)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(10));
@@ -180,7 +229,15 @@ fn sigkill_of_qemu_leaves_the_vm_crashed_with_the_reason() {
 #[test]
 fn autostart_vms_start_when_hvd_starts() {
     let mut h = hvd();
-    let spec = h.tiny_spec("auto", VmOpts { autostart: true, ..Default::default() }).unwrap();
+    let spec = h
+        .tiny_spec(
+            "auto",
+            VmOpts {
+                autostart: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     h.client().create(spec, false).unwrap();
     let spec = h.tiny_spec("manual", VmOpts::default()).unwrap();
     h.client().create(spec, false).unwrap();
@@ -208,15 +265,29 @@ fn ephemeral_writes_are_discarded_and_normal_writes_persist() {
         let disk = h.dir.join(format!("{name}.raw"));
         std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
         let before = sha(&disk);
-        let d: model::DiskSpec = format!("path={},format=raw", disk.display()).parse().unwrap();
-        boot(&h, name, VmOpts { disks: vec![d], ephemeral, ..Default::default() });
+        let d: model::DiskSpec = format!("path={},format=raw", disk.display())
+            .parse()
+            .unwrap();
+        boot(
+            &h,
+            name,
+            VmOpts {
+                disks: vec![d],
+                ephemeral,
+                ..Default::default()
+            },
+        );
         assert!(h.console_text(name).contains("HV-DISK vda"));
         h.run_in_guest(name, "echo hv-was-here | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null && echo WRITE-$((1+1))", "WRITE-2").unwrap();
         h.client().shutdown(name, 30, false).unwrap();
         let after = sha(&disk);
         if ephemeral {
             assert_eq!(before, after, "an ephemeral VM changed its disk");
-            let leftovers: Vec<_> = std::fs::read_dir(h.state_dir.join("vms").join(name)).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ephemeral")).collect();
+            let leftovers: Vec<_> = std::fs::read_dir(h.state_dir.join("vms").join(name))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("ephemeral"))
+                .collect();
             assert!(leftovers.is_empty(), "overlay left behind");
         } else {
             assert_ne!(before, after, "the write did not reach the disk");

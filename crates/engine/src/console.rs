@@ -40,7 +40,13 @@ pub struct ConsoleHub {
 
 impl Default for ConsoleHub {
     fn default() -> Self {
-        ConsoleHub { inner: Mutex::new(Inner { buf: VecDeque::new(), input: None }), tx: broadcast::channel(1024).0 }
+        ConsoleHub {
+            inner: Mutex::new(Inner {
+                buf: VecDeque::new(),
+                input: None,
+            }),
+            tx: broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -59,7 +65,9 @@ impl ConsoleHub {
 
     /// Seeds the scrollback from the tail of the log file (re-attach after a restart).
     pub fn seed_from_log(&self, log: &Path) {
-        let Ok(mut f) = std::fs::File::open(log) else { return };
+        let Ok(mut f) = std::fs::File::open(log) else {
+            return;
+        };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let start = len.saturating_sub(SCROLLBACK as u64);
         let mut data = Vec::new();

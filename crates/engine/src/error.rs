@@ -14,7 +14,10 @@ pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
     #[error("VM {vm:?}: {source}")]
-    InvalidState { vm: String, source: InvalidTransition },
+    InvalidState {
+        vm: String,
+        source: InvalidTransition,
+    },
     #[error("VM {vm:?} is busy with {op}; try again when it has finished")]
     Busy { vm: String, op: &'static str },
     #[error("{0}")]

@@ -35,7 +35,10 @@ pub struct Config {
 
 impl Config {
     pub fn new(state_dir: PathBuf) -> Self {
-        Config { state_dir, qemu_binary: host_probe::QEMU_BINARY.to_string() }
+        Config {
+            state_dir,
+            qemu_binary: host_probe::QEMU_BINARY.to_string(),
+        }
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("vms").join(name)
@@ -69,11 +72,17 @@ pub struct Engine {
 }
 
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -84,11 +93,20 @@ impl Engine {
     /// Opens (or creates) the state dir, loads every VM and re-attaches to running ones.
     pub async fn open(cfg: Config) -> Result<Engine> {
         use std::os::unix::fs::PermissionsExt;
-        for dir in [cfg.state_dir.clone(), cfg.state_dir.join("vms"), cfg.run_dir()] {
-            std::fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+        for dir in [
+            cfg.state_dir.clone(),
+            cfg.state_dir.join("vms"),
+            cfg.run_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
-        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(format!("cannot set the mode of {}", cfg.state_dir.display())))?;
+        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            io_err(format!(
+                "cannot set the mode of {}",
+                cfg.state_dir.display()
+            )),
+        )?;
         let probe = cfg.run_dir().join("12345678.qmp");
         if probe.as_os_str().len() > 107 {
             return Err(EngineError::Invalid(format!(
@@ -99,7 +117,10 @@ impl Engine {
         }
         let store = Store::open(&cfg.state_dir.join("hv.db"))?;
         let rows = store.load_all()?;
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let engine = Engine {
             inner: Arc::new(Inner {
                 cfg,
@@ -156,11 +177,18 @@ impl Engine {
     }
 
     fn get(&self, name: &str) -> Result<Arc<Vm>> {
-        self.read_vms().get(name).cloned().ok_or_else(|| EngineError::NotFound(name.to_string()))
+        self.read_vms()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))
     }
 
     pub(crate) fn emit(&self, vm: &str, kind: EventKind) {
-        let _ = self.inner.events.send(Event { time_ms: now_ms(), vm: vm.to_string(), kind });
+        let _ = self.inner.events.send(Event {
+            time_ms: now_ms(),
+            vm: vm.to_string(),
+            kind,
+        });
     }
 
     /// Every event from now on.
@@ -281,7 +309,10 @@ impl Engine {
             for (i, d) in spec.disks.iter_mut().enumerate() {
                 if d.path.exists() {
                     if d.path.is_dir() {
-                        return Err(EngineError::Invalid(format!("disks[{i}]: {} is a directory, not a disk image", d.path.display())));
+                        return Err(EngineError::Invalid(format!(
+                            "disks[{i}]: {} is a directory, not a disk image",
+                            d.path.display()
+                        )));
                     }
                     if d.format.is_none() {
                         d.format = Some(run::probe_format(&d.path).await?);
@@ -319,12 +350,24 @@ impl Engine {
     }
 
     fn assign_macs(&self, nics: &mut [NicSpec]) {
-        let mut used: Vec<Mac> = self.read_vms().values().flat_map(|vm| vm.lock().spec.nics.iter().filter_map(|n| n.mac).collect::<Vec<_>>()).collect();
+        let mut used: Vec<Mac> = self
+            .read_vms()
+            .values()
+            .flat_map(|vm| {
+                vm.lock()
+                    .spec
+                    .nics
+                    .iter()
+                    .filter_map(|n| n.mac)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         used.extend(nics.iter().filter_map(|n| n.mac));
         for nic in nics.iter_mut().filter(|n| n.mac.is_none()) {
             let mac = loop {
                 let mut b = [0u8; 3];
-                let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+                let _ = std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
                 let m = Mac::qemu(b);
                 if !used.contains(&m) {
                     break m;
@@ -350,11 +393,23 @@ impl Engine {
         let state = vm.state();
         if state.is_active() {
             if !force {
-                Action::Undefine.check(state).map_err(|source| EngineError::InvalidState { vm: name.into(), source })?;
+                Action::Undefine
+                    .check(state)
+                    .map_err(|source| EngineError::InvalidState {
+                        vm: name.into(),
+                        source,
+                    })?;
             }
             self.destroy_vm(&vm).await?;
         }
-        let disks: Vec<PathBuf> = vm.lock().spec.disks.iter().filter(|d| !d.readonly).map(|d| d.path.clone()).collect();
+        let disks: Vec<PathBuf> = vm
+            .lock()
+            .spec
+            .disks
+            .iter()
+            .filter(|d| !d.readonly)
+            .map(|d| d.path.clone())
+            .collect();
         self.remove_definition(&vm)?;
         if remove_storage {
             for d in disks {
@@ -382,7 +437,10 @@ impl Engine {
     // ---- views ----
 
     pub fn list(&self) -> Vec<VmInfo> {
-        self.read_vms().values().map(|vm| self.info_of(vm, false)).collect()
+        self.read_vms()
+            .values()
+            .map(|vm| self.info_of(vm, false))
+            .collect()
     }
 
     pub fn info(&self, name: &str) -> Result<VmInfo> {
@@ -408,7 +466,11 @@ impl Engine {
             pid: st.rec.pid.filter(|_| active),
             started_at: st.rec.started_at.filter(|_| active),
             vnc: st.vnc.clone().filter(|_| active),
-            crash: st.rec.crash.clone().filter(|_| st.state == VmState::Crashed),
+            crash: st
+                .rec
+                .crash
+                .clone()
+                .filter(|_| st.state == VmState::Crashed),
             accel_reason: st.rec.accel_reason.clone().filter(|_| active),
             spec: with_spec.then(|| st.spec.clone()),
         }
@@ -420,12 +482,18 @@ impl Engine {
         {
             let st = vm.lock();
             if st.state.is_active() && !st.rec.argv.is_empty() {
-                return Ok(ShowCmd { argv: st.rec.argv.clone(), running: true });
+                return Ok(ShowCmd {
+                    argv: st.rec.argv.clone(),
+                    running: true,
+                });
             }
         }
         let spec = vm.lock().spec.clone();
         let (argv, _) = self.plan_argv(&vm, &spec, false, &[]).await?;
-        Ok(ShowCmd { argv, running: false })
+        Ok(ShowCmd {
+            argv,
+            running: false,
+        })
     }
 
     /// A stream of the VM's console: the scrollback since it last started, then live output.
@@ -441,7 +509,11 @@ impl Engine {
         } else {
             Err(EngineError::InvalidState {
                 vm: name.into(),
-                source: model::InvalidTransition { action: Action::Start, state: vm.state(), hint: "; its console is not connected (is it running?)" },
+                source: model::InvalidTransition {
+                    action: Action::Start,
+                    state: vm.state(),
+                    hint: "; its console is not connected (is it running?)",
+                },
             })
         }
     }
@@ -450,22 +522,40 @@ impl Engine {
     pub async fn wait(&self, name: &str, req: WaitRequest) -> Result<WaitResponse> {
         let vm = self.get(name)?;
         if !(req.timeout_secs.is_finite() && (0.0..=86400.0).contains(&req.timeout_secs)) {
-            return Err(EngineError::Invalid(format!("timeout {} is out of range; use 0 to 86400 seconds", req.timeout_secs)));
+            return Err(EngineError::Invalid(format!(
+                "timeout {} is out of range; use 0 to 86400 seconds",
+                req.timeout_secs
+            )));
         }
         let timeout = Duration::from_secs_f64(req.timeout_secs);
         match (req.state, req.console) {
             (Some(target), None) => {
                 let mut rx = vm.state_tx.subscribe();
-                let reached = tokio::time::timeout(timeout, rx.wait_for(|s| *s == target)).await.is_ok_and(|r| r.is_ok());
-                Ok(WaitResponse { reached, state: vm.state(), matched: None })
+                let reached = tokio::time::timeout(timeout, rx.wait_for(|s| *s == target))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                Ok(WaitResponse {
+                    reached,
+                    state: vm.state(),
+                    matched: None,
+                })
             }
             (None, Some(pattern)) => {
-                let re = regex::bytes::Regex::new(&pattern)
-                    .map_err(|e| EngineError::Invalid(format!("invalid console regex {pattern:?}: {e}")))?;
-                let matched = tokio::time::timeout(timeout, wait_console(&vm.console, &re)).await.ok();
-                Ok(WaitResponse { reached: matched.is_some(), state: vm.state(), matched })
+                let re = regex::bytes::Regex::new(&pattern).map_err(|e| {
+                    EngineError::Invalid(format!("invalid console regex {pattern:?}: {e}"))
+                })?;
+                let matched = tokio::time::timeout(timeout, wait_console(&vm.console, &re))
+                    .await
+                    .ok();
+                Ok(WaitResponse {
+                    reached: matched.is_some(),
+                    state: vm.state(),
+                    matched,
+                })
             }
-            _ => Err(EngineError::Invalid("wait needs exactly one of a state or a console regex".into())),
+            _ => Err(EngineError::Invalid(
+                "wait needs exactly one of a state or a console regex".into(),
+            )),
         }
     }
 }
@@ -506,7 +596,10 @@ async fn wait_console(hub: &ConsoleHub, re: &regex::bytes::Regex) -> String {
 fn must_exist(what: &str, p: &Path) -> Result<()> {
     match std::fs::metadata(p) {
         Ok(m) if m.is_file() || m.file_type().is_symlink() => Ok(()),
-        Ok(_) => Err(EngineError::Invalid(format!("{what} {} is not a regular file", p.display()))),
+        Ok(_) => Err(EngineError::Invalid(format!(
+            "{what} {} is not a regular file",
+            p.display()
+        ))),
         Err(e) => Err(EngineError::Invalid(format!("{what} {}: {e}", p.display()))),
     }
 }

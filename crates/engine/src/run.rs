@@ -53,18 +53,36 @@ struct RunPaths {
     qmp_log: PathBuf,
 }
 
-fn invalid_state(vm: &Vm, action: Action) -> impl FnOnce(model::InvalidTransition) -> EngineError + '_ {
+fn invalid_state(
+    vm: &Vm,
+    action: Action,
+) -> impl FnOnce(model::InvalidTransition) -> EngineError + '_ {
     let _ = action;
-    move |source| EngineError::InvalidState { vm: vm.name.clone(), source }
+    move |source| EngineError::InvalidState {
+        vm: vm.name.clone(),
+        source,
+    }
 }
 
 /// `qemu-img info --output=json`: the image's format as qemu-img sees it.
 pub(crate) async fn probe_format(path: &Path) -> Result<DiskFormat> {
-    let out = host_exec::run("qemu-img", &[OsStr::new("info"), OsStr::new("--output=json"), OsStr::new("-U"), path.as_os_str()], Duration::from_secs(30))
-        .await
-        .map_err(|e| EngineError::Host(format!("cannot probe {}: {e}", path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .map_err(|e| EngineError::Host(format!("qemu-img info printed something that is not JSON: {e}")))?;
+    let out = host_exec::run(
+        "qemu-img",
+        &[
+            OsStr::new("info"),
+            OsStr::new("--output=json"),
+            OsStr::new("-U"),
+            path.as_os_str(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| EngineError::Host(format!("cannot probe {}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|e| {
+        EngineError::Host(format!(
+            "qemu-img info printed something that is not JSON: {e}"
+        ))
+    })?;
     match v["format"].as_str() {
         Some("qcow2") => Ok(DiskFormat::Qcow2),
         Some("raw") => Ok(DiskFormat::Raw),
@@ -81,7 +99,14 @@ pub(crate) async fn create_image(path: &Path, format: DiskFormat, size: u64) -> 
     let size = size.to_string();
     host_exec::run(
         "qemu-img",
-        &[OsStr::new("create"), OsStr::new("-q"), OsStr::new("-f"), OsStr::new(format.as_str()), path.as_os_str(), OsStr::new(&size)],
+        &[
+            OsStr::new("create"),
+            OsStr::new("-q"),
+            OsStr::new("-f"),
+            OsStr::new(format.as_str()),
+            path.as_os_str(),
+            OsStr::new(&size),
+        ],
         Duration::from_secs(60),
     )
     .await
@@ -93,21 +118,38 @@ async fn create_overlay(overlay: &Path, base: &Path, format: DiskFormat) -> Resu
     host_exec::run(
         "qemu-img",
         &[
-            OsStr::new("create"), OsStr::new("-q"), OsStr::new("-f"), OsStr::new("qcow2"),
-            OsStr::new("-F"), OsStr::new(format.as_str()), OsStr::new("-b"), base.as_os_str(), overlay.as_os_str(),
+            OsStr::new("create"),
+            OsStr::new("-q"),
+            OsStr::new("-f"),
+            OsStr::new("qcow2"),
+            OsStr::new("-F"),
+            OsStr::new(format.as_str()),
+            OsStr::new("-b"),
+            base.as_os_str(),
+            overlay.as_os_str(),
         ],
         Duration::from_secs(60),
     )
     .await
-    .map_err(|e| EngineError::Host(format!("cannot create the ephemeral overlay for {}: {e}", base.display())))?;
+    .map_err(|e| {
+        EngineError::Host(format!(
+            "cannot create the ephemeral overlay for {}: {e}",
+            base.display()
+        ))
+    })?;
     Ok(())
 }
 
 /// The last lines of a log file.
 fn log_tail(path: &Path, lines: usize) -> Vec<String> {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(16 << 10)..]).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b[b.len().saturating_sub(16 << 10)..]).into_owned())
+        .unwrap_or_default();
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    all[all.len().saturating_sub(lines)..].iter().map(|s| s.to_string()).collect()
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn bind_listener(path: &Path) -> Result<OwnedFd> {
@@ -130,7 +172,11 @@ impl Engine {
         }
     }
 
-    fn resolve_accel(&self, caps: &crate::HostCaps, want: Accel) -> Result<(qemu_argv::Accel, Option<String>)> {
+    fn resolve_accel(
+        &self,
+        caps: &crate::HostCaps,
+        want: Accel,
+    ) -> Result<(qemu_argv::Accel, Option<String>)> {
         match want {
             Accel::Tcg => Ok((qemu_argv::Accel::Tcg, None)),
             Accel::Auto if caps.kvm => Ok((qemu_argv::Accel::Kvm, None)),
@@ -153,9 +199,20 @@ impl Engine {
     ) -> Result<(Vec<String>, (qemu_argv::Accel, Option<String>))> {
         let caps = self.caps().await?;
         let accel = self.resolve_accel(&caps, spec.accel)?;
-        let qcaps = QemuCaps { version: caps.qemu_version, accel: accel.0, kvm_cpu: "host".into() };
-        let plan = RunPlan { qmp_fd: 3, serial_fd: 4, console_log: self.paths(vm).console_log, overlays: overlays.to_vec(), paused };
-        let argv = qemu_argv::build(spec, &qcaps, &plan).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let qcaps = QemuCaps {
+            version: caps.qemu_version,
+            accel: accel.0,
+            kvm_cpu: "host".into(),
+        };
+        let plan = RunPlan {
+            qmp_fd: 3,
+            serial_fd: 4,
+            console_log: self.paths(vm).console_log,
+            overlays: overlays.to_vec(),
+            paused,
+        };
+        let argv = qemu_argv::build(spec, &qcaps, &plan)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let bin = host_exec::which(&self.inner.cfg.qemu_binary)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| self.inner.cfg.qemu_binary.clone());
@@ -199,7 +256,9 @@ impl Engine {
     async fn start_locked(&self, vm: &Arc<Vm>, paused: bool) -> Result<()> {
         let spec = {
             let st = vm.lock();
-            Action::Start.check(st.state).map_err(invalid_state(vm, Action::Start))?;
+            Action::Start
+                .check(st.state)
+                .map_err(invalid_state(vm, Action::Start))?;
             st.spec.clone()
         };
         let span = tracing::info_span!("start", vm = %vm.name);
@@ -209,8 +268,14 @@ impl Engine {
     async fn launch(&self, vm: &Arc<Vm>, spec: VmSpec, paused: bool) -> Result<()> {
         let paths = self.paths(vm);
         let dir = self.inner.cfg.vm_dir(&vm.name);
-        std::fs::create_dir_all(&dir).map_err(|e| EngineError::Host(format!("cannot create {}: {e}", dir.display())))?;
-        for (what, p) in spec.kernel.iter().flat_map(|k| [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())]).chain([("cdrom", spec.cdrom.as_ref())]) {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", dir.display())))?;
+        for (what, p) in spec
+            .kernel
+            .iter()
+            .flat_map(|k| [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())])
+            .chain([("cdrom", spec.cdrom.as_ref())])
+        {
             if let Some(p) = p {
                 crate::must_exist(what, p)?;
             }
@@ -250,7 +315,9 @@ impl Engine {
                 return Err(e);
             }
         };
-        let res = self.spawn_and_attach(vm, &spec, &paths, &argv, paused).await;
+        let res = self
+            .spawn_and_attach(vm, &spec, &paths, &argv, paused)
+            .await;
         let (child, qmp, events, pidfd) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -276,9 +343,19 @@ impl Engine {
         }
         self.persist_runtime(vm);
         self.finish_attach(vm, &spec, &qmp).await;
-        let state = if paused { VmState::Paused } else { VmState::Running };
+        let state = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
         self.set_state(vm, state, accel.1.map(|r| format!("accel tcg: {r}")));
-        tokio::spawn(self.clone().supervise(vm.clone(), ProcWatch::Child(child), events, qmp, None));
+        tokio::spawn(self.clone().supervise(
+            vm.clone(),
+            ProcWatch::Child(child),
+            events,
+            qmp,
+            None,
+        ));
         Ok(())
     }
 
@@ -290,23 +367,42 @@ impl Engine {
         paths: &RunPaths,
         argv: &[String],
         paused: bool,
-    ) -> Result<(tokio::process::Child, Arc<Qmp>, mpsc::UnboundedReceiver<QmpEvent>, Arc<PidFd>)> {
+    ) -> Result<(
+        tokio::process::Child,
+        Arc<Qmp>,
+        mpsc::UnboundedReceiver<QmpEvent>,
+        Arc<PidFd>,
+    )> {
         let _ = paused;
         let qmp_fd = bind_listener(&paths.qmp)?;
         let ser_fd = bind_listener(&paths.serial)?;
         // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.
-        std::fs::write(&paths.console_log, b"").map_err(|e| EngineError::Host(format!("cannot reset {}: {e}", paths.console_log.display())))?;
+        std::fs::write(&paths.console_log, b"").map_err(|e| {
+            EngineError::Host(format!("cannot reset {}: {e}", paths.console_log.display()))
+        })?;
         vm.console.reset();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&paths.qemu_log)
-            .map_err(|e| EngineError::Host(format!("cannot open {}: {e}", paths.qemu_log.display())))?;
-        let _ = writeln!(log, "=== hvd {} starting QEMU: {}", now_secs(), argv.join(" "));
+            .map_err(|e| {
+                EngineError::Host(format!("cannot open {}: {e}", paths.qemu_log.display()))
+            })?;
+        let _ = writeln!(
+            log,
+            "=== hvd {} starting QEMU: {}",
+            now_secs(),
+            argv.join(" ")
+        );
         self.set_state(vm, VmState::Starting, None);
         let args: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
-        let mut d = host_exec::spawn_detached(Path::new(&argv[0]), &args, vec![(qmp_fd, 3), (ser_fd, 4)], log)
-            .map_err(|e| EngineError::Host(e.to_string()))?;
+        let mut d = host_exec::spawn_detached(
+            Path::new(&argv[0]),
+            &args,
+            vec![(qmp_fd, 3), (ser_fd, 4)],
+            log,
+        )
+        .map_err(|e| EngineError::Host(e.to_string()))?;
         let pidfd = match PidFd::open(d.pid) {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -316,8 +412,12 @@ impl Engine {
         };
         let transcript = transcript_writer(&paths.qmp_log);
         let attach = async {
-            let s = UnixStream::connect(&paths.qmp).await.map_err(|e| EngineError::Qemu(format!("cannot connect to QMP: {e}")))?;
-            Qmp::handshake(s, transcript).await.map_err(|e| EngineError::Qemu(e.to_string()))
+            let s = UnixStream::connect(&paths.qmp)
+                .await
+                .map_err(|e| EngineError::Qemu(format!("cannot connect to QMP: {e}")))?;
+            Qmp::handshake(s, transcript)
+                .await
+                .map_err(|e| EngineError::Qemu(e.to_string()))
         };
         let attached = tokio::select! {
             r = tokio::time::timeout(QMP_CONNECT_TIMEOUT, attach) => r.unwrap_or_else(|_| Err(EngineError::Qemu("QEMU did not answer on QMP in time".into()))),
@@ -328,9 +428,15 @@ impl Engine {
             Err(e) => {
                 let _ = d.child.start_kill();
                 let _ = d.child.wait().await;
-                let tail = log_tail(&paths.qemu_log, 5).into_iter().filter(|l| !l.starts_with("=== hvd")).collect::<Vec<_>>().join("; ");
+                let tail = log_tail(&paths.qemu_log, 5)
+                    .into_iter()
+                    .filter(|l| !l.starts_with("=== hvd"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let _ = spec;
-                Err(EngineError::Qemu(format!("QEMU failed to start: {e}: {tail}")))
+                Err(EngineError::Qemu(format!(
+                    "QEMU failed to start: {e}: {tail}"
+                )))
             }
         }
     }
@@ -341,7 +447,9 @@ impl Engine {
         let paths = self.paths(vm);
         match UnixStream::connect(&paths.serial).await {
             Ok(s) => vm.console.attach(s, paths.console_log.clone()),
-            Err(e) => tracing::warn!(vm = %vm.name, error = %e, "cannot connect to the serial console"),
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %e, "cannot connect to the serial console")
+            }
         }
         if let GraphicsSpec::Vnc(v) = &spec.graphics {
             if let Some(pw) = &v.password {
@@ -391,7 +499,11 @@ impl Engine {
             "SHUTDOWN" => {
                 let guest = ev.data["guest"].as_bool().unwrap_or(false);
                 let reason = ev.data["reason"].as_str().unwrap_or("unknown").to_string();
-                *shutdown = Some(if guest { format!("guest shut down ({reason})") } else { format!("stopped by the host ({reason})") });
+                *shutdown = Some(if guest {
+                    format!("guest shut down ({reason})")
+                } else {
+                    format!("stopped by the host ({reason})")
+                });
                 // -no-shutdown keeps QEMU around (so a restarted hvd can tell a guest power-off
                 // from a crash); now that we have seen it, let QEMU go.
                 let q = qmp.clone();
@@ -399,15 +511,11 @@ impl Engine {
                     let _ = q.quit().await;
                 });
             }
-            "STOP" if shutdown.is_none() => {
-                if vm.state() == VmState::Running {
-                    self.set_state(vm, VmState::Paused, None);
-                }
+            "STOP" if shutdown.is_none() && vm.state() == VmState::Running => {
+                self.set_state(vm, VmState::Paused, None);
             }
-            "RESUME" => {
-                if vm.state() == VmState::Paused {
-                    self.set_state(vm, VmState::Running, None);
-                }
+            "RESUME" if vm.state() == VmState::Paused => {
+                self.set_state(vm, VmState::Running, None);
             }
             "RESET" => self.emit(&vm.name, EventKind::Reset),
             _ => {}
@@ -423,12 +531,30 @@ impl Engine {
             (VmState::Shutoff, "destroyed".to_string(), None)
         } else {
             let (what, exit_code, signal) = match exit {
-                Exit::Code(c) => (format!("QEMU exited with status {c} without a guest shutdown"), Some(c), None),
+                Exit::Code(c) => (
+                    format!("QEMU exited with status {c} without a guest shutdown"),
+                    Some(c),
+                    None,
+                ),
                 Exit::Signal(s) => (format!("QEMU was killed by signal {s}"), None, Some(s)),
-                Exit::Unknown => ("QEMU ended while hvd was not its parent (exit status unknown)".to_string(), None, None),
+                Exit::Unknown => (
+                    "QEMU ended while hvd was not its parent (exit status unknown)".to_string(),
+                    None,
+                    None,
+                ),
             };
             let tail = log_tail(&paths.qemu_log, 10);
-            (VmState::Crashed, what.clone(), Some(CrashInfo { reason: what, exit_code, signal, log_tail: tail, at: now_secs() }))
+            (
+                VmState::Crashed,
+                what.clone(),
+                Some(CrashInfo {
+                    reason: what,
+                    exit_code,
+                    signal,
+                    log_tail: tail,
+                    at: now_secs(),
+                }),
+            )
         };
         let overlays = {
             let mut st = vm.lock();
@@ -440,7 +566,11 @@ impl Engine {
             st.rec.crash = crash;
             std::mem::take(&mut st.rec.overlays)
         };
-        for p in overlays.iter().map(PathBuf::from).chain([paths.qmp, paths.serial]) {
+        for p in overlays
+            .iter()
+            .map(PathBuf::from)
+            .chain([paths.qmp, paths.serial])
+        {
             let _ = std::fs::remove_file(p);
         }
         self.persist_runtime(vm);
@@ -455,8 +585,16 @@ impl Engine {
             (st.rec.pid.unwrap_or(0), st.spec.clone())
         };
         let qmp_path = paths.qmp.display().to_string();
-        let ours = host_exec::process_cmdline(pid).is_some_and(|c| c.iter().any(|a| a.contains("hv-qmp")) && c.iter().any(|a| a.contains(&paths.console_log.display().to_string())));
-        let pidfd = if ours { PidFd::open(pid).ok().map(Arc::new) } else { None };
+        let ours = host_exec::process_cmdline(pid).is_some_and(|c| {
+            c.iter().any(|a| a.contains("hv-qmp"))
+                && c.iter()
+                    .any(|a| a.contains(&paths.console_log.display().to_string()))
+        });
+        let pidfd = if ours {
+            PidFd::open(pid).ok().map(Arc::new)
+        } else {
+            None
+        };
         let Some(pidfd) = pidfd else {
             tracing::warn!(vm = %vm.name, pid, "QEMU is gone; it ended while hvd was down");
             self.finish_run(&vm, Exit::Unknown, None);
@@ -464,8 +602,12 @@ impl Engine {
         };
         let transcript = transcript_writer(&paths.qmp_log);
         let attach = async {
-            let s = UnixStream::connect(&qmp_path).await.map_err(|e| EngineError::Qemu(e.to_string()))?;
-            Qmp::handshake(s, transcript).await.map_err(|e| EngineError::Qemu(e.to_string()))
+            let s = UnixStream::connect(&qmp_path)
+                .await
+                .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            Qmp::handshake(s, transcript)
+                .await
+                .map_err(|e| EngineError::Qemu(e.to_string()))
         };
         let (qmp, events) = match tokio::time::timeout(Duration::from_secs(10), attach).await {
             Ok(Ok((q, e))) => (Arc::new(q), e),
@@ -476,7 +618,11 @@ impl Engine {
                 };
                 tracing::error!(vm = %vm.name, pid, why, "cannot re-attach to QEMU's QMP; leaving it running unmanaged");
                 vm.lock().pidfd = Some(pidfd.clone());
-                self.set_state(&vm, VmState::Running, Some(format!("QMP unavailable: {why}")));
+                self.set_state(
+                    &vm,
+                    VmState::Running,
+                    Some(format!("QMP unavailable: {why}")),
+                );
                 return;
             }
         };
@@ -494,11 +640,16 @@ impl Engine {
                 shutdown = Some("guest shut down while hvd was not running".to_string());
                 let _ = qmp.quit().await;
             }
-            "paused" | "suspended" => self.set_state(&vm, VmState::Paused, Some("re-attached".into())),
+            "paused" | "suspended" => {
+                self.set_state(&vm, VmState::Paused, Some("re-attached".into()))
+            }
             _ => self.set_state(&vm, VmState::Running, Some("re-attached".into())),
         }
         tracing::info!(vm = %vm.name, pid, status, "re-attached");
-        tokio::spawn(self.clone().supervise(vm, ProcWatch::PidFd(pidfd), events, qmp, shutdown));
+        tokio::spawn(
+            self.clone()
+                .supervise(vm, ProcWatch::PidFd(pidfd), events, qmp, shutdown),
+        );
     }
 
     /// Hard power-off: QMP `quit` (QEMU flushes and exits at once), SIGKILL if that fails.
@@ -516,7 +667,10 @@ impl Engine {
         if let Some(q) = qmp {
             let _ = tokio::time::timeout(Duration::from_secs(2), q.quit()).await;
         }
-        if tokio::time::timeout(QUIT_GRACE, rx.wait_for(|s| !s.is_active())).await.is_ok() {
+        if tokio::time::timeout(QUIT_GRACE, rx.wait_for(|s| !s.is_active()))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if let Some(p) = pidfd {
@@ -526,14 +680,18 @@ impl Engine {
         tokio::time::timeout(QUIT_GRACE, rx.wait_for(|s| !s.is_active()))
             .await
             .map(drop)
-            .map_err(|_| EngineError::Qemu(format!("QEMU of {:?} did not exit after SIGKILL", vm.name)))
+            .map_err(|_| {
+                EngineError::Qemu(format!("QEMU of {:?} did not exit after SIGKILL", vm.name))
+            })
     }
 
     /// `hv destroy`: allowed while another operation (say a long shutdown) is in progress,
     /// since it is the way out of one.
     pub async fn destroy(&self, name: &str) -> Result<VmInfo> {
         let vm = self.get(name)?;
-        Action::Destroy.check(vm.state()).map_err(invalid_state(&vm, Action::Destroy))?;
+        Action::Destroy
+            .check(vm.state())
+            .map_err(invalid_state(&vm, Action::Destroy))?;
         self.destroy_vm(&vm).await?;
         Ok(self.info_of(&vm, false))
     }
@@ -548,16 +706,25 @@ impl Engine {
     }
 
     async fn shutdown_locked(&self, vm: &Arc<Vm>, timeout: Duration, force: bool) -> Result<()> {
-        Action::Shutdown.check(vm.state()).map_err(invalid_state(vm, Action::Shutdown))?;
+        Action::Shutdown
+            .check(vm.state())
+            .map_err(invalid_state(vm, Action::Shutdown))?;
         let qmp = vm.qmp()?;
         let mut rx = vm.state_tx.subscribe();
-        self.set_state(vm, VmState::ShuttingDown, Some("ACPI power button pressed".into()));
+        self.set_state(
+            vm,
+            VmState::ShuttingDown,
+            Some("ACPI power button pressed".into()),
+        );
         self.mark_user_stop(vm);
         if let Err(e) = qmp.system_powerdown().await {
             self.restore_running(vm);
             return Err(EngineError::Qemu(e.to_string()));
         }
-        if tokio::time::timeout(timeout, rx.wait_for(|s| !s.is_active())).await.is_ok() {
+        if tokio::time::timeout(timeout, rx.wait_for(|s| !s.is_active()))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if force {
@@ -576,7 +743,11 @@ impl Engine {
     fn restore_running(&self, vm: &Vm) {
         if vm.state() == VmState::ShuttingDown {
             vm.lock().rec.user_stopped_boot = None;
-            self.set_state(vm, VmState::Running, Some("shutdown did not complete".into()));
+            self.set_state(
+                vm,
+                VmState::Running,
+                Some("shutdown did not complete".into()),
+            );
         }
     }
 
@@ -584,7 +755,9 @@ impl Engine {
     pub async fn reboot(&self, name: &str, timeout: Duration, force: bool) -> Result<VmInfo> {
         let vm = self.get(name)?;
         let _op = vm.begin("reboot")?;
-        Action::Reboot.check(vm.state()).map_err(invalid_state(&vm, Action::Reboot))?;
+        Action::Reboot
+            .check(vm.state())
+            .map_err(invalid_state(&vm, Action::Reboot))?;
         self.shutdown_locked(&vm, timeout, force).await?;
         self.start_locked(&vm, false).await?;
         Ok(self.info_of(&vm, false))
@@ -592,25 +765,42 @@ impl Engine {
 
     /// `hv reset`: hard reset, QEMU stays.
     pub async fn reset(&self, name: &str) -> Result<VmInfo> {
-        self.simple_op(name, "reset", Action::Reset, |q| Box::pin(async move { q.system_reset().await })).await
+        self.simple_op(name, "reset", Action::Reset, |q| {
+            Box::pin(async move { q.system_reset().await })
+        })
+        .await
     }
 
     pub async fn pause(&self, name: &str) -> Result<VmInfo> {
-        let info = self.simple_op(name, "pause", Action::Pause, |q| Box::pin(async move { q.stop().await })).await?;
+        let info = self
+            .simple_op(name, "pause", Action::Pause, |q| {
+                Box::pin(async move { q.stop().await })
+            })
+            .await?;
         let vm = self.get(name)?;
         if vm.state() == VmState::Running {
             self.set_state(&vm, VmState::Paused, None);
         }
-        Ok(VmInfo { state: vm.state(), ..info })
+        Ok(VmInfo {
+            state: vm.state(),
+            ..info
+        })
     }
 
     pub async fn resume(&self, name: &str) -> Result<VmInfo> {
-        let info = self.simple_op(name, "resume", Action::Resume, |q| Box::pin(async move { q.cont().await })).await?;
+        let info = self
+            .simple_op(name, "resume", Action::Resume, |q| {
+                Box::pin(async move { q.cont().await })
+            })
+            .await?;
         let vm = self.get(name)?;
         if vm.state() == VmState::Paused {
             self.set_state(&vm, VmState::Running, None);
         }
-        Ok(VmInfo { state: vm.state(), ..info })
+        Ok(VmInfo {
+            state: vm.state(),
+            ..info
+        })
     }
 
     async fn simple_op(
@@ -618,18 +808,30 @@ impl Engine {
         name: &str,
         op: &'static str,
         action: Action,
-        f: impl FnOnce(Arc<Qmp>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), qmp::QmpError>> + Send>>,
+        f: impl FnOnce(
+            Arc<Qmp>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), qmp::QmpError>> + Send>,
+        >,
     ) -> Result<VmInfo> {
         let vm = self.get(name)?;
         let _op = vm.begin(op)?;
-        action.check(vm.state()).map_err(invalid_state(&vm, action))?;
-        f(vm.qmp()?).await.map_err(|e| EngineError::Qemu(e.to_string()))?;
+        action
+            .check(vm.state())
+            .map_err(invalid_state(&vm, action))?;
+        f(vm.qmp()?)
+            .await
+            .map_err(|e| EngineError::Qemu(e.to_string()))?;
         Ok(self.info_of(&vm, false))
     }
 }
 
 fn transcript_writer(path: &Path) -> Option<qmp::Transcript> {
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(path).ok()?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()?;
     let f = Mutex::new(f);
     Some(Box::new(move |dir: char, line: &str| {
         if let Ok(mut f) = f.lock() {

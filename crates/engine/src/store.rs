@@ -57,7 +57,9 @@ impl Store {
                 runtime TEXT NOT NULL DEFAULT '{}'
             );",
         )?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -67,13 +69,25 @@ impl Store {
     pub fn load_all(&self) -> Result<Vec<Row>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, spec, runtime FROM vms ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, spec, runtime) = row?;
             match serde_json::from_str::<VmSpec>(&spec) {
-                Ok(spec) => out.push(Row { id, spec, runtime: serde_json::from_str(&runtime).unwrap_or_default() }),
-                Err(e) => tracing::error!(id, error = %e, "skipping a VM whose stored spec does not parse"),
+                Ok(spec) => out.push(Row {
+                    id,
+                    spec,
+                    runtime: serde_json::from_str(&runtime).unwrap_or_default(),
+                }),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "skipping a VM whose stored spec does not parse")
+                }
             }
         }
         Ok(out)
@@ -81,22 +95,32 @@ impl Store {
 
     pub fn insert(&self, spec: &VmSpec) -> Result<i64> {
         let conn = self.conn();
-        conn.execute("INSERT INTO vms (name, spec) VALUES (?1, ?2)", params![spec.name.as_str(), to_json(spec)])?;
+        conn.execute(
+            "INSERT INTO vms (name, spec) VALUES (?1, ?2)",
+            params![spec.name.as_str(), to_json(spec)],
+        )?;
         Ok(conn.last_insert_rowid())
     }
 
     pub fn update_spec(&self, id: i64, spec: &VmSpec) -> Result<()> {
-        self.conn().execute("UPDATE vms SET spec = ?1 WHERE id = ?2", params![to_json(spec), id])?;
+        self.conn().execute(
+            "UPDATE vms SET spec = ?1 WHERE id = ?2",
+            params![to_json(spec), id],
+        )?;
         Ok(())
     }
 
     pub fn update_runtime(&self, id: i64, rt: &RuntimeRecord) -> Result<()> {
-        self.conn().execute("UPDATE vms SET runtime = ?1 WHERE id = ?2", params![to_json(rt), id])?;
+        self.conn().execute(
+            "UPDATE vms SET runtime = ?1 WHERE id = ?2",
+            params![to_json(rt), id],
+        )?;
         Ok(())
     }
 
     pub fn delete(&self, id: i64) -> Result<()> {
-        self.conn().execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+        self.conn()
+            .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
         Ok(())
     }
 }

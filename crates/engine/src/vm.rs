@@ -44,11 +44,23 @@ impl Drop for OpGuard<'_> {
 
 impl Vm {
     pub fn new(id: i64, spec: VmSpec, rec: RuntimeRecord) -> Vm {
-        let state = if rec.crash.is_some() { VmState::Crashed } else { VmState::Shutoff };
+        let state = if rec.crash.is_some() {
+            VmState::Crashed
+        } else {
+            VmState::Shutoff
+        };
         Vm {
             id,
             name: spec.name.to_string(),
-            st: Mutex::new(VmRt { spec, state, rec, qmp: None, pidfd: None, vnc: None, stopping: false }),
+            st: Mutex::new(VmRt {
+                spec,
+                state,
+                rec,
+                qmp: None,
+                pidfd: None,
+                vnc: None,
+                stopping: false,
+            }),
             op: Mutex::new(None),
             state_tx: watch::channel(state).0,
             console: Arc::new(ConsoleHub::default()),
@@ -67,13 +79,19 @@ impl Vm {
     pub fn begin(&self, op: &'static str) -> Result<OpGuard<'_>> {
         let mut cur = self.op.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(other) = *cur {
-            return Err(EngineError::Busy { vm: self.name.clone(), op: other });
+            return Err(EngineError::Busy {
+                vm: self.name.clone(),
+                op: other,
+            });
         }
         *cur = Some(op);
         Ok(OpGuard(&self.op))
     }
 
     pub fn qmp(&self) -> Result<Arc<Qmp>> {
-        self.lock().qmp.clone().ok_or_else(|| EngineError::Qemu(format!("VM {:?} has no QMP connection", self.name)))
+        self.lock()
+            .qmp
+            .clone()
+            .ok_or_else(|| EngineError::Qemu(format!("VM {:?} has no QMP connection", self.name)))
     }
 }

@@ -20,7 +20,11 @@ pub enum ExecError {
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: String, status: String, stderr: String },
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
     #[error("{program} did not finish within {secs} s")]
     Timeout { program: String, secs: u64 },
     #[error("cannot watch process {pid}: {source}")]
@@ -50,8 +54,14 @@ pub async fn run(program: &str, args: &[&OsStr], timeout: Duration) -> Result<Ou
     let fut = c.output();
     let out = tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| ExecError::Timeout { program: program.to_string(), secs: timeout.as_secs() })?
-        .map_err(|source| ExecError::Spawn { program: program.to_string(), source })?;
+        .map_err(|_| ExecError::Timeout {
+            program: program.to_string(),
+            secs: timeout.as_secs(),
+        })?
+        .map_err(|source| ExecError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
@@ -69,7 +79,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         return Path::new(program).is_file().then(|| PathBuf::from(program));
     }
-    PATH.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+    PATH.split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
 }
 
 /// A long-running child such as QEMU, started in its own session so that signals to hvd
@@ -88,9 +100,15 @@ pub fn spawn_detached(
     log: File,
 ) -> Result<Daemonized, ExecError> {
     tracing::info!(program = %program.display(), argv = ?argv, "spawn");
-    let err_log = log.try_clone().map_err(|source| ExecError::Spawn { program: program.display().to_string(), source })?;
+    let err_log = log.try_clone().map_err(|source| ExecError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     let mut c = base_command(program.as_os_str());
-    c.args(argv).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(err_log));
+    c.args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err_log));
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
     // functions (setsid, fcntl, dup2, close) on fds it was handed; it allocates nothing.
@@ -118,7 +136,10 @@ pub fn spawn_detached(
             Ok(())
         });
     }
-    let child = c.spawn().map_err(|source| ExecError::Spawn { program: program.display().to_string(), source })?;
+    let child = c.spawn().map_err(|source| ExecError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     drop(fds);
     let pid = child.id().unwrap_or(0);
     Ok(Daemonized { child, pid })
@@ -157,14 +178,20 @@ impl PidFd {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd < 0 {
-            return Err(ExecError::Watch { pid, source: io::Error::last_os_error() });
+            return Err(ExecError::Watch {
+                pid,
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: the syscall returned a fresh fd that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         // SAFETY: `owned` is an open fd that the AsyncFd owns for its whole life, and
         // `OwnedFd::as_raw_fd` always returns that same fd.
         let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
-            .map_err(|e| ExecError::Watch { pid, source: e.into() })?;
+            .map_err(|e| ExecError::Watch {
+            pid,
+            source: e.into(),
+        })?;
         Ok(PidFd { fd, pid })
     }
 
@@ -185,7 +212,13 @@ impl PidFd {
     pub fn signal(&self, sig: i32) -> io::Result<()> {
         // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a null siginfo and no flags.
         let r = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -197,7 +230,12 @@ impl PidFd {
 /// The command line of a process, NUL-separated arguments split out.
 pub fn process_cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
 }
 
 /// Makes this process a child subreaper, so QEMU processes orphaned by an earlier hvd that
@@ -217,11 +255,28 @@ mod tests {
 
     #[tokio::test]
     async fn run_reports_failures_with_stderr() {
-        let out = run("sh", &[OsStr::new("-c"), OsStr::new("echo $LC_ALL; echo err >&2")], Duration::from_secs(5)).await.unwrap();
+        let out = run(
+            "sh",
+            &[OsStr::new("-c"), OsStr::new("echo $LC_ALL; echo err >&2")],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.stdout.trim(), "C");
-        let e = run("sh", &[OsStr::new("-c"), OsStr::new("echo boom >&2; exit 3")], Duration::from_secs(5)).await.unwrap_err();
-        assert!(e.to_string().contains("boom") && e.to_string().contains("exit status: 3"), "{e}");
-        let e = run("/nonexistent/tool", &[], Duration::from_secs(5)).await.unwrap_err();
+        let e = run(
+            "sh",
+            &[OsStr::new("-c"), OsStr::new("echo boom >&2; exit 3")],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("boom") && e.to_string().contains("exit status: 3"),
+            "{e}"
+        );
+        let e = run("/nonexistent/tool", &[], Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(e, ExecError::Spawn { .. }), "{e}");
     }
 

@@ -76,7 +76,9 @@ pub fn decide_accel(f: &KvmFacts) -> AccelDecision {
         return tcg("/dev/kvm does not exist (load kvm_intel or kvm_amd, or enable virtualization in the firmware or the outer hypervisor)".into());
     }
     if let Some(e) = &f.open_error {
-        return tcg(format!("/dev/kvm cannot be opened: {e} (run hvd as root or in the kvm group)"));
+        return tcg(format!(
+            "/dev/kvm cannot be opened: {e} (run hvd as root or in the kvm group)"
+        ));
     }
     if let Some(e) = &f.create_vm_error {
         return tcg(format!("KVM_CREATE_VM fails: {e}"));
@@ -84,7 +86,10 @@ pub fn decide_accel(f: &KvmFacts) -> AccelDecision {
     if f.pvm {
         return tcg("the host's KVM is the paravirtual PVM flavour (module kvm_pvm): QEMU can enable it, but standard guests hang under it".into());
     }
-    AccelDecision { kvm: true, reason: "/dev/kvm opens and KVM_CREATE_VM succeeds with standard (non-PVM) KVM".into() }
+    AccelDecision {
+        kvm: true,
+        reason: "/dev/kvm opens and KVM_CREATE_VM succeeds with standard (non-PVM) KVM".into(),
+    }
 }
 
 /// Parses `QEMU emulator version 7.2.22 (Debian ...)`.
@@ -92,7 +97,11 @@ pub fn parse_qemu_version(text: &str) -> Option<(u32, u32, u32)> {
     let rest = text.split("version ").nth(1)?;
     let v = rest.split_whitespace().next()?;
     let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next().flatten().unwrap_or(0), it.next().flatten().unwrap_or(0)))
+    Some((
+        it.next()??,
+        it.next().flatten().unwrap_or(0),
+        it.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Asks a binary for its version line.
@@ -100,11 +109,27 @@ pub async fn tool_version(program: &str) -> Result<String, String> {
     let out = host_exec::run(program, &[OsStr::new("--version")], Duration::from_secs(10))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(out.stdout.lines().next().unwrap_or_default().trim().to_string())
+    Ok(out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string())
 }
 
-fn check(name: &str, status: CheckStatus, detail: impl Into<String>, hint: Option<&str>) -> HostCheck {
-    HostCheck { name: name.into(), status, detail: detail.into(), hint: hint.map(str::to_string) }
+fn check(
+    name: &str,
+    status: CheckStatus,
+    detail: impl Into<String>,
+    hint: Option<&str>,
+) -> HostCheck {
+    HostCheck {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+        hint: hint.map(str::to_string),
+    }
 }
 
 /// Runs every host check.
@@ -113,7 +138,12 @@ pub async fn check_host(qemu: &str) -> HostReport {
     let mut checks = Vec::new();
     let mut qemu_version = None;
     match host_exec::which(qemu) {
-        None => checks.push(check("qemu", Fail, format!("{qemu} not found"), Some("apt-get install qemu-system-x86"))),
+        None => checks.push(check(
+            "qemu",
+            Fail,
+            format!("{qemu} not found"),
+            Some("apt-get install qemu-system-x86"),
+        )),
         Some(p) => match tool_version(qemu).await {
             Ok(v) => {
                 let parsed = parse_qemu_version(&v);
@@ -135,33 +165,61 @@ pub async fn check_host(qemu: &str) -> HostReport {
         "accel",
         if d.kvm { Pass } else { Warn },
         format!("{}: {}", if d.kvm { "kvm" } else { "tcg" }, d.reason),
-        (!d.kvm).then_some("VMs still run, under software emulation; --accel kvm is refused on this host"),
+        (!d.kvm).then_some(
+            "VMs still run, under software emulation; --accel kvm is refused on this host",
+        ),
     ));
     let tun = Path::new("/dev/net/tun").exists();
     checks.push(check(
         "tun",
         if tun { Pass } else { Warn },
-        if tun { "/dev/net/tun present" } else { "/dev/net/tun missing" },
+        if tun {
+            "/dev/net/tun present"
+        } else {
+            "/dev/net/tun missing"
+        },
         (!tun).then_some("modprobe tun (needed for bridged and managed-network NICs)"),
     ));
     let bridge = Path::new("/sys/module/bridge").exists();
     checks.push(check(
         "bridge",
         if bridge { Pass } else { Warn },
-        if bridge { "bridge module loaded" } else { "bridge module not loaded" },
+        if bridge {
+            "bridge module loaded"
+        } else {
+            "bridge module not loaded"
+        },
         (!bridge).then_some("modprobe bridge (loaded on demand on most hosts)"),
     ));
     for (name, tool, hint) in [
         ("qemu-img", "qemu-img", "apt-get install qemu-utils"),
-        ("dnsmasq", "dnsmasq", "apt-get install dnsmasq-base (DHCP for managed networks)"),
-        ("nft", "nft", "apt-get install nftables (NAT for managed networks)"),
+        (
+            "dnsmasq",
+            "dnsmasq",
+            "apt-get install dnsmasq-base (DHCP for managed networks)",
+        ),
+        (
+            "nft",
+            "nft",
+            "apt-get install nftables (NAT for managed networks)",
+        ),
     ] {
         match host_exec::which(tool) {
             Some(p) => {
                 let v = tool_version(tool).await.unwrap_or_default();
-                checks.push(check(name, Pass, format!("{} {v}", p.display()).trim().to_string(), None));
+                checks.push(check(
+                    name,
+                    Pass,
+                    format!("{} {v}", p.display()).trim().to_string(),
+                    None,
+                ));
             }
-            None => checks.push(check(name, if name == "qemu-img" { Fail } else { Warn }, format!("{tool} not found"), Some(hint))),
+            None => checks.push(check(
+                name,
+                if name == "qemu-img" { Fail } else { Warn },
+                format!("{tool} not found"),
+                Some(hint),
+            )),
         }
     }
     HostReport {
@@ -177,7 +235,12 @@ mod tests {
     use super::*;
 
     fn facts() -> KvmFacts {
-        KvmFacts { dev_kvm: true, open_error: None, create_vm_error: None, pvm: false }
+        KvmFacts {
+            dev_kvm: true,
+            open_error: None,
+            create_vm_error: None,
+            pvm: false,
+        }
     }
 
     fn check(f: KvmFacts, kvm: bool, reason_has: &str) {
@@ -189,16 +252,50 @@ mod tests {
     #[test]
     fn accel_decisions() {
         check(facts(), true, "KVM_CREATE_VM succeeds");
-        check(KvmFacts { pvm: true, ..facts() }, false, "PVM");
-        check(KvmFacts { dev_kvm: false, ..facts() }, false, "does not exist");
-        check(KvmFacts { open_error: Some("Permission denied".into()), ..facts() }, false, "Permission denied");
-        check(KvmFacts { create_vm_error: Some("Invalid argument".into()), ..facts() }, false, "KVM_CREATE_VM fails");
+        check(
+            KvmFacts {
+                pvm: true,
+                ..facts()
+            },
+            false,
+            "PVM",
+        );
+        check(
+            KvmFacts {
+                dev_kvm: false,
+                ..facts()
+            },
+            false,
+            "does not exist",
+        );
+        check(
+            KvmFacts {
+                open_error: Some("Permission denied".into()),
+                ..facts()
+            },
+            false,
+            "Permission denied",
+        );
+        check(
+            KvmFacts {
+                create_vm_error: Some("Invalid argument".into()),
+                ..facts()
+            },
+            false,
+            "KVM_CREATE_VM fails",
+        );
     }
 
     #[test]
     fn qemu_versions() {
-        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), Some((7, 2, 22)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 10.0.2"), Some((10, 0, 2)));
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some((7, 2, 22))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 10.0.2"),
+            Some((10, 0, 2))
+        );
         assert_eq!(parse_qemu_version("nonsense"), None);
     }
 

@@ -13,5 +13,5 @@ pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec,
-    KernelBoot, Machine, Mac, NicKind, NicModel, NicSpec, SpecError, VmName, VmSpec, VncSpec,
+    KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmName, VmSpec, VncSpec,
 };

@@ -42,7 +42,10 @@ impl VmState {
 
     /// A QEMU process exists for the VM.
     pub fn is_active(self) -> bool {
-        matches!(self, VmState::Starting | VmState::Running | VmState::Paused | VmState::ShuttingDown)
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Paused | VmState::ShuttingDown
+        )
     }
 }
 
@@ -55,10 +58,14 @@ impl fmt::Display for VmState {
 impl FromStr for VmState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        VmState::ALL.iter().copied().find(|st| st.as_str() == s).ok_or_else(|| {
-            let all: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
-            format!("unknown state {s:?}; use one of: {}", all.join(", "))
-        })
+        VmState::ALL
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = VmState::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state {s:?}; use one of: {}", all.join(", "))
+            })
     }
 }
 
@@ -110,8 +117,12 @@ impl Action {
             (A::Start, S::Shutoff | S::Crashed) => return Ok(()),
             (A::Start, _) => "; it is already running (use reboot or reset to restart it)",
             (A::Shutdown | A::Reboot, S::Running) => return Ok(()),
-            (A::Shutdown | A::Reboot, S::Paused) => "; resume it first, or use destroy for a hard power-off",
-            (A::Shutdown | A::Reboot, S::ShuttingDown) => "; a shutdown is already in progress (use destroy for a hard power-off)",
+            (A::Shutdown | A::Reboot, S::Paused) => {
+                "; resume it first, or use destroy for a hard power-off"
+            }
+            (A::Shutdown | A::Reboot, S::ShuttingDown) => {
+                "; a shutdown is already in progress (use destroy for a hard power-off)"
+            }
             (A::Destroy, s) if s.is_active() => return Ok(()),
             (A::Reset, S::Running | S::Paused) => return Ok(()),
             (A::Pause, S::Running) => return Ok(()),
@@ -126,7 +137,11 @@ impl Action {
             (_, S::ShuttingDown) => "; it is shutting down",
             (_, S::Running | S::Paused) => "",
         };
-        Err(InvalidTransition { action: self, state, hint })
+        Err(InvalidTransition {
+            action: self,
+            state,
+            hint,
+        })
     }
 }
 
@@ -136,7 +151,11 @@ mod tests {
 
     fn check(action: Action, allowed: &[VmState]) {
         for &s in VmState::ALL {
-            assert_eq!(action.check(s).is_ok(), allowed.contains(&s), "{action:?} in {s}");
+            assert_eq!(
+                action.check(s).is_ok(),
+                allowed.contains(&s),
+                "{action:?} in {s}"
+            );
         }
     }
 
@@ -156,9 +175,15 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        let e = Action::Start.check(VmState::Running).unwrap_err().to_string();
+        let e = Action::Start
+            .check(VmState::Running)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "cannot start a VM that is running; it is already running (use reboot or reset to restart it)");
-        let e = Action::Pause.check(VmState::Shutoff).unwrap_err().to_string();
+        let e = Action::Pause
+            .check(VmState::Shutoff)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "cannot pause a VM that is shutoff; start it first");
     }
 
@@ -166,7 +191,10 @@ mod tests {
     fn states_round_trip() {
         for &s in VmState::ALL {
             assert_eq!(s.as_str().parse::<VmState>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert!("sleeping".parse::<VmState>().is_err());
     }

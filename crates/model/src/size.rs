@@ -19,7 +19,10 @@ pub struct SizeError {
 
 /// Parses a size with binary units (`K`, `M`, `G`, `T`, optionally followed by `iB` or `B`).
 pub fn parse_size(input: &str) -> Result<u64, SizeError> {
-    let err = |why| SizeError { input: input.to_string(), why };
+    let err = |why| SizeError {
+        input: input.to_string(),
+        why,
+    };
     let s = input.trim();
     if s.is_empty() {
         return Err(err("it is empty"));
@@ -38,7 +41,8 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         "T" | "TB" | "TIB" => 40,
         _ => return Err(err("unknown unit")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| err("it is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| err("it is too large"))
 }
 
 impl FromStr for Size {
@@ -52,7 +56,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-            if b != 0 && b % (1u64 << shift) == 0 {
+            if b != 0 && b.is_multiple_of(1u64 << shift) {
                 return write!(f, "{}{}", b >> shift, unit);
             }
         }

@@ -22,7 +22,10 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError { field: field.into(), message: message.into() }
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -60,7 +63,9 @@ impl FromStr for VmName {
         if s.len() > 63 {
             return Err(bad("it is longer than 63 characters"));
         }
-        if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        if let Some(c) =
+            chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
             return Err(bad(&format!("{c:?} is not allowed")));
         }
         Ok(VmName(s.to_string()))
@@ -128,11 +133,11 @@ string_enum!(
     /// The bus a disk is attached to.
     DiskBus, "bus", { Virtio = "virtio", Ide = "ide", Sata = "sata", Scsi = "scsi" });
 string_enum!(
-    /// Host cache mode, with QEMU's meanings.
-    CacheMode, "cache", {
-        None = "none", Writeback = "writeback", Writethrough = "writethrough",
-        Directsync = "directsync", Unsafe = "unsafe",
-    });
+/// Host cache mode, with QEMU's meanings.
+CacheMode, "cache", {
+    None = "none", Writeback = "writeback", Writethrough = "writethrough",
+    Directsync = "directsync", Unsafe = "unsafe",
+});
 string_enum!(
     /// Emulated NIC model.
     NicModel, "model", { Virtio = "virtio", E1000 = "e1000", Rtl8139 = "rtl8139" });
@@ -140,26 +145,31 @@ string_enum!(
     /// Where a NIC is plugged in.
     NicKind, "type", { User = "user", Network = "network", Bridge = "bridge" });
 
+#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for Machine {
     fn default() -> Self {
         Machine::Pc
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for Accel {
     fn default() -> Self {
         Accel::Auto
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for DiskBus {
     fn default() -> Self {
         DiskBus::Virtio
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for CacheMode {
     fn default() -> Self {
         CacheMode::Writeback
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for NicModel {
     fn default() -> Self {
         NicModel::Virtio
@@ -168,14 +178,19 @@ impl Default for NicModel {
 
 /// Splits `k=v,k=v` into pairs; a bare word becomes `(word, "")`.
 fn kv_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
-    s.split(',').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 fn on_off(field: &str, v: &str) -> Result<bool, SpecError> {
     match v {
         "on" | "yes" | "true" | "1" | "" => Ok(true),
         "off" | "no" | "false" | "0" => Ok(false),
-        _ => Err(SpecError::new(field, format!("expected on or off, got {v:?}"))),
+        _ => Err(SpecError::new(
+            field,
+            format!("expected on or off, got {v:?}"),
+        )),
     }
 }
 
@@ -250,12 +265,18 @@ impl DiskSpec {
             ));
         }
         if self.readonly && self.size.is_some() {
-            return Err(SpecError::new(field, "a read-only disk cannot be created with size="));
+            return Err(SpecError::new(
+                field,
+                "a read-only disk cannot be created with size=",
+            ));
         }
         if self.readonly && !matches!(self.bus, DiskBus::Virtio | DiskBus::Scsi) {
             return Err(SpecError::new(
                 field,
-                format!("QEMU cannot attach a read-only disk on bus={}; use bus=virtio or bus=scsi", self.bus),
+                format!(
+                    "QEMU cannot attach a read-only disk on bus={}; use bus=virtio or bus=scsi",
+                    self.bus
+                ),
             ));
         }
         if let Some(Size(0)) = self.size {
@@ -303,7 +324,10 @@ impl FromStr for Mac {
             ));
         }
         if out == [0; 6] {
-            return Err(SpecError::new("mac", "00:00:00:00:00:00 is not a usable MAC"));
+            return Err(SpecError::new(
+                "mac",
+                "00:00:00:00:00:00 is not a usable MAC",
+            ));
         }
         Ok(Mac(out))
     }
@@ -312,7 +336,11 @@ impl FromStr for Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -324,7 +352,9 @@ impl Serialize for Mac {
 
 impl<'de> Deserialize<'de> for Mac {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -354,9 +384,17 @@ impl FromStr for NicSpec {
         for (k, v) in kv_pairs(s) {
             let set = |kind, source: Option<String>, nic: &mut Option<NicSpec>| {
                 if nic.is_some() {
-                    return Err(SpecError::new("nic", format!("{s:?} names more than one backend; {usage}")));
+                    return Err(SpecError::new(
+                        "nic",
+                        format!("{s:?} names more than one backend; {usage}"),
+                    ));
                 }
-                *nic = Some(NicSpec { kind, source, model: NicModel::Virtio, mac: None });
+                *nic = Some(NicSpec {
+                    kind,
+                    source,
+                    model: NicModel::Virtio,
+                    mac: None,
+                });
                 Ok(())
             };
             match (k, v) {
@@ -368,10 +406,16 @@ impl FromStr for NicSpec {
                 ("bridge", name) => set(NicKind::Bridge, Some(name.to_string()), &mut nic)?,
                 ("model", m) => model = m.parse()?,
                 ("mac", m) => mac = Some(m.parse()?),
-                _ => return Err(SpecError::new("nic", format!("unknown key {k:?} in {s:?}; {usage}"))),
+                _ => {
+                    return Err(SpecError::new(
+                        "nic",
+                        format!("unknown key {k:?} in {s:?}; {usage}"),
+                    ))
+                }
             }
         }
-        let mut nic = nic.ok_or_else(|| SpecError::new("nic", format!("{s:?} names no backend; {usage}")))?;
+        let mut nic =
+            nic.ok_or_else(|| SpecError::new("nic", format!("{s:?} names no backend; {usage}")))?;
         nic.model = model;
         nic.mac = mac;
         nic.validate(0)?;
@@ -382,7 +426,8 @@ impl FromStr for NicSpec {
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl NicSpec {
@@ -391,16 +436,20 @@ impl NicSpec {
         match (self.kind, &self.source) {
             (NicKind::User, None) => Ok(()),
             (NicKind::User, Some(_)) => Err(SpecError::new(field, "a user NIC takes no source")),
-            (NicKind::Network | NicKind::Bridge, None) => {
-                Err(SpecError::new(field, format!("a {} NIC needs source = NAME", self.kind)))
-            }
-            (NicKind::Network, Some(n)) => n.parse::<VmName>().map(|_| ()).map_err(|_| {
-                SpecError::new(field, format!("invalid network name {n:?}"))
-            }),
+            (NicKind::Network | NicKind::Bridge, None) => Err(SpecError::new(
+                field,
+                format!("a {} NIC needs source = NAME", self.kind),
+            )),
+            (NicKind::Network, Some(n)) => n
+                .parse::<VmName>()
+                .map(|_| ())
+                .map_err(|_| SpecError::new(field, format!("invalid network name {n:?}"))),
             (NicKind::Bridge, Some(b)) if valid_ifname(b) => Ok(()),
             (NicKind::Bridge, Some(b)) => Err(SpecError::new(
                 field,
-                format!("invalid bridge name {b:?}: use up to 15 characters from A-Z a-z 0-9 . _ -"),
+                format!(
+                    "invalid bridge name {b:?}: use up to 15 characters from A-Z a-z 0-9 . _ -"
+                ),
             )),
         }
     }
@@ -440,7 +489,11 @@ impl FromStr for GraphicsSpec {
         match it.next() {
             Some(("none", "")) if s == "none" => Ok(GraphicsSpec::None),
             Some(("vnc", "")) => {
-                let mut vnc = VncSpec { listen: default_listen(), port: None, password: None };
+                let mut vnc = VncSpec {
+                    listen: default_listen(),
+                    port: None,
+                    password: None,
+                };
                 for (k, v) in it {
                     match k {
                         "listen" => {
@@ -461,7 +514,10 @@ impl FromStr for GraphicsSpec {
                 g.validate()?;
                 Ok(g)
             }
-            _ => Err(SpecError::new("graphics", format!("invalid graphics {s:?}; {usage}"))),
+            _ => Err(SpecError::new(
+                "graphics",
+                format!("invalid graphics {s:?}; {usage}"),
+            )),
         }
     }
 }
@@ -471,7 +527,10 @@ impl GraphicsSpec {
         if let GraphicsSpec::Vnc(v) = self {
             if let Some(p) = v.port {
                 if !(5900..=65535).contains(&p) {
-                    return Err(SpecError::new("graphics", format!("VNC port {p} is out of range; use 5900-65535")));
+                    return Err(SpecError::new(
+                        "graphics",
+                        format!("VNC port {p} is out of range; use 5900-65535"),
+                    ));
                 }
             }
             if let Some(pw) = &v.password {
@@ -534,13 +593,21 @@ impl FromStr for BootOrder {
                     "cdrom" | "cd" => BootDevice::Cdrom,
                     "disk" | "hd" => BootDevice::Disk,
                     "network" | "net" => BootDevice::Network,
-                    _ => return Err(SpecError::new("boot", format!("unknown boot device {w:?}; {usage}"))),
+                    _ => {
+                        return Err(SpecError::new(
+                            "boot",
+                            format!("unknown boot device {w:?}; {usage}"),
+                        ))
+                    }
                 });
             }
         }
         for (i, d) in out.iter().enumerate() {
             if out[..i].contains(d) {
-                return Err(SpecError::new("boot", format!("{s:?} lists a device twice; {usage}")));
+                return Err(SpecError::new(
+                    "boot",
+                    format!("{s:?} lists a device twice; {usage}"),
+                ));
             }
         }
         Ok(BootOrder(out))
@@ -570,7 +637,9 @@ impl Serialize for BootOrder {
 
 impl<'de> Deserialize<'de> for BootOrder {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -658,14 +727,23 @@ impl VmSpec {
     /// Checks everything that needs no host access.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(SpecError::new("vcpus", format!("{} vCPUs is out of range; use 1 to {MAX_VCPUS}", self.vcpus)));
+            return Err(SpecError::new(
+                "vcpus",
+                format!("{} vCPUs is out of range; use 1 to {MAX_VCPUS}", self.vcpus),
+            ));
         }
         let m = self.memory.0;
-        if m < MIN_MEMORY || m > MAX_MEMORY {
-            return Err(SpecError::new("memory", format!("{} is out of range; use 16M to 4T", self.memory)));
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&m) {
+            return Err(SpecError::new(
+                "memory",
+                format!("{} is out of range; use 16M to 4T", self.memory),
+            ));
         }
-        if m % (1 << 20) != 0 {
-            return Err(SpecError::new("memory", format!("{} bytes is not a whole number of MiB", m)));
+        if !m.is_multiple_of(1 << 20) {
+            return Err(SpecError::new(
+                "memory",
+                format!("{} bytes is not a whole number of MiB", m),
+            ));
         }
         if let Some(k) = &self.kernel {
             for (what, p) in [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())] {
@@ -680,28 +758,46 @@ impl VmSpec {
             }
         }
         if self.disks.len() > MAX_DISKS {
-            return Err(SpecError::new("disks", format!("at most {MAX_DISKS} disks")));
+            return Err(SpecError::new(
+                "disks",
+                format!("at most {MAX_DISKS} disks"),
+            ));
         }
         for (i, d) in self.disks.iter().enumerate() {
             d.validate(i)?;
             if self.disks[..i].iter().any(|o| o.path == d.path) {
-                return Err(SpecError::new(format!("disks[{i}]"), format!("{:?} is attached twice", d.path)));
+                return Err(SpecError::new(
+                    format!("disks[{i}]"),
+                    format!("{:?} is attached twice", d.path),
+                ));
             }
         }
         if let Some(c) = &self.cdrom {
             if !c.is_absolute() {
-                return Err(SpecError::new("cdrom", format!("path {c:?} must be absolute")));
+                return Err(SpecError::new(
+                    "cdrom",
+                    format!("path {c:?} must be absolute"),
+                ));
             }
         }
         if let Some(b) = &self.boot {
             if b.0.contains(&BootDevice::Cdrom) && self.cdrom.is_none() {
-                return Err(SpecError::new("boot", "boots from cdrom but the VM has no --cdrom"));
+                return Err(SpecError::new(
+                    "boot",
+                    "boots from cdrom but the VM has no --cdrom",
+                ));
             }
             if b.0.contains(&BootDevice::Disk) && self.disks.is_empty() {
-                return Err(SpecError::new("boot", "boots from disk but the VM has no --disk"));
+                return Err(SpecError::new(
+                    "boot",
+                    "boots from disk but the VM has no --disk",
+                ));
             }
             if b.0.contains(&BootDevice::Network) && self.nics.is_empty() {
-                return Err(SpecError::new("boot", "boots from network but the VM has no --nic"));
+                return Err(SpecError::new(
+                    "boot",
+                    "boots from network but the VM has no --nic",
+                ));
             }
         }
         if self.nics.len() > MAX_NICS {
@@ -711,7 +807,10 @@ impl VmSpec {
             n.validate(i)?;
             if let Some(mac) = n.mac {
                 if self.nics[..i].iter().any(|o| o.mac == Some(mac)) {
-                    return Err(SpecError::new(format!("nics[{i}]"), format!("MAC {mac} is used twice")));
+                    return Err(SpecError::new(
+                        format!("nics[{i}]"),
+                        format!("MAC {mac} is used twice"),
+                    ));
                 }
             }
         }
@@ -733,7 +832,16 @@ mod tests {
         for ok in ["a", "web-1", "db_2.prod", "X9", &"a".repeat(63)] {
             assert!(name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../etc", "a b", "-a", ".hidden", "a/b", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "../etc",
+            "a b",
+            "-a",
+            ".hidden",
+            "a/b",
+            "é",
+            &"a".repeat(64),
+        ] {
             let e = name(bad).unwrap_err();
             assert_eq!(e.field, "name");
             assert!(e.message.contains("invalid VM name"), "{e}");
@@ -742,13 +850,26 @@ mod tests {
 
     #[test]
     fn disk_spec_strings() {
-        let d: DiskSpec = "path=/v/a.qcow2,format=qcow2,bus=scsi,cache=none,readonly=on".parse().unwrap();
+        let d: DiskSpec = "path=/v/a.qcow2,format=qcow2,bus=scsi,cache=none,readonly=on"
+            .parse()
+            .unwrap();
         assert_eq!(d.path, PathBuf::from("/v/a.qcow2"));
         assert_eq!(d.format, Some(DiskFormat::Qcow2));
-        assert_eq!((d.bus, d.cache, d.readonly), (DiskBus::Scsi, CacheMode::None, true));
+        assert_eq!(
+            (d.bus, d.cache, d.readonly),
+            (DiskBus::Scsi, CacheMode::None, true)
+        );
         let d: DiskSpec = "path=/v/b.img,size=2G".parse().unwrap();
         assert_eq!(d.size, Some(Size(2 << 30)));
-        for bad in ["format=qcow2", "path=rel.img", "path=/a,format=vmdk", "path=/a,bus=usb", "path=/a,color=red", "path=/a,size=huge", "path=/a,readonly=on,size=1G"] {
+        for bad in [
+            "format=qcow2",
+            "path=rel.img",
+            "path=/a,format=vmdk",
+            "path=/a,bus=usb",
+            "path=/a,color=red",
+            "path=/a,size=huge",
+            "path=/a,readonly=on,size=1G",
+        ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
         }
     }
@@ -756,21 +877,45 @@ mod tests {
     #[test]
     fn nic_spec_strings() {
         let n: NicSpec = "user".parse().unwrap();
-        assert_eq!((n.kind, n.model, n.mac), (NicKind::User, NicModel::Virtio, None));
-        let n: NicSpec = "network=default,model=e1000,mac=52:54:00:aa:bb:cc".parse().unwrap();
+        assert_eq!(
+            (n.kind, n.model, n.mac),
+            (NicKind::User, NicModel::Virtio, None)
+        );
+        let n: NicSpec = "network=default,model=e1000,mac=52:54:00:aa:bb:cc"
+            .parse()
+            .unwrap();
         assert_eq!(n.kind, NicKind::Network);
         assert_eq!(n.source.as_deref(), Some("default"));
         assert_eq!(n.mac.unwrap().to_string(), "52:54:00:aa:bb:cc");
-        for bad in ["", "model=virtio", "user,network=x", "network=", "user,mac=01:00:00:00:00:01", "user,mac=zz:54:00:aa:bb:cc", "user,mac=52:54:00", "bridge=this-name-is-too-long", "user,model=ne2k"] {
+        for bad in [
+            "",
+            "model=virtio",
+            "user,network=x",
+            "network=",
+            "user,mac=01:00:00:00:00:01",
+            "user,mac=zz:54:00:aa:bb:cc",
+            "user,mac=52:54:00",
+            "bridge=this-name-is-too-long",
+            "user,model=ne2k",
+        ] {
             assert!(bad.parse::<NicSpec>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn boot_orders() {
-        assert_eq!("dc".parse::<BootOrder>().unwrap().0, vec![BootDevice::Cdrom, BootDevice::Disk]);
-        assert_eq!("cdrom,disk".parse::<BootOrder>().unwrap().to_string(), "cdrom,disk");
-        assert_eq!("n".parse::<BootOrder>().unwrap().0, vec![BootDevice::Network]);
+        assert_eq!(
+            "dc".parse::<BootOrder>().unwrap().0,
+            vec![BootDevice::Cdrom, BootDevice::Disk]
+        );
+        assert_eq!(
+            "cdrom,disk".parse::<BootOrder>().unwrap().to_string(),
+            "cdrom,disk"
+        );
+        assert_eq!(
+            "n".parse::<BootOrder>().unwrap().0,
+            vec![BootDevice::Network]
+        );
         for bad in ["", "x", "cdrom,floppy", "dd", "disk,disk", "a"] {
             assert!(bad.parse::<BootOrder>().is_err(), "{bad}");
         }
@@ -779,19 +924,36 @@ mod tests {
     #[test]
     fn graphics() {
         assert_eq!("none".parse::<GraphicsSpec>().unwrap(), GraphicsSpec::None);
-        let g: GraphicsSpec = "vnc,listen=0.0.0.0,port=5905,password=secret".parse().unwrap();
-        let GraphicsSpec::Vnc(v) = g else { panic!("not vnc") };
-        assert_eq!((v.port, v.password.as_deref()), (Some(5905), Some("secret")));
-        for bad in ["spice", "vnc,port=80", "vnc,password=waytoolongpw", "vnc,listen=nowhere", "none,port=1"] {
+        let g: GraphicsSpec = "vnc,listen=0.0.0.0,port=5905,password=secret"
+            .parse()
+            .unwrap();
+        let GraphicsSpec::Vnc(v) = g else {
+            panic!("not vnc")
+        };
+        assert_eq!(
+            (v.port, v.password.as_deref()),
+            (Some(5905), Some("secret"))
+        );
+        for bad in [
+            "spice",
+            "vnc,port=80",
+            "vnc,password=waytoolongpw",
+            "vnc,listen=nowhere",
+            "none,port=1",
+        ] {
             assert!(bad.parse::<GraphicsSpec>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn spec_file_rejects_unknown_fields_by_name() {
-        let e = toml::from_str::<VmSpec>("name = \"a\"\ncolour = \"red\"\n").unwrap_err().to_string();
+        let e = toml::from_str::<VmSpec>("name = \"a\"\ncolour = \"red\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = toml::from_str::<VmSpec>("name = \"a\"\n[[disks]]\npath = \"/x\"\nspeed = 1\n").unwrap_err().to_string();
+        let e = toml::from_str::<VmSpec>("name = \"a\"\n[[disks]]\npath = \"/x\"\nspeed = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("speed"), "{e}");
     }
 
@@ -799,7 +961,8 @@ mod tests {
     fn spec_round_trips_through_toml_and_json() {
         let mut s = VmSpec::new(name("web").unwrap());
         s.memory = Size(1 << 30);
-        s.disks.push("path=/d/a.qcow2,format=qcow2".parse().unwrap());
+        s.disks
+            .push("path=/d/a.qcow2,format=qcow2".parse().unwrap());
         s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
         s.graphics = "vnc,port=5901".parse().unwrap();
         s.boot = Some("disk".parse().unwrap());
@@ -814,23 +977,42 @@ mod tests {
     #[test]
     fn spec_validation() {
         let base = VmSpec::new(name("v").unwrap());
-        let cases: Vec<(&str, Box<dyn Fn(&mut VmSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut VmSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("vcpus", Box::new(|s| s.vcpus = 0)),
             ("vcpus", Box::new(|s| s.vcpus = 1000)),
             ("memory", Box::new(|s| s.memory = Size(1 << 20))),
             ("memory", Box::new(|s| s.memory = Size((64 << 20) + 1))),
-            ("boot", Box::new(|s| s.boot = Some("cdrom".parse().unwrap()))),
+            (
+                "boot",
+                Box::new(|s| s.boot = Some("cdrom".parse().unwrap())),
+            ),
             ("boot", Box::new(|s| s.boot = Some("disk".parse().unwrap()))),
             ("cdrom", Box::new(|s| s.cdrom = Some("rel.iso".into()))),
-            ("kernel", Box::new(|s| s.kernel = Some(KernelBoot { path: "vmlinuz".into(), initrd: None, cmdline: None }))),
-            ("disks[1]", Box::new(|s| {
-                s.disks.push("path=/a".parse().unwrap());
-                s.disks.push("path=/a".parse().unwrap());
-            })),
-            ("nics[1]", Box::new(|s| {
-                s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
-                s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
-            })),
+            (
+                "kernel",
+                Box::new(|s| {
+                    s.kernel = Some(KernelBoot {
+                        path: "vmlinuz".into(),
+                        initrd: None,
+                        cmdline: None,
+                    })
+                }),
+            ),
+            (
+                "disks[1]",
+                Box::new(|s| {
+                    s.disks.push("path=/a".parse().unwrap());
+                    s.disks.push("path=/a".parse().unwrap());
+                }),
+            ),
+            (
+                "nics[1]",
+                Box::new(|s| {
+                    s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+                    s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
+                }),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = base.clone();

@@ -10,7 +10,9 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use model::{CacheMode, DiskBus, DiskFormat, GraphicsSpec, Machine as MachineType, NicKind, NicModel, VmSpec};
+use model::{
+    CacheMode, DiskBus, DiskFormat, GraphicsSpec, Machine as MachineType, NicKind, NicModel, VmSpec,
+};
 use serde_json::{json, Value};
 
 /// The accelerator a VM actually runs with.
@@ -104,31 +106,50 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         memory_mib: spec.memory_mib(),
         vcpus: spec.vcpus,
         chardevs: vec![
-            SocketChardev { id: "hv-qmp".into(), fd: plan.qmp_fd, logfile: None },
-            SocketChardev { id: "hv-serial0".into(), fd: plan.serial_fd, logfile: Some(plan.console_log.clone()) },
+            SocketChardev {
+                id: "hv-qmp".into(),
+                fd: plan.qmp_fd,
+                logfile: None,
+            },
+            SocketChardev {
+                id: "hv-serial0".into(),
+                fd: plan.serial_fd,
+                logfile: Some(plan.console_log.clone()),
+            },
         ],
         serial: Some("hv-serial0".into()),
         monitor: Some("hv-qmp".into()),
         blockdevs: Vec::new(),
         netdevs: Vec::new(),
         devices: Vec::new(),
-        kernel: spec.kernel.as_ref().map(|k| (k.path.clone(), k.initrd.clone(), k.cmdline.clone())),
-        boot_order: spec.boot.as_ref().map(|b| b.0.iter().map(|d| d.letter()).collect()),
+        kernel: spec
+            .kernel
+            .as_ref()
+            .map(|k| (k.path.clone(), k.initrd.clone(), k.cmdline.clone())),
+        boot_order: spec
+            .boot
+            .as_ref()
+            .map(|b| b.0.iter().map(|d| d.letter()).collect()),
         vnc: None,
         paused: plan.paused,
     };
     let mut buses = Buses::new(spec.machine);
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
-        let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat { path: disk.path.clone() })?;
+        let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat {
+            path: disk.path.clone(),
+        })?;
         let (path, format) = match &overlay {
             Some(o) => (o.as_path(), DiskFormat::Qcow2),
             None => (disk.path.as_path(), format),
         };
         let node = format!("hv-disk{i}");
-        m.blockdevs.extend(block_nodes(&node, path, format, disk.cache, disk.readonly));
+        m.blockdevs
+            .extend(block_nodes(&node, path, format, disk.cache, disk.readonly));
         let mut dev = match disk.bus {
-            DiskBus::Virtio => json!({ "driver": "virtio-blk-pci", "drive": node, "id": format!("disk{i}") }),
+            DiskBus::Virtio => {
+                json!({ "driver": "virtio-blk-pci", "drive": node, "id": format!("disk{i}") })
+            }
             DiskBus::Scsi => {
                 let (bus, scsi_id) = buses.scsi(&mut m.devices);
                 json!({ "driver": "scsi-hd", "drive": node, "id": format!("disk{i}"), "bus": bus, "channel": 0, "scsi-id": scsi_id, "lun": 0 })
@@ -142,12 +163,25 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
                 json!({ "driver": "ide-hd", "drive": node, "id": format!("disk{i}"), "bus": bus })
             }
         };
-        dev["write-cache"] = json!(if matches!(disk.cache, CacheMode::Writethrough | CacheMode::Directsync) { "off" } else { "on" });
+        dev["write-cache"] = json!(if matches!(
+            disk.cache,
+            CacheMode::Writethrough | CacheMode::Directsync
+        ) {
+            "off"
+        } else {
+            "on"
+        });
         m.devices.push(dev);
     }
     if let Some(iso) = &spec.cdrom {
         let node = "hv-cd0".to_string();
-        m.blockdevs.extend(block_nodes(&node, iso, DiskFormat::Raw, CacheMode::Writeback, true));
+        m.blockdevs.extend(block_nodes(
+            &node,
+            iso,
+            DiskFormat::Raw,
+            CacheMode::Writeback,
+            true,
+        ));
         let dev = match spec.machine {
             MachineType::Pc => {
                 let (bus, unit) = buses.ide_cd()?;
@@ -184,8 +218,10 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     }
     if let GraphicsSpec::Vnc(v) = &spec.graphics {
         m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
-        m.devices.push(json!({ "driver": "qemu-xhci", "id": "usb" }));
-        m.devices.push(json!({ "driver": "usb-tablet", "id": "tablet0", "bus": "usb.0" }));
+        m.devices
+            .push(json!({ "driver": "qemu-xhci", "id": "usb" }));
+        m.devices
+            .push(json!({ "driver": "usb-tablet", "id": "tablet0", "bus": "usb.0" }));
         let host = match v.listen {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
@@ -203,7 +239,13 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
 }
 
 /// A file node plus a format node, with the cache mode spelled the way `-blockdev` wants it.
-fn block_nodes(node: &str, path: &Path, format: DiskFormat, cache: CacheMode, readonly: bool) -> [Value; 2] {
+fn block_nodes(
+    node: &str,
+    path: &Path,
+    format: DiskFormat,
+    cache: CacheMode,
+    readonly: bool,
+) -> [Value; 2] {
     let (direct, no_flush) = match cache {
         CacheMode::None | CacheMode::Directsync => (true, false),
         CacheMode::Writeback | CacheMode::Writethrough => (false, false),
@@ -234,7 +276,13 @@ struct Buses {
 
 impl Buses {
     fn new(machine: MachineType) -> Self {
-        Buses { machine, ide_next: 0, sata_next: 0, ahci_added: false, scsi_next: 0 }
+        Buses {
+            machine,
+            ide_next: 0,
+            sata_next: 0,
+            ahci_added: false,
+            scsi_next: 0,
+        }
     }
 
     /// `pc`: hda, hdb on ide.0, then ide.1 unit 1 (ide.1 unit 0 is kept for the CD-ROM, hdc).
@@ -245,7 +293,9 @@ impl Buses {
             return Ok((bus, 0));
         }
         let slots = [("ide.0", 0), ("ide.0", 1), ("ide.1", 1)];
-        let slot = slots.get(self.ide_next).ok_or(ArgvError::TooManyOnBus { bus: "ide", max: 3 })?;
+        let slot = slots
+            .get(self.ide_next)
+            .ok_or(ArgvError::TooManyOnBus { bus: "ide", max: 3 })?;
         self.ide_next += 1;
         Ok((slot.0.to_string(), slot.1))
     }
@@ -256,9 +306,16 @@ impl Buses {
 
     fn sata_slot(&mut self) -> Result<String, ArgvError> {
         if self.sata_next >= 6 {
-            return Err(ArgvError::TooManyOnBus { bus: "sata", max: 6 });
+            return Err(ArgvError::TooManyOnBus {
+                bus: "sata",
+                max: 6,
+            });
         }
-        let prefix = if self.machine == MachineType::Q35 { "ide" } else { "ahci0" };
+        let prefix = if self.machine == MachineType::Q35 {
+            "ide"
+        } else {
+            "ahci0"
+        };
         let bus = format!("{prefix}.{}", self.sata_next);
         self.sata_next += 1;
         Ok(bus)
@@ -295,7 +352,10 @@ impl Machine {
             a.push(k.to_string());
             a.push(v);
         };
-        push("-name", format!("guest={},debug-threads=on", self.name.replace(',', ",,")));
+        push(
+            "-name",
+            format!("guest={},debug-threads=on", self.name.replace(',', ",,")),
+        );
         push("-machine", self.machine_type.as_str().to_string());
         push("-accel", self.accel.as_str().to_string());
         if let Some(cpu) = &self.cpu {
@@ -314,7 +374,10 @@ impl Machine {
             a.push(v);
         };
         push("-msg", "timestamp=on".into());
-        push("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
+        push(
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        );
         for c in &self.chardevs {
             let mut s = format!("socket,id={},fd={},server=on,wait=off", c.id, c.fd);
             if let Some(l) = &c.logfile {
@@ -371,7 +434,11 @@ mod tests {
     use model::{KernelBoot, VmName};
 
     fn caps() -> QemuCaps {
-        QemuCaps { version: (7, 2, 22), accel: Accel::Tcg, kvm_cpu: "host".into() }
+        QemuCaps {
+            version: (7, 2, 22),
+            accel: Accel::Tcg,
+            kvm_cpu: "host".into(),
+        }
     }
 
     fn plan() -> RunPlan {
@@ -409,12 +476,19 @@ mod tests {
     fn check(name: &str, spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) {
         spec.validate().unwrap();
         let got = render(&build(spec, caps, plan).unwrap());
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(format!("{name}.args"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(format!("{name}.args"));
         if std::env::var_os("HV_UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, &got).unwrap();
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(got, want, "golden {} differs; rerun with HV_UPDATE_GOLDEN=1 and review the diff", path.display());
+        assert_eq!(
+            got,
+            want,
+            "golden {} differs; rerun with HV_UPDATE_GOLDEN=1 and review the diff",
+            path.display()
+        );
     }
 
     #[test]
@@ -452,12 +526,20 @@ mod tests {
         let mut s = spec("desk");
         s.machine = MachineType::Q35;
         s.cdrom = Some("/iso/x.iso".into());
-        s.disks.push("path=/d/a.qcow2,format=qcow2,bus=sata".parse().unwrap());
+        s.disks
+            .push("path=/d/a.qcow2,format=qcow2,bus=sata".parse().unwrap());
         s.nics.push("user,mac=52:54:00:00:00:01".parse().unwrap());
-        s.nics.push("user,model=e1000,mac=52:54:00:00:00:02".parse().unwrap());
+        s.nics
+            .push("user,model=e1000,mac=52:54:00:00:00:02".parse().unwrap());
         s.graphics = "vnc,listen=0.0.0.0,port=5905,password=pw".parse().unwrap();
-        let caps = QemuCaps { accel: Accel::Kvm, ..caps() };
-        let plan = RunPlan { paused: true, ..plan() };
+        let caps = QemuCaps {
+            accel: Accel::Kvm,
+            ..caps()
+        };
+        let plan = RunPlan {
+            paused: true,
+            ..plan()
+        };
         check("q35-kvm-nics-vnc-paused", &s, &caps, &plan);
     }
 
@@ -467,7 +549,10 @@ mod tests {
         s.ephemeral = true;
         s.disks.push("path=/d/base.raw,format=raw".parse().unwrap());
         s.graphics = "vnc,listen=::1".parse().unwrap();
-        let plan = RunPlan { overlays: vec![Some("/run/hv/7.ov0".into())], ..plan() };
+        let plan = RunPlan {
+            overlays: vec![Some("/run/hv/7.ov0".into())],
+            ..plan()
+        };
         check("ephemeral-overlay", &s, &caps(), &plan);
     }
 
@@ -475,14 +560,24 @@ mod tests {
     fn refusals() {
         let mut s = spec("n");
         s.nics.push("network=default".parse().unwrap());
-        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::Unsupported { .. })));
+        assert!(matches!(
+            build(&s, &caps(), &plan()),
+            Err(ArgvError::Unsupported { .. })
+        ));
         let mut s = spec("f");
         s.disks.push("path=/d/x".parse().unwrap());
-        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::UnknownFormat { .. })));
+        assert!(matches!(
+            build(&s, &caps(), &plan()),
+            Err(ArgvError::UnknownFormat { .. })
+        ));
         let mut s = spec("i");
         for n in 0..4 {
-            s.disks.push(format!("path=/d/{n},format=raw,bus=ide").parse().unwrap());
+            s.disks
+                .push(format!("path=/d/{n},format=raw,bus=ide").parse().unwrap());
         }
-        assert!(matches!(build(&s, &caps(), &plan()), Err(ArgvError::TooManyOnBus { bus: "ide", .. })));
+        assert!(matches!(
+            build(&s, &caps(), &plan()),
+            Err(ArgvError::TooManyOnBus { bus: "ide", .. })
+        ));
     }
 }

@@ -25,7 +25,11 @@ pub enum QmpError {
     #[error("QMP protocol error: {0}")]
     Protocol(String),
     #[error("QEMU refused {command}: {class}: {desc}")]
-    Command { command: String, class: String, desc: String },
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
 }
 
 /// A QMP event as QEMU sent it.
@@ -53,7 +57,9 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("version", &self.version).finish()
+        f.debug_struct("Qmp")
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -79,7 +85,9 @@ impl Qmp {
         let num = |k: &str| v[k].as_u64().unwrap_or(0) as u32;
         let version = (num("major"), num("minor"), num("micro"));
         if g.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!("not a QMP greeting: {greeting}")));
+            return Err(QmpError::Protocol(format!(
+                "not a QMP greeting: {greeting}"
+            )));
         }
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -96,7 +104,11 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = json!({ "execute": command, "id": id });
         if let Some(a) = arguments {
@@ -127,7 +139,11 @@ impl Qmp {
         }
         match rx.await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err((class, desc))) => Err(QmpError::Command { command: command.to_string(), class, desc }),
+            Ok(Err((class, desc))) => Err(QmpError::Command {
+                command: command.to_string(),
+                class,
+                desc,
+            }),
             Err(_) => Err(QmpError::Disconnected),
         }
     }
@@ -136,7 +152,10 @@ impl Qmp {
     /// `Error:`, which this turns into [`QmpError::Command`].
     pub async fn hmp(&self, command_line: &str) -> Result<String, QmpError> {
         let v = self
-            .execute("human-monitor-command", Some(json!({ "command-line": command_line })))
+            .execute(
+                "human-monitor-command",
+                Some(json!({ "command-line": command_line })),
+            )
             .await?;
         let text = v.as_str().unwrap_or_default().to_string();
         if text.trim_start().starts_with("Error:") {
@@ -175,9 +194,12 @@ impl Qmp {
         }
     }
     pub async fn set_vnc_password(&self, password: &str) -> Result<(), QmpError> {
-        self.execute("set_password", Some(json!({ "protocol": "vnc", "password": password })))
-            .await
-            .map(drop)
+        self.execute(
+            "set_password",
+            Some(json!({ "protocol": "vnc", "password": password })),
+        )
+        .await
+        .map(drop)
     }
     /// `query-vnc`: the port the VNC server listens on, if any.
     pub async fn query_vnc_port(&self) -> Result<Option<(String, u16)>, QmpError> {
@@ -238,7 +260,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             tracing::warn!(line, "QMP reply without an id");
             continue;
         };
-        let Some(tx) = lock(&pending).remove(&id) else { continue };
+        let Some(tx) = lock(&pending).remove(&id) else {
+            continue;
+        };
         let result = if let Some(r) = v.get("return") {
             Ok(r.clone())
         } else {
@@ -264,7 +288,9 @@ mod tests {
     /// A scripted QEMU: answers each command with the reply for its name, and may send events.
     async fn fake_qemu(server: tokio::io::DuplexStream, replies: Vec<(&'static str, Value)>) {
         let (rd, mut wr) = tokio::io::split(server);
-        wr.write_all(format!("{GREETING}\n").as_bytes()).await.unwrap();
+        wr.write_all(format!("{GREETING}\n").as_bytes())
+            .await
+            .unwrap();
         let mut lines = BufReader::new(rd).lines();
         while let Ok(Some(l)) = lines.next_line().await {
             let req: Value = serde_json::from_str(&l).unwrap();
@@ -287,7 +313,9 @@ mod tests {
         }
     }
 
-    async fn check(replies: Vec<(&'static str, Value)>) -> (Qmp, mpsc::UnboundedReceiver<QmpEvent>) {
+    async fn check(
+        replies: Vec<(&'static str, Value)>,
+    ) -> (Qmp, mpsc::UnboundedReceiver<QmpEvent>) {
         let (a, b) = tokio::io::duplex(4096);
         tokio::spawn(fake_qemu(b, replies));
         Qmp::handshake(a, None).await.unwrap()
@@ -295,14 +323,22 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_reads_version_and_routes_replies() {
-        let (q, _ev) = check(vec![("query-status", json!({"return": {"status": "running", "running": true}}))]).await;
+        let (q, _ev) = check(vec![(
+            "query-status",
+            json!({"return": {"status": "running", "running": true}}),
+        )])
+        .await;
         assert_eq!(q.version, (7, 2, 22));
         assert_eq!(q.query_status().await.unwrap(), "running");
     }
 
     #[tokio::test]
     async fn errors_carry_class_and_desc() {
-        let (q, _ev) = check(vec![("cont", json!({"error": {"class": "GenericError", "desc": "nope"}}))]).await;
+        let (q, _ev) = check(vec![(
+            "cont",
+            json!({"error": {"class": "GenericError", "desc": "nope"}}),
+        )])
+        .await;
         let e = q.cont().await.unwrap_err().to_string();
         assert_eq!(e, "QEMU refused cont: GenericError: nope");
     }
@@ -314,12 +350,19 @@ mod tests {
         assert_eq!(ev.recv().await.unwrap().event, "POWERDOWN");
         q.quit().await.unwrap();
         assert!(ev.recv().await.is_none());
-        assert!(matches!(q.query_status().await, Err(QmpError::Disconnected)));
+        assert!(matches!(
+            q.query_status().await,
+            Err(QmpError::Disconnected)
+        ));
     }
 
     #[tokio::test]
     async fn hmp_error_text_is_an_error() {
-        let (q, _ev) = check(vec![("human-monitor-command", json!({"return": "Error: Device 'x' not found\r\n"}))]).await;
+        let (q, _ev) = check(vec![(
+            "human-monitor-command",
+            json!({"return": "Error: Device 'x' not found\r\n"}),
+        )])
+        .await;
         let e = q.hmp("savevm x").await.unwrap_err().to_string();
         assert!(e.contains("Device 'x' not found"), "{e}");
     }
@@ -329,6 +372,9 @@ mod tests {
         // Recorded from QEMU 7.2 with `-vnc 127.0.0.1:0,to=99`.
         let reply = json!({"return": {"enabled": true, "auth": "none", "family": "ipv4", "clients": [], "service": "5900", "host": "127.0.0.1"}});
         let (q, _ev) = check(vec![("query-vnc", reply)]).await;
-        assert_eq!(q.query_vnc_port().await.unwrap(), Some(("127.0.0.1".to_string(), 5900)));
+        assert_eq!(
+            q.query_vnc_port().await.unwrap(),
+            Some(("127.0.0.1".to_string(), 5900))
+        );
     }
 }

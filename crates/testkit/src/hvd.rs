@@ -58,7 +58,10 @@ impl TestHvd {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("hvd.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("hvd.log"))?;
         let child = Command::new(&self.hvd_bin)
             .arg("--socket")
             .arg(&self.socket)
@@ -135,8 +138,16 @@ impl TestHvd {
         let g = guest::tiny_guest()?;
         let mut spec = VmSpec::new(name.parse()?);
         spec.memory = Size(128 << 20);
-        let cmdline = if opts.no_acpi { guest::CMDLINE_NO_ACPI } else { guest::CMDLINE };
-        spec.kernel = Some(KernelBoot { path: g.kernel, initrd: Some(g.initrd), cmdline: Some(cmdline.into()) });
+        let cmdline = if opts.no_acpi {
+            guest::CMDLINE_NO_ACPI
+        } else {
+            guest::CMDLINE
+        };
+        spec.kernel = Some(KernelBoot {
+            path: g.kernel,
+            initrd: Some(g.initrd),
+            cmdline: Some(cmdline.into()),
+        });
         spec.disks = opts.disks;
         spec.ephemeral = opts.ephemeral;
         spec.autostart = opts.autostart;
@@ -145,24 +156,45 @@ impl TestHvd {
 
     /// Waits for console output matching `re` (since the VM last started).
     pub fn wait_console(&self, vm: &str, re: &str, timeout: Duration) -> Result<String> {
-        let r = self.client.wait(vm, &WaitRequest { state: None, console: Some(re.into()), timeout_secs: timeout.as_secs_f64() })?;
+        let r = self.client.wait(
+            vm,
+            &WaitRequest {
+                state: None,
+                console: Some(re.into()),
+                timeout_secs: timeout.as_secs_f64(),
+            },
+        )?;
         if !r.reached {
-            bail!("{vm}: no console output matching {re:?} within {timeout:?}; console:\n{}", self.console_text(vm));
+            bail!(
+                "{vm}: no console output matching {re:?} within {timeout:?}; console:\n{}",
+                self.console_text(vm)
+            );
         }
         Ok(r.matched.unwrap_or_default())
     }
 
     pub fn wait_state(&self, vm: &str, state: VmState, timeout: Duration) -> Result<WaitResponse> {
-        let r = self.client.wait(vm, &WaitRequest { state: Some(state), console: None, timeout_secs: timeout.as_secs_f64() })?;
+        let r = self.client.wait(
+            vm,
+            &WaitRequest {
+                state: Some(state),
+                console: None,
+                timeout_secs: timeout.as_secs_f64(),
+            },
+        )?;
         if !r.reached {
-            bail!("{vm}: state {state} not reached within {timeout:?} (it is {})", r.state);
+            bail!(
+                "{vm}: state {state} not reached within {timeout:?} (it is {})",
+                r.state
+            );
         }
         Ok(r)
     }
 
     /// Waits for the guest to be ready (marker and shell prompt).
     pub fn wait_ready(&self, vm: &str) -> Result<()> {
-        self.wait_console(vm, guest::PROMPT_REGEX, Duration::from_secs(60)).map(drop)
+        self.wait_console(vm, guest::PROMPT_REGEX, Duration::from_secs(60))
+            .map(drop)
     }
 
     pub fn console_text(&self, vm: &str) -> String {
@@ -176,7 +208,9 @@ impl TestHvd {
     /// Types a line into the serial console through the WebSocket.
     pub fn type_line(&self, vm: &str, line: &str) -> Result<()> {
         let mut ws = self.client.console(vm)?;
-        ws.send(tungstenite::Message::Binary(format!("{line}\n").into_bytes().into()))?;
+        ws.send(tungstenite::Message::Binary(
+            format!("{line}\n").into_bytes().into(),
+        ))?;
         ws.flush()?;
         let _ = ws.close(None);
         // Let the close handshake finish so the bytes are written before we return.
@@ -202,7 +236,9 @@ impl TestHvd {
         let mut out = Vec::new();
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
                     let cmd = String::from_utf8_lossy(&cmd);
                     if cmd.starts_with("/usr/bin/qemu-system") && cmd.contains(&needle) {
@@ -215,13 +251,18 @@ impl TestHvd {
     }
 
     fn dump_logs(&self) {
-        eprintln!("===== hvd log ({}) =====\n{}", self.dir.display(), self.hvd_log());
+        eprintln!(
+            "===== hvd log ({}) =====\n{}",
+            self.dir.display(),
+            self.hvd_log()
+        );
         if let Ok(rd) = std::fs::read_dir(self.state_dir.join("vms")) {
             for vm in rd.flatten() {
                 for f in ["qemu.log", "console.log", "qmp.log"] {
                     let p = vm.path().join(f);
                     if let Ok(t) = std::fs::read(&p) {
-                        let t = String::from_utf8_lossy(&t[t.len().saturating_sub(4000)..]).into_owned();
+                        let t = String::from_utf8_lossy(&t[t.len().saturating_sub(4000)..])
+                            .into_owned();
                         eprintln!("===== {} =====\n{t}", p.display());
                     }
                 }
