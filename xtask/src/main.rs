@@ -1,1 +1,230 @@
-fn main() {}
+//! Project automation (`cargo xtask ...`), in Rust instead of ad-hoc scripts:
+//!
+//! - `deps`  installs the Debian packages hv and its tests need (when missing);
+//! - `guest` builds (or finds cached) the tiny test guest;
+//! - `demo`  the README's first command: deps, build, start hvd, boot a demo VM, show its
+//!   console and `hv list`;
+//! - `test`  the README's second command: deps, guest, the whole test suite;
+//! - `tidy`  repository policy (dependency rules, process spawning, docs).
+
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages, in install order (qemu-utils after qemu-system-x86 so both are 7.2).
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-utils",
+    "dnsmasq-base",
+    "nftables",
+    "busybox-static",
+    "cpio",
+    "kmod",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let qemu_img_matches = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("version 7."))
+        .unwrap_or(false);
+    if missing.is_empty() && qemu_img_matches {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    apt(&["update", "-qq"])?;
+    for p in PACKAGES {
+        if !installed(p) || (*p == "qemu-utils" && !qemu_img_matches) {
+            apt(&["install", "-y", "-qq", p])?;
+        }
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build_release() -> Result<PathBuf> {
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--release", "-p", "daemon", "-p", "cli"]))?;
+    Ok(root().join("target/release"))
+}
+
+fn hv(bin: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin.join("hv")).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "hv {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The README's first command.
+fn demo() -> Result<()> {
+    deps()?;
+    let guest = testkit::guest::tiny_guest()?;
+    let bin = build_release()?;
+    let socket = Path::new("/run/hv/hvd.sock");
+    if hv(&bin, &["list"]).is_err() {
+        let log_dir = Path::new("/var/log/hv");
+        std::fs::create_dir_all(log_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir.join("hvd.log"))?;
+        eprintln!(
+            "starting hvd (socket {}, state /var/lib/hv, log /var/log/hv/hvd.log)",
+            socket.display()
+        );
+        use std::os::unix::process::CommandExt;
+        Command::new(bin.join("hvd"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hv(&bin, &["list"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("hvd did not come up; see /var/log/hv/hvd.log");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    print!("{}", hv(&bin, &["host", "check"]).unwrap_or_default());
+    let info = hv(&bin, &["info", "demo", "--format", "json"]);
+    if info.is_err() {
+        let kernel = guest.kernel.display().to_string();
+        let initrd = guest.initrd.display().to_string();
+        hv(
+            &bin,
+            &[
+                "create",
+                "demo",
+                "--memory",
+                "256M",
+                "--kernel",
+                &kernel,
+                "--initrd",
+                &initrd,
+                "--cmdline",
+                testkit::guest::CMDLINE,
+            ],
+        )?;
+    }
+    let state = hv(&bin, &["info", "demo", "--format", "json"])?;
+    if !state.contains("\"running\"") {
+        print!("{}", hv(&bin, &["start", "demo"])?);
+    }
+    hv(
+        &bin,
+        &[
+            "wait",
+            "demo",
+            "--console",
+            testkit::guest::PROMPT_REGEX,
+            "--timeout",
+            "60",
+        ],
+    )?;
+    println!("----- console of demo (hv console demo --log) -----");
+    print!(
+        "{}",
+        hv(&bin, &["console", "demo", "--log"])?.replace('\r', "")
+    );
+    println!("\n----- hv list -----");
+    print!("{}", hv(&bin, &["list", "--all"])?);
+    println!(
+        "\nThe demo VM is running. Try: {0}/hv console demo   (Ctrl-] detaches)\n\
+         {0}/hv shutdown demo   ·   {0}/hv undefine demo   ·   stop hvd: kill $(pidof hvd) (VMs keep running)",
+        bin.display()
+    );
+    Ok(())
+}
+
+/// The README's second command.
+fn test(extra: &[String]) -> Result<()> {
+    deps()?;
+    let g = testkit::guest::tiny_guest()?;
+    eprintln!("tiny guest: {}", g.kernel.display());
+    run(cargo()
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(extra))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("deps") => deps(),
+        Some("guest") => {
+            let g = testkit::guest::tiny_guest()?;
+            println!(
+                "kernel {}\ninitrd {}\ncmdline {}",
+                g.kernel.display(),
+                g.initrd.display(),
+                testkit::guest::CMDLINE
+            );
+            Ok(())
+        }
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("tidy") => {
+            let problems = tidy::check(&root())?;
+            if !problems.is_empty() {
+                bail!(
+                    "tidy found {} problem(s):\n{}",
+                    problems.len(),
+                    problems.join("\n")
+                );
+            }
+            println!("tidy: ok");
+            Ok(())
+        }
+        _ => {
+            eprintln!("usage: cargo xtask deps|guest|demo|test [cargo test args]|tidy");
+            std::process::exit(2);
+        }
+    }
+}

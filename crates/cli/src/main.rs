@@ -421,17 +421,28 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Showcmd { name } => {
             let s = c.showcmd(&name)?;
-            println!(
-                "{}",
-                s.argv
-                    .iter()
-                    .map(|a| shell_quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" \\\n    ")
-            );
+            println!("{}", render_command(&s.argv));
         }
     }
     Ok(0)
+}
+
+/// One line per option and its value, so the printed command reads like a tutorial's.
+fn render_command(argv: &[String]) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        let mut line = shell_quote(&argv[i]);
+        if i > 0 && argv[i].starts_with('-') && argv.get(i + 1).is_some_and(|n| !n.starts_with('-'))
+        {
+            line.push(' ');
+            line.push_str(&shell_quote(&argv[i + 1]));
+            i += 1;
+        }
+        lines.push(line);
+        i += 1;
+    }
+    lines.join(" \\\n    ")
 }
 
 /// Quotes an argument so the printed command can be pasted into a shell.

@@ -295,3 +295,64 @@ fn ephemeral_writes_are_discarded_and_normal_writes_persist() {
         }
     }
 }
+
+#[test]
+fn several_consoles_see_output_and_any_can_type() {
+    use tungstenite::Message;
+    let h = hvd();
+    boot(&h, "multi", VmOpts::default());
+    let mut a = h.client().console("multi").unwrap();
+    let mut b = h.client().console("multi").unwrap();
+    b.send(Message::Binary(b"echo from-b-$((2+3))\n".to_vec().into()))
+        .unwrap();
+    for ws in [&mut a, &mut b] {
+        ws.get_ref().set_read_timeout(Some(T)).unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("from-b-5") {
+            match ws.read().unwrap() {
+                Message::Binary(d) => seen.extend_from_slice(&d),
+                Message::Text(t) => seen.extend_from_slice(t.as_bytes()),
+                _ => {}
+            }
+        }
+    }
+    // The log streams too, and --follow ends when the VM stops.
+    let mut follow = h.client().console_log("multi", true).unwrap();
+    h.type_line("multi", "poweroff -f").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut follow, &mut text).unwrap();
+    assert!(
+        text.contains("from-b-5") && text.contains(guest::READY_MARKER),
+        "{text}"
+    );
+    h.wait_state("multi", VmState::Shutoff, T).unwrap();
+}
+
+#[test]
+fn vnc_listens_with_a_password_and_reports_its_port() {
+    let h = hvd();
+    let mut spec = h.tiny_spec("vnc", VmOpts::default()).unwrap();
+    spec.graphics = "vnc,listen=127.0.0.1,password=s3cret".parse().unwrap();
+    h.client().create(spec, true).unwrap();
+    let vnc = h.client().info("vnc").unwrap().vnc.expect("vnc info");
+    assert_eq!(vnc.host, "127.0.0.1");
+    assert!(vnc.port >= 5900);
+    // RFB handshake: the server offers VNC authentication (type 2) only, never "none" (1).
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", vnc.port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    assert!(version.starts_with(b"RFB 003."), "{version:?}");
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; n[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    assert_eq!(types, vec![2], "password auth only");
+    let args = h.client().showcmd("vnc").unwrap().argv.join(" ");
+    assert!(
+        args.contains("password=on") && !args.contains("s3cret"),
+        "{args}"
+    );
+}

@@ -1,0 +1,258 @@
+//! The `hv` binary against a real hvd: exit codes, error text, formats, spec files, edit.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use testkit::{guest, TestHvd};
+
+fn hvd_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_hv")).with_file_name("hvd");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+struct Cli<'a>(&'a TestHvd);
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hv"))
+            .arg("--socket")
+            .arg(&self.0.socket)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("hv runs")
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "hv {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    /// Runs a command that must fail with `code` and an `error:` line containing `says`.
+    fn fails(&self, args: &[&str], code: i32, says: &str) {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "hv {args:?}: {err}");
+        assert!(
+            err.contains("error:") && err.contains(says),
+            "hv {args:?}: {err:?} does not say {says:?}"
+        );
+    }
+}
+
+fn tiny_args(g: &guest::TinyGuest) -> Vec<String> {
+    vec![
+        "--memory".into(),
+        "128M".into(),
+        "--kernel".into(),
+        g.kernel.display().to_string(),
+        "--initrd".into(),
+        g.initrd.display().to_string(),
+        "--cmdline".into(),
+        guest::CMDLINE.into(),
+    ]
+}
+
+#[test]
+fn usage_errors_exit_2_and_errors_exit_1() {
+    let h = TestHvd::start(&hvd_bin()).unwrap();
+    let cli = Cli(&h);
+    cli.fails(&["frobnicate"], 2, "unrecognized subcommand");
+    cli.fails(&["create"], 2, "NAME");
+    cli.fails(&["create", "../etc"], 2, "invalid VM name");
+    cli.fails(&["create", "has space"], 2, "invalid VM name");
+    cli.fails(&["create", &"x".repeat(64)], 2, "longer than 63");
+    cli.fails(&["create", "v", "--memory", "12X"], 2, "unknown unit");
+    cli.fails(
+        &["create", "v", "--vcpus", "-1"],
+        2,
+        "unexpected argument '-1'",
+    );
+    cli.fails(&["create", "v", "--vcpus", "many"], 2, "invalid digit");
+    cli.fails(
+        &["create", "v", "--boot", "floppy"],
+        2,
+        "unknown boot device",
+    );
+    cli.fails(
+        &["create", "v", "--nic", "user,mac=01:00:00:00:00:01"],
+        2,
+        "multicast",
+    );
+    cli.fails(
+        &["create", "v", "--disk", "path=/tmp/x,format=vmdk"],
+        1,
+        "unknown value \"vmdk\"",
+    );
+    cli.fails(&["create", "v", "--vcpus", "0"], 1, "vcpus");
+    cli.fails(
+        &["create", "v", "--kernel", "/nonexistent/k"],
+        1,
+        "/nonexistent/k",
+    );
+    cli.fails(&["info", "nope"], 1, "does not exist");
+    cli.fails(&["wait", "nope", "--state", "running"], 1, "does not exist");
+    cli.fails(&["wait", "nope"], 2, "required");
+    assert!(
+        cli.ok(&["list", "--all", "--format", "json"]).trim() == "[]",
+        "bad input created something"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_hv"))
+        .args(["--socket", "/nonexistent/hvd.sock", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is hvd running"));
+}
+
+#[test]
+fn create_list_info_dump_define_edit_showcmd() {
+    let h = TestHvd::start(&hvd_bin()).unwrap();
+    let cli = Cli(&h);
+    let g = guest::tiny_guest().unwrap();
+    let mut args = vec!["create".to_string(), "web".into()];
+    args.extend(tiny_args(&g));
+    args.extend([
+        "--disk".into(),
+        format!("path={}/web.qcow2,size=64M", h.dir.display()),
+        "--nic".into(),
+        "user".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(cli.ok(&args).contains("VM web defined"));
+    cli.fails(&args, 1, "already exists");
+    assert!(h.dir.join("web.qcow2").exists(), "size= creates the image");
+
+    let list: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["list", "--all", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["state"], "shutoff");
+    assert!(
+        cli.ok(&["list"]).lines().count() == 1,
+        "plain list shows running VMs only"
+    );
+    assert!(cli.ok(&["list", "--all"]).contains("web   shutoff"));
+    let info: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["info", "web", "--format", "json"])).unwrap();
+    assert_eq!(
+        (info["name"].as_str(), info["state"].as_str()),
+        (Some("web"), Some("shutoff"))
+    );
+    assert_eq!(info["spec"]["disks"][0]["format"], "qcow2");
+    let mac = info["spec"]["nics"][0]["mac"].as_str().unwrap().to_string();
+    assert!(mac.starts_with("52:54:00:"), "{mac}");
+    assert!(cli
+        .ok(&["info", "web", "--format", "yaml"])
+        .contains("name: web"));
+
+    // dump → undefine → define gives the same VM back.
+    let dumped = cli.ok(&["dump", "web"]);
+    let file = h.dir.join("web.toml");
+    std::fs::write(&file, &dumped).unwrap();
+    cli.ok(&["undefine", "web"]);
+    assert!(
+        h.dir.join("web.qcow2").exists(),
+        "undefine without --remove-storage keeps disks"
+    );
+    cli.ok(&["define", file.to_str().unwrap()]);
+    assert_eq!(cli.ok(&["dump", "web"]), dumped);
+    let bad = h.dir.join("bad.toml");
+    std::fs::write(&bad, format!("colour = \"red\"\n{dumped}")).unwrap();
+    cli.fails(&["define", bad.to_str().unwrap()], 1, "colour");
+
+    // edit with a scripted editor.
+    let editor = h.dir.join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/^memory = .*/memory = \"256M\"/' \"$1\"\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&editor)
+        .status()
+        .unwrap();
+    let o = cli.run_env(
+        &["edit", "web"],
+        &[
+            ("EDITOR", editor.to_str().unwrap()),
+            ("VISUAL", editor.to_str().unwrap()),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(cli.ok(&["dump", "web"]).contains("memory = \"256M\""));
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/^vcpus = .*/vcpus = 0/' \"$1\"\n",
+    )
+    .unwrap();
+    let o = cli.run_env(
+        &["edit", "web"],
+        &[
+            ("EDITOR", editor.to_str().unwrap()),
+            ("VISUAL", editor.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("vcpus"));
+    assert!(
+        cli.ok(&["dump", "web"]).contains("vcpus = 1"),
+        "a failed edit changes nothing"
+    );
+
+    let cmd = cli.ok(&["showcmd", "web"]);
+    assert!(
+        cmd.contains("qemu-system-x86_64") && cmd.contains("-m 256"),
+        "{cmd}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["host", "check", "--format", "json"])).unwrap();
+    if report["accel"] == "tcg" {
+        assert!(cmd.contains("-accel tcg"), "{cmd}");
+    }
+    cli.ok(&["undefine", "web", "--remove-storage"]);
+    assert!(!h.dir.join("web.qcow2").exists());
+}
+
+#[test]
+fn start_wait_console_log_shutdown() {
+    let h = TestHvd::start(&hvd_bin()).unwrap();
+    let cli = Cli(&h);
+    let g = guest::tiny_guest().unwrap();
+    let mut args = vec!["create".to_string(), "c1".into()];
+    args.extend(tiny_args(&g));
+    args.push("--start".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli.ok(&args);
+    cli.fails(&["start", "c1"], 1, "already running");
+    assert!(cli
+        .ok(&[
+            "wait",
+            "c1",
+            "--console",
+            guest::PROMPT_REGEX,
+            "--timeout",
+            "60"
+        ])
+        .contains("HV-PROMPT"));
+    assert!(cli
+        .ok(&["console", "c1", "--log"])
+        .contains(guest::READY_MARKER));
+    let o = cli.run(&["wait", "c1", "--state", "paused", "--timeout", "0.3"]);
+    assert_eq!(o.status.code(), Some(1), "wait times out with exit 1");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("timed out"));
+    let table = cli.ok(&["host", "check"]);
+    assert!(table.contains("PASS") && table.contains("qemu"), "{table}");
+    assert!(cli.ok(&["shutdown", "c1"]).contains("shut off"));
+}
