@@ -28,7 +28,7 @@ pub mod paths {
 }
 
 /// A stable, machine-readable error kind. Each maps to exactly one HTTP status in the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request or spec is malformed or fails validation.
@@ -71,19 +71,19 @@ impl fmt::Display for ErrorCode {
 }
 
 /// `{"error": {"code": "...", "message": "..."}}`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
 
 /// `POST /v1/vms`: define (and optionally start) a VM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     pub spec: VmSpec,
@@ -92,7 +92,7 @@ pub struct CreateVmRequest {
 }
 
 /// `POST /v1/vms/{name}/start`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     #[serde(default)]
@@ -100,7 +100,7 @@ pub struct StartRequest {
 }
 
 /// `POST /v1/vms/{name}/shutdown` and `/reboot`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownRequest {
     #[serde(default = "default_shutdown_timeout")]
@@ -124,7 +124,7 @@ impl Default for ShutdownRequest {
 }
 
 /// `POST /v1/vms/{name}/undefine`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UndefineRequest {
     /// Also delete the VM's disk images (never read-only ones or the CD-ROM).
@@ -136,14 +136,14 @@ pub struct UndefineRequest {
 }
 
 /// `POST /v1/vms/{name}/autostart`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutostartRequest {
     pub enabled: bool,
 }
 
 /// `POST /v1/vms/{name}/wait`: block until the VM reaches a state or its console prints a match.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitRequest {
     #[serde(default)]
@@ -154,7 +154,7 @@ pub struct WaitRequest {
     pub timeout_secs: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WaitResponse {
     pub reached: bool,
     pub state: VmState,
@@ -164,7 +164,7 @@ pub struct WaitResponse {
 }
 
 /// Why QEMU died unexpectedly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CrashInfo {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,14 +179,14 @@ pub struct CrashInfo {
 }
 
 /// Where a running VM's VNC server listens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VncInfo {
     pub host: String,
     pub port: u16,
 }
 
 /// The API view of a VM (`GET /v1/vms/{name}`, and each element of `GET /v1/vms`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmInfo {
     pub name: String,
     pub state: VmState,
@@ -215,13 +215,13 @@ pub struct VmInfo {
 }
 
 /// `GET /v1/vms`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmList {
     pub vms: Vec<VmInfo>,
 }
 
 /// `GET /v1/vms/{name}/showcmd`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShowCmd {
     pub argv: Vec<String>,
     /// True when this is the command line of the running QEMU, false when it is what hv would run.
@@ -229,7 +229,7 @@ pub struct ShowCmd {
 }
 
 /// One line of `hv host check`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CheckStatus {
     Pass,
@@ -237,7 +237,7 @@ pub enum CheckStatus {
     Fail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostCheck {
     pub name: String,
     pub status: CheckStatus,
@@ -247,7 +247,7 @@ pub struct HostCheck {
 }
 
 /// `GET /v1/host/check`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostReport {
     pub checks: Vec<HostCheck>,
     /// `kvm` or `tcg`: what `--accel auto` picks on this host.
@@ -258,7 +258,7 @@ pub struct HostReport {
 }
 
 /// An event on `GET /v1/events` (one JSON object per line).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Unix time in milliseconds.
     pub time_ms: u64,
@@ -267,7 +267,7 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum EventKind {
     Defined,

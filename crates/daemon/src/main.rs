@@ -1,6 +1,7 @@
 //! `hvd`, the hv daemon: serves the REST/JSON API on a Unix socket and hands every request to
 //! the engine. This binary is thin: argument parsing, logging, the socket, signals, routes.
 
+mod openapi;
 mod routes;
 
 use std::os::fd::AsRawFd;

@@ -76,6 +76,10 @@ pub fn router(engine: Engine) -> Router {
                 Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
             }),
         )
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route(paths::HOST_CHECK, get(host_check))
         .route(paths::EVENTS, get(events))
         .route(paths::VMS, get(list).post(create))

@@ -152,3 +152,39 @@ fn invalid_actions_and_busy_vms_are_refused() {
     h.client().undefine("s", false, false).unwrap();
     assert!(h.client().list().unwrap().is_empty());
 }
+
+#[test]
+fn every_documented_route_is_served() {
+    let h = hvd();
+    let doc: serde_json::Value = h
+        .client()
+        .call("GET", "/v1/openapi.json", None::<&()>)
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 15);
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let p = path.replace("{name}", "no-such-vm");
+            let resp = h
+                .client()
+                .send(&method.to_uppercase(), &p, Some(b"{}"))
+                .unwrap();
+            let status = resp.status;
+            if path == "/v1/events" {
+                assert_eq!(
+                    status, 200,
+                    "the event stream never ends; its status is enough"
+                );
+                continue;
+            }
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut resp.into_reader(), &mut body).unwrap();
+            assert!(
+                !body.contains("no such API path") && status != 405,
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+        }
+    }
+    let resp = h.client().send("GET", "/v1/nothing-here", None).unwrap();
+    assert_eq!(resp.status, 404);
+}

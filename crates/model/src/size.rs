@@ -64,6 +64,19 @@ impl fmt::Display for Size {
     }
 }
 
+impl schemars::JsonSchema for Size {
+    fn schema_name() -> String {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        crate::spec::string_schema(
+            "Size",
+            Some("^[0-9]+([KMGT](i?B)?|B)?$"),
+            "A size with binary units (512M, 2G, 1T) or plain bytes; integers are accepted as bytes",
+        )
+    }
+}
+
 impl Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())

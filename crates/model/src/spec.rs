@@ -72,6 +72,44 @@ impl FromStr for VmName {
     }
 }
 
+/// A string schema with a pattern, for types that (de)serialize through their text form.
+pub(crate) fn string_schema(
+    name: &str,
+    pattern: Option<&str>,
+    description: &str,
+) -> schemars::schema::Schema {
+    use schemars::schema::{InstanceType, Metadata, SchemaObject, StringValidation};
+    SchemaObject {
+        instance_type: Some(InstanceType::String.into()),
+        string: pattern.map(|p| {
+            Box::new(StringValidation {
+                pattern: Some(p.to_string()),
+                ..Default::default()
+            })
+        }),
+        metadata: Some(Box::new(Metadata {
+            title: Some(name.to_string()),
+            description: Some(description.to_string()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .into()
+}
+
+impl schemars::JsonSchema for VmName {
+    fn schema_name() -> String {
+        "VmName".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        string_schema(
+            "VmName",
+            Some("^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
+            "A VM name",
+        )
+    }
+}
+
 impl fmt::Display for VmName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -88,7 +126,7 @@ impl<'de> Deserialize<'de> for VmName {
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident, $field:literal, { $($var:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "lowercase")]
         pub enum $name { $($var),+ }
 
@@ -195,7 +233,7 @@ fn on_off(field: &str, v: &str) -> Result<bool, SpecError> {
 }
 
 /// A disk attached to the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     pub path: PathBuf,
@@ -344,6 +382,19 @@ impl fmt::Display for Mac {
     }
 }
 
+impl schemars::JsonSchema for Mac {
+    fn schema_name() -> String {
+        "Mac".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        string_schema(
+            "Mac",
+            Some("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"),
+            "A unicast MAC address",
+        )
+    }
+}
+
 impl Serialize for Mac {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -359,7 +410,7 @@ impl<'de> Deserialize<'de> for Mac {
 }
 
 /// A network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
     #[serde(rename = "type")]
@@ -456,7 +507,7 @@ impl NicSpec {
 }
 
 /// VNC display settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VncSpec {
     #[serde(default = "default_listen")]
@@ -473,7 +524,7 @@ fn default_listen() -> IpAddr {
 }
 
 /// The VM's display.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", tag = "type", deny_unknown_fields)]
 pub enum GraphicsSpec {
     #[default]
@@ -629,6 +680,19 @@ impl fmt::Display for BootOrder {
     }
 }
 
+impl schemars::JsonSchema for BootOrder {
+    fn schema_name() -> String {
+        "BootOrder".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        string_schema(
+            "BootOrder",
+            None,
+            "Boot devices in order: cdrom,disk,network words or QEMU letters (dc)",
+        )
+    }
+}
+
 impl Serialize for BootOrder {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -644,7 +708,7 @@ impl<'de> Deserialize<'de> for BootOrder {
 }
 
 /// Direct kernel boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelBoot {
     pub path: PathBuf,
@@ -655,7 +719,7 @@ pub struct KernelBoot {
 }
 
 /// What a user asked for: persisted, dumped, edited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: VmName,

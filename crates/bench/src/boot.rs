@@ -1,0 +1,168 @@
+//! Start → guest ready under hv against raw QEMU with a minimal device set, in alternating
+//! pairs so that drift on the machine affects both sides alike.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use api::WaitRequest;
+use model::VmState;
+use testkit::guest::{self, TinyGuest};
+use testkit::{TestHvd, VmOpts};
+
+use crate::procs::{Reaped, TempDir};
+use crate::stats::ms;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Paired boot times in ms: `hv[i]` and `raw[i]` ran back to back.
+#[derive(Debug, Default)]
+pub struct Pairs {
+    pub hv: Vec<f64>,
+    pub raw: Vec<f64>,
+}
+
+/// Runs `pairs` pairs; which side goes first alternates from pair to pair.
+pub fn measure(hvd: &TestHvd, pairs: usize) -> Result<Pairs> {
+    let guest = guest::tiny_guest()?;
+    let vm = "boot";
+    hvd.client()
+        .create(hvd.tiny_spec(vm, VmOpts::default())?, false)?;
+    let scratch = TempDir::new()?;
+    let mut out = Pairs::default();
+    for i in 0..pairs {
+        let context = || format!("pair {}", i + 1);
+        let (hv, raw) = if i % 2 == 0 {
+            let hv = hv_boot(hvd, vm).with_context(context)?;
+            (hv, raw_boot(&guest, scratch.path()).with_context(context)?)
+        } else {
+            let raw = raw_boot(&guest, scratch.path()).with_context(context)?;
+            (hv_boot(hvd, vm).with_context(context)?, raw)
+        };
+        eprintln!("  pair {}: hv {hv:.0} ms, raw QEMU {raw:.0} ms", i + 1);
+        out.hv.push(hv);
+        out.raw.push(raw);
+    }
+    Ok(out)
+}
+
+/// From the start call until hvd's (event-driven) console wait sees the ready marker.
+fn hv_boot(hvd: &TestHvd, vm: &str) -> Result<f64> {
+    let client = hvd.client();
+    let t0 = Instant::now();
+    client.start(vm, false)?;
+    let started = t0.elapsed();
+    let r = client.wait(
+        vm,
+        &WaitRequest {
+            state: None,
+            console: Some(guest::READY_MARKER.into()),
+            timeout_secs: READY_TIMEOUT.as_secs_f64(),
+        },
+    )?;
+    let elapsed = t0.elapsed();
+    if !r.reached {
+        bail!(
+            "{vm}: no {} within {READY_TIMEOUT:?}; console:\n{}",
+            guest::READY_MARKER,
+            hvd.console_text(vm)
+        );
+    }
+    client.destroy(vm)?;
+    hvd.wait_state(vm, VmState::Shutoff, Duration::from_secs(30))?;
+    eprintln!(
+        "    hv: start call {:.0} ms of {:.0} ms",
+        ms(started),
+        ms(elapsed)
+    );
+    Ok(ms(elapsed))
+}
+
+/// From spawning QEMU until the ready marker appears on its serial port (stdio).
+fn raw_boot(guest: &TinyGuest, scratch: &Path) -> Result<f64> {
+    let log_path = scratch.join("qemu-raw.log");
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "pc", "-accel", "tcg", "-m", "128"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .arg("-kernel")
+        .arg(&guest.kernel)
+        .arg("-initrd")
+        .arg(&guest.initrd)
+        .args(["-append", guest::CMDLINE, "-serial", "stdio"])
+        .env_clear()
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    let t0 = Instant::now();
+    let mut qemu = Reaped::new(cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?);
+    let stdout = qemu.child()?.stdout.take().context("QEMU has no stdout")?;
+    let found = read_until(stdout, guest::READY_MARKER.as_bytes(), t0 + READY_TIMEOUT);
+    let elapsed = t0.elapsed();
+    qemu.stop(libc::SIGKILL)?;
+    match found {
+        Ok(()) => Ok(ms(elapsed)),
+        Err(e) => {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Err(e.context(format!("raw QEMU log: {log}")))
+        }
+    }
+}
+
+/// Reads `out` until `marker` has appeared in it, or fails at `deadline` or end of file.
+fn read_until(mut out: ChildStdout, marker: &[u8], deadline: Instant) -> Result<()> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "no {:?} within the deadline; output:\n{}",
+                String::from_utf8_lossy(marker),
+                String::from_utf8_lossy(&seen)
+            );
+        }
+        if !readable(&out, left)? {
+            continue;
+        }
+        let n = out.read(&mut buf).context("reading QEMU's serial output")?;
+        if n == 0 {
+            bail!(
+                "QEMU exited before printing the marker; output:\n{}",
+                String::from_utf8_lossy(&seen)
+            );
+        }
+        let from = seen.len().saturating_sub(marker.len());
+        seen.extend_from_slice(&buf[..n]);
+        if seen[from..].windows(marker.len()).any(|w| w == marker) {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits up to `timeout` for `out` to have data (or EOF); false on timeout or a signal.
+fn readable(out: &ChildStdout, timeout: Duration) -> Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: out.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one pollfd that lives on our stack for the call; the fd is owned by
+    // `out`, which outlives the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, millis) };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err).context("poll on QEMU's serial output");
+    }
+    Ok(n > 0)
+}

@@ -1,0 +1,287 @@
+//! The OpenAPI 3 document, generated from the route table below and the `api` types' JSON
+//! schemas. `GET /v1/openapi.json` serves it; a test keeps `docs/openapi.json` equal to it
+//! (`HV_UPDATE_GOLDEN=1 cargo test -p daemon openapi` rewrites the file) and another checks
+//! that the router answers every documented route.
+
+use schemars::gen::{SchemaGenerator, SchemaSettings};
+use schemars::schema::Schema;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn s<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// One documented route.
+pub struct RouteDoc {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub request: Option<SchemaFn>,
+    /// Success status and body schema (`None`: no JSON body).
+    pub response: (u16, Option<SchemaFn>),
+    /// A non-JSON success body (`text`, `ndjson`, `websocket`).
+    pub raw: Option<&'static str>,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    request: Option<SchemaFn>,
+    status: u16,
+    response: Option<SchemaFn>,
+) -> RouteDoc {
+    RouteDoc {
+        method,
+        path,
+        summary,
+        request,
+        response: (status, response),
+        raw: None,
+    }
+}
+
+/// Every route the daemon serves.
+pub fn routes() -> Vec<RouteDoc> {
+    use api::*;
+    vec![
+        r("get", "/v1/ping", "Liveness and version", None, 200, None),
+        r("get", "/v1/openapi.json", "This document", None, 200, None),
+        r(
+            "get",
+            "/v1/host/check",
+            "Host checks and the accelerator decision",
+            None,
+            200,
+            Some(s::<HostReport>),
+        ),
+        RouteDoc {
+            raw: Some("application/x-ndjson"),
+            ..r(
+                "get",
+                "/v1/events",
+                "Event stream, one JSON Event per line",
+                None,
+                200,
+                Some(s::<Event>),
+            )
+        },
+        r("get", "/v1/vms", "List VMs", None, 200, Some(s::<VmList>)),
+        r(
+            "post",
+            "/v1/vms",
+            "Define a VM, optionally starting it",
+            Some(s::<CreateVmRequest>),
+            201,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "get",
+            "/v1/vms/{name}",
+            "One VM, with its spec",
+            None,
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "put",
+            "/v1/vms/{name}",
+            "Replace a VM's spec",
+            Some(s::<model::VmSpec>),
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "delete",
+            "/v1/vms/{name}",
+            "Undefine (query: remove_storage, force)",
+            None,
+            204,
+            None,
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/start",
+            "Start",
+            Some(s::<StartRequest>),
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/shutdown",
+            "ACPI shutdown and wait; timeout error if the guest ignores it",
+            Some(s::<ShutdownRequest>),
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/reboot",
+            "Graceful shutdown, then start",
+            Some(s::<ShutdownRequest>),
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/destroy",
+            "Hard power-off",
+            None,
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/reset",
+            "Hard reset",
+            None,
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/pause",
+            "Pause the vCPUs",
+            None,
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/resume",
+            "Resume",
+            None,
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/undefine",
+            "Undefine",
+            Some(s::<UndefineRequest>),
+            204,
+            None,
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/autostart",
+            "Turn autostart on or off",
+            Some(s::<AutostartRequest>),
+            200,
+            Some(s::<VmInfo>),
+        ),
+        r(
+            "post",
+            "/v1/vms/{name}/wait",
+            "Wait for a state or console output",
+            Some(s::<WaitRequest>),
+            200,
+            Some(s::<WaitResponse>),
+        ),
+        r(
+            "get",
+            "/v1/vms/{name}/showcmd",
+            "The QEMU command line",
+            None,
+            200,
+            Some(s::<ShowCmd>),
+        ),
+        RouteDoc {
+            raw: Some("application/octet-stream"),
+            ..r(
+                "get",
+                "/v1/vms/{name}/console/log",
+                "Console output since the VM last started (query: follow)",
+                None,
+                200,
+                None,
+            )
+        },
+        RouteDoc {
+            raw: Some("websocket"),
+            ..r(
+                "get",
+                "/v1/vms/{name}/console",
+                "Serial console (WebSocket upgrade, binary frames)",
+                None,
+                101,
+                None,
+            )
+        },
+    ]
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let error = s::<api::ErrorBody>(&mut g);
+    let mut paths = Map::new();
+    for route in routes() {
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(route.summary));
+        op.insert(
+            "operationId".into(),
+            json!(format!(
+                "{}_{}",
+                route.method,
+                route
+                    .path
+                    .trim_start_matches("/v1/")
+                    .replace(['/', '.'], "_")
+                    .replace(['{', '}'], "")
+            )),
+        );
+        if route.path.contains("{name}") {
+            op.insert("parameters".into(), json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]));
+        }
+        if let Some(req) = route.request {
+            op.insert("requestBody".into(), json!({ "required": false, "content": { "application/json": { "schema": req(&mut g) } } }));
+        }
+        let (status, body) = route.response;
+        let mut ok = json!({ "description": route.summary });
+        if let Some(b) = body {
+            let media = route.raw.unwrap_or("application/json");
+            ok["content"] = json!({ media: { "schema": b(&mut g) } });
+        } else if let Some(media) = route.raw.filter(|m| *m != "websocket") {
+            ok["content"] =
+                json!({ media: { "schema": { "type": "string", "format": "binary" } } });
+        }
+        op.insert("responses".into(), json!({
+            status.to_string(): ok,
+            "default": { "description": "An error with a stable code", "content": { "application/json": { "schema": error.clone() } } },
+        }));
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = Value::Object(op);
+    }
+    let schemas: Map<String, Value> = g
+        .take_definitions()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket. Change log: docs/api-changelog.md." },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_is_checked_in() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let got = serde_json::to_string_pretty(&super::document()).expect("serializes") + "\n";
+        if std::env::var_os("HV_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).expect("writes");
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(got == want, "docs/openapi.json is stale: run HV_UPDATE_GOLDEN=1 cargo test -p daemon openapi and review the diff (and add an entry to docs/api-changelog.md)");
+    }
+}
