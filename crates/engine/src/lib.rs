@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     vms: RwLock<BTreeMap<String, Arc<Vm>>>,
     events: broadcast::Sender<Event>,
     caps: tokio::sync::OnceCell<HostCaps>,
+    /// Set once `-cpu host` was seen to abort on this host.
+    kvm_cpu_fallback: std::sync::atomic::AtomicBool,
     boot_id: String,
 }
 
@@ -128,6 +130,7 @@ impl Engine {
                 vms: RwLock::new(BTreeMap::new()),
                 events: broadcast::channel(1024).0,
                 caps: tokio::sync::OnceCell::new(),
+                kvm_cpu_fallback: Default::default(),
                 boot_id,
             }),
         };

@@ -23,6 +23,14 @@ use crate::{now_secs, Engine};
 
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// `-cpu` for KVM hosts where `host` cannot set MSR 0x10a (IA32_ARCH_CAPABILITIES).
+const KVM_CPU_FALLBACK: &str = "host,-arch-capabilities";
+
+/// Does QEMU's failure say that `-cpu host` could not set a model-specific register?
+fn needs_cpu_fallback(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("0x10a") || (e.contains("msr") && (e.contains("kvm") || e.contains("failed to set")))
+}
 
 /// How we learn that QEMU ended.
 enum ProcWatch {
@@ -202,7 +210,15 @@ impl Engine {
         let qcaps = QemuCaps {
             version: caps.qemu_version,
             accel: accel.0,
-            kvm_cpu: "host".into(),
+            kvm_cpu: if self
+                .inner
+                .kvm_cpu_fallback
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                KVM_CPU_FALLBACK.into()
+            } else {
+                "host".into()
+            },
         };
         let plan = RunPlan {
             qmp_fd: 3,
@@ -307,23 +323,38 @@ impl Engine {
                 let _ = std::fs::remove_file(p);
             }
         };
-        let planned = self.plan_argv(vm, &spec, paused, &overlays).await;
-        let (argv, accel) = match planned {
-            Ok(x) => x,
-            Err(e) => {
-                cleanup_files(&made);
-                return Err(e);
-            }
-        };
-        let res = self
-            .spawn_and_attach(vm, &spec, &paths, &argv, paused)
-            .await;
-        let (child, qmp, events, pidfd) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                cleanup_files(&made);
-                self.set_state(vm, VmState::Shutoff, Some("start failed".into()));
-                return Err(e);
+        // With KVM, `-cpu host` aborts on some nested hosts (QEMU cannot set MSR 0x10a,
+        // IA32_ARCH_CAPABILITIES): retry once without that feature and remember it.
+        let mut attempts = 0;
+        let (argv, accel, (child, qmp, events, pidfd)) = loop {
+            attempts += 1;
+            let (argv, accel) = match self.plan_argv(vm, &spec, paused, &overlays).await {
+                Ok(x) => x,
+                Err(e) => {
+                    cleanup_files(&made);
+                    return Err(e);
+                }
+            };
+            match self
+                .spawn_and_attach(vm, &spec, &paths, &argv, paused)
+                .await
+            {
+                Ok(x) => break (argv, accel, x),
+                Err(e)
+                    if attempts == 1
+                        && accel.0 == qemu_argv::Accel::Kvm
+                        && needs_cpu_fallback(&e.to_string()) =>
+                {
+                    tracing::warn!(vm = %vm.name, error = %e, "-cpu host failed to set an MSR; retrying without arch-capabilities");
+                    self.inner
+                        .kvm_cpu_fallback
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    cleanup_files(&made);
+                    self.set_state(vm, VmState::Shutoff, Some("start failed".into()));
+                    return Err(e);
+                }
             }
         };
         let pid = pidfd.pid;
@@ -838,4 +869,18 @@ fn transcript_writer(path: &Path) -> Option<qmp::Transcript> {
             let _ = writeln!(f, "{} {dir} {line}", now_secs());
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_fallback_is_detected_from_qemu_errors() {
+        // As reported by QEMU on nested hosts.
+        assert!(needs_cpu_fallback("QEMU failed to start: qmp closed: qemu-system-x86_64: error: failed to set MSR 0x10a to 0x2000000001e; qemu-system-x86_64: ../target/i386/kvm/kvm.c:3157: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."));
+        assert!(!needs_cpu_fallback(
+            "QEMU failed to start: cannot set up guest memory 'pc.ram': Cannot allocate memory"
+        ));
+    }
 }
