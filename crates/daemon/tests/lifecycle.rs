@@ -356,3 +356,32 @@ fn vnc_listens_with_a_password_and_reports_its_port() {
         "{args}"
     );
 }
+
+#[test]
+fn disks_on_every_bus_cdrom_and_q35_run_in_qemu() {
+    let h = hvd();
+    for machine in [model::Machine::Pc, model::Machine::Q35] {
+        let name = format!("bus-{machine}");
+        let mut spec = h.tiny_spec(&name, VmOpts::default()).unwrap();
+        spec.machine = machine;
+        for (i, extra) in ["bus=virtio,cache=none", "bus=scsi,cache=writethrough", "bus=ide,cache=unsafe", "bus=sata,cache=directsync", "bus=virtio,readonly=on"].iter().enumerate() {
+            let f = h.dir.join(format!("{name}-{i}.raw"));
+            std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
+            spec.disks.push(format!("path={},format=raw,{extra}", f.display()).parse().unwrap());
+        }
+        let iso = h.dir.join(format!("{name}.iso"));
+        std::fs::write(&iso, vec![0u8; 1 << 20]).unwrap();
+        spec.cdrom = Some(iso);
+        spec.nics.push("user".parse().unwrap());
+        spec.nics.push("user,model=e1000".parse().unwrap());
+        h.client().create(spec, true).unwrap();
+        h.wait_ready(&name).unwrap();
+        let console = h.console_text(&name);
+        assert!(console.contains("HV-DISK vda") && console.contains("HV-DISK vdb"), "{console}");
+        let argv = h.client().showcmd(&name).unwrap().argv.join(" ");
+        for dev in ["virtio-blk-pci", "scsi-hd", "ide-hd", "ide-cd", "e1000", "virtio-net-pci"] {
+            assert!(argv.contains(dev), "{dev} missing from {argv}");
+        }
+        h.client().destroy(&name).unwrap();
+    }
+}
