@@ -95,17 +95,26 @@ async fn run(args: Args) -> Result<()> {
     let auto = engine.clone();
     tokio::spawn(async move { auto.autostart().await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let server = std::future::IntoFuture::into_future(server);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.context("serving the API failed")?,
+        _ = async {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        } => {
+            tracing::info!("stopping hvd; running VMs keep running");
+            let _ = stop_tx.send(());
+            // Long polls and console followers must not hold hvd up.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
         }
-        tracing::info!("stopping hvd; running VMs keep running");
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the API failed")?;
+    }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

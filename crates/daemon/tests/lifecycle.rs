@@ -181,6 +181,9 @@ fn sigkill_of_hvd_leaves_vms_running_and_a_new_hvd_reattaches() {
     // SIGTERM stops hvd, not the VMs.
     boot(&h, "keep2", VmOpts::default());
     let pid2 = h.client().info("keep2").unwrap().pid;
+    // Open streams (events, a followed console log) do not hold hvd up on SIGTERM.
+    let _events = h.client().events().unwrap();
+    let _follow = h.client().console_log("keep2", true).unwrap();
     h.restart().unwrap();
     let info = h.client().info("keep2").unwrap();
     assert_eq!((info.state, info.pid), (VmState::Running, pid2));
@@ -364,10 +367,23 @@ fn disks_on_every_bus_cdrom_and_q35_run_in_qemu() {
         let name = format!("bus-{machine}");
         let mut spec = h.tiny_spec(&name, VmOpts::default()).unwrap();
         spec.machine = machine;
-        for (i, extra) in ["bus=virtio,cache=none", "bus=scsi,cache=writethrough", "bus=ide,cache=unsafe", "bus=sata,cache=directsync", "bus=virtio,readonly=on"].iter().enumerate() {
+        for (i, extra) in [
+            "bus=virtio,cache=none",
+            "bus=scsi,cache=writethrough",
+            "bus=ide,cache=unsafe",
+            "bus=sata,cache=directsync",
+            "bus=virtio,readonly=on",
+        ]
+        .iter()
+        .enumerate()
+        {
             let f = h.dir.join(format!("{name}-{i}.raw"));
             std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
-            spec.disks.push(format!("path={},format=raw,{extra}", f.display()).parse().unwrap());
+            spec.disks.push(
+                format!("path={},format=raw,{extra}", f.display())
+                    .parse()
+                    .unwrap(),
+            );
         }
         let iso = h.dir.join(format!("{name}.iso"));
         std::fs::write(&iso, vec![0u8; 1 << 20]).unwrap();
@@ -377,9 +393,19 @@ fn disks_on_every_bus_cdrom_and_q35_run_in_qemu() {
         h.client().create(spec, true).unwrap();
         h.wait_ready(&name).unwrap();
         let console = h.console_text(&name);
-        assert!(console.contains("HV-DISK vda") && console.contains("HV-DISK vdb"), "{console}");
+        assert!(
+            console.contains("HV-DISK vda") && console.contains("HV-DISK vdb"),
+            "{console}"
+        );
         let argv = h.client().showcmd(&name).unwrap().argv.join(" ");
-        for dev in ["virtio-blk-pci", "scsi-hd", "ide-hd", "ide-cd", "e1000", "virtio-net-pci"] {
+        for dev in [
+            "virtio-blk-pci",
+            "scsi-hd",
+            "ide-hd",
+            "ide-cd",
+            "e1000",
+            "virtio-net-pci",
+        ] {
             assert!(argv.contains(dev), "{dev} missing from {argv}");
         }
         h.client().destroy(&name).unwrap();

@@ -413,9 +413,26 @@ impl Engine {
             .filter(|d| !d.readonly)
             .map(|d| d.path.clone())
             .collect();
+        let used_elsewhere: Vec<PathBuf> = self
+            .read_vms()
+            .values()
+            .filter(|o| o.id != vm.id)
+            .flat_map(|o| {
+                o.lock()
+                    .spec
+                    .disks
+                    .iter()
+                    .map(|d| d.path.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         self.remove_definition(&vm)?;
         if remove_storage {
             for d in disks {
+                if used_elsewhere.contains(&d) {
+                    tracing::warn!(disk = %d.display(), "not removing a disk another VM uses");
+                    continue;
+                }
                 if let Err(e) = std::fs::remove_file(&d) {
                     tracing::warn!(disk = %d.display(), error = %e, "could not remove disk");
                 }
