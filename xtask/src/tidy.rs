@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("qmp", &[]),
     ("host-exec", &[]),
     ("host-probe", &["api", "host-exec"]),
+    ("host-storage", &["model", "host-exec"]),
     (
         "engine",
         &[
@@ -24,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "qmp",
             "host-exec",
             "host-probe",
+            "host-storage",
         ],
     ),
     ("daemon", &["api", "model", "engine"]),

@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use model::{VmSpec, VmState};
+use std::path::PathBuf;
+
+use model::{DiskFormat, PoolName, Size, VmSpec, VmState, VolName};
 use serde::{Deserialize, Serialize};
 
 /// The API version prefix.
@@ -25,6 +27,19 @@ pub mod paths {
     pub fn vm_action(name: &str, action: &str) -> String {
         format!("/v1/vms/{name}/{action}")
     }
+    pub const POOLS: &str = "/v1/pools";
+    pub fn pool(name: &str) -> String {
+        format!("/v1/pools/{name}")
+    }
+    pub fn volumes(pool: &str) -> String {
+        format!("/v1/pools/{pool}/volumes")
+    }
+    pub fn volume(pool: &str, vol: &str) -> String {
+        format!("/v1/pools/{pool}/volumes/{vol}")
+    }
+    pub fn volume_action(pool: &str, vol: &str, action: &str) -> String {
+        format!("/v1/pools/{pool}/volumes/{vol}/{action}")
+    }
 }
 
 /// A stable, machine-readable error kind. Each maps to exactly one HTTP status in the daemon.
@@ -39,6 +54,8 @@ pub enum ErrorCode {
     InvalidState,
     /// Another operation on the same VM is in progress.
     Busy,
+    /// The object is used by a VM or another volume.
+    InUse,
     /// The operation did not finish in time (e.g. the guest ignored the ACPI power button).
     Timeout,
     /// The host lacks something the operation needs (binary, device, permission).
@@ -56,6 +73,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::Busy => "busy",
+            ErrorCode::InUse => "in_use",
             ErrorCode::Timeout => "timeout",
             ErrorCode::HostError => "host_error",
             ErrorCode::QemuError => "qemu_error",
@@ -280,6 +298,116 @@ pub enum EventKind {
     },
     /// The guest reset itself (reboot) or was reset.
     Reset,
+}
+
+/// `POST /v1/pools`: a directory pool.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePoolRequest {
+    pub name: PoolName,
+    /// An absolute directory; created when missing.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub autostart: bool,
+}
+
+/// `GET /v1/pools/{name}`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PoolInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub autostart: bool,
+    /// Size of the filesystem holding the pool.
+    pub capacity_bytes: u64,
+    /// Bytes the pool's volumes occupy.
+    pub allocation_bytes: u64,
+    /// Free bytes on the filesystem.
+    pub available_bytes: u64,
+    pub volumes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolInfo>,
+}
+
+/// `DELETE /v1/pools/{name}?force=true`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeletePoolRequest {
+    /// Also delete the volumes it holds (never ones a VM uses).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/pools/{pool}/volumes`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolRequest {
+    pub name: VolName,
+    /// Required unless there is a backing volume (then it defaults to the backing size).
+    #[serde(default)]
+    pub size: Option<Size>,
+    /// Defaults to qcow2.
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+    /// `POOL/NAME` or an absolute path: makes a qcow2 overlay on top of it.
+    #[serde(default)]
+    pub backing: Option<String>,
+}
+
+/// `POST /v1/pools/{pool}/import`: copy a host file into the pool.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportVolRequest {
+    pub name: VolName,
+    pub source: PathBuf,
+    /// The source's format. Required for raw images: a file is only raw when the user says so.
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+}
+
+/// `POST /v1/pools/{pool}/volumes/{vol}/clone`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneVolRequest {
+    pub name: VolName,
+    /// A qcow2 overlay on top of the source instead of a full copy.
+    #[serde(default)]
+    pub linked: bool,
+}
+
+/// `POST /v1/pools/{pool}/volumes/{vol}/resize`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolRequest {
+    pub size: Size,
+    #[serde(default)]
+    pub allow_shrink: bool,
+}
+
+/// A volume: an image file in a pool.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VolInfo {
+    pub pool: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub format: String,
+    pub virtual_size_bytes: u64,
+    pub allocation_bytes: u64,
+    /// The backing image's path, for overlays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing_format: Option<String>,
+    /// VMs whose definition uses this volume.
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VolList {
+    pub volumes: Vec<VolInfo>,
 }
 
 #[cfg(test)]

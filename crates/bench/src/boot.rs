@@ -15,7 +15,8 @@ use testkit::guest::{self, TinyGuest};
 use testkit::{TestHvd, VmOpts};
 
 use crate::procs::{Reaped, TempDir};
-use crate::stats::ms;
+use crate::report::Row;
+use crate::stats::{ms, Summary};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,6 +25,50 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Pairs {
     pub hv: Vec<f64>,
     pub raw: Vec<f64>,
+}
+
+impl Pairs {
+    /// hv − raw QEMU, pair by pair.
+    fn deltas(&self) -> Vec<f64> {
+        self.hv.iter().zip(&self.raw).map(|(h, r)| h - r).collect()
+    }
+
+    /// Summaries of hv, raw QEMU and the pair differences; `None` without pairs.
+    fn summaries(&self) -> Option<(Summary, Summary, Summary)> {
+        Some((
+            Summary::of(&self.hv)?,
+            Summary::of(&self.raw)?,
+            Summary::of(&self.deltas())?,
+        ))
+    }
+
+    /// The table row: the difference and ratio of the medians.
+    pub fn row(&self) -> Row {
+        match self.summaries() {
+            Some((hv, raw, deltas)) => Row::boot(&hv, &raw, &deltas),
+            None => Row::boot_error("no pairs"),
+        }
+    }
+
+    /// The paired values, listed under the table.
+    pub fn note(&self) -> String {
+        let mut note = String::from("Start → guest ready, paired runs (hv / raw QEMU):\n");
+        for (i, (hv, raw)) in self.hv.iter().zip(&self.raw).enumerate() {
+            note.push_str(&format!(
+                "- pair {}: {hv:.0} ms / {raw:.0} ms ({:+.0} ms)\n",
+                i + 1,
+                hv - raw
+            ));
+        }
+        if let Some((hv, raw, deltas)) = self.summaries() {
+            note.push_str(&format!(
+                "- medians: hv {:.0} ms, raw QEMU {:.0} ms; median of the pair differences \
+                 {:+.0} ms\n",
+                hv.median, raw.median, deltas.median
+            ));
+        }
+        note
+    }
 }
 
 /// Runs `pairs` pairs; which side goes first alternates from pair to pair.

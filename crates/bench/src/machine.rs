@@ -4,7 +4,8 @@ use std::process::Command;
 
 use client::Client;
 
-/// CPUs, CPU model, kernel, QEMU version and the accelerator hvd picks.
+/// CPUs, CPU model, kernel, QEMU version, the accelerator hvd picks and the load average
+/// (other work on the machine skews the figures, the boot figure most).
 pub fn describe(client: &Client) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -33,5 +34,19 @@ pub fn describe(client: &Client) -> String {
         .host_check()
         .map(|r| r.accel)
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    format!("{cpus} CPUs ({model}), Linux {kernel}, {qemu}, accel {accel}")
+    format!(
+        "{cpus} CPUs ({model}), Linux {kernel}, {qemu}, accel {accel}; {}",
+        load()
+    )
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            let avg: Vec<&str> = l.split_whitespace().take(3).collect();
+            (avg.len() == 3).then(|| format!("load average {}", avg.join(" ")))
+        })
+        .unwrap_or_else(|| "load average unknown".into())
 }

@@ -25,7 +25,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use testkit::TestHvd;
 
-use boot::Pairs;
 use procs::Bins;
 use report::{Figure, Row};
 use stats::Summary;
@@ -118,86 +117,110 @@ fn run(args: Args) -> Result<bool> {
     let wanted = |g: Group| args.only.is_empty() || args.only.contains(&g);
     // Build (or find) the test guest before any clock starts.
     testkit::guest::tiny_guest().context("building the tiny test guest")?;
+    let machine = machine::describe(TestHvd::start(&bins.hvd)?.client());
 
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    let mut machine = None;
+    let mut out = Output::default();
     if wanted(Group::Boot) {
-        eprintln!("boot: {} pairs of hv and raw QEMU", plan.boot_pairs);
-        let hvd = TestHvd::start(&bins.hvd)?;
-        machine = Some(machine::describe(hvd.client()));
-        match boot::measure(&hvd, plan.boot_pairs) {
-            Ok(pairs) => {
-                rows.push(boot_row(&pairs));
-                notes.push(boot_note(&pairs));
-            }
-            Err(e) => {
-                eprintln!("  boot: {e:#}");
-                rows.push(Row::boot_error(&format!("{e:#}")));
-            }
-        }
+        boot_group(&bins, &plan, &mut out)?;
     }
     if wanted(Group::Cli) {
-        eprintln!("cli: `hv start` and `hv create`, {} runs each", plan.runs);
-        let hvd = TestHvd::start(&bins.hvd)?;
-        machine.get_or_insert_with(|| machine::describe(hvd.client()));
-        rows.push(row(
-            &report::START_COMMAND,
-            cli::start_command(&bins, &hvd, plan.runs),
-        ));
-        rows.push(row(&report::DEFINE, cli::define(&bins, &hvd, plan.runs)));
+        cli_group(&bins, &plan, &mut out)?;
     }
     if wanted(Group::Scale) {
-        eprintln!("scale: {} VMs, {} runs each", plan.vms, plan.runs);
-        let hvd = TestHvd::start(&bins.hvd)?;
-        match cli::at_scale(&bins, &hvd, plan.vms, plan.runs) {
-            Ok(s) => {
-                rows.push(row(&report::LIST_1000, Ok(s.list)));
-                rows.push(row(&report::INFO_1000, Ok(s.info)));
-                rows.push(row(&report::RSS_1000, Ok(vec![s.rss_mib])));
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                eprintln!("  scale: {e}");
-                for fig in [&report::LIST_1000, &report::INFO_1000, &report::RSS_1000] {
-                    rows.push(Row::error(fig, &e));
-                }
-            }
-        }
+        scale_group(&bins, &plan, &mut out)?;
     }
     if wanted(Group::Power) {
-        eprintln!(
-            "power: guest power-off and ACPI shutdown, {} runs each",
-            plan.runs
-        );
-        let hvd = TestHvd::start(&bins.hvd)?;
-        rows.push(row(
-            &report::POWEROFF,
-            power::guest_poweroff(&hvd, plan.runs),
-        ));
-        rows.push(row(
-            &report::ACPI_SHUTDOWN,
-            power::acpi_shutdown(&bins, &hvd, plan.runs),
-        ));
+        power_group(&bins, &plan, &mut out)?;
     }
     if wanted(Group::Daemon) {
         eprintln!("daemon: start → API answers, {} runs", plan.runs);
-        rows.push(row(
+        out.rows.push(row(
             &report::DAEMON_START,
             daemon::measure(&bins, plan.runs),
         ));
     }
 
-    if let Some(m) = machine {
-        println!("Machine: {m}\n");
-    }
-    print!("{}", report::table(&rows));
-    let met = rows.iter().filter(|r| r.met()).count();
-    println!("\n{met} of {} figures meet their target.", rows.len());
-    for note in notes {
+    println!("Machine: {machine}\n");
+    print!("{}", report::table(&out.rows));
+    let met = out.rows.iter().filter(|r| r.met()).count();
+    println!("\n{met} of {} figures meet their target.", out.rows.len());
+    println!("At the end: {}.", machine::load());
+    for note in &out.notes {
         println!("\n{note}");
     }
-    Ok(rows.iter().all(|r| !r.failed()))
+    Ok(out.rows.iter().all(|r| !r.failed()))
+}
+
+/// The table rows and the notes printed under the table.
+#[derive(Debug, Default)]
+struct Output {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+fn boot_group(bins: &Bins, plan: &Plan, out: &mut Output) -> Result<()> {
+    eprintln!("boot: {} pairs of hv and raw QEMU", plan.boot_pairs);
+    let hvd = TestHvd::start(&bins.hvd)?;
+    match boot::measure(&hvd, plan.boot_pairs) {
+        Ok(pairs) => {
+            out.rows.push(pairs.row());
+            out.notes.push(pairs.note());
+        }
+        Err(e) => {
+            eprintln!("  boot: {e:#}");
+            out.rows.push(Row::boot_error(&format!("{e:#}")));
+        }
+    }
+    Ok(())
+}
+
+fn cli_group(bins: &Bins, plan: &Plan, out: &mut Output) -> Result<()> {
+    eprintln!("cli: `hv start` and `hv create`, {} runs each", plan.runs);
+    let hvd = TestHvd::start(&bins.hvd)?;
+    out.rows.push(row(
+        &report::START_COMMAND,
+        cli::start_command(bins, &hvd, plan.runs),
+    ));
+    out.rows
+        .push(row(&report::DEFINE, cli::define(bins, &hvd, plan.runs)));
+    Ok(())
+}
+
+fn scale_group(bins: &Bins, plan: &Plan, out: &mut Output) -> Result<()> {
+    eprintln!("scale: {} VMs, {} runs each", plan.vms, plan.runs);
+    let hvd = TestHvd::start(&bins.hvd)?;
+    match cli::at_scale(bins, &hvd, plan.vms, plan.runs) {
+        Ok(s) => {
+            out.rows.push(row(&report::LIST_1000, Ok(s.list)));
+            out.rows.push(row(&report::INFO_1000, Ok(s.info)));
+            out.rows.push(row(&report::RSS_1000, Ok(vec![s.rss_mib])));
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            eprintln!("  scale: {e}");
+            for fig in [&report::LIST_1000, &report::INFO_1000, &report::RSS_1000] {
+                out.rows.push(Row::error(fig, &e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn power_group(bins: &Bins, plan: &Plan, out: &mut Output) -> Result<()> {
+    eprintln!(
+        "power: guest power-off and ACPI shutdown, {} runs each",
+        plan.runs
+    );
+    let hvd = TestHvd::start(&bins.hvd)?;
+    out.rows.push(row(
+        &report::POWEROFF,
+        power::guest_poweroff(&hvd, plan.runs),
+    ));
+    out.rows.push(row(
+        &report::ACPI_SHUTDOWN,
+        power::acpi_shutdown(bins, &hvd, plan.runs),
+    ));
+    Ok(())
 }
 
 /// A row from a measurement, or a failed row carrying its error.
@@ -210,41 +233,4 @@ fn row(fig: &Figure, samples: Result<Vec<f64>>) -> Row {
             Row::error(fig, &format!("{e:#}"))
         }
     }
-}
-
-/// The boot row: medians of each side, range of the per-pair differences.
-fn boot_row(pairs: &Pairs) -> Row {
-    let deltas: Vec<f64> = pairs
-        .hv
-        .iter()
-        .zip(&pairs.raw)
-        .map(|(h, r)| h - r)
-        .collect();
-    match (
-        Summary::of(&pairs.hv),
-        Summary::of(&pairs.raw),
-        Summary::of(&deltas),
-    ) {
-        (Some(hv), Some(raw), Some(d)) => Row::boot(&hv, &raw, &d),
-        _ => Row::boot_error("no pairs"),
-    }
-}
-
-/// The paired boot values, listed under the table.
-fn boot_note(pairs: &Pairs) -> String {
-    let mut note = String::from("Start → guest ready, paired runs (hv / raw QEMU):\n");
-    for (i, (hv, raw)) in pairs.hv.iter().zip(&pairs.raw).enumerate() {
-        note.push_str(&format!(
-            "- pair {}: {hv:.0} ms / {raw:.0} ms ({:+.0} ms)\n",
-            i + 1,
-            hv - raw
-        ));
-    }
-    if let (Some(hv), Some(raw)) = (Summary::of(&pairs.hv), Summary::of(&pairs.raw)) {
-        note.push_str(&format!(
-            "- medians: hv {:.0} ms, raw QEMU {:.0} ms\n",
-            hv.median, raw.median
-        ));
-    }
-    note
 }

@@ -10,11 +10,21 @@ pub enum Unit {
 }
 
 impl Unit {
-    fn format(self, value: f64) -> String {
+    fn name(self) -> &'static str {
         match self {
-            Unit::Ms => format!("{value:.1} ms"),
-            Unit::MiB => format!("{value:.1} MiB"),
+            Unit::Ms => "ms",
+            Unit::MiB => "MiB",
         }
+    }
+
+    /// A measured value, to 0.1.
+    fn format(self, value: f64) -> String {
+        format!("{value:.1} {}", self.name())
+    }
+
+    /// A reference value, as precise as it was given.
+    fn format_ref(self, value: f64) -> String {
+        format!("{value} {}", self.name())
     }
 }
 
@@ -102,8 +112,8 @@ impl Row {
             n: s.n,
             median: fig.unit.format(s.median),
             range: format!("{} – {}", fig.unit.format(s.min), fig.unit.format(s.max)),
-            libvirt: fig.unit.format(fig.libvirt),
-            target: format!("≤ {}", fig.unit.format(fig.target)),
+            libvirt: fig.unit.format_ref(fig.libvirt),
+            target: format!("≤ {}", fig.unit.format_ref(fig.target)),
             met: s.median <= fig.target,
             failed: false,
         }
@@ -133,8 +143,8 @@ impl Row {
             n: 0,
             median: failure_cell(error),
             range: String::new(),
-            libvirt: fig.unit.format(fig.libvirt),
-            target: format!("≤ {}", fig.unit.format(fig.target)),
+            libvirt: fig.unit.format_ref(fig.libvirt),
+            target: format!("≤ {}", fig.unit.format_ref(fig.target)),
             met: false,
             failed: true,
         }

@@ -4,6 +4,7 @@
 mod console;
 mod edit;
 mod output;
+mod storage;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,9 +58,10 @@ struct CreateArgs {
     initrd: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
-    /// path=P[,format=qcow2|raw][,bus=virtio|ide|sata|scsi][,cache=MODE][,readonly=on][,size=SIZE]
+    /// path=P|vol=POOL/NAME[,format=qcow2|raw][,bus=virtio|ide|sata|scsi][,cache=MODE][,readonly=on][,size=SIZE]
     #[arg(long = "disk")]
     disks: Vec<String>,
+    /// An ISO file, or a volume POOL/NAME.
     #[arg(long)]
     cdrom: Option<PathBuf>,
     /// Boot order: cdrom,disk,network or QEMU letters (dc).
@@ -87,6 +89,12 @@ enum Cmd {
     /// Host checks.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(storage::PoolCmd),
+    /// Volumes in pools.
+    #[command(subcommand)]
+    Vol(storage::VolCmd),
     /// Define a VM from flags (and optionally start it).
     Create(Box<CreateArgs>),
     /// Define a VM from a TOML spec file (the format `hv dump` prints).
@@ -231,7 +239,18 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
         .iter()
         .map(|d| disk_spec(d))
         .collect::<Result<_>>()?;
-    spec.cdrom = a.cdrom.map(|c| absolute(&c)).transpose()?;
+    // A relative CD-ROM that is not a local file and reads as POOL/NAME is a volume.
+    spec.cdrom = match a.cdrom {
+        Some(c)
+            if !c.is_absolute()
+                && !c.exists()
+                && c.to_str()
+                    .is_some_and(|s| s.parse::<model::VolRef>().is_ok()) =>
+        {
+            Some(c)
+        }
+        other => other.map(|c| absolute(&c)).transpose()?,
+    };
     spec.boot = a.boot;
     spec.nics = a.nics;
     spec.graphics = a.graphics;
@@ -261,6 +280,8 @@ fn run(cli: Cli) -> Result<i32> {
             let failed = r.checks.iter().any(|c| c.status == api::CheckStatus::Fail);
             return Ok(if failed { 1 } else { 0 });
         }
+        Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
+        Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {
             let start = a.start;
             let spec = spec_from(*a)?;

@@ -54,6 +54,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// A response whose body is still to be read.
 pub struct Response {
     pub status: u16,
+    /// Content-Length, when the server sent one.
+    pub len: Option<u64>,
     body: Box<dyn Read + Send>,
 }
 
@@ -105,6 +107,30 @@ impl<R: BufRead> Read for Chunked<R> {
     }
 }
 
+/// Decodes a JSON reply, or the API error.
+fn decode<T: DeserializeOwned>(resp: Response) -> Result<T> {
+    let status = resp.status;
+    let mut data = Vec::new();
+    resp.into_reader().read_to_end(&mut data)?;
+    if !(200..300).contains(&status) {
+        return Err(match serde_json::from_slice::<ErrorBody>(&data) {
+            Ok(e) => ClientError::Api {
+                code: e.error.code,
+                status,
+                message: e.error.message,
+            },
+            Err(_) => {
+                ClientError::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(&data)))
+            }
+        });
+    }
+    if data.is_empty() {
+        data = b"null".to_vec();
+    }
+    serde_json::from_slice(&data)
+        .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
@@ -130,15 +156,42 @@ impl Client {
 
     /// Sends one request and reads the status line and headers.
     pub fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response> {
-        let mut s = self.connect()?;
         let body = body.unwrap_or(b"");
+        self.send_body(
+            method,
+            path,
+            "application/json",
+            body.len() as u64,
+            &mut &body[..],
+        )
+    }
+
+    /// Sends a request whose body is streamed from `body` (`len` bytes).
+    pub fn send_body(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        len: u64,
+        body: &mut dyn Read,
+    ) -> Result<Response> {
+        let mut s = self.connect()?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
+            "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\r\n"
         );
-        let mut req = head.into_bytes();
-        req.extend_from_slice(body);
-        s.write_all(&req)?;
+        if len <= 64 << 10 {
+            let mut req = head.into_bytes();
+            body.read_to_end(&mut req)?;
+            s.write_all(&req)?;
+        } else {
+            s.write_all(head.as_bytes())?;
+            let sent = std::io::copy(&mut body.take(len), &mut s)?;
+            if sent != len {
+                return Err(ClientError::Protocol(format!(
+                    "the body ended after {sent} of {len} bytes"
+                )));
+            }
+        }
         let mut r = BufReader::new(s);
         let mut raw = Vec::new();
         loop {
@@ -163,6 +216,7 @@ impl Client {
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| String::from_utf8_lossy(h.value).into_owned())
         };
+        let len = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         let body: Box<dyn Read + Send> =
             if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
                 Box::new(Chunked {
@@ -170,14 +224,12 @@ impl Client {
                     left: 0,
                     done: false,
                 })
-            } else if let Some(len) =
-                header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
-            {
+            } else if let Some(len) = len {
                 Box::new(r.take(len))
             } else {
                 Box::new(r)
             };
-        Ok(Response { status, body })
+        Ok(Response { status, len, body })
     }
 
     /// Sends a request and decodes a JSON reply (or the API error).
@@ -191,28 +243,7 @@ impl Client {
             .map(|b| serde_json::to_vec(b))
             .transpose()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = self.send(method, path, bytes.as_deref())?;
-        let status = resp.status;
-        let mut data = Vec::new();
-        resp.into_reader().read_to_end(&mut data)?;
-        if !(200..300).contains(&status) {
-            return Err(match serde_json::from_slice::<ErrorBody>(&data) {
-                Ok(e) => ClientError::Api {
-                    code: e.error.code,
-                    status,
-                    message: e.error.message,
-                },
-                Err(_) => ClientError::Protocol(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&data)
-                )),
-            });
-        }
-        if data.is_empty() {
-            data = b"null".to_vec();
-        }
-        serde_json::from_slice(&data)
-            .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
+        decode(self.send(method, path, bytes.as_deref())?)
     }
 
     fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
@@ -316,6 +347,84 @@ impl Client {
             });
         }
         Ok(resp.into_reader())
+    }
+
+    // ---- storage ----
+
+    pub fn pools(&self) -> Result<Vec<api::PoolInfo>> {
+        Ok(self
+            .call::<api::PoolList>("GET", paths::POOLS, None::<&()>)?
+            .pools)
+    }
+    pub fn pool_info(&self, name: &str) -> Result<api::PoolInfo> {
+        self.call("GET", &paths::pool(name), None::<&()>)
+    }
+    pub fn pool_create(&self, req: &api::CreatePoolRequest) -> Result<api::PoolInfo> {
+        self.post(paths::POOLS, req)
+    }
+    pub fn pool_delete(&self, name: &str, force: bool) -> Result<()> {
+        self.call::<serde_json::Value>(
+            "DELETE",
+            &format!("{}?force={force}", paths::pool(name)),
+            None::<&()>,
+        )
+        .map(drop)
+    }
+    pub fn vols(&self, pool: &str) -> Result<Vec<api::VolInfo>> {
+        Ok(self
+            .call::<api::VolList>("GET", &paths::volumes(pool), None::<&()>)?
+            .volumes)
+    }
+    pub fn vol_info(&self, pool: &str, vol: &str) -> Result<api::VolInfo> {
+        self.call("GET", &paths::volume(pool, vol), None::<&()>)
+    }
+    pub fn vol_create(&self, pool: &str, req: &api::CreateVolRequest) -> Result<api::VolInfo> {
+        self.post(&paths::volumes(pool), req)
+    }
+    pub fn vol_import(&self, pool: &str, req: &api::ImportVolRequest) -> Result<api::VolInfo> {
+        self.post(&format!("{}/import", paths::pool(pool)), req)
+    }
+    pub fn vol_clone(
+        &self,
+        pool: &str,
+        vol: &str,
+        req: &api::CloneVolRequest,
+    ) -> Result<api::VolInfo> {
+        self.post(&paths::volume_action(pool, vol, "clone"), req)
+    }
+    pub fn vol_resize(
+        &self,
+        pool: &str,
+        vol: &str,
+        req: &api::ResizeVolRequest,
+    ) -> Result<api::VolInfo> {
+        self.post(&paths::volume_action(pool, vol, "resize"), req)
+    }
+    pub fn vol_delete(&self, pool: &str, vol: &str) -> Result<()> {
+        self.call::<serde_json::Value>("DELETE", &paths::volume(pool, vol), None::<&()>)
+            .map(drop)
+    }
+    /// Replaces the volume's bytes with `len` bytes from `data`.
+    pub fn vol_upload(
+        &self,
+        pool: &str,
+        vol: &str,
+        len: u64,
+        data: &mut dyn Read,
+    ) -> Result<api::VolInfo> {
+        let path = paths::volume_action(pool, vol, "data");
+        decode(self.send_body("PUT", &path, "application/octet-stream", len, data)?)
+    }
+    /// The volume's bytes: their length and a reader.
+    pub fn vol_download(&self, pool: &str, vol: &str) -> Result<(u64, Box<dyn Read + Send>)> {
+        let resp = self.send("GET", &paths::volume_action(pool, vol, "data"), None)?;
+        if resp.status != 200 {
+            return Err(match decode::<serde_json::Value>(resp) {
+                Err(e) => e,
+                Ok(_) => ClientError::Protocol("unexpected reply to a download".into()),
+            });
+        }
+        Ok((resp.len.unwrap_or(0), resp.into_reader()))
     }
 
     /// The event stream: one JSON event per line.

@@ -34,7 +34,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::AlreadyExists | ErrorCode::InvalidState => StatusCode::CONFLICT,
+        ErrorCode::AlreadyExists | ErrorCode::InvalidState | ErrorCode::InUse => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::Busy => StatusCode::LOCKED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
@@ -100,6 +102,20 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/vms/{name}/showcmd", get(showcmd))
         .route("/v1/vms/{name}/console", get(console_ws))
         .route("/v1/vms/{name}/console/log", get(console_log))
+        .route(paths::POOLS, get(pools).post(pool_create))
+        .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
+        .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
+        .route("/v1/pools/{pool}/import", post(vol_import))
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}",
+            get(vol_info).delete(vol_delete),
+        )
+        .route("/v1/pools/{pool}/volumes/{vol}/clone", post(vol_clone))
+        .route("/v1/pools/{pool}/volumes/{vol}/resize", post(vol_resize))
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/data",
+            get(vol_download).put(vol_upload),
+        )
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }
@@ -334,4 +350,178 @@ async fn console_session(
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+// ---- storage ----
+
+async fn pools(State(e): State<Engine>) -> ApiResult<api::PoolList> {
+    Ok(Json(api::PoolList { pools: e.pools()? }))
+}
+
+async fn pool_create(
+    State(e): State<Engine>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::PoolInfo>), ApiError> {
+    let req: api::CreatePoolRequest = body(&b)?;
+    Ok((StatusCode::CREATED, Json(e.pool_create(req)?)))
+}
+
+async fn pool_info(State(e): State<Engine>, Path(pool): Path<String>) -> ApiResult<api::PoolInfo> {
+    Ok(Json(e.pool(&pool)?))
+}
+
+async fn pool_delete(
+    State(e): State<Engine>,
+    Path(pool): Path<String>,
+    Query(q): Query<api::DeletePoolRequest>,
+) -> Result<StatusCode, ApiError> {
+    e.pool_delete(&pool, q.force)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn vol_list(State(e): State<Engine>, Path(pool): Path<String>) -> ApiResult<api::VolList> {
+    Ok(Json(api::VolList {
+        volumes: e.vol_list(&pool).await?,
+    }))
+}
+
+async fn vol_create(
+    State(e): State<Engine>,
+    Path(pool): Path<String>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
+    let req: api::CreateVolRequest = body(&b)?;
+    Ok((StatusCode::CREATED, Json(e.vol_create(&pool, req).await?)))
+}
+
+async fn vol_import(
+    State(e): State<Engine>,
+    Path(pool): Path<String>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
+    let req: api::ImportVolRequest = body(&b)?;
+    Ok((StatusCode::CREATED, Json(e.vol_import(&pool, req).await?)))
+}
+
+async fn vol_info(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+) -> ApiResult<api::VolInfo> {
+    Ok(Json(e.vol_info(&pool, &vol).await?))
+}
+
+async fn vol_delete(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    e.vol_delete(&pool, &vol).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn vol_clone(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
+    let req: api::CloneVolRequest = body(&b)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(e.vol_clone(&pool, &vol, req.name, req.linked).await?),
+    ))
+}
+
+async fn vol_resize(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<api::VolInfo> {
+    let req: api::ResizeVolRequest = body(&b)?;
+    Ok(Json(
+        e.vol_resize(&pool, &vol, req.size.0, req.allow_shrink)
+            .await?,
+    ))
+}
+
+/// Streams the request body into a temp file beside the volume, then renames it over the
+/// volume: an interrupted upload never leaves a half-written volume.
+async fn vol_upload(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    req_body: Body,
+) -> ApiResult<api::VolInfo> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let (tmp, dst) = e.vol_upload_target(&pool, &vol)?;
+    let io = |what: &str, err: std::io::Error| {
+        ApiError(
+            ErrorCode::HostError,
+            format!("upload to {pool}/{vol}: {what}: {err}"),
+        )
+    };
+    let result = async {
+        let f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|err| io("create", err))?;
+        let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
+        let mut stream = req_body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|err| {
+                ApiError(
+                    ErrorCode::InvalidArgument,
+                    format!("upload to {pool}/{vol} was interrupted: {err}"),
+                )
+            })?;
+            w.write_all(&chunk).await.map_err(|err| io("write", err))?;
+        }
+        w.flush().await.map_err(|err| io("flush", err))?;
+        w.get_ref()
+            .sync_all()
+            .await
+            .map_err(|err| io("fsync", err))?;
+        tokio::fs::rename(&tmp, &dst)
+            .await
+            .map_err(|err| io("rename", err))?;
+        Ok::<(), ApiError>(())
+    }
+    .await;
+    if let Err(err) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(err);
+    }
+    tracing::info!(pool, vol, "volume uploaded");
+    Ok(Json(e.vol_info(&pool, &vol).await?))
+}
+
+async fn vol_download(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let path = e.vol_download_source(&pool, &vol)?;
+    let f = tokio::fs::File::open(&path).await.map_err(|err| {
+        ApiError(
+            ErrorCode::HostError,
+            format!("cannot open {}: {err}", path.display()),
+        )
+    })?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = futures_util::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(err) => Some((Err(err), f)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -164,7 +164,10 @@ fn every_documented_route_is_served() {
     assert!(paths.len() > 15);
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let p = path.replace("{name}", "no-such-vm");
+            let p = path
+                .replace("{name}", "no-such-vm")
+                .replace("{pool}", "no-such-pool")
+                .replace("{vol}", "no-such-vol");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

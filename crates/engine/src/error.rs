@@ -18,6 +18,9 @@ pub enum EngineError {
         vm: String,
         source: InvalidTransition,
     },
+    /// The object is used by something that must not lose it.
+    #[error("{0}")]
+    InUse(String),
     #[error("VM {vm:?} is busy with {op}; try again when it has finished")]
     Busy { vm: String, op: &'static str },
     #[error("{0}")]
@@ -38,6 +41,7 @@ impl EngineError {
             EngineError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             EngineError::Spec(_) | EngineError::Invalid(_) => ErrorCode::InvalidArgument,
             EngineError::InvalidState { .. } => ErrorCode::InvalidState,
+            EngineError::InUse(_) => ErrorCode::InUse,
             EngineError::Busy { .. } => ErrorCode::Busy,
             EngineError::Timeout(_) => ErrorCode::Timeout,
             EngineError::Host(_) => ErrorCode::HostError,

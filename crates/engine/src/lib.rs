@@ -9,6 +9,7 @@
 mod console;
 mod error;
 mod run;
+mod storage;
 mod store;
 mod vm;
 
@@ -134,6 +135,7 @@ impl Engine {
                 boot_id,
             }),
         };
+        engine.ensure_default_pool()?;
         let mut reattach = Vec::new();
         for row in rows {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
@@ -304,8 +306,20 @@ impl Engine {
                 must_exist("initrd", i)?;
             }
         }
-        if let Some(c) = &spec.cdrom {
+        if let Some(r) = spec.cdrom_vol() {
+            let p = self
+                .vol_path(&r)
+                .map_err(|e| EngineError::Invalid(format!("cdrom: {e}")))?;
+            must_exist("cdrom", &p)?;
+        } else if let Some(c) = &spec.cdrom {
             must_exist("cdrom", c)?;
+        }
+        for (i, d) in spec.disks.iter_mut().enumerate() {
+            if let Some(r) = &d.vol {
+                d.path = self
+                    .vol_path(r)
+                    .map_err(|e| EngineError::Invalid(format!("disks[{i}]: {e}")))?;
+            }
         }
         let mut created: Vec<PathBuf> = Vec::new();
         let res = async {
@@ -508,7 +522,8 @@ impl Engine {
                 });
             }
         }
-        let spec = vm.lock().spec.clone();
+        let mut spec = vm.lock().spec.clone();
+        self.resolve_volumes(&mut spec)?;
         let (argv, _) = self.plan_argv(&vm, &spec, false, &[]).await?;
         Ok(ShowCmd {
             argv,

@@ -281,7 +281,21 @@ impl Engine {
         self.launch(vm, spec, paused).instrument(span).await
     }
 
-    async fn launch(&self, vm: &Arc<Vm>, spec: VmSpec, paused: bool) -> Result<()> {
+    /// Volumes become paths for QEMU.
+    pub(crate) fn resolve_volumes(&self, spec: &mut VmSpec) -> Result<()> {
+        if let Some(r) = spec.cdrom_vol() {
+            spec.cdrom = Some(self.vol_path(&r)?);
+        }
+        for d in spec.disks.iter_mut() {
+            if let Some(r) = &d.vol {
+                d.path = self.vol_path(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(&self, vm: &Arc<Vm>, mut spec: VmSpec, paused: bool) -> Result<()> {
+        self.resolve_volumes(&mut spec)?;
         let paths = self.paths(vm);
         let dir = self.inner.cfg.vm_dir(&vm.name);
         std::fs::create_dir_all(&dir)

@@ -55,6 +55,11 @@ impl Store {
                 name TEXT NOT NULL UNIQUE,
                 spec TEXT NOT NULL,
                 runtime TEXT NOT NULL DEFAULT '{}'
+            );
+            CREATE TABLE IF NOT EXISTS pools (
+                name TEXT PRIMARY KEY,
+                path TEXT NOT NULL UNIQUE,
+                autostart INTEGER NOT NULL DEFAULT 0
             );",
         )?;
         Ok(Store {
@@ -121,6 +126,43 @@ impl Store {
     pub fn delete(&self, id: i64) -> Result<()> {
         self.conn()
             .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
+
+/// A directory pool as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRow {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub autostart: bool,
+}
+
+impl Store {
+    pub fn load_pools(&self) -> Result<Vec<PoolRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, path, autostart FROM pools ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PoolRow {
+                name: r.get(0)?,
+                path: std::path::PathBuf::from(r.get::<_, String>(1)?),
+                autostart: r.get::<_, i64>(2)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn insert_pool(&self, p: &PoolRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO pools (name, path, autostart) VALUES (?1, ?2, ?3)",
+            params![p.name, p.path.display().to_string(), p.autostart as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_pool(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
         Ok(())
     }
 }

@@ -6,12 +6,14 @@
 //! engine.
 
 mod lifecycle;
+mod names;
 mod size;
 mod spec;
 
 pub use lifecycle::{Action, InvalidTransition, VmState};
+pub use names::{PoolName, VmName, VolName, VolRef};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec,
-    KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmName, VmSpec, VncSpec,
+    KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmSpec, VncSpec,
 };

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::names::{VmName, VolRef};
 use crate::size::{parse_size, Size};
 
 /// Why a spec (or one of its parts) is invalid. The message names the field and the fix.
@@ -26,49 +27,6 @@ impl SpecError {
             field: field.into(),
             message: message.into(),
         }
-    }
-}
-
-/// A VM name: `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct VmName(String);
-
-impl VmName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for VmName {
-    type Err = SpecError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| {
-            SpecError::new(
-                "name",
-                format!(
-                    "invalid VM name {s:?}: {why}; use 1 to 63 characters from A-Z a-z 0-9 . _ - \
-                     starting with a letter or digit"
-                ),
-            )
-        };
-        let mut chars = s.chars();
-        match chars.next() {
-            None => return Err(bad("it is empty")),
-            Some(c) if !c.is_ascii_alphanumeric() => {
-                return Err(bad("it must start with a letter or digit"))
-            }
-            Some(_) => {}
-        }
-        if s.len() > 63 {
-            return Err(bad("it is longer than 63 characters"));
-        }
-        if let Some(c) =
-            chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(bad(&format!("{c:?} is not allowed")));
-        }
-        Ok(VmName(s.to_string()))
     }
 }
 
@@ -95,32 +53,6 @@ pub(crate) fn string_schema(
         ..Default::default()
     }
     .into()
-}
-
-impl schemars::JsonSchema for VmName {
-    fn schema_name() -> String {
-        "VmName".into()
-    }
-    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
-        string_schema(
-            "VmName",
-            Some("^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
-            "A VM name",
-        )
-    }
-}
-
-impl fmt::Display for VmName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for VmName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 macro_rules! string_enum {
@@ -214,6 +146,10 @@ impl Default for NicModel {
     }
 }
 
+fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
 /// Splits `k=v,k=v` into pairs; a bare word becomes `(word, "")`.
 fn kv_pairs(s: &str) -> impl Iterator<Item = (&str, &str)> {
     s.split(',')
@@ -236,7 +172,12 @@ fn on_off(field: &str, v: &str) -> Result<bool, SpecError> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
+    /// The image file. For a volume (`vol`), filled in by hvd from the pool.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub path: PathBuf,
+    /// A volume in a pool, instead of a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vol: Option<VolRef>,
     /// Recorded at define time (probed when not given) and never re-probed afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DiskFormat>,
@@ -256,6 +197,7 @@ impl FromStr for DiskSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut d = DiskSpec {
             path: PathBuf::new(),
+            vol: None,
             format: None,
             bus: DiskBus::default(),
             cache: CacheMode::default(),
@@ -265,6 +207,7 @@ impl FromStr for DiskSpec {
         for (k, v) in kv_pairs(s) {
             match k {
                 "path" | "file" => d.path = PathBuf::from(v),
+                "vol" => d.vol = Some(v.parse()?),
                 "format" => d.format = Some(v.parse()?),
                 "bus" => d.bus = v.parse()?,
                 "cache" => d.cache = v.parse()?,
@@ -278,7 +221,7 @@ impl FromStr for DiskSpec {
                     return Err(SpecError::new(
                         "disk",
                         format!(
-                            "unknown key {k:?} in {s:?}; use path=P[,format=qcow2|raw][,bus=virtio|ide|sata|scsi]\
+                            "unknown key {k:?} in {s:?}; use path=P or vol=POOL/NAME, then [,format=qcow2|raw][,bus=virtio|ide|sata|scsi]\
                              [,cache=MODE][,readonly=on][,size=SIZE]"
                         ),
                     ))
@@ -293,10 +236,13 @@ impl FromStr for DiskSpec {
 impl DiskSpec {
     fn validate(&self, i: usize) -> Result<(), SpecError> {
         let field = format!("disks[{i}]");
-        if self.path.as_os_str().is_empty() {
-            return Err(SpecError::new(field, "a disk needs path=FILE"));
+        if self.path.as_os_str().is_empty() && self.vol.is_none() {
+            return Err(SpecError::new(
+                field,
+                "a disk needs path=FILE or vol=POOL/NAME",
+            ));
         }
-        if !self.path.is_absolute() {
+        if !self.path.as_os_str().is_empty() && !self.path.is_absolute() {
             return Err(SpecError::new(
                 field,
                 format!("disk path {:?} must be absolute", self.path),
@@ -783,6 +729,15 @@ impl VmSpec {
         }
     }
 
+    /// The CD-ROM as a volume reference, when it is given as `POOL/NAME`.
+    pub fn cdrom_vol(&self) -> Option<VolRef> {
+        let c = self.cdrom.as_ref()?;
+        if c.is_absolute() {
+            return None;
+        }
+        c.to_str()?.parse().ok()
+    }
+
     /// Memory in MiB, as QEMU's `-m` takes it.
     pub fn memory_mib(&self) -> u64 {
         self.memory.0 >> 20
@@ -829,7 +784,10 @@ impl VmSpec {
         }
         for (i, d) in self.disks.iter().enumerate() {
             d.validate(i)?;
-            if self.disks[..i].iter().any(|o| o.path == d.path) {
+            let same = |o: &DiskSpec| {
+                (o.vol.is_some() && o.vol == d.vol) || (!path_is_empty(&o.path) && o.path == d.path)
+            };
+            if self.disks[..i].iter().any(same) {
                 return Err(SpecError::new(
                     format!("disks[{i}]"),
                     format!("{:?} is attached twice", d.path),
@@ -837,10 +795,10 @@ impl VmSpec {
             }
         }
         if let Some(c) = &self.cdrom {
-            if !c.is_absolute() {
+            if !c.is_absolute() && self.cdrom_vol().is_none() {
                 return Err(SpecError::new(
                     "cdrom",
-                    format!("path {c:?} must be absolute"),
+                    format!("{c:?} is neither an absolute path nor a volume (POOL/NAME)"),
                 ));
             }
         }
@@ -892,27 +850,6 @@ mod tests {
     }
 
     #[test]
-    fn names() {
-        for ok in ["a", "web-1", "db_2.prod", "X9", &"a".repeat(63)] {
-            assert!(name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "../etc",
-            "a b",
-            "-a",
-            ".hidden",
-            "a/b",
-            "é",
-            &"a".repeat(64),
-        ] {
-            let e = name(bad).unwrap_err();
-            assert_eq!(e.field, "name");
-            assert!(e.message.contains("invalid VM name"), "{e}");
-        }
-    }
-
-    #[test]
     fn disk_spec_strings() {
         let d: DiskSpec = "path=/v/a.qcow2,format=qcow2,bus=scsi,cache=none,readonly=on"
             .parse()
@@ -923,6 +860,15 @@ mod tests {
             (d.bus, d.cache, d.readonly),
             (DiskBus::Scsi, CacheMode::None, true)
         );
+        let d: DiskSpec = "vol=default/web.qcow2,size=1G".parse().unwrap();
+        assert_eq!(d.vol.unwrap().to_string(), "default/web.qcow2");
+        assert!("vol=web.qcow2".parse::<DiskSpec>().is_err());
+        let mut s = VmSpec::new("c".parse().unwrap());
+        s.cdrom = Some("isos/debian.iso".into());
+        assert_eq!(s.cdrom_vol().unwrap().to_string(), "isos/debian.iso");
+        s.validate().unwrap();
+        s.cdrom = Some("debian.iso".into());
+        assert_eq!(s.validate().unwrap_err().field, "cdrom");
         let d: DiskSpec = "path=/v/b.img,size=2G".parse().unwrap();
         assert_eq!(d.size, Some(Size(2 << 30)));
         for bad in [

@@ -4,7 +4,9 @@
 //! The guest boots to a root shell on `ttyS0` in about 2.5 s under TCG. Its init loads the virtio,
 //! ACPI-button and evdev modules, starts busybox `acpid` (unless [`CMDLINE_NO_ACPI`]), and prints
 //! marker lines that tests wait for: `HV-ACPID-ON`/`HV-ACPID-OFF`, one `HV-DISK vda` per disk, then
-//! [`READY_MARKER`]. The ACPI power button (QMP `system_powerdown`) prints [`POWERDOWN_MARKER`],
+//! [`READY_MARKER`]. The IDE disk and CD drivers (`ata_piix`, `sd_mod`, `sr_mod`, `isofs`) cost
+//! about 0.4 s, so init loads them only when the command line has [`IDE_FLAG`] (or is the
+//! installer's, see [`crate::iso`]). The ACPI power button (QMP `system_powerdown`) prints [`POWERDOWN_MARKER`],
 //! syncs, unmounts and powers off at once. The shell prompt is `HV-PROMPT rc=N # ` with no
 //! trailing newline, so match markers by regex search rather than whole lines. The shell does not
 //! echo typed input, so a marker in a typed command only ever matches that command's output.
@@ -45,6 +47,10 @@ pub const CMDLINE: &str =
 pub const CMDLINE_NO_ACPI: &str =
     "console=ttyS0 panic=-1 quiet scsi_mod.scan=sync mitigations=off cryptomgr.notests hv.acpid=0";
 
+/// Append to the command line (after a space) to load the IDE disk and CD drivers, e.g. for a
+/// `-hda` disk or an IDE CD to show up as `HV-DISK sda`/`HV-DISK sr0`.
+pub const IDE_FLAG: &str = "hv.ide=1";
+
 /// Printed when init has finished (modules loaded, `acpid` started if enabled), just before the shell.
 pub const READY_MARKER: &str = "HV-GUEST-READY";
 /// Printed by the power-button handler before it syncs, unmounts and runs `poweroff -f`.
@@ -65,7 +71,7 @@ pub const SHUTDOWN_MARKER: &str = "HV-SHUTDOWN";
 pub const PROMPT_REGEX: &str = r"HV-PROMPT rc=(\d+) # ";
 
 /// Bump when the build logic changes in a way the hashed inputs do not capture.
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
@@ -74,6 +80,8 @@ const BUSYBOX_PACKAGE: &str = "busybox-static";
 const MODULES: &str = "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
     virtio_blk failover net_failover virtio_net virtio_console virtio-rng scsi_common scsi_mod \
     virtio_scsi virtio_balloon button evdev";
+/// Modules loaded only with [`IDE_FLAG`] or in installer mode (minus those already in [`MODULES`]).
+const IDE_MODULES: &str = "libata ata_piix sd_mod cdrom sr_mod isofs";
 
 /// Text files placed in the initramfs: (path, mode, contents).
 const ASSETS: &[(&str, u32, &str)] = &[
@@ -87,6 +95,11 @@ const ASSETS: &[(&str, u32, &str)] = &[
         include_str!("../assets/tiny/power-button"),
     ),
     ("etc/profile", 0o644, include_str!("../assets/tiny/profile")),
+    (
+        "etc/init.d/hv-install",
+        0o755,
+        include_str!("../assets/tiny/install"),
+    ),
 ];
 
 /// Empty directories the initramfs needs.
@@ -164,29 +177,30 @@ impl Packages {
     }
 }
 
-/// The resolved versions, reusing the last `apt-cache` answer (about 0.7 s) while apt's inputs
-/// are unchanged: `<cache>/.resolved` holds their fingerprint and then that answer.
+/// The resolved versions of the guest's packages.
 fn resolve_packages(cache: &Path) -> Result<Packages> {
-    let file = cache.join(".resolved");
-    let fingerprint = format!("fingerprint {}\n", apt_fingerprint());
-    let cached = fs::read_to_string(&file).ok();
+    let text = apt_show_cached(cache, ".resolved", &[KERNEL_META_PACKAGE, BUSYBOX_PACKAGE])?;
+    parse_packages(&text)
+}
+
+/// `apt-cache show --no-all-versions PACKAGES`, reusing the last answer (about 0.7 s) while apt's
+/// inputs are unchanged: `<cache>/<file>` holds their fingerprint and the package names, then
+/// that answer.
+pub(crate) fn apt_show_cached(cache: &Path, file: &str, packages: &[&str]) -> Result<String> {
+    let path = cache.join(file);
+    let fingerprint = format!("fingerprint {} {}\n", apt_fingerprint(), packages.join(" "));
+    let cached = fs::read_to_string(&path).ok();
     if let Some(text) = cached.as_deref().and_then(|t| t.strip_prefix(&fingerprint)) {
-        return parse_packages(text);
+        return Ok(text.to_owned());
     }
     let mut cmd = Command::new("apt-cache");
-    cmd.args([
-        "show",
-        "--no-all-versions",
-        KERNEL_META_PACKAGE,
-        BUSYBOX_PACKAGE,
-    ]);
+    cmd.args(["show", "--no-all-versions"]).args(packages);
     let text = String::from_utf8(run_with_apt_update(&mut cmd)?.stdout)?;
-    let packages = parse_packages(&text)?;
     fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     let tmp = cache.join(format!(".resolving-{}", unique_suffix()));
     fs::write(&tmp, fingerprint + &text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &file).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(packages)
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(text)
 }
 
 /// What decides apt's candidate versions: the package lists, the configuration, the dpkg status.
@@ -257,7 +271,7 @@ fn cache_key(packages: &Packages) -> String {
         h.update(format!("asset {path} {mode:o} {}\n", text.len()));
         h.update(text);
     }
-    h.update(format!("modules {MODULES}\n"));
+    h.update(format!("modules {MODULES}\nide modules {IDE_MODULES}\n"));
     h.update(format!("{packages:?}\n"));
     hex16(h)
 }
@@ -308,37 +322,23 @@ fn build(packages: &Packages, kernel_version: &str, tmp: &Path) -> Result<PathBu
         symlink("/bin/busybox", &link).with_context(|| format!("linking {applet}"))?;
     }
 
-    // Modules, decompressed, with their load order in /etc/hv-modules.
+    // Modules, decompressed, with their load order in /etc/hv-modules and /etc/hv-modules-ide.
     let module_dir = root.join("lib/modules/hv");
     fs::create_dir_all(&module_dir)?;
-    let mut order = String::new();
-    for path in module_paths(&kdir, kernel_version)? {
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("bad module path")?;
-        let (stem, decompress) = match file_name.rsplit_once(".ko") {
-            Some((stem, "")) => (stem, None),
-            Some((stem, ".xz")) => (stem, Some("xz")),
-            Some((stem, ".zst")) => (stem, Some("zstd")),
-            Some((stem, ".gz")) => (stem, Some("gzip")),
-            _ => bail!("unexpected module file {}", path.display()),
-        };
-        let dest = module_dir.join(format!("{stem}.ko"));
-        match decompress {
-            None => fs::copy(&path, &dest)
-                .map(drop)
-                .with_context(|| format!("copying {file_name}"))?,
-            Some(tool) => {
-                let ko = File::create(&dest)?;
-                let mut cmd = Command::new(tool);
-                cmd.arg("-dc").arg(&path).stdout(ko);
-                run(&mut cmd)?;
-            }
+    run(Command::new("depmod")
+        .arg("-b")
+        .arg(&kdir)
+        .arg(kernel_version))?;
+    let base = module_paths(&kdir, kernel_version, MODULES, &[])?;
+    let ide = module_paths(&kdir, kernel_version, IDE_MODULES, &base)?;
+    for (paths, list) in [(&base, "etc/hv-modules"), (&ide, "etc/hv-modules-ide")] {
+        let mut order = String::new();
+        for path in paths {
+            order.push_str(&copy_module(path, &module_dir)?);
+            order.push('\n');
         }
-        order.push_str(&format!("{stem}.ko\n"));
+        write_file(&root.join(list), 0o644, &order)?;
     }
-    write_file(&root.join("etc/hv-modules"), 0o644, &order)?;
 
     // Scripts and configuration.
     for dir in DIRS {
@@ -352,14 +352,44 @@ fn build(packages: &Packages, kernel_version: &str, tmp: &Path) -> Result<PathBu
     Ok(out)
 }
 
-/// `.ko` paths for [`MODULES`] and their dependencies, in load order, each once.
-fn module_paths(kdir: &Path, kernel_version: &str) -> Result<Vec<PathBuf>> {
-    run(Command::new("depmod")
-        .arg("-b")
-        .arg(kdir)
-        .arg(kernel_version))?;
+/// Copies a module into `dir`, decompressed, and returns its file name there (`x.ko`).
+fn copy_module(path: &Path, dir: &Path) -> Result<String> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("bad module path")?;
+    let (stem, decompress) = match file_name.rsplit_once(".ko") {
+        Some((stem, "")) => (stem, None),
+        Some((stem, ".xz")) => (stem, Some("xz")),
+        Some((stem, ".zst")) => (stem, Some("zstd")),
+        Some((stem, ".gz")) => (stem, Some("gzip")),
+        _ => bail!("unexpected module file {}", path.display()),
+    };
+    let dest = dir.join(format!("{stem}.ko"));
+    match decompress {
+        None => fs::copy(path, &dest)
+            .map(drop)
+            .with_context(|| format!("copying {file_name}"))?,
+        Some(tool) => {
+            let ko = File::create(&dest)?;
+            let mut cmd = Command::new(tool);
+            cmd.arg("-dc").arg(path).stdout(ko);
+            run(&mut cmd)?;
+        }
+    }
+    Ok(format!("{stem}.ko"))
+}
+
+/// `.ko` paths for `modules` (space-separated) and their dependencies, in load order, each once,
+/// leaving out those in `loaded`. Needs `depmod` to have run on `kdir`.
+fn module_paths(
+    kdir: &Path,
+    kernel_version: &str,
+    modules: &str,
+    loaded: &[PathBuf],
+) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = Vec::new();
-    for module in MODULES.split_whitespace() {
+    for module in modules.split_whitespace() {
         let mut cmd = Command::new("modprobe");
         cmd.arg("-d")
             .arg(kdir)
@@ -372,7 +402,7 @@ fn module_paths(kdir: &Path, kernel_version: &str) -> Result<Vec<PathBuf>> {
                 .and_then(|r| r.split_whitespace().next())
             {
                 let path = PathBuf::from(path);
-                if !paths.contains(&path) {
+                if !paths.contains(&path) && !loaded.contains(&path) {
                     paths.push(path);
                 }
             }
@@ -428,7 +458,7 @@ fn collect_paths(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
 
 /// Runs an apt command; if it fails (typically: no package lists yet), runs `apt-get update`
 /// once and retries.
-fn run_with_apt_update(cmd: &mut Command) -> Result<Output> {
+pub(crate) fn run_with_apt_update(cmd: &mut Command) -> Result<Output> {
     match run(cmd) {
         Ok(out) => Ok(out),
         Err(first) => {
@@ -440,7 +470,7 @@ fn run_with_apt_update(cmd: &mut Command) -> Result<Output> {
 }
 
 /// Runs `cmd` to completion; a non-zero exit is an error carrying its stderr.
-fn run(cmd: &mut Command) -> Result<Output> {
+pub(crate) fn run(cmd: &mut Command) -> Result<Output> {
     cmd.env("LC_ALL", "C").stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -451,28 +481,28 @@ fn run(cmd: &mut Command) -> Result<Output> {
 }
 
 /// `PID-N`, unique among the temp files of all threads and processes.
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{}-{n}", std::process::id())
 }
 
 /// The first 16 hex digits of a SHA-256.
-fn hex16(h: Sha256) -> String {
+pub(crate) fn hex16(h: Sha256) -> String {
     h.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn write_file(path: &Path, mode: u32, text: &str) -> Result<()> {
+pub(crate) fn write_file(path: &Path, mode: u32, text: &str) -> Result<()> {
     fs::create_dir_all(path.parent().context("path has no parent")?)?;
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
-fn find_entry(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<PathBuf> {
+pub(crate) fn find_entry(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<PathBuf> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_name().to_str().is_some_and(&matches) {
@@ -483,7 +513,7 @@ fn find_entry(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<PathBuf> {
 }
 
 /// Removes temp dirs left by builders that died; only called under the lock.
-fn remove_stale_temps(cache: &Path) -> Result<()> {
+pub(crate) fn remove_stale_temps(cache: &Path) -> Result<()> {
     for entry in fs::read_dir(cache)? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -495,7 +525,7 @@ fn remove_stale_temps(cache: &Path) -> Result<()> {
 }
 
 /// Takes an exclusive `flock` on `path`, held until the returned file is dropped.
-fn lock(path: &Path) -> Result<File> {
+pub(crate) fn lock(path: &Path) -> Result<File> {
     let file = File::options()
         .create(true)
         .truncate(false)

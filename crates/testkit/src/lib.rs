@@ -5,5 +5,6 @@
 
 pub mod guest;
 mod hvd;
+pub mod iso;
 
 pub use hvd::{TestHvd, VmOpts};

@@ -1,0 +1,365 @@
+//! Pools and volumes through the API, with real qemu-img and, where it matters, a real guest.
+
+use api::{
+    CloneVolRequest, CreatePoolRequest, CreateVolRequest, ErrorCode, ImportVolRequest,
+    ResizeVolRequest,
+};
+use model::{DiskFormat, Size};
+use testkit::{TestHvd, VmOpts};
+
+fn hvd() -> TestHvd {
+    TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts")
+}
+
+fn vol_req(
+    name: &str,
+    size: Option<u64>,
+    format: Option<DiskFormat>,
+    backing: Option<&str>,
+) -> CreateVolRequest {
+    CreateVolRequest {
+        name: name.parse().unwrap(),
+        size: size.map(Size),
+        format,
+        backing: backing.map(str::to_string),
+    }
+}
+
+fn sha(path: &std::path::Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+#[test]
+fn pools_are_created_listed_and_deleted_safely() {
+    let h = hvd();
+    let c = h.client();
+    let pools = c.pools().unwrap();
+    assert_eq!(pools.len(), 1, "a default pool exists from the first start");
+    assert_eq!(pools[0].name, "default");
+    assert!(pools[0].path.starts_with(&h.state_dir));
+    let dir = h.dir.join("vms-pool");
+    let p = c
+        .pool_create(&CreatePoolRequest {
+            name: "vmspool".parse().unwrap(),
+            path: dir.clone(),
+            autostart: true,
+        })
+        .unwrap();
+    assert!(dir.is_dir(), "the directory is created");
+    assert!(p.capacity_bytes > 0 && p.available_bytes > 0 && p.volumes == 0);
+    for (req, code) in [
+        (
+            CreatePoolRequest {
+                name: "vmspool".parse().unwrap(),
+                path: h.dir.join("other"),
+                autostart: false,
+            },
+            ErrorCode::AlreadyExists,
+        ),
+        (
+            CreatePoolRequest {
+                name: "nested".parse().unwrap(),
+                path: dir.join("sub"),
+                autostart: false,
+            },
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            CreatePoolRequest {
+                name: "rel".parse().unwrap(),
+                path: "relative/dir".into(),
+                autostart: false,
+            },
+            ErrorCode::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(c.pool_create(&req).unwrap_err().code(), Some(code));
+    }
+    c.vol_create("vmspool", &vol_req("a.qcow2", Some(1 << 20), None, None))
+        .unwrap();
+    let info = c.pool_info("vmspool").unwrap();
+    assert_eq!(info.volumes, 1);
+    assert!(info.allocation_bytes > 0);
+    let e = c.pool_delete("vmspool", false).unwrap_err();
+    assert!(e.to_string().contains("holds 1 volume"), "{e}");
+    // A volume a VM uses blocks even --force.
+    let mut spec = h.tiny_spec("user", VmOpts::default()).unwrap();
+    spec.disks.push("vol=vmspool/a.qcow2".parse().unwrap());
+    c.create(spec, false).unwrap();
+    let e = c.pool_delete("vmspool", true).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    assert!(
+        e.to_string().contains("user"),
+        "the error names the VM: {e}"
+    );
+    c.undefine("user", false, false).unwrap();
+    c.pool_delete("vmspool", true).unwrap();
+    assert!(!dir.exists());
+    assert_eq!(
+        c.pool_delete("default", true).unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        c.pool_info("vmspool").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+}
+
+#[test]
+fn volumes_overlays_clones_resize_and_safe_delete() {
+    let h = hvd();
+    let c = h.client();
+    let base = c
+        .vol_create(
+            "default",
+            &vol_req("base.raw", Some(4 << 20), Some(DiskFormat::Raw), None),
+        )
+        .unwrap();
+    assert_eq!(
+        (base.format.as_str(), base.virtual_size_bytes),
+        ("raw", 4 << 20)
+    );
+    assert_eq!(
+        c.vol_create("default", &vol_req("base.raw", Some(1 << 20), None, None))
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::AlreadyExists)
+    );
+    assert_eq!(
+        c.vol_create("default", &vol_req("nosize", None, None, None))
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    // An overlay records its backing format explicitly and takes the backing size.
+    let ov = c
+        .vol_create(
+            "default",
+            &vol_req("ov.qcow2", None, None, Some("default/base.raw")),
+        )
+        .unwrap();
+    assert_eq!(ov.backing.as_deref(), Some(base.path.to_str().unwrap()));
+    assert_eq!(ov.backing_format.as_deref(), Some("raw"));
+    assert_eq!(ov.virtual_size_bytes, 4 << 20);
+    let info = c.vol_info("default", "ov.qcow2").unwrap();
+    assert_eq!(info.path, h.state_dir.join("pools/default/ov.qcow2"));
+    // The base backs the overlay: it cannot go.
+    let e = c.vol_delete("default", "base.raw").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse));
+    assert!(e.to_string().contains("ov.qcow2"), "{e}");
+    // Clones.
+    let full = c
+        .vol_clone(
+            "default",
+            "ov.qcow2",
+            &CloneVolRequest {
+                name: "full.qcow2".parse().unwrap(),
+                linked: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(full.backing, None);
+    let linked = c
+        .vol_clone(
+            "default",
+            "base.raw",
+            &CloneVolRequest {
+                name: "linked.qcow2".parse().unwrap(),
+                linked: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(linked.backing.as_deref(), Some(base.path.to_str().unwrap()));
+    // Resize.
+    let grown = c
+        .vol_resize(
+            "default",
+            "full.qcow2",
+            &ResizeVolRequest {
+                size: Size(8 << 20),
+                allow_shrink: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(grown.virtual_size_bytes, 8 << 20);
+    let e = c
+        .vol_resize(
+            "default",
+            "full.qcow2",
+            &ResizeVolRequest {
+                size: Size(1 << 20),
+                allow_shrink: false,
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("--allow-shrink"), "{e}");
+    let shrunk = c
+        .vol_resize(
+            "default",
+            "full.qcow2",
+            &ResizeVolRequest {
+                size: Size(2 << 20),
+                allow_shrink: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(shrunk.virtual_size_bytes, 2 << 20);
+    // A VM's disk spec can create and use a volume.
+    let mut spec = h.tiny_spec("v", VmOpts::default()).unwrap();
+    spec.disks
+        .push("vol=default/vm-disk.qcow2,size=8M".parse().unwrap());
+    c.create(spec, false).unwrap();
+    let d = c.vol_info("default", "vm-disk.qcow2").unwrap();
+    assert_eq!(
+        (d.format.as_str(), d.used_by.clone()),
+        ("qcow2", vec!["v".to_string()])
+    );
+    assert_eq!(
+        c.vol_delete("default", "vm-disk.qcow2").unwrap_err().code(),
+        Some(ErrorCode::InUse)
+    );
+    let names: Vec<String> = c
+        .vols("default")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base.raw",
+            "full.qcow2",
+            "linked.qcow2",
+            "ov.qcow2",
+            "vm-disk.qcow2"
+        ]
+    );
+    c.undefine("v", true, false).unwrap();
+    assert_eq!(
+        c.vol_info("default", "vm-disk.qcow2").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    for v in ["ov.qcow2", "linked.qcow2", "base.raw", "full.qcow2"] {
+        c.vol_delete("default", v).unwrap();
+    }
+    assert!(c.vols("default").unwrap().is_empty());
+}
+
+#[test]
+fn import_trusts_no_header_blindly() {
+    let h = hvd();
+    let c = h.client();
+    let raw = h.dir.join("disk.img");
+    std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+    let req = |name: &str, source: &std::path::Path, format| ImportVolRequest {
+        name: name.parse().unwrap(),
+        source: source.to_path_buf(),
+        format,
+    };
+    let e = c.vol_import("default", &req("r", &raw, None)).unwrap_err();
+    assert!(e.to_string().contains("--format raw"), "{e}");
+    let v = c
+        .vol_import("default", &req("r.raw", &raw, Some(DiskFormat::Raw)))
+        .unwrap();
+    assert_eq!(v.format, "raw");
+    assert_eq!(sha(&v.path), sha(&raw));
+    // A qcow2 overlay pointing outside the pool is refused.
+    let base = h.dir.join("b.raw");
+    std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+    let ov = h.dir.join("ov.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&ov)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = c.vol_import("default", &req("ov", &ov, None)).unwrap_err();
+    assert!(e.to_string().contains("overlay"), "{e}");
+    assert!(
+        c.vol_info("default", "ov").is_err(),
+        "nothing half-imported"
+    );
+}
+
+#[test]
+fn upload_and_download_round_trip_by_checksum() {
+    let h = hvd();
+    let c = h.client();
+    c.vol_create(
+        "default",
+        &vol_req("data.raw", Some(1 << 20), Some(DiskFormat::Raw), None),
+    )
+    .unwrap();
+    let src = h.dir.join("src.bin");
+    let data: Vec<u8> = (0..(9u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let mut f = std::fs::File::open(&src).unwrap();
+    let v = c
+        .vol_upload("default", "data.raw", data.len() as u64, &mut f)
+        .unwrap();
+    assert_eq!(sha(&v.path), sha(&src));
+    let (len, mut r) = c.vol_download("default", "data.raw").unwrap();
+    assert_eq!(len, data.len() as u64);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut got).unwrap();
+    assert!(got == data, "download differs");
+    let missing = c.vol_download("default", "nope").err().map(|e| e.code());
+    assert_eq!(missing, Some(Some(ErrorCode::NotFound)));
+}
+
+#[test]
+fn overlay_keeps_the_base_pristine_and_live_resize_is_seen_in_the_guest() {
+    let h = hvd();
+    let c = h.client();
+    let base = c
+        .vol_create(
+            "default",
+            &vol_req("gold.raw", Some(64 << 20), Some(DiskFormat::Raw), None),
+        )
+        .unwrap();
+    let before = sha(&base.path);
+    c.vol_create(
+        "default",
+        &vol_req("child.qcow2", None, None, Some("default/gold.raw")),
+    )
+    .unwrap();
+    let mut spec = h.tiny_spec("ovl", VmOpts::default()).unwrap();
+    spec.disks.push("vol=default/child.qcow2".parse().unwrap());
+    c.create(spec, true).unwrap();
+    h.wait_ready("ovl").unwrap();
+    h.run_in_guest("ovl", "echo overlay-data | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null; cat /sys/block/vda/size", "# 131072\\r?\\n").unwrap();
+    // Live resize through QMP: the guest sees the new size.
+    c.vol_resize(
+        "default",
+        "child.qcow2",
+        &ResizeVolRequest {
+            size: Size(96 << 20),
+            allow_shrink: false,
+        },
+    )
+    .unwrap();
+    let e = c
+        .vol_resize(
+            "default",
+            "child.qcow2",
+            &ResizeVolRequest {
+                size: Size(32 << 20),
+                allow_shrink: true,
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("while the VM is stopped"), "{e}");
+    h.run_in_guest("ovl", "cat /sys/block/vda/size", "# 196608\\r?\\n")
+        .unwrap();
+    // Uploading into a volume a running VM uses is refused.
+    let e = c
+        .vol_upload("default", "child.qcow2", 0, &mut std::io::empty())
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse));
+    c.shutdown("ovl", 30, false).unwrap();
+    assert_eq!(sha(&base.path), before, "the backing image was written");
+}

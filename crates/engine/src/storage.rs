@@ -1,0 +1,526 @@
+//! Storage pools (directories hvd manages) and their volumes (the image files in them).
+//! The directory is the truth about which volumes exist; `qemu-img` is the truth about their
+//! formats, sizes and backing files. Nothing here deletes or overwrites data that a VM
+//! definition or another volume depends on.
+
+use std::path::{Path, PathBuf};
+
+use api::{CreatePoolRequest, CreateVolRequest, ImportVolRequest, PoolInfo, VolInfo};
+use model::{DiskFormat, PoolName, VmState, VolName, VolRef};
+
+use crate::error::{EngineError, Result};
+use crate::store::PoolRow;
+use crate::Engine;
+
+fn host(what: impl std::fmt::Display) -> impl FnOnce(host_storage::StorageError) -> EngineError {
+    move |e| EngineError::Host(format!("{what}: {e}"))
+}
+
+impl Engine {
+    /// Makes sure the `default` pool exists (under the state dir).
+    pub(crate) fn ensure_default_pool(&self) -> Result<()> {
+        if self
+            .inner
+            .store
+            .load_pools()?
+            .iter()
+            .any(|p| p.name == "default")
+        {
+            return Ok(());
+        }
+        let path = self.inner.cfg.state_dir.join("pools/default");
+        std::fs::create_dir_all(&path)
+            .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", path.display())))?;
+        self.inner.store.insert_pool(&PoolRow {
+            name: "default".into(),
+            path,
+            autostart: true,
+        })
+    }
+
+    fn pool_row(&self, name: &str) -> Result<PoolRow> {
+        self.inner
+            .store
+            .load_pools()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| EngineError::NotFound(format!("pool {name}")))
+    }
+
+    /// The file behind `POOL/NAME` (which need not exist yet).
+    pub(crate) fn vol_path(&self, r: &VolRef) -> Result<PathBuf> {
+        Ok(self.pool_row(r.pool.as_str())?.path.join(r.name.as_str()))
+    }
+
+    fn pool_info(&self, p: &PoolRow) -> Result<PoolInfo> {
+        let cap = host_storage::fs_capacity(&p.path).map_err(host(format!("pool {}", p.name)))?;
+        let files = volume_files(&p.path);
+        Ok(PoolInfo {
+            name: p.name.clone(),
+            path: p.path.clone(),
+            autostart: p.autostart,
+            capacity_bytes: cap.capacity_bytes,
+            allocation_bytes: files.iter().map(|f| host_storage::allocated_bytes(f)).sum(),
+            available_bytes: cap.available_bytes,
+            volumes: files.len(),
+        })
+    }
+
+    pub fn pools(&self) -> Result<Vec<PoolInfo>> {
+        self.inner
+            .store
+            .load_pools()?
+            .iter()
+            .map(|p| self.pool_info(p))
+            .collect()
+    }
+
+    pub fn pool(&self, name: &str) -> Result<PoolInfo> {
+        self.pool_info(&self.pool_row(name)?)
+    }
+
+    pub fn pool_create(&self, req: CreatePoolRequest) -> Result<PoolInfo> {
+        let name = req.name.to_string();
+        if !req.path.is_absolute() {
+            return Err(EngineError::Invalid(format!(
+                "pool path {} must be absolute",
+                req.path.display()
+            )));
+        }
+        let pools = self.inner.store.load_pools()?;
+        if pools.iter().any(|p| p.name == name) {
+            return Err(EngineError::AlreadyExists(format!("pool {name}")));
+        }
+        let path = normalize(&req.path);
+        if let Some(p) = pools
+            .iter()
+            .find(|p| path.starts_with(&p.path) || p.path.starts_with(&path))
+        {
+            return Err(EngineError::Invalid(format!(
+                "{} overlaps pool {} at {}; pools cannot nest",
+                path.display(),
+                p.name,
+                p.path.display()
+            )));
+        }
+        if path.starts_with(&self.inner.cfg.state_dir)
+            && !path.starts_with(self.inner.cfg.state_dir.join("pools"))
+        {
+            return Err(EngineError::Invalid(format!(
+                "{} is inside hv's state dir; choose another directory",
+                path.display()
+            )));
+        }
+        let created = !path.exists();
+        if path.exists() && !path.is_dir() {
+            return Err(EngineError::Invalid(format!(
+                "{} exists and is not a directory",
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(&path)
+            .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", path.display())))?;
+        let row = PoolRow {
+            name: name.clone(),
+            path: path.clone(),
+            autostart: req.autostart,
+        };
+        if let Err(e) = self.inner.store.insert_pool(&row) {
+            if created {
+                let _ = std::fs::remove_dir(&path);
+            }
+            return Err(e);
+        }
+        tracing::info!(pool = name, path = %path.display(), "pool created");
+        self.pool_info(&row)
+    }
+
+    /// Deletes a pool. Refused while it holds volumes unless `force`, and always while a VM
+    /// uses one of them. With `force`, its volumes and (when empty) its directory go too.
+    pub fn pool_delete(&self, name: &str, force: bool) -> Result<()> {
+        if name == "default" {
+            return Err(EngineError::Invalid(
+                "the default pool cannot be deleted".into(),
+            ));
+        }
+        let p = self.pool_row(name)?;
+        let files = volume_files(&p.path);
+        for f in &files {
+            let users = self.users_of(f);
+            if !users.is_empty() {
+                return Err(EngineError::InUse(format!(
+                    "pool {name} cannot be deleted: volume {} is used by VM {}",
+                    file_name(f),
+                    users.join(", ")
+                )));
+            }
+        }
+        if !files.is_empty() && !force {
+            return Err(EngineError::Invalid(format!(
+                "pool {name} holds {} volume(s); delete them first or pass --force to delete them with the pool",
+                files.len()
+            )));
+        }
+        for f in &files {
+            std::fs::remove_file(f)
+                .map_err(|e| EngineError::Host(format!("cannot delete {}: {e}", f.display())))?;
+        }
+        self.inner.store.delete_pool(name)?;
+        let _ = std::fs::remove_dir(&p.path);
+        tracing::info!(pool = name, force, "pool deleted");
+        Ok(())
+    }
+
+    /// VM definitions whose disks or CD-ROM are `file`.
+    pub(crate) fn users_of(&self, file: &Path) -> Vec<String> {
+        let vms: Vec<_> = self.read_vms().values().cloned().collect();
+        vms.iter()
+            .filter(|vm| {
+                let st = vm.lock();
+                st.spec.disks.iter().any(|d| d.path == file)
+                    || st.spec.cdrom.as_deref() == Some(file)
+                    || st
+                        .spec
+                        .cdrom_vol()
+                        .and_then(|r| self.vol_path(&r).ok())
+                        .as_deref()
+                        == Some(file)
+            })
+            .map(|vm| vm.name.clone())
+            .collect()
+    }
+
+    /// Running VMs whose disks are `file`.
+    pub(crate) fn running_users_of(&self, file: &Path) -> Vec<String> {
+        let users = self.users_of(file);
+        users
+            .into_iter()
+            .filter(|n| {
+                self.get(n)
+                    .map(|vm| vm.state() != VmState::Shutoff && vm.state() != VmState::Crashed)
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    async fn vol_info_at(&self, pool: &str, file: &Path) -> Result<VolInfo> {
+        let i = host_storage::info(file, None)
+            .await
+            .map_err(host(format!("volume {pool}/{}", file_name(file))))?;
+        Ok(VolInfo {
+            pool: pool.to_string(),
+            name: file_name(file),
+            path: file.to_path_buf(),
+            backing: i.backing_path(file).map(|p| p.display().to_string()),
+            backing_format: i.backing_filename_format.clone(),
+            format: i.format,
+            virtual_size_bytes: i.virtual_size,
+            allocation_bytes: host_storage::allocated_bytes(file),
+            used_by: self.users_of(file),
+        })
+    }
+
+    pub async fn vol_list(&self, pool: &str) -> Result<Vec<VolInfo>> {
+        let p = self.pool_row(pool)?;
+        let mut out = Vec::new();
+        for f in volume_files(&p.path) {
+            out.push(self.vol_info_at(pool, &f).await?);
+        }
+        Ok(out)
+    }
+
+    fn existing_vol(&self, pool: &str, name: &str) -> Result<PathBuf> {
+        let r = VolRef {
+            pool: pool.parse::<PoolName>()?,
+            name: name.parse::<VolName>()?,
+        };
+        let path = self.vol_path(&r)?;
+        if !path.is_file() {
+            return Err(EngineError::NotFound(format!("volume {r}")));
+        }
+        Ok(path)
+    }
+
+    pub async fn vol_info(&self, pool: &str, name: &str) -> Result<VolInfo> {
+        let path = self.existing_vol(pool, name)?;
+        self.vol_info_at(pool, &path).await
+    }
+
+    fn new_vol_path(&self, pool: &str, name: &VolName) -> Result<PathBuf> {
+        let r = VolRef {
+            pool: pool.parse::<PoolName>()?,
+            name: name.clone(),
+        };
+        let path = self.vol_path(&r)?;
+        if path.exists() {
+            return Err(EngineError::AlreadyExists(format!("volume {r}")));
+        }
+        Ok(path)
+    }
+
+    /// Resolves `POOL/NAME` or an absolute path to an existing image.
+    fn backing_file(&self, backing: &str) -> Result<PathBuf> {
+        let p = if backing.starts_with('/') {
+            PathBuf::from(backing)
+        } else {
+            self.vol_path(&backing.parse::<VolRef>()?)?
+        };
+        if !p.is_file() {
+            return Err(EngineError::Invalid(format!(
+                "backing image {backing} does not exist"
+            )));
+        }
+        Ok(p)
+    }
+
+    pub async fn vol_create(&self, pool: &str, req: CreateVolRequest) -> Result<VolInfo> {
+        let path = self.new_vol_path(pool, &req.name)?;
+        let format = req.format.unwrap_or(DiskFormat::Qcow2);
+        match &req.backing {
+            Some(b) => {
+                if format != DiskFormat::Qcow2 {
+                    return Err(EngineError::Invalid(
+                        "an overlay on a backing image must be qcow2".into(),
+                    ));
+                }
+                let base = self.backing_file(b)?;
+                let bi = host_storage::info(&base, None)
+                    .await
+                    .map_err(host(format!("backing image {b}")))?;
+                let bf = bi.disk_format().ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "backing image {b} is {}, which hv does not run",
+                        bi.format
+                    ))
+                })?;
+                host_storage::create(&path, format, req.size.map(|s| s.0), Some((&base, bf)))
+                    .await
+                    .map_err(host("cannot create the volume"))?;
+            }
+            None => {
+                let size = req.size.ok_or_else(|| {
+                    EngineError::Invalid("a volume needs --size (or --backing)".into())
+                })?;
+                if size.0 == 0 {
+                    return Err(EngineError::Invalid("size must be larger than 0".into()));
+                }
+                host_storage::create(&path, format, Some(size.0), None)
+                    .await
+                    .map_err(host("cannot create the volume"))?;
+            }
+        }
+        tracing::info!(pool, vol = %req.name, "volume created");
+        self.vol_info_at(pool, &path).await
+    }
+
+    /// Copies a host file into the pool. The source's format is probed, but a file that
+    /// probes as raw is only taken as raw when the caller says so, and images with a backing
+    /// file are refused (their chain would point outside the pool).
+    pub async fn vol_import(&self, pool: &str, req: ImportVolRequest) -> Result<VolInfo> {
+        let dst = self.new_vol_path(pool, &req.name)?;
+        if !req.source.is_file() {
+            return Err(EngineError::Invalid(format!(
+                "{} is not a file",
+                req.source.display()
+            )));
+        }
+        let probed = host_storage::info(&req.source, None)
+            .await
+            .map_err(host(format!("cannot probe {}", req.source.display())))?;
+        let format = match (req.format, probed.disk_format()) {
+            (Some(f), _) => f,
+            (None, Some(DiskFormat::Qcow2)) => DiskFormat::Qcow2,
+            (None, Some(DiskFormat::Raw)) => {
+                return Err(EngineError::Invalid(format!(
+                    "{} has no image header (it probes as raw); if it is a raw disk image, say so with --format raw",
+                    req.source.display()
+                )))
+            }
+            (None, None) => {
+                return Err(EngineError::Invalid(format!(
+                    "{} is in format {}, which hv does not run; convert it with qemu-img convert -O qcow2",
+                    req.source.display(),
+                    probed.format
+                )))
+            }
+        };
+        if format == DiskFormat::Qcow2 && probed.backing_filename.is_some() {
+            return Err(EngineError::Invalid(format!(
+                "{} is an overlay on {}; import the whole chain flattened (qemu-img convert -O qcow2) instead",
+                req.source.display(),
+                probed.backing_filename.unwrap_or_default()
+            )));
+        }
+        if let Err(e) = host_storage::convert(&req.source, format, &dst, format).await {
+            let _ = std::fs::remove_file(&dst);
+            return Err(host("import failed")(e));
+        }
+        tracing::info!(pool, vol = %req.name, source = %req.source.display(), "volume imported");
+        self.vol_info_at(pool, &dst).await
+    }
+
+    pub async fn vol_clone(
+        &self,
+        pool: &str,
+        src: &str,
+        name: VolName,
+        linked: bool,
+    ) -> Result<VolInfo> {
+        let src_path = self.existing_vol(pool, src)?;
+        let dst = self.new_vol_path(pool, &name)?;
+        let si = host_storage::info(&src_path, None)
+            .await
+            .map_err(host(format!("volume {pool}/{src}")))?;
+        let sf = si.disk_format().ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "{pool}/{src} is {}, which hv does not run",
+                si.format
+            ))
+        })?;
+        let res = if linked {
+            host_storage::create(&dst, DiskFormat::Qcow2, None, Some((&src_path, sf))).await
+        } else {
+            if !self.running_users_of(&src_path).is_empty() {
+                return Err(EngineError::InUse(format!(
+                    "{pool}/{src} is in use by running VM {}; a full copy would not be consistent (stop it, or use --linked)",
+                    self.running_users_of(&src_path).join(", ")
+                )));
+            }
+            host_storage::convert(&src_path, sf, &dst, sf).await
+        };
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&dst);
+            return Err(host("clone failed")(e));
+        }
+        self.vol_info_at(pool, &dst).await
+    }
+
+    /// Resizes a volume; live (QMP `block_resize`) when a running VM has it attached.
+    pub async fn vol_resize(
+        &self,
+        pool: &str,
+        name: &str,
+        size: u64,
+        allow_shrink: bool,
+    ) -> Result<VolInfo> {
+        let path = self.existing_vol(pool, name)?;
+        let i = host_storage::info(&path, None)
+            .await
+            .map_err(host(format!("volume {pool}/{name}")))?;
+        let format = i
+            .disk_format()
+            .ok_or_else(|| EngineError::Invalid(format!("{pool}/{name} is {}", i.format)))?;
+        let shrink = size < i.virtual_size;
+        if shrink && !allow_shrink {
+            return Err(EngineError::Invalid(format!(
+                "{size} bytes is smaller than the current {} bytes: shrinking loses the data at the end; pass --allow-shrink if that is intended",
+                i.virtual_size
+            )));
+        }
+        let running = self.running_users_of(&path);
+        if let Some(vm_name) = running.first() {
+            if shrink {
+                return Err(EngineError::Invalid(format!("{pool}/{name} is in use by running VM {vm_name}; shrink it only while the VM is stopped")));
+            }
+            let vm = self.get(vm_name)?;
+            let idx = vm.lock().spec.disks.iter().position(|d| d.path == path);
+            let Some(idx) = idx else {
+                return Err(EngineError::Invalid(format!(
+                    "{pool}/{name} is VM {vm_name}'s CD-ROM; it cannot be resized"
+                )));
+            };
+            let qmp = vm.qmp()?;
+            qmp.execute(
+                "block_resize",
+                Some(serde_json::json!({ "node-name": format!("hv-disk{idx}"), "size": size })),
+            )
+            .await
+            .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            tracing::info!(pool, vol = name, vm = %vm_name, size, "volume resized live");
+        } else {
+            host_storage::resize(&path, format, size, shrink)
+                .await
+                .map_err(host("resize failed"))?;
+        }
+        self.vol_info_at(pool, &path).await
+    }
+
+    /// Deletes a volume: refused while a VM uses it or another volume is backed by it.
+    pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
+        let path = self.existing_vol(pool, name)?;
+        let users = self.users_of(&path);
+        if !users.is_empty() {
+            return Err(EngineError::InUse(format!(
+                "{pool}/{name} is used by VM {}; detach it or undefine the VM first",
+                users.join(", ")
+            )));
+        }
+        for p in self.inner.store.load_pools()? {
+            for f in volume_files(&p.path).into_iter().filter(|f| *f != path) {
+                if let Ok(i) = host_storage::info(&f, None).await {
+                    if i.backing_path(&f).as_deref() == Some(path.as_path()) {
+                        return Err(EngineError::InUse(format!(
+                            "{pool}/{name} backs volume {}/{}; delete that overlay first (or clone it without --linked)",
+                            p.name,
+                            file_name(&f)
+                        )));
+                    }
+                }
+            }
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| EngineError::Host(format!("cannot delete {}: {e}", path.display())))?;
+        tracing::info!(pool, vol = name, "volume deleted");
+        Ok(())
+    }
+
+    /// Where an upload to `POOL/NAME` is written first, and the final path. Refused while a
+    /// running VM uses the volume.
+    pub fn vol_upload_target(&self, pool: &str, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let path = self.existing_vol(pool, name)?;
+        let running = self.running_users_of(&path);
+        if !running.is_empty() {
+            return Err(EngineError::InUse(format!(
+                "{pool}/{name} is in use by running VM {}; stop it before uploading",
+                running.join(", ")
+            )));
+        }
+        let tmp = path.with_file_name(format!(".{name}.upload-{}", std::process::id()));
+        Ok((tmp, path))
+    }
+
+    /// The file to stream for a download.
+    pub fn vol_download_source(&self, pool: &str, name: &str) -> Result<PathBuf> {
+        self.existing_vol(pool, name)
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Regular files in a pool directory whose names are valid volume names.
+fn volume_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<VolName>().is_ok())
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Removes `.` and trailing slashes (no symlink resolution: the directory may not exist).
+fn normalize(p: &Path) -> PathBuf {
+    p.components().collect()
+}
