@@ -410,6 +410,35 @@ pub struct VolList {
     pub volumes: Vec<VolInfo>,
 }
 
+/// `POST /v1/vms/{name}/disks`: attach a disk. `live`/`config` default to both on a running
+/// VM and config only on a stopped one.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachDiskRequest {
+    pub disk: model::DiskSpec,
+    #[serde(default)]
+    pub live: Option<bool>,
+    #[serde(default)]
+    pub config: Option<bool>,
+}
+
+/// `POST /v1/vms/{name}/disks/{target}/detach`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetachDiskRequest {
+    #[serde(default)]
+    pub live: Option<bool>,
+    #[serde(default)]
+    pub config: Option<bool>,
+}
+
+/// `POST /v1/vms/{name}/media`: an ISO path or `POOL/NAME` into the CD-ROM drive.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRequest {
+    pub source: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

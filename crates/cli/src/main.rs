@@ -2,6 +2,7 @@
 //! every command is one or two API calls plus formatting.
 
 mod console;
+mod disks;
 mod edit;
 mod output;
 mod storage;
@@ -89,6 +90,12 @@ enum Cmd {
     /// Host checks.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Disks of a VM (attach, detach, list).
+    #[command(subcommand)]
+    Disk(disks::DiskCmd),
+    /// CD-ROM media (insert, eject).
+    #[command(subcommand)]
+    Media(disks::MediaCmd),
     /// Storage pools.
     #[command(subcommand)]
     Pool(storage::PoolCmd),
@@ -195,7 +202,7 @@ enum Cmd {
     Showcmd { name: String },
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
@@ -205,7 +212,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Parses a disk SPEC, making a relative path absolute against the current directory.
-fn disk_spec(s: &str) -> Result<DiskSpec> {
+pub(crate) fn disk_spec(s: &str) -> Result<DiskSpec> {
     let mut parts = Vec::new();
     for p in s.split(',') {
         match p.split_once('=') {
@@ -280,6 +287,8 @@ fn run(cli: Cli) -> Result<i32> {
             let failed = r.checks.iter().any(|c| c.status == api::CheckStatus::Fail);
             return Ok(if failed { 1 } else { 0 });
         }
+        Cmd::Disk(cmd) => disks::disk(&c, cmd)?,
+        Cmd::Media(cmd) => disks::media(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {

@@ -349,6 +349,37 @@ impl Client {
         Ok(resp.into_reader())
     }
 
+    // ---- disks and media ----
+
+    pub fn disk_attach(&self, name: &str, req: &api::AttachDiskRequest) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "disks"), req)
+    }
+    pub fn disk_detach(
+        &self,
+        name: &str,
+        target: &str,
+        req: &api::DetachDiskRequest,
+    ) -> Result<VmInfo> {
+        self.post(
+            &paths::vm_action(name, &format!("disks/{target}/detach")),
+            req,
+        )
+    }
+    pub fn media_insert(&self, name: &str, source: &str) -> Result<VmInfo> {
+        self.post(
+            &paths::vm_action(name, "media"),
+            &api::MediaRequest {
+                source: source.to_string(),
+            },
+        )
+    }
+    pub fn media_eject(&self, name: &str) -> Result<VmInfo> {
+        self.post(
+            &paths::vm_action(name, "media/eject"),
+            &serde_json::json!({}),
+        )
+    }
+
     // ---- storage ----
 
     pub fn pools(&self) -> Result<Vec<api::PoolInfo>> {

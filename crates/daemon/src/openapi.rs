@@ -45,173 +45,50 @@ const fn r(
 }
 
 /// Every route the daemon serves.
+#[rustfmt::skip]
 pub fn routes() -> Vec<RouteDoc> {
     use api::*;
+    let raw = |media: &'static str, d: RouteDoc| RouteDoc { raw: Some(media), ..d };
     vec![
         r("get", "/v1/ping", "Liveness and version", None, 200, None),
         r("get", "/v1/openapi.json", "This document", None, 200, None),
-        r(
-            "get",
-            "/v1/host/check",
-            "Host checks and the accelerator decision",
-            None,
-            200,
-            Some(s::<HostReport>),
-        ),
-        RouteDoc {
-            raw: Some("application/x-ndjson"),
-            ..r(
-                "get",
-                "/v1/events",
-                "Event stream, one JSON Event per line",
-                None,
-                200,
-                Some(s::<Event>),
-            )
-        },
+        r("get", "/v1/host/check", "Host checks and the accelerator decision", None, 200, Some(s::<HostReport>)),
+        raw("application/x-ndjson", r("get", "/v1/events", "Event stream, one JSON Event per line", None, 200, Some(s::<Event>))),
         r("get", "/v1/vms", "List VMs", None, 200, Some(s::<VmList>)),
-        r(
-            "post",
-            "/v1/vms",
-            "Define a VM, optionally starting it",
-            Some(s::<CreateVmRequest>),
-            201,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "get",
-            "/v1/vms/{name}",
-            "One VM, with its spec",
-            None,
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "put",
-            "/v1/vms/{name}",
-            "Replace a VM's spec",
-            Some(s::<model::VmSpec>),
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "delete",
-            "/v1/vms/{name}",
-            "Undefine (query: remove_storage, force)",
-            None,
-            204,
-            None,
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/start",
-            "Start",
-            Some(s::<StartRequest>),
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/shutdown",
-            "ACPI shutdown and wait; timeout error if the guest ignores it",
-            Some(s::<ShutdownRequest>),
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/reboot",
-            "Graceful shutdown, then start",
-            Some(s::<ShutdownRequest>),
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/destroy",
-            "Hard power-off",
-            None,
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/reset",
-            "Hard reset",
-            None,
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/pause",
-            "Pause the vCPUs",
-            None,
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/resume",
-            "Resume",
-            None,
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/undefine",
-            "Undefine",
-            Some(s::<UndefineRequest>),
-            204,
-            None,
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/autostart",
-            "Turn autostart on or off",
-            Some(s::<AutostartRequest>),
-            200,
-            Some(s::<VmInfo>),
-        ),
-        r(
-            "post",
-            "/v1/vms/{name}/wait",
-            "Wait for a state or console output",
-            Some(s::<WaitRequest>),
-            200,
-            Some(s::<WaitResponse>),
-        ),
-        r(
-            "get",
-            "/v1/vms/{name}/showcmd",
-            "The QEMU command line",
-            None,
-            200,
-            Some(s::<ShowCmd>),
-        ),
-        RouteDoc {
-            raw: Some("application/octet-stream"),
-            ..r(
-                "get",
-                "/v1/vms/{name}/console/log",
-                "Console output since the VM last started (query: follow)",
-                None,
-                200,
-                None,
-            )
-        },
-        RouteDoc {
-            raw: Some("websocket"),
-            ..r(
-                "get",
-                "/v1/vms/{name}/console",
-                "Serial console (WebSocket upgrade, binary frames)",
-                None,
-                101,
-                None,
-            )
-        },
+        r("post", "/v1/vms", "Define a VM, optionally starting it", Some(s::<CreateVmRequest>), 201, Some(s::<VmInfo>)),
+        r("get", "/v1/vms/{name}", "One VM, with its spec", None, 200, Some(s::<VmInfo>)),
+        r("put", "/v1/vms/{name}", "Replace a VM's spec", Some(s::<model::VmSpec>), 200, Some(s::<VmInfo>)),
+        r("delete", "/v1/vms/{name}", "Undefine (query: remove_storage, force)", None, 204, None),
+        r("post", "/v1/vms/{name}/start", "Start", Some(s::<StartRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/shutdown", "ACPI shutdown and wait; timeout error if the guest ignores it", Some(s::<ShutdownRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/reboot", "Graceful shutdown, then start", Some(s::<ShutdownRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/destroy", "Hard power-off", None, 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/reset", "Hard reset", None, 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/pause", "Pause the vCPUs", None, 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/resume", "Resume", None, 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/undefine", "Undefine", Some(s::<UndefineRequest>), 204, None),
+        r("post", "/v1/vms/{name}/autostart", "Turn autostart on or off", Some(s::<AutostartRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/wait", "Wait for a state or console output", Some(s::<WaitRequest>), 200, Some(s::<WaitResponse>)),
+        r("get", "/v1/vms/{name}/showcmd", "The QEMU command line", None, 200, Some(s::<ShowCmd>)),
+        raw("application/octet-stream", r("get", "/v1/vms/{name}/console/log", "Console output since the VM last started (query: follow)", None, 200, None)),
+        raw("websocket", r("get", "/v1/vms/{name}/console", "Serial console (WebSocket upgrade, binary frames)", None, 101, None)),
+        r("post", "/v1/vms/{name}/disks", "Attach a disk (live and/or in the definition)", Some(s::<AttachDiskRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/disks/{target}/detach", "Detach a disk by target (vdb, sda, ...)", Some(s::<DetachDiskRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/media", "Insert a medium into the CD-ROM drive", Some(s::<MediaRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/media/eject", "Eject the CD-ROM medium (the drive stays)", None, 200, Some(s::<VmInfo>)),
+        r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
+        r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
+        r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
+        r("delete", "/v1/pools/{pool}", "Delete a pool (query: force)", None, 204, None),
+        r("get", "/v1/pools/{pool}/volumes", "List a pool's volumes", None, 200, Some(s::<VolList>)),
+        r("post", "/v1/pools/{pool}/volumes", "Create a volume (or a qcow2 overlay on a backing image)", Some(s::<CreateVolRequest>), 201, Some(s::<VolInfo>)),
+        r("post", "/v1/pools/{pool}/import", "Copy a host image file into the pool", Some(s::<ImportVolRequest>), 201, Some(s::<VolInfo>)),
+        r("get", "/v1/pools/{pool}/volumes/{vol}", "One volume", None, 200, Some(s::<VolInfo>)),
+        r("delete", "/v1/pools/{pool}/volumes/{vol}", "Delete a volume (refused while used or backing another)", None, 204, None),
+        r("post", "/v1/pools/{pool}/volumes/{vol}/clone", "Full or linked clone", Some(s::<CloneVolRequest>), 201, Some(s::<VolInfo>)),
+        r("post", "/v1/pools/{pool}/volumes/{vol}/resize", "Resize (live when a running VM uses it)", Some(s::<ResizeVolRequest>), 200, Some(s::<VolInfo>)),
+        raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/data", "Download the volume's bytes", None, 200, None)),
+        r("put", "/v1/pools/{pool}/volumes/{vol}/data", "Upload the volume's bytes as an application/octet-stream body (replaces them atomically)", None, 200, Some(s::<VolInfo>)),
     ]
 }
 
@@ -235,8 +112,13 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        if route.path.contains("{name}") {
-            op.insert("parameters".into(), json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]));
+        let params: Vec<Value> = ["name", "target", "pool", "vol"]
+            .iter()
+            .filter(|p| route.path.contains(&format!("{{{p}}}")))
+            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
         }
         if let Some(req) = route.request {
             op.insert("requestBody".into(), json!({ "required": false, "content": { "application/json": { "schema": req(&mut g) } } }));

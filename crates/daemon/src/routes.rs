@@ -102,6 +102,10 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/vms/{name}/showcmd", get(showcmd))
         .route("/v1/vms/{name}/console", get(console_ws))
         .route("/v1/vms/{name}/console/log", get(console_log))
+        .route("/v1/vms/{name}/disks", post(disk_attach))
+        .route("/v1/vms/{name}/disks/{target}/detach", post(disk_detach))
+        .route("/v1/vms/{name}/media", post(media_insert))
+        .route("/v1/vms/{name}/media/eject", post(media_eject))
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
         .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
@@ -524,4 +528,45 @@ async fn vol_download(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+// ---- disks and media ----
+
+async fn disk_attach(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
+    let req: api::AttachDiskRequest = body(&b)?;
+    let scope = engine::ChangeScope {
+        live: req.live,
+        config: req.config,
+    };
+    Ok(Json(e.disk_attach(&name, req.disk, scope).await?))
+}
+
+async fn disk_detach(
+    State(e): State<Engine>,
+    Path((name, target)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
+    let req: api::DetachDiskRequest = body(&b)?;
+    let scope = engine::ChangeScope {
+        live: req.live,
+        config: req.config,
+    };
+    Ok(Json(e.disk_detach(&name, &target, scope).await?))
+}
+
+async fn media_insert(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
+    let req: api::MediaRequest = body(&b)?;
+    Ok(Json(e.media_insert(&name, &req.source).await?))
+}
+
+async fn media_eject(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
+    Ok(Json(e.media_eject(&name).await?))
 }

@@ -167,7 +167,8 @@ fn every_documented_route_is_served() {
             let p = path
                 .replace("{name}", "no-such-vm")
                 .replace("{pool}", "no-such-pool")
-                .replace("{vol}", "no-such-vol");
+                .replace("{vol}", "no-such-vol")
+                .replace("{target}", "vdz");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

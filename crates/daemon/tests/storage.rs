@@ -363,3 +363,82 @@ fn overlay_keeps_the_base_pristine_and_live_resize_is_seen_in_the_guest() {
     c.shutdown("ovl", 30, false).unwrap();
     assert_eq!(sha(&base.path), before, "the backing image was written");
 }
+
+#[test]
+fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
+    use api::{AttachDiskRequest, DetachDiskRequest};
+    let h = hvd();
+    let c = h.client();
+    c.vol_create("default", &vol_req("hot.qcow2", Some(32 << 20), None, None))
+        .unwrap();
+    c.create(h.tiny_spec("hp", VmOpts::default()).unwrap(), true)
+        .unwrap();
+    h.wait_ready("hp").unwrap();
+    let disk: model::DiskSpec = "vol=default/hot.qcow2".parse().unwrap();
+    let info = c
+        .disk_attach(
+            "hp",
+            &AttachDiskRequest {
+                disk: disk.clone(),
+                live: None,
+                config: None,
+            },
+        )
+        .unwrap();
+    let spec = info.spec.unwrap();
+    assert_eq!(
+        spec.disks[0].target.as_deref(),
+        Some("vda"),
+        "live + config by default on a running VM"
+    );
+    let wait_for = |cond: &str, expect: &str| {
+        let cmd = format!("for i in $(seq 100); do {cond} && break; sleep 0.1; done; echo seen-$(ls /sys/block | tr '\\n' ' ')-end");
+        h.run_in_guest("hp", &cmd, expect).unwrap()
+    };
+    wait_for("[ -e /sys/block/vda ]", "seen-[^\\n]*vda[^\\n]*-end");
+    // Another running VM cannot take the same image read-write.
+    let mut other = h.tiny_spec("other", VmOpts::default()).unwrap();
+    other.disks.push(disk.clone());
+    c.create(other, false).unwrap();
+    let e = c.start("other", false).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    assert!(
+        e.to_string().contains("hp"),
+        "the error names the VM that holds it: {e}"
+    );
+    assert!(h.qemu_pids().len() == 1);
+    // IDE cannot be hot-plugged: a clear error, nothing changed.
+    let ide: model::DiskSpec = "vol=default/ide.qcow2,size=8M,bus=ide".parse().unwrap();
+    let e = c
+        .disk_attach(
+            "hp",
+            &AttachDiskRequest {
+                disk: ide,
+                live: Some(true),
+                config: Some(false),
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be hot-plugged"), "{e}");
+    assert!(
+        c.vol_info("default", "ide.qcow2").is_err(),
+        "the volume made for a failed attach is removed"
+    );
+    // Detach: the guest releases the device.
+    c.disk_detach("hp", "vda", &DetachDiskRequest::default())
+        .unwrap();
+    wait_for("[ ! -e /sys/block/vda ]", "seen-[^v\\n]*-end");
+    assert!(c.info("hp").unwrap().spec.unwrap().disks.is_empty());
+    c.start("other", false).unwrap();
+    let e = c
+        .disk_detach(
+            "hp",
+            "vdq",
+            &DetachDiskRequest {
+                live: Some(false),
+                config: Some(true),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound));
+}

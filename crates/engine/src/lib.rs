@@ -8,6 +8,7 @@
 
 mod console;
 mod error;
+mod hotplug;
 mod run;
 mod storage;
 mod store;
@@ -24,6 +25,7 @@ use tokio::sync::broadcast;
 
 pub use console::{ConsoleHub, ConsoleMsg};
 pub use error::{EngineError, Result};
+pub use hotplug::ChangeScope;
 use store::Store;
 use vm::Vm;
 
@@ -311,9 +313,10 @@ impl Engine {
                 .vol_path(&r)
                 .map_err(|e| EngineError::Invalid(format!("cdrom: {e}")))?;
             must_exist("cdrom", &p)?;
-        } else if let Some(c) = &spec.cdrom {
+        } else if let Some(c) = spec.cdrom.as_ref().filter(|c| !c.as_os_str().is_empty()) {
             must_exist("cdrom", c)?;
         }
+        model::assign_targets(&mut spec.disks);
         for (i, d) in spec.disks.iter_mut().enumerate() {
             if let Some(r) = &d.vol {
                 d.path = self

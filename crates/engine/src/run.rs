@@ -283,6 +283,7 @@ impl Engine {
 
     /// Volumes become paths for QEMU.
     pub(crate) fn resolve_volumes(&self, spec: &mut VmSpec) -> Result<()> {
+        model::assign_targets(&mut spec.disks);
         if let Some(r) = spec.cdrom_vol() {
             spec.cdrom = Some(self.vol_path(&r)?);
         }
@@ -296,6 +297,9 @@ impl Engine {
 
     async fn launch(&self, vm: &Arc<Vm>, mut spec: VmSpec, paused: bool) -> Result<()> {
         self.resolve_volumes(&mut spec)?;
+        for d in &spec.disks {
+            self.check_not_held(d, &vm.name)?;
+        }
         let paths = self.paths(vm);
         let dir = self.inner.cfg.vm_dir(&vm.name);
         std::fs::create_dir_all(&dir)
@@ -304,7 +308,10 @@ impl Engine {
             .kernel
             .iter()
             .flat_map(|k| [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())])
-            .chain([("cdrom", spec.cdrom.as_ref())])
+            .chain([(
+                "cdrom",
+                spec.cdrom.as_ref().filter(|c| !c.as_os_str().is_empty()),
+            )])
         {
             if let Some(p) = p {
                 crate::must_exist(what, p)?;
@@ -540,6 +547,7 @@ impl Engine {
 
     fn on_event(&self, vm: &Arc<Vm>, qmp: &Arc<Qmp>, ev: QmpEvent, shutdown: &mut Option<String>) {
         tracing::debug!(vm = %vm.name, event = %ev.event, data = %ev.data, "qmp event");
+        let _ = vm.qmp_events.send(ev.clone());
         match ev.event.as_str() {
             "SHUTDOWN" => {
                 let guest = ev.data["guest"].as_bool().unwrap_or(false);

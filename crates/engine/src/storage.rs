@@ -423,16 +423,24 @@ impl Engine {
                 return Err(EngineError::Invalid(format!("{pool}/{name} is in use by running VM {vm_name}; shrink it only while the VM is stopped")));
             }
             let vm = self.get(vm_name)?;
-            let idx = vm.lock().spec.disks.iter().position(|d| d.path == path);
-            let Some(idx) = idx else {
+            let disk = vm
+                .lock()
+                .spec
+                .disks
+                .iter()
+                .enumerate()
+                .find(|(_, d)| d.path == path)
+                .map(|(i, d)| (i, d.clone()));
+            let Some((i, disk)) = disk else {
                 return Err(EngineError::Invalid(format!(
                     "{pool}/{name} is VM {vm_name}'s CD-ROM; it cannot be resized"
                 )));
             };
+            let node = qemu_argv::disk_ids(&disk, i).1;
             let qmp = vm.qmp()?;
             qmp.execute(
                 "block_resize",
-                Some(serde_json::json!({ "node-name": format!("hv-disk{idx}"), "size": size })),
+                Some(serde_json::json!({ "node-name": node, "size": size })),
             )
             .await
             .map_err(|e| EngineError::Qemu(e.to_string()))?;

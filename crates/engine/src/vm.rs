@@ -31,6 +31,8 @@ pub(crate) struct Vm {
     op: Mutex<Option<&'static str>>,
     pub state_tx: watch::Sender<VmState>,
     pub console: Arc<ConsoleHub>,
+    /// Every QMP event of the running QEMU (for operations that wait on one).
+    pub qmp_events: tokio::sync::broadcast::Sender<qmp::QmpEvent>,
 }
 
 /// Marks an operation in progress on a VM; dropping it ends the operation.
@@ -64,6 +66,7 @@ impl Vm {
             op: Mutex::new(None),
             state_tx: watch::channel(state).0,
             console: Arc::new(ConsoleHub::default()),
+            qmp_events: tokio::sync::broadcast::channel(64).0,
         }
     }
 

@@ -14,6 +14,6 @@ pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, VmName, VolName, VolRef};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
-    Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec,
-    KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmSpec, VncSpec,
+    assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec,
+    GraphicsSpec, KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmSpec, VncSpec,
 };

@@ -178,6 +178,10 @@ pub struct DiskSpec {
     /// A volume in a pool, instead of a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vol: Option<VolRef>,
+    /// The libvirt-style name the disk is known by (`vda`, `sdb`, `hda`); assigned by hvd
+    /// when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// Recorded at define time (probed when not given) and never re-probed afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DiskFormat>,
@@ -198,6 +202,7 @@ impl FromStr for DiskSpec {
         let mut d = DiskSpec {
             path: PathBuf::new(),
             vol: None,
+            target: None,
             format: None,
             bus: DiskBus::default(),
             cache: CacheMode::default(),
@@ -208,6 +213,7 @@ impl FromStr for DiskSpec {
             match k {
                 "path" | "file" => d.path = PathBuf::from(v),
                 "vol" => d.vol = Some(v.parse()?),
+                "target" | "dev" => d.target = Some(v.to_string()),
                 "format" => d.format = Some(v.parse()?),
                 "bus" => d.bus = v.parse()?,
                 "cache" => d.cache = v.parse()?,
@@ -263,10 +269,57 @@ impl DiskSpec {
                 ),
             ));
         }
+        if let Some(t) = &self.target {
+            let prefix = self.bus.target_prefix();
+            let ok = t.len() == 3 && t.starts_with(prefix) && t.as_bytes()[2].is_ascii_lowercase();
+            if !ok {
+                return Err(SpecError::new(
+                    field,
+                    format!(
+                        "target {t:?} does not fit bus={}; use {prefix}a to {prefix}z",
+                        self.bus
+                    ),
+                ));
+            }
+            if t == "hdc" {
+                return Err(SpecError::new(
+                    field,
+                    "hdc is the CD-ROM's place; pick another IDE target",
+                ));
+            }
+        }
         if let Some(Size(0)) = self.size {
             return Err(SpecError::new(field, "size must be larger than 0"));
         }
         Ok(())
+    }
+}
+
+impl DiskBus {
+    /// The prefix of this bus's target names.
+    pub fn target_prefix(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "vd",
+            DiskBus::Scsi | DiskBus::Sata => "sd",
+            DiskBus::Ide => "hd",
+        }
+    }
+}
+
+/// Gives every disk without a target the first free name for its bus (`hdc` stays free for
+/// the CD-ROM).
+pub fn assign_targets(disks: &mut [DiskSpec]) {
+    let mut used: Vec<String> = disks.iter().filter_map(|d| d.target.clone()).collect();
+    used.push("hdc".into());
+    for d in disks.iter_mut().filter(|d| d.target.is_none()) {
+        let prefix = d.bus.target_prefix();
+        if let Some(t) = (b'a'..=b'z')
+            .map(|c| format!("{prefix}{}", c as char))
+            .find(|t| !used.contains(t))
+        {
+            used.push(t.clone());
+            d.target = Some(t);
+        }
     }
 }
 
@@ -787,6 +840,15 @@ impl VmSpec {
             let same = |o: &DiskSpec| {
                 (o.vol.is_some() && o.vol == d.vol) || (!path_is_empty(&o.path) && o.path == d.path)
             };
+            if d.target.is_some() && self.disks[..i].iter().any(|o| o.target == d.target) {
+                return Err(SpecError::new(
+                    format!("disks[{i}]"),
+                    format!(
+                        "target {} is used twice",
+                        d.target.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
             if self.disks[..i].iter().any(same) {
                 return Err(SpecError::new(
                     format!("disks[{i}]"),
@@ -795,7 +857,7 @@ impl VmSpec {
             }
         }
         if let Some(c) = &self.cdrom {
-            if !c.is_absolute() && self.cdrom_vol().is_none() {
+            if !c.as_os_str().is_empty() && !c.is_absolute() && self.cdrom_vol().is_none() {
                 return Err(SpecError::new(
                     "cdrom",
                     format!("{c:?} is neither an absolute path nor a volume (POOL/NAME)"),
@@ -879,6 +941,33 @@ mod tests {
             "path=/a,color=red",
             "path=/a,size=huge",
             "path=/a,readonly=on,size=1G",
+        ] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets_are_assigned_per_bus_and_checked() {
+        let mut disks: Vec<DiskSpec> = [
+            "path=/a",
+            "path=/b,bus=scsi",
+            "path=/c,target=vdb",
+            "path=/d",
+            "path=/e,bus=ide",
+            "path=/f,bus=ide",
+            "path=/g,bus=ide",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assign_targets(&mut disks);
+        let t: Vec<&str> = disks.iter().map(|d| d.target.as_deref().unwrap()).collect();
+        assert_eq!(t, ["vda", "sda", "vdb", "vdc", "hda", "hdb", "hdd"]);
+        for bad in [
+            "path=/a,target=sda",
+            "path=/a,bus=ide,target=hdc",
+            "path=/a,target=vd1",
+            "path=/a,target=vdaa",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
         }

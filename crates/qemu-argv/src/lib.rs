@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use model::{
-    CacheMode, DiskBus, DiskFormat, GraphicsSpec, Machine as MachineType, NicKind, NicModel, VmSpec,
+    CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec, Machine as MachineType, NicKind,
+    NicModel, VmSpec,
 };
 use serde_json::{json, Value};
 
@@ -136,62 +137,53 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     let mut buses = Buses::new(spec.machine);
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
-        let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat {
-            path: disk.path.clone(),
-        })?;
-        let (path, format) = match &overlay {
-            Some(o) => (o.as_path(), DiskFormat::Qcow2),
-            None => (disk.path.as_path(), format),
-        };
-        let node = format!("hv-disk{i}");
         m.blockdevs
-            .extend(block_nodes(&node, path, format, disk.cache, disk.readonly));
+            .extend(disk_block_nodes(disk, i, overlay.as_deref())?);
+        let (id, node) = disk_ids(disk, i);
         let mut dev = match disk.bus {
-            DiskBus::Virtio => {
-                json!({ "driver": "virtio-blk-pci", "drive": node, "id": format!("disk{i}") })
-            }
-            DiskBus::Scsi => {
-                let (bus, scsi_id) = buses.scsi(&mut m.devices);
-                json!({ "driver": "scsi-hd", "drive": node, "id": format!("disk{i}"), "bus": bus, "channel": 0, "scsi-id": scsi_id, "lun": 0 })
+            DiskBus::Virtio | DiskBus::Scsi => {
+                if disk.bus == DiskBus::Scsi {
+                    buses.scsi(&mut m.devices);
+                }
+                disk_device(disk, i)?
             }
             DiskBus::Ide => {
-                let (bus, unit) = buses.ide()?;
-                json!({ "driver": "ide-hd", "drive": node, "id": format!("disk{i}"), "bus": bus, "unit": unit })
+                let (bus, unit) = buses.ide(disk.target.as_deref())?;
+                json!({ "driver": "ide-hd", "drive": node, "id": id, "bus": bus, "unit": unit })
             }
             DiskBus::Sata => {
                 let bus = buses.sata(&mut m.devices)?;
-                json!({ "driver": "ide-hd", "drive": node, "id": format!("disk{i}"), "bus": bus })
+                json!({ "driver": "ide-hd", "drive": node, "id": id, "bus": bus })
             }
         };
-        dev["write-cache"] = json!(if matches!(
-            disk.cache,
-            CacheMode::Writethrough | CacheMode::Directsync
-        ) {
-            "off"
-        } else {
-            "on"
-        });
+        dev["write-cache"] = write_cache(disk.cache);
         m.devices.push(dev);
     }
     if let Some(iso) = &spec.cdrom {
-        let node = "hv-cd0".to_string();
-        m.blockdevs.extend(block_nodes(
-            &node,
-            iso,
-            DiskFormat::Raw,
-            CacheMode::Writeback,
-            true,
-        ));
-        let dev = match spec.machine {
+        // An empty path is an empty drive (media can be inserted later).
+        let node = (!iso.as_os_str().is_empty()).then(|| "hv-cd0".to_string());
+        if let Some(node) = &node {
+            m.blockdevs.extend(block_nodes(
+                node,
+                iso,
+                DiskFormat::Raw,
+                CacheMode::Writeback,
+                true,
+            ));
+        }
+        let mut dev = match spec.machine {
             MachineType::Pc => {
                 let (bus, unit) = buses.ide_cd()?;
-                json!({ "driver": "ide-cd", "drive": node, "id": "cdrom0", "bus": bus, "unit": unit })
+                json!({ "driver": "ide-cd", "id": CDROM_ID, "bus": bus, "unit": unit })
             }
             MachineType::Q35 => {
                 let bus = buses.sata(&mut m.devices)?;
-                json!({ "driver": "ide-cd", "drive": node, "id": "cdrom0", "bus": bus })
+                json!({ "driver": "ide-cd", "id": CDROM_ID, "bus": bus })
             }
         };
+        if let Some(node) = node {
+            dev["drive"] = json!(node);
+        }
         m.devices.push(dev);
     }
     for (i, nic) in spec.nics.iter().enumerate() {
@@ -238,6 +230,74 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     Ok(m)
 }
 
+/// The CD-ROM drive's device id.
+pub const CDROM_ID: &str = "cdrom0";
+
+/// The device id (the disk's target, `vda`) and block node name (`hv-vda`) of a disk.
+pub fn disk_ids(disk: &DiskSpec, i: usize) -> (String, String) {
+    let id = disk.target.clone().unwrap_or_else(|| format!("disk{i}"));
+    let node = format!("hv-{id}");
+    (id, node)
+}
+
+/// The `-blockdev` (and `blockdev-add`) nodes of a disk, file node first.
+pub fn disk_block_nodes(
+    disk: &DiskSpec,
+    i: usize,
+    overlay: Option<&Path>,
+) -> Result<[Value; 2], ArgvError> {
+    let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat {
+        path: disk.path.clone(),
+    })?;
+    let (path, format) = match overlay {
+        Some(o) => (o, DiskFormat::Qcow2),
+        None => (disk.path.as_path(), format),
+    };
+    Ok(block_nodes(
+        &disk_ids(disk, i).1,
+        path,
+        format,
+        disk.cache,
+        disk.readonly,
+    ))
+}
+
+fn write_cache(cache: CacheMode) -> Value {
+    json!(
+        if matches!(cache, CacheMode::Writethrough | CacheMode::Directsync) {
+            "off"
+        } else {
+            "on"
+        }
+    )
+}
+
+/// The `-device` (and `device_add`) JSON of a virtio or SCSI disk, the buses that can be
+/// hot-plugged. A SCSI disk's target letter is its SCSI id on the one virtio-scsi controller.
+pub fn disk_device(disk: &DiskSpec, i: usize) -> Result<Value, ArgvError> {
+    let (id, node) = disk_ids(disk, i);
+    let mut dev = match disk.bus {
+        DiskBus::Virtio => json!({ "driver": "virtio-blk-pci", "drive": node, "id": id }),
+        DiskBus::Scsi => {
+            let scsi_id = disk.target.as_deref().and_then(|t| t.bytes().nth(2)).map(|c| u32::from(c - b'a')).unwrap_or(i as u32);
+            json!({ "driver": "scsi-hd", "drive": node, "id": id, "bus": "scsi0.0", "channel": 0, "scsi-id": scsi_id, "lun": 0 })
+        }
+        DiskBus::Ide | DiskBus::Sata => {
+            return Err(ArgvError::Unsupported {
+                what: format!("hot-plugging a disk on bus={}", disk.bus),
+                hint: "IDE and SATA disks cannot be hot-plugged; use bus=virtio or bus=scsi, or attach it to the stopped VM".into(),
+            })
+        }
+    };
+    dev["write-cache"] = write_cache(disk.cache);
+    Ok(dev)
+}
+
+/// The virtio-scsi controller's `-device` JSON (hot-plugged before the first SCSI disk).
+pub fn scsi_controller() -> Value {
+    json!({ "driver": "virtio-scsi-pci", "id": "scsi0" })
+}
+
 /// A file node plus a format node, with the cache mode spelled the way `-blockdev` wants it.
 fn block_nodes(
     node: &str,
@@ -268,35 +328,34 @@ fn block_nodes(
 /// Hands out controller slots and adds controllers when first needed.
 struct Buses {
     machine: MachineType,
-    ide_next: usize,
     sata_next: usize,
     ahci_added: bool,
-    scsi_next: u32,
+    scsi_added: bool,
 }
 
 impl Buses {
     fn new(machine: MachineType) -> Self {
         Buses {
             machine,
-            ide_next: 0,
             sata_next: 0,
             ahci_added: false,
-            scsi_next: 0,
+            scsi_added: false,
         }
     }
 
-    /// `pc`: hda, hdb on ide.0, then ide.1 unit 1 (ide.1 unit 0 is kept for the CD-ROM, hdc).
-    fn ide(&mut self) -> Result<(String, u32), ArgvError> {
+    /// `pc`: the target names the slot (hda, hdb on ide.0; hdd on ide.1, whose unit 0, hdc,
+    /// is the CD-ROM's); q35's IDE buses are the built-in AHCI ports, one unit each.
+    fn ide(&mut self, target: Option<&str>) -> Result<(String, u32), ArgvError> {
         if self.machine == MachineType::Q35 {
-            // q35's IDE buses are the built-in AHCI ports, one unit each.
             let bus = self.sata_slot()?;
             return Ok((bus, 0));
         }
-        let slots = [("ide.0", 0), ("ide.0", 1), ("ide.1", 1)];
-        let slot = slots
-            .get(self.ide_next)
-            .ok_or(ArgvError::TooManyOnBus { bus: "ide", max: 3 })?;
-        self.ide_next += 1;
+        let slot = match target.and_then(|t| t.bytes().nth(2)) {
+            Some(b'a') => ("ide.0", 0),
+            Some(b'b') => ("ide.0", 1),
+            Some(b'd') => ("ide.1", 1),
+            _ => return Err(ArgvError::TooManyOnBus { bus: "ide", max: 3 }),
+        };
         Ok((slot.0.to_string(), slot.1))
     }
 
@@ -329,13 +388,12 @@ impl Buses {
         self.sata_slot()
     }
 
-    /// virtio-scsi: one controller, one target per disk.
-    fn scsi(&mut self, devices: &mut Vec<Value>) -> (String, u32) {
-        if self.scsi_next == 0 {
-            devices.push(json!({ "driver": "virtio-scsi-pci", "id": "scsi0" }));
+    /// virtio-scsi: one controller for all SCSI disks.
+    fn scsi(&mut self, devices: &mut Vec<Value>) {
+        if !self.scsi_added {
+            devices.push(scsi_controller());
+            self.scsi_added = true;
         }
-        self.scsi_next += 1;
-        ("scsi0.0".to_string(), self.scsi_next - 1)
     }
 }
 
@@ -474,6 +532,9 @@ mod tests {
     /// Compares with `tests/data/NAME.args`; `HV_UPDATE_GOLDEN=1 cargo test -p qemu-argv`
     /// rewrites the goldens.
     fn check(name: &str, spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) {
+        let mut spec = spec.clone();
+        model::assign_targets(&mut spec.disks);
+        let spec = &spec;
         spec.validate().unwrap();
         let got = render(&build(spec, caps, plan).unwrap());
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -575,6 +636,7 @@ mod tests {
             s.disks
                 .push(format!("path=/d/{n},format=raw,bus=ide").parse().unwrap());
         }
+        model::assign_targets(&mut s.disks);
         assert!(matches!(
             build(&s, &caps(), &plan()),
             Err(ArgvError::TooManyOnBus { bus: "ide", .. })

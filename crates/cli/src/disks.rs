@@ -1,0 +1,139 @@
+//! `hv disk ...` and `hv media ...`.
+
+use anyhow::Result;
+use api::{AttachDiskRequest, DetachDiskRequest};
+use clap::Subcommand;
+use client::Client;
+
+use crate::output::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCmd {
+    /// Attach a disk: live and in the definition on a running VM, in the definition on a
+    /// stopped one (--live / --config choose).
+    Attach {
+        vm: String,
+        /// path=P|vol=POOL/NAME[,format=..][,bus=virtio|scsi|..][,cache=..][,readonly=on][,size=SIZE][,target=vdb]
+        #[arg(long)]
+        disk: String,
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        config: bool,
+    },
+    /// Detach a disk by target (vdb, sda, hda).
+    Detach {
+        vm: String,
+        target: String,
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        config: bool,
+    },
+    /// A VM's disks.
+    List {
+        vm: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MediaCmd {
+    /// Insert an ISO (path or POOL/NAME) into the CD-ROM drive.
+    Insert { vm: String, source: String },
+    /// Eject the CD-ROM medium; the drive stays.
+    Eject { vm: String },
+}
+
+/// `--live`/`--config` as given; neither means "the default for the VM's state".
+fn scope(live: bool, config: bool) -> (Option<bool>, Option<bool>) {
+    if live || config {
+        (Some(live), Some(config))
+    } else {
+        (None, None)
+    }
+}
+
+pub fn disk(c: &Client, cmd: DiskCmd) -> Result<()> {
+    match cmd {
+        DiskCmd::Attach {
+            vm,
+            disk,
+            live,
+            config,
+        } => {
+            let disk = crate::disk_spec(&disk)?;
+            let (live, config) = scope(live, config);
+            let info = c.disk_attach(&vm, &AttachDiskRequest { disk, live, config })?;
+            let target = info
+                .spec
+                .and_then(|s| s.disks.last().and_then(|d| d.target.clone()))
+                .unwrap_or_default();
+            println!("disk attached to {vm} as {target}");
+        }
+        DiskCmd::Detach {
+            vm,
+            target,
+            live,
+            config,
+        } => {
+            let (live, config) = scope(live, config);
+            c.disk_detach(&vm, &target, &DetachDiskRequest { live, config })?;
+            println!("disk {target} detached from {vm}");
+        }
+        DiskCmd::List { vm, format } => {
+            let mut disks = c.info(&vm)?.spec.map(|s| s.disks).unwrap_or_default();
+            model::assign_targets(&mut disks);
+            if !output::structured(format, &disks)? {
+                let rows: Vec<Vec<String>> = disks
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.target.clone().unwrap_or_default(),
+                            d.bus.to_string(),
+                            d.format
+                                .map(|f| f.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            d.cache.to_string(),
+                            if d.readonly { "yes" } else { "no" }.into(),
+                            d.vol
+                                .as_ref()
+                                .map(|v| v.to_string())
+                                .unwrap_or_else(|| d.path.display().to_string()),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    output::table(
+                        &["TARGET", "BUS", "FORMAT", "CACHE", "READONLY", "SOURCE"],
+                        &rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn media(c: &Client, cmd: MediaCmd) -> Result<()> {
+    match cmd {
+        MediaCmd::Insert { vm, source } => {
+            let source = if source.starts_with('/') || std::path::Path::new(&source).exists() {
+                crate::absolute(std::path::Path::new(&source))?
+                    .display()
+                    .to_string()
+            } else {
+                source
+            };
+            c.media_insert(&vm, &source)?;
+            println!("{source} inserted into {vm}'s CD-ROM drive");
+        }
+        MediaCmd::Eject { vm } => {
+            c.media_eject(&vm)?;
+            println!("{vm}'s CD-ROM drive is empty");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! Disks and media changed on a defined VM: attach and detach (live through QMP, in the
+//! definition, or both, like libvirt's `--live --config`) and CD-ROM insert and eject.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::VmInfo;
+use model::{DiskBus, DiskSpec, VmSpec};
+use serde_json::json;
+
+use crate::error::{EngineError, Result};
+use crate::vm::Vm;
+use crate::Engine;
+
+/// How long a guest may take to release a hot-unplugged device.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where a change applies. `None` means the default: live and config on a running VM,
+/// config on a stopped one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChangeScope {
+    pub live: Option<bool>,
+    pub config: Option<bool>,
+}
+
+impl ChangeScope {
+    fn resolve(self, vm: &Vm) -> Result<(bool, bool)> {
+        let running = vm.state().is_active();
+        let live = self.live.unwrap_or(running);
+        let config = self.config.unwrap_or(true);
+        if live && !running {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} is not running; a --live change needs a running VM (use --config)",
+                vm.name
+            )));
+        }
+        if !live && !config {
+            return Err(EngineError::Invalid(
+                "nothing to do: the change is neither --live nor --config".into(),
+            ));
+        }
+        Ok((live, config))
+    }
+}
+
+fn qemu(e: qmp::QmpError) -> EngineError {
+    EngineError::Qemu(e.to_string())
+}
+
+impl Engine {
+    /// Refuses a writable image that a running VM other than `except` has open.
+    pub(crate) fn check_not_held(&self, disk: &DiskSpec, except: &str) -> Result<()> {
+        if disk.readonly {
+            return Ok(());
+        }
+        let holders: Vec<String> = self
+            .running_users_of(&disk.path)
+            .into_iter()
+            .filter(|n| n != except)
+            .collect();
+        if let Some(h) = holders.first() {
+            return Err(EngineError::InUse(format!(
+                "{} is attached read-write to running VM {h}; stop it first, or attach the image read-only",
+                disk.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `hv disk attach`.
+    pub async fn disk_attach(
+        &self,
+        name: &str,
+        disk: DiskSpec,
+        scope: ChangeScope,
+    ) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("disk attach")?;
+        let (live, config) = scope.resolve(&vm)?;
+        // Validate and prepare the disk in the context of the whole spec.
+        let mut spec = vm.lock().spec.clone();
+        self.resolve_volumes(&mut spec)?;
+        spec.disks.push(disk);
+        spec.validate()?;
+        let created = self.prepare_host_side(&mut spec).await?;
+        let i = spec.disks.len() - 1;
+        let undo = |e: EngineError| {
+            created.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            e
+        };
+        let disk = spec.disks[i].clone();
+        self.check_not_held(&disk, name).map_err(undo)?;
+        if live {
+            self.plug_disk(&vm, &disk, i).await.map_err(undo)?;
+        }
+        if config {
+            let mut stored = vm.lock().spec.clone();
+            stored.disks.push(disk.clone());
+            self.save_spec(&vm, stored)?;
+        }
+        tracing::info!(
+            vm = name,
+            target = disk.target.as_deref().unwrap_or(""),
+            live,
+            config,
+            "disk attached"
+        );
+        Ok(self.info_of(&vm, true))
+    }
+
+    async fn plug_disk(&self, vm: &Arc<Vm>, disk: &DiskSpec, i: usize) -> Result<()> {
+        let qmp = vm.qmp()?;
+        let device =
+            qemu_argv::disk_device(disk, i).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let nodes = qemu_argv::disk_block_nodes(disk, i, None)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut added: Vec<String> = Vec::new();
+        let result = async {
+            for n in &nodes {
+                qmp.execute("blockdev-add", Some(n.clone()))
+                    .await
+                    .map_err(qemu)?;
+                added.push(n["node-name"].as_str().unwrap_or_default().to_string());
+            }
+            if disk.bus == DiskBus::Scsi {
+                // The controller exists when the VM started with a SCSI disk or one was plugged.
+                let _ = qmp
+                    .execute("device_add", Some(qemu_argv::scsi_controller()))
+                    .await;
+            }
+            qmp.execute("device_add", Some(device)).await.map_err(qemu)
+        }
+        .await;
+        if let Err(e) = result {
+            for n in added.iter().rev() {
+                let _ = qmp
+                    .execute("blockdev-del", Some(json!({ "node-name": n })))
+                    .await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `hv disk detach`: the guest is asked to release the device (ACPI), and its image is
+    /// closed only once QEMU reports the device gone.
+    pub async fn disk_detach(
+        &self,
+        name: &str,
+        target: &str,
+        scope: ChangeScope,
+    ) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("disk detach")?;
+        let (live, config) = scope.resolve(&vm)?;
+        let mut stored = vm.lock().spec.clone();
+        model::assign_targets(&mut stored.disks);
+        let pos = stored
+            .disks
+            .iter()
+            .position(|d| d.target.as_deref() == Some(target));
+        if config && pos.is_none() {
+            let targets: Vec<String> = stored
+                .disks
+                .iter()
+                .filter_map(|d| d.target.clone())
+                .collect();
+            return Err(EngineError::NotFound(format!(
+                "disk {target} of VM {name} (it has: {})",
+                targets.join(", ")
+            )));
+        }
+        if live {
+            let qmp = vm.qmp()?;
+            let mut events = vm.qmp_events.subscribe();
+            qmp.execute("device_del", Some(json!({ "id": target })))
+                .await
+                .map_err(qemu)?;
+            let gone = tokio::time::timeout(UNPLUG_TIMEOUT, async {
+                while let Ok(ev) = events.recv().await {
+                    if ev.event == "DEVICE_DELETED" && ev.data["device"].as_str() == Some(target) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if gone.is_err() {
+                return Err(EngineError::Timeout(format!(
+                    "the guest of {name} did not release disk {target} within {} s (it needs ACPI hotplug support); nothing was changed",
+                    UNPLUG_TIMEOUT.as_secs()
+                )));
+            }
+            for node in [format!("hv-{target}"), format!("hv-{target}-file")] {
+                if let Err(e) = qmp
+                    .execute("blockdev-del", Some(json!({ "node-name": node })))
+                    .await
+                {
+                    tracing::warn!(vm = name, node, error = %e, "blockdev-del failed");
+                }
+            }
+        }
+        if config {
+            if let Some(p) = pos {
+                stored.disks.remove(p);
+                self.save_spec(&vm, stored)?;
+            }
+        }
+        tracing::info!(vm = name, target, live, config, "disk detached");
+        Ok(self.info_of(&vm, true))
+    }
+
+    /// `hv media insert`: an ISO path or `POOL/NAME` into the CD-ROM drive.
+    pub async fn media_insert(&self, name: &str, source: &str) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("media insert")?;
+        let mut spec = vm.lock().spec.clone();
+        spec.cdrom = Some(PathBuf::from(source));
+        spec.validate()?;
+        let path = match spec.cdrom_vol() {
+            Some(r) => self.vol_path(&r)?,
+            None => PathBuf::from(source),
+        };
+        crate::must_exist("media", &path)?;
+        if vm.state().is_active() {
+            let had_drive = self.running_has_cdrom(&vm);
+            if !had_drive {
+                return Err(EngineError::Invalid(format!(
+                    "VM {name} was started without a CD-ROM drive; insert the medium while it is stopped (the drive is added then)"
+                )));
+            }
+            let qmp = vm.qmp()?;
+            qmp.execute(
+                "blockdev-change-medium",
+                Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),
+            )
+            .await
+            .map_err(qemu)?;
+        }
+        self.save_spec(&vm, spec)?;
+        Ok(self.info_of(&vm, true))
+    }
+
+    /// `hv media eject`: the drive stays, empty.
+    pub async fn media_eject(&self, name: &str) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("media eject")?;
+        let mut spec = vm.lock().spec.clone();
+        if spec.cdrom.is_none() {
+            return Err(EngineError::Invalid(format!(
+                "VM {name} has no CD-ROM drive"
+            )));
+        }
+        if vm.state().is_active() && self.running_has_cdrom(&vm) {
+            vm.qmp()?
+                .execute(
+                    "eject",
+                    Some(json!({ "id": qemu_argv::CDROM_ID, "force": true })),
+                )
+                .await
+                .map_err(qemu)?;
+        }
+        spec.cdrom = Some(PathBuf::new());
+        self.save_spec(&vm, spec)?;
+        Ok(self.info_of(&vm, true))
+    }
+
+    fn running_has_cdrom(&self, vm: &Vm) -> bool {
+        vm.lock()
+            .rec
+            .argv
+            .iter()
+            .any(|a| a.contains(qemu_argv::CDROM_ID))
+    }
+
+    fn save_spec(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
+        self.inner.store.update_spec(vm.id, &spec)?;
+        vm.lock().spec = spec;
+        self.emit(&vm.name, api::EventKind::Updated);
+        Ok(())
+    }
+}
