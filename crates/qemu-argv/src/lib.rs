@@ -279,7 +279,7 @@ pub fn disk_device(disk: &DiskSpec, i: usize) -> Result<Value, ArgvError> {
     let mut dev = match disk.bus {
         DiskBus::Virtio => json!({ "driver": "virtio-blk-pci", "drive": node, "id": id }),
         DiskBus::Scsi => {
-            let scsi_id = disk.target.as_deref().and_then(|t| t.bytes().nth(2)).map(|c| u32::from(c - b'a')).unwrap_or(i as u32);
+            let scsi_id = disk.target.as_deref().and_then(|t| t.as_bytes().get(2).copied()).map(|c| u32::from(c - b'a')).unwrap_or(i as u32);
             json!({ "driver": "scsi-hd", "drive": node, "id": id, "bus": "scsi0.0", "channel": 0, "scsi-id": scsi_id, "lun": 0 })
         }
         DiskBus::Ide | DiskBus::Sata => {
@@ -350,7 +350,7 @@ impl Buses {
             let bus = self.sata_slot()?;
             return Ok((bus, 0));
         }
-        let slot = match target.and_then(|t| t.bytes().nth(2)) {
+        let slot = match target.and_then(|t| t.as_bytes().get(2).copied()) {
             Some(b'a') => ("ide.0", 0),
             Some(b'b') => ("ide.0", 1),
             Some(b'd') => ("ide.1", 1),
