@@ -188,10 +188,62 @@ fn test(extra: &[String]) -> Result<()> {
     deps()?;
     let g = testkit::guest::tiny_guest()?;
     eprintln!("tiny guest: {}", g.kernel.display());
-    run(cargo()
-        .current_dir(root())
+    let mut cmd = cargo();
+    cmd.current_dir(root())
         .args(["test", "--workspace"])
-        .args(extra))
+        .args(extra)
+        .stdout(Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let mut totals = [0u64; 3];
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(counts) = parse_test_result(&line) {
+                for (t, c) in totals.iter_mut().zip(counts) {
+                    *t += c;
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    // One closing line for the whole run (the last `test result:` cargo prints is a doc-test
+    // binary's, usually with 0 tests).
+    println!(
+        "hv tests: {} passed, {} failed, {} skipped",
+        totals[0], totals[1], totals[2]
+    );
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 3 passed; 1 failed; 2 ignored; ...` → [passed, failed, ignored].
+fn parse_test_result(line: &str) -> Option<[u64; 3]> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> u64 {
+        rest.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(word)
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    Some([count("passed"), count("failed"), count("ignored")])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: FAILED. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.10s";
+        assert_eq!(super::parse_test_result(l), Some([3, 1, 2]));
+        assert_eq!(super::parse_test_result("running 3 tests"), None);
+    }
 }
 
 fn main() -> Result<()> {

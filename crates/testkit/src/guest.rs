@@ -1,4 +1,4 @@
-//! The tiny test guest: a Debian cloud kernel plus a busybox initramfs (about 1.4 MB), built from
+//! The tiny test guest: a Debian cloud kernel plus a busybox initramfs (about 1.7 MB), built from
 //! Debian packages (`apt-get download`, never installed on the host) and cached outside git.
 //!
 //! The guest boots to a root shell on `ttyS0` in about 2.5 s under TCG. Its init loads the virtio,
