@@ -236,16 +236,6 @@ fn parse_test_result(line: &str) -> Option<[u64; 3]> {
     Some([count("passed"), count("failed"), count("ignored")])
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_cargo_test_result_lines() {
-        let l = "test result: FAILED. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.10s";
-        assert_eq!(super::parse_test_result(l), Some([3, 1, 2]));
-        assert_eq!(super::parse_test_result("running 3 tests"), None);
-    }
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -278,5 +268,15 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask deps|guest|demo|test [cargo test args]|tidy");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let l = "test result: FAILED. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.10s";
+        assert_eq!(super::parse_test_result(l), Some([3, 1, 2]));
+        assert_eq!(super::parse_test_result("running 3 tests"), None);
     }
 }
