@@ -439,6 +439,48 @@ pub struct MediaRequest {
     pub source: String,
 }
 
+/// `POST /v1/vms/{name}/snapshots`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    pub name: model::SnapName,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// External disk-only snapshot (new overlays) instead of an internal one.
+    #[serde(default)]
+    pub disk_only: bool,
+}
+
+/// One snapshot of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Unix time in seconds.
+    pub created_at: u64,
+    /// The VM's state when the snapshot was taken.
+    pub vm_state: VmState,
+    /// `internal` (inside the qcow2 images) or `external` (overlay files).
+    pub kind: String,
+    /// The snapshot holds RAM and device state (taken while the VM ran).
+    pub memory: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The VM's current state descends from this snapshot directly.
+    pub current: bool,
+    #[serde(default)]
+    pub children: Vec<String>,
+    /// The VM's spec when the snapshot was taken (restored by revert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<VmSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ mod console;
 mod disks;
 mod edit;
 mod output;
+mod snapshots;
 mod storage;
 
 use std::io::Read;
@@ -96,6 +97,9 @@ enum Cmd {
     /// CD-ROM media (insert, eject).
     #[command(subcommand)]
     Media(disks::MediaCmd),
+    /// Snapshots of a VM.
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCmd),
     /// Storage pools.
     #[command(subcommand)]
     Pool(storage::PoolCmd),
@@ -289,6 +293,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Disk(cmd) => disks::disk(&c, cmd)?,
         Cmd::Media(cmd) => disks::media(&c, cmd)?,
+        Cmd::Snapshot(cmd) => snapshots::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {

@@ -349,6 +349,49 @@ impl Client {
         Ok(resp.into_reader())
     }
 
+    // ---- snapshots ----
+
+    pub fn snapshots(&self, vm: &str) -> Result<Vec<api::SnapshotInfo>> {
+        Ok(self
+            .call::<api::SnapshotList>("GET", &paths::vm_action(vm, "snapshots"), None::<&()>)?
+            .snapshots)
+    }
+    pub fn snapshot_create(
+        &self,
+        vm: &str,
+        req: &api::CreateSnapshotRequest,
+    ) -> Result<api::SnapshotInfo> {
+        self.post(&paths::vm_action(vm, "snapshots"), req)
+    }
+    pub fn snapshot_info(&self, vm: &str, snap: &str) -> Result<api::SnapshotInfo> {
+        self.call(
+            "GET",
+            &paths::vm_action(vm, &format!("snapshots/{snap}")),
+            None::<&()>,
+        )
+    }
+    pub fn snapshot_current(&self, vm: &str) -> Result<Option<api::SnapshotInfo>> {
+        self.call(
+            "GET",
+            &paths::vm_action(vm, "snapshots/current"),
+            None::<&()>,
+        )
+    }
+    pub fn snapshot_revert(&self, vm: &str, snap: &str) -> Result<api::SnapshotInfo> {
+        self.post(
+            &paths::vm_action(vm, &format!("snapshots/{snap}/revert")),
+            &serde_json::json!({}),
+        )
+    }
+    pub fn snapshot_delete(&self, vm: &str, snap: &str) -> Result<()> {
+        self.call::<serde_json::Value>(
+            "DELETE",
+            &paths::vm_action(vm, &format!("snapshots/{snap}")),
+            None::<&()>,
+        )
+        .map(drop)
+    }
+
     // ---- disks and media ----
 
     pub fn disk_attach(&self, name: &str, req: &api::AttachDiskRequest) -> Result<VmInfo> {

@@ -76,6 +76,12 @@ pub fn routes() -> Vec<RouteDoc> {
         r("post", "/v1/vms/{name}/disks/{target}/detach", "Detach a disk by target (vdb, sda, ...)", Some(s::<DetachDiskRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media", "Insert a medium into the CD-ROM drive", Some(s::<MediaRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media/eject", "Eject the CD-ROM medium (the drive stays)", None, 200, Some(s::<VmInfo>)),
+        r("get", "/v1/vms/{name}/snapshots", "List a VM's snapshots (a tree through parent/children)", None, 200, Some(s::<SnapshotList>)),
+        r("post", "/v1/vms/{name}/snapshots", "Create a snapshot (with RAM on a running VM)", Some(s::<CreateSnapshotRequest>), 201, Some(s::<SnapshotInfo>)),
+        r("get", "/v1/vms/{name}/snapshots/current", "The snapshot the current state descends from (null: none)", None, 200, Some(s::<Option<SnapshotInfo>>)),
+        r("get", "/v1/vms/{name}/snapshots/{snap}", "One snapshot, with the spec it restores", None, 200, Some(s::<SnapshotInfo>)),
+        r("delete", "/v1/vms/{name}/snapshots/{snap}", "Delete a snapshot (its children move up)", None, 204, None),
+        r("post", "/v1/vms/{name}/snapshots/{snap}/revert", "Revert disks (and RAM, and the spec) in place", None, 200, Some(s::<SnapshotInfo>)),
         r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
         r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
         r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
@@ -112,7 +118,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

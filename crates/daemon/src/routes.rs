@@ -106,6 +106,19 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/vms/{name}/disks/{target}/detach", post(disk_detach))
         .route("/v1/vms/{name}/media", post(media_insert))
         .route("/v1/vms/{name}/media/eject", post(media_eject))
+        .route(
+            "/v1/vms/{name}/snapshots",
+            get(snapshot_list).post(snapshot_create),
+        )
+        .route("/v1/vms/{name}/snapshots/current", get(snapshot_current))
+        .route(
+            "/v1/vms/{name}/snapshots/{snap}",
+            get(snapshot_info).delete(snapshot_delete),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snap}/revert",
+            post(snapshot_revert),
+        )
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
         .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
@@ -569,4 +582,56 @@ async fn media_insert(
 
 async fn media_eject(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
     Ok(Json(e.media_eject(&name).await?))
+}
+
+// ---- snapshots ----
+
+async fn snapshot_list(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<api::SnapshotList> {
+    Ok(Json(api::SnapshotList {
+        snapshots: e.snapshot_list(&name)?,
+    }))
+}
+
+async fn snapshot_create(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::SnapshotInfo>), ApiError> {
+    let req: api::CreateSnapshotRequest = body(&b)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(e.snapshot_create(&name, req).await?),
+    ))
+}
+
+async fn snapshot_current(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+) -> ApiResult<Option<api::SnapshotInfo>> {
+    Ok(Json(e.snapshot_current(&name)?))
+}
+
+async fn snapshot_info(
+    State(e): State<Engine>,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<api::SnapshotInfo> {
+    Ok(Json(e.snapshot_get(&name, &snap)?))
+}
+
+async fn snapshot_delete(
+    State(e): State<Engine>,
+    Path((name, snap)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    e.snapshot_delete(&name, &snap).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot_revert(
+    State(e): State<Engine>,
+    Path((name, snap)): Path<(String, String)>,
+) -> ApiResult<api::SnapshotInfo> {
+    Ok(Json(e.snapshot_revert(&name, &snap).await?))
 }

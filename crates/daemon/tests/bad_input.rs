@@ -168,7 +168,8 @@ fn every_documented_route_is_served() {
                 .replace("{name}", "no-such-vm")
                 .replace("{pool}", "no-such-pool")
                 .replace("{vol}", "no-such-vol")
-                .replace("{target}", "vdz");
+                .replace("{target}", "vdz")
+                .replace("{snap}", "no-such-snap");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

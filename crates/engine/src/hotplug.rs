@@ -273,6 +273,10 @@ impl Engine {
             .any(|a| a.contains(qemu_argv::CDROM_ID))
     }
 
+    pub(crate) fn save_spec_pub(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
+        self.save_spec(vm, spec)
+    }
+
     fn save_spec(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
         self.inner.store.update_spec(vm.id, &spec)?;
         vm.lock().spec = spec;

@@ -10,6 +10,7 @@ mod console;
 mod error;
 mod hotplug;
 mod run;
+mod snapshot;
 mod storage;
 mod store;
 mod vm;
@@ -399,6 +400,7 @@ impl Engine {
     }
 
     fn remove_definition(&self, vm: &Arc<Vm>) -> Result<()> {
+        self.inner.store.delete_all_snapshots(vm.id)?;
         self.inner.store.delete(vm.id)?;
         self.write_vms().remove(&vm.name);
         let _ = std::fs::remove_dir_all(self.inner.cfg.vm_dir(&vm.name));
@@ -527,7 +529,7 @@ impl Engine {
         }
         let mut spec = vm.lock().spec.clone();
         self.resolve_volumes(&mut spec)?;
-        let (argv, _) = self.plan_argv(&vm, &spec, false, &[]).await?;
+        let (argv, _) = self.plan_argv(&vm, &spec, false, &[], None).await?;
         Ok(ShowCmd {
             argv,
             running: false,

@@ -204,6 +204,7 @@ impl Engine {
         spec: &VmSpec,
         paused: bool,
         overlays: &[Option<PathBuf>],
+        loadvm: Option<&str>,
     ) -> Result<(Vec<String>, (qemu_argv::Accel, Option<String>))> {
         let caps = self.caps().await?;
         let accel = self.resolve_accel(&caps, spec.accel)?;
@@ -226,6 +227,7 @@ impl Engine {
             console_log: self.paths(vm).console_log,
             overlays: overlays.to_vec(),
             paused,
+            loadvm: loadvm.map(str::to_string),
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -257,6 +259,10 @@ impl Engine {
         }
     }
 
+    pub(crate) fn persist_runtime_pub(&self, vm: &Vm) {
+        self.persist_runtime(vm);
+    }
+
     fn mark_user_stop(&self, vm: &Vm) {
         vm.lock().rec.user_stopped_boot = Some(self.inner.boot_id.clone());
     }
@@ -278,7 +284,7 @@ impl Engine {
             st.spec.clone()
         };
         let span = tracing::info_span!("start", vm = %vm.name);
-        self.launch(vm, spec, paused).instrument(span).await
+        self.launch(vm, spec, paused, None).instrument(span).await
     }
 
     /// Volumes become paths for QEMU.
@@ -295,7 +301,13 @@ impl Engine {
         Ok(())
     }
 
-    async fn launch(&self, vm: &Arc<Vm>, mut spec: VmSpec, paused: bool) -> Result<()> {
+    pub(crate) async fn launch(
+        &self,
+        vm: &Arc<Vm>,
+        mut spec: VmSpec,
+        paused: bool,
+        loadvm: Option<&str>,
+    ) -> Result<()> {
         self.resolve_volumes(&mut spec)?;
         for d in &spec.disks {
             self.check_not_held(d, &vm.name)?;
@@ -349,7 +361,7 @@ impl Engine {
         let mut attempts = 0;
         let (argv, accel, (child, qmp, events, pidfd)) = loop {
             attempts += 1;
-            let (argv, accel) = match self.plan_argv(vm, &spec, paused, &overlays).await {
+            let (argv, accel) = match self.plan_argv(vm, &spec, paused, &overlays, loadvm).await {
                 Ok(x) => x,
                 Err(e) => {
                     cleanup_files(&made);

@@ -28,6 +28,9 @@ pub struct RuntimeRecord {
     /// Ephemeral overlays to delete when this run ends.
     #[serde(default)]
     pub overlays: Vec<String>,
+    /// The snapshot the VM's current state descends from.
+    #[serde(default)]
+    pub current_snapshot: Option<String>,
     /// The boot id of the host when a user last stopped the VM: autostart skips it in that boot.
     #[serde(default)]
     pub user_stopped_boot: Option<String>,
@@ -55,6 +58,18 @@ impl Store {
                 name TEXT NOT NULL UNIQUE,
                 spec TEXT NOT NULL,
                 runtime TEXT NOT NULL DEFAULT '{}'
+            );
+            CREATE TABLE IF NOT EXISTS snapshots (
+                vm_id INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                parent TEXT,
+                created_at INTEGER NOT NULL,
+                vm_state TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                memory INTEGER NOT NULL,
+                description TEXT,
+                spec TEXT NOT NULL,
+                PRIMARY KEY (vm_id, name)
             );
             CREATE TABLE IF NOT EXISTS pools (
                 name TEXT PRIMARY KEY,
@@ -126,6 +141,88 @@ impl Store {
     pub fn delete(&self, id: i64) -> Result<()> {
         self.conn()
             .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
+
+/// One snapshot's metadata.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub name: String,
+    pub parent: Option<String>,
+    pub created_at: u64,
+    pub vm_state: model::VmState,
+    pub kind: String,
+    pub memory: bool,
+    pub description: Option<String>,
+    pub spec: VmSpec,
+}
+
+impl Store {
+    pub fn load_snapshots(&self, vm_id: i64) -> Result<Vec<SnapshotRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, parent, created_at, vm_state, kind, memory, description, spec FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map(params![vm_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, parent, created_at, vm_state, kind, memory, description, spec) = row?;
+            let Ok(spec) = serde_json::from_str::<VmSpec>(&spec) else {
+                continue;
+            };
+            out.push(SnapshotRow {
+                name,
+                parent,
+                created_at: created_at as u64,
+                vm_state: vm_state.parse().unwrap_or(model::VmState::Shutoff),
+                kind,
+                memory: memory != 0,
+                description,
+                spec,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec)],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a snapshot and hands its children to its parent, in one transaction.
+    pub fn delete_snapshot(&self, vm_id: i64, name: &str, parent: Option<&str>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE snapshots SET parent = ?1 WHERE vm_id = ?2 AND parent = ?3",
+            params![parent, vm_id, name],
+        )?;
+        tx.execute(
+            "DELETE FROM snapshots WHERE vm_id = ?1 AND name = ?2",
+            params![vm_id, name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_all_snapshots(&self, vm_id: i64) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
         Ok(())
     }
 }

@@ -40,6 +40,49 @@ pub struct ImageInfo {
     pub full_backing_filename: Option<String>,
     #[serde(default)]
     pub backing_filename_format: Option<String>,
+    /// Internal snapshots in a qcow2 image.
+    #[serde(default)]
+    pub snapshots: Vec<InternalSnapshot>,
+}
+
+/// One internal snapshot as `qemu-img info` lists it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct InternalSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub vm_state_size: u64,
+}
+
+/// What `qemu-img snapshot` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOp {
+    Create,
+    Apply,
+    Delete,
+}
+
+/// Creates, applies or deletes an internal snapshot of an image no VM has open.
+pub async fn snapshot(path: &Path, op: SnapshotOp, tag: &str) -> Result<()> {
+    let flag = match op {
+        SnapshotOp::Create => "-c",
+        SnapshotOp::Apply => "-a",
+        SnapshotOp::Delete => "-d",
+    };
+    // `qemu-img snapshot` has no -f: name the format through --image-opts (no probing).
+    let opts = format!(
+        "driver=qcow2,file.driver=file,file.filename={}",
+        path.display().to_string().replace(',', ",,")
+    );
+    let args = vec![
+        os("snapshot"),
+        os("-q"),
+        os("--image-opts"),
+        os(flag),
+        os(tag),
+        os(opts),
+    ];
+    qemu_img("snapshot", path, args).await.map(drop)
 }
 
 impl ImageInfo {
@@ -222,6 +265,11 @@ mod tests {
         resize(&ov, DiskFormat::Qcow2, 2 << 20, false)
             .await
             .unwrap();
+        snapshot(&ov, SnapshotOp::Create, "s1").await.unwrap();
+        assert_eq!(info(&ov, None).await.unwrap().snapshots[0].name, "s1");
+        snapshot(&ov, SnapshotOp::Apply, "s1").await.unwrap();
+        snapshot(&ov, SnapshotOp::Delete, "s1").await.unwrap();
+        assert!(info(&ov, None).await.unwrap().snapshots.is_empty());
         assert_eq!(
             info(&ov, Some(DiskFormat::Qcow2))
                 .await

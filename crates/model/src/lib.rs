@@ -11,7 +11,7 @@ mod size;
 mod spec;
 
 pub use lifecycle::{Action, InvalidTransition, VmState};
-pub use names::{PoolName, VmName, VolName, VolRef};
+pub use names::{PoolName, SnapName, VmName, VolName, VolRef};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec,

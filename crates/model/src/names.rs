@@ -86,6 +86,10 @@ name_type!(
     /// A volume name: the file's name inside its pool's directory.
     VolName, "volume", "volume", 200, "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$");
 
+name_type!(
+    /// A snapshot name (unique per VM).
+    SnapName, "snapshot", "snapshot", 63, "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$");
+
 /// `POOL/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolRef {

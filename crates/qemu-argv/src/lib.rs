@@ -56,6 +56,8 @@ pub struct RunPlan {
     pub overlays: Vec<Option<PathBuf>>,
     /// Start with the CPUs stopped (`-S`).
     pub paused: bool,
+    /// Restore this internal snapshot (RAM and devices) at start (`-loadvm`).
+    pub loadvm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +97,7 @@ pub struct Machine {
     pub boot_order: Option<String>,
     pub vnc: Option<String>,
     pub paused: bool,
+    pub loadvm: Option<String>,
 }
 
 /// Lowers a spec to the machine IR.
@@ -133,6 +136,7 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
             .map(|b| b.0.iter().map(|d| d.letter()).collect()),
         vnc: None,
         paused: plan.paused,
+        loadvm: plan.loadvm.clone(),
     };
     let mut buses = Buses::new(spec.machine);
     for (i, disk) in spec.disks.iter().enumerate() {
@@ -474,6 +478,10 @@ impl Machine {
         if let Some(v) = &self.vnc {
             push("-vnc", v.clone());
         }
+        if let Some(tag) = &self.loadvm {
+            a.push("-loadvm".into());
+            a.push(tag.clone());
+        }
         if self.paused {
             a.push("-S".into());
         }
@@ -506,6 +514,7 @@ mod tests {
             console_log: "/var/lib/hv/vms/web/console.log".into(),
             overlays: vec![],
             paused: false,
+            loadvm: None,
         }
     }
 

@@ -1,0 +1,197 @@
+//! Snapshots with real guests: disk and RAM come back on revert, the tree, safe delete, and
+//! the refusals.
+
+use api::{CreateSnapshotRequest, CreateVolRequest, ErrorCode};
+use model::{Size, VmState};
+use testkit::{TestHvd, VmOpts};
+
+fn hvd() -> TestHvd {
+    TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts")
+}
+
+fn snap(name: &str) -> CreateSnapshotRequest {
+    CreateSnapshotRequest {
+        name: name.parse().unwrap(),
+        description: Some(format!("test {name}")),
+        disk_only: false,
+    }
+}
+
+/// A VM with one qcow2 volume as its disk.
+fn vm_with_qcow2(h: &TestHvd, name: &str) {
+    let vol = format!("{name}.qcow2");
+    h.client()
+        .vol_create(
+            "default",
+            &CreateVolRequest {
+                name: vol.parse().unwrap(),
+                size: Some(Size(16 << 20)),
+                format: None,
+                backing: None,
+            },
+        )
+        .unwrap();
+    let mut spec = h.tiny_spec(name, VmOpts::default()).unwrap();
+    spec.disks
+        .push(format!("vol=default/{vol}").parse().unwrap());
+    h.client().create(spec, false).unwrap();
+}
+
+/// Runs a guest command and waits for its end marker.
+fn sh(h: &TestHvd, vm: &str, cmd: &str, step: &str) -> String {
+    h.run_in_guest(
+        vm,
+        &format!("{cmd}; echo {step}-$((0+1))"),
+        &format!("{step}-1"),
+    )
+    .unwrap()
+}
+
+fn write_disk(h: &TestHvd, vm: &str, text: &str, step: &str) {
+    sh(
+        h,
+        vm,
+        &format!("echo {text} | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null"),
+        step,
+    );
+}
+
+/// What the disk's first 6 bytes and the tmpfs value are, read past the page cache.
+fn read_back(h: &TestHvd, vm: &str, step: &str) -> String {
+    let cmd = format!("sync; echo 3 > /proc/sys/vm/drop_caches; echo got-$(head -c 6 /dev/vda)-$(cat /tmp/v 2>/dev/null)-{step}-end");
+    h.run_in_guest(vm, &cmd, &format!("got-[^\\n]*-{step}-end"))
+        .unwrap()
+}
+
+#[test]
+fn live_internal_snapshot_restores_disk_and_ram_in_place() {
+    let h = hvd();
+    let c = h.client();
+    vm_with_qcow2(&h, "live");
+    c.start("live", false).unwrap();
+    h.wait_ready("live").unwrap();
+    write_disk(&h, "live", "disk-A", "w1");
+    sh(&h, "live", "echo ram-A > /tmp/v", "r1");
+    let s1 = c.snapshot_create("live", &snap("s1")).unwrap();
+    assert!(s1.memory && s1.current && s1.kind == "internal");
+    assert_eq!(s1.vm_state, VmState::Running);
+    assert_eq!(c.info("live").unwrap().state, VmState::Running);
+    write_disk(&h, "live", "disk-B", "w2");
+    sh(&h, "live", "echo ram-B > /tmp/v", "r2");
+    assert_eq!(read_back(&h, "live", "b"), "got-disk-B-ram-B-b-end");
+    let pid = c.info("live").unwrap().pid;
+    c.snapshot_revert("live", "s1").unwrap();
+    let info = c.info("live").unwrap();
+    assert_eq!(
+        (info.state, info.pid),
+        (VmState::Running, pid),
+        "revert happens in place, QEMU keeps running"
+    );
+    assert_eq!(read_back(&h, "live", "a"), "got-disk-A-ram-A-a-end");
+    assert_eq!(
+        c.snapshot_create("live", &snap("s1")).unwrap_err().code(),
+        Some(ErrorCode::AlreadyExists)
+    );
+    // A snapshot of a stopped VM has no RAM; reverting to it needs the VM off.
+    c.shutdown("live", 30, false).unwrap();
+    c.snapshot_create("live", &snap("off")).unwrap();
+    c.start("live", false).unwrap();
+    let e = c.snapshot_revert("live", "off").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+    // Reverting a stopped VM to a RAM snapshot resumes it where it was.
+    c.destroy("live").unwrap();
+    c.snapshot_revert("live", "s1").unwrap();
+    assert_eq!(c.info("live").unwrap().state, VmState::Running);
+    assert_eq!(read_back(&h, "live", "c"), "got-disk-A-ram-A-c-end");
+}
+
+#[test]
+fn offline_snapshots_tree_spec_restore_and_safe_delete() {
+    let h = hvd();
+    let c = h.client();
+    vm_with_qcow2(&h, "off");
+    c.start("off", false).unwrap();
+    h.wait_ready("off").unwrap();
+    write_disk(&h, "off", "disk-Z", "w1");
+    c.shutdown("off", 30, false).unwrap();
+    let s0 = c.snapshot_create("off", &snap("s0")).unwrap();
+    assert!(!s0.memory && s0.parent.is_none());
+    // Change the disk and the spec.
+    let mut spec = c.info("off").unwrap().spec.unwrap();
+    spec.memory = Size(192 << 20);
+    c.update("off", &spec).unwrap();
+    c.start("off", false).unwrap();
+    h.wait_ready("off").unwrap();
+    write_disk(&h, "off", "disk-Y", "w2");
+    c.shutdown("off", 30, false).unwrap();
+    let s1 = c.snapshot_create("off", &snap("s1")).unwrap();
+    assert_eq!(s1.parent.as_deref(), Some("s0"));
+    // Back to s0: disk and spec.
+    c.snapshot_revert("off", "s0").unwrap();
+    assert_eq!(
+        c.info("off").unwrap().memory_mib,
+        128,
+        "revert restores the spec"
+    );
+    c.start("off", false).unwrap();
+    h.wait_ready("off").unwrap();
+    assert!(read_back(&h, "off", "a").starts_with("got-disk-Z-"));
+    c.shutdown("off", 30, false).unwrap();
+    // A branch: s2 hangs off s0, next to s1.
+    c.snapshot_create("off", &snap("s2")).unwrap();
+    let list = c.snapshots("off").unwrap();
+    let s0 = list.iter().find(|s| s.name == "s0").unwrap();
+    assert_eq!(s0.children, ["s1", "s2"]);
+    assert_eq!(c.snapshot_current("off").unwrap().unwrap().name, "s2");
+    // Deleting the root keeps its children's data.
+    c.snapshot_delete("off", "s0").unwrap();
+    let list = c.snapshots("off").unwrap();
+    assert!(list.iter().all(|s| s.parent.is_none()), "{list:?}");
+    c.snapshot_revert("off", "s1").unwrap();
+    assert_eq!(c.info("off").unwrap().memory_mib, 192);
+    c.start("off", false).unwrap();
+    h.wait_ready("off").unwrap();
+    assert!(read_back(&h, "off", "b").starts_with("got-disk-Y-"));
+    assert_eq!(
+        c.snapshot_revert("off", "s0").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+}
+
+#[test]
+fn snapshots_are_refused_where_they_would_lose_data() {
+    let h = hvd();
+    let c = h.client();
+    let raw = h.dir.join("raw.img");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let mut spec = h.tiny_spec("rawvm", VmOpts::default()).unwrap();
+    spec.disks.push(
+        format!("path={},format=raw", raw.display())
+            .parse()
+            .unwrap(),
+    );
+    c.create(spec, false).unwrap();
+    let e = c.snapshot_create("rawvm", &snap("s")).unwrap_err();
+    assert!(
+        e.to_string().contains("raw images cannot hold snapshots"),
+        "{e}"
+    );
+    vm_with_qcow2(&h, "eph");
+    let mut spec = c.info("eph").unwrap().spec.unwrap();
+    spec.ephemeral = true;
+    c.update("eph", &spec).unwrap();
+    let e = c.snapshot_create("eph", &snap("s")).unwrap_err();
+    assert!(e.to_string().contains("ephemeral"), "{e}");
+    let e = c
+        .snapshot_create(
+            "eph",
+            &CreateSnapshotRequest {
+                disk_only: true,
+                ..snap("x")
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+    assert!(c.snapshots("eph").unwrap().is_empty());
+    assert!(c.snapshots("rawvm").unwrap().is_empty());
+}

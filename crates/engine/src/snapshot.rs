@@ -1,0 +1,341 @@
+//! Snapshots of a VM: internal qcow2 snapshots, with RAM and device state when taken from a
+//! running VM (QMP `snapshot-save`/`snapshot-load`/`snapshot-delete` jobs, reverted in place
+//! without restarting QEMU) or disk-only when taken from a stopped one (`qemu-img snapshot`).
+//! The metadata (tree, VM state, the spec at that time) lives in the database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{CreateSnapshotRequest, SnapshotInfo};
+use host_storage::SnapshotOp;
+use model::{DiskFormat, VmSpec, VmState};
+use serde_json::{json, Value};
+
+use crate::error::{EngineError, Result};
+use crate::store::SnapshotRow;
+use crate::vm::Vm;
+use crate::{now_secs, Engine};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn qemu(e: qmp::QmpError) -> EngineError {
+    EngineError::Qemu(e.to_string())
+}
+
+impl Engine {
+    /// The writable disks that hold internal snapshots (their node names and paths), after
+    /// checking that every one of them can.
+    fn snapshot_disks(&self, vm: &Vm) -> Result<Vec<(String, std::path::PathBuf)>> {
+        let mut spec = vm.lock().spec.clone();
+        if spec.ephemeral {
+            return Err(EngineError::Invalid(format!("VM {:?} is ephemeral: its disk writes are discarded at power-off, so there is nothing to snapshot", vm.name)));
+        }
+        self.resolve_volumes(&mut spec)?;
+        let mut out = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate().filter(|(_, d)| !d.readonly) {
+            let (target, node) = qemu_argv::disk_ids(d, i);
+            if d.format != Some(DiskFormat::Qcow2) {
+                return Err(EngineError::Invalid(format!(
+                    "disk {target} ({}) is raw: raw images cannot hold snapshots; convert it to qcow2 (hv vol import/clone into a qcow2 volume) first",
+                    d.path.display()
+                )));
+            }
+            out.push((node, d.path.clone()));
+        }
+        if out.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} has no writable qcow2 disk to hold a snapshot",
+                vm.name
+            )));
+        }
+        Ok(out)
+    }
+
+    fn snapshot_row(&self, vm: &Vm, name: &str) -> Result<SnapshotRow> {
+        self.inner
+            .store
+            .load_snapshots(vm.id)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| EngineError::NotFound(format!("snapshot {name} of VM {}", vm.name)))
+    }
+
+    /// Runs a QMP job and waits for it to conclude; its error, if any, becomes ours.
+    async fn run_job(&self, vm: &Vm, command: &str, mut args: Value) -> Result<()> {
+        let qmp = vm.qmp()?;
+        let id = format!("hv-{command}-{}", now_secs());
+        args["job-id"] = json!(id);
+        let mut events = vm.qmp_events.subscribe();
+        qmp.execute(command, Some(args)).await.map_err(qemu)?;
+        let concluded = tokio::time::timeout(JOB_TIMEOUT, async {
+            while let Ok(ev) = events.recv().await {
+                if ev.event == "JOB_STATUS_CHANGE"
+                    && ev.data["id"] == json!(id)
+                    && ev.data["status"] == "concluded"
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        if concluded.is_err() {
+            return Err(EngineError::Timeout(format!(
+                "{command} did not finish within {} s",
+                JOB_TIMEOUT.as_secs()
+            )));
+        }
+        let jobs = qmp.execute("query-jobs", None).await.map_err(qemu)?;
+        let error = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == json!(id)))
+            .and_then(|j| j["error"].as_str().map(str::to_string));
+        let _ = qmp.execute("job-dismiss", Some(json!({ "id": id }))).await;
+        match error {
+            Some(e) => Err(EngineError::Qemu(format!("{command} failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn snapshot_info(
+        &self,
+        vm: &Vm,
+        rows: &[SnapshotRow],
+        row: &SnapshotRow,
+        with_spec: bool,
+    ) -> SnapshotInfo {
+        let current = vm.lock().rec.current_snapshot.clone();
+        SnapshotInfo {
+            name: row.name.clone(),
+            parent: row.parent.clone(),
+            created_at: row.created_at,
+            vm_state: row.vm_state,
+            kind: row.kind.clone(),
+            memory: row.memory,
+            description: row.description.clone(),
+            current: current.as_deref() == Some(row.name.as_str()),
+            children: rows
+                .iter()
+                .filter(|r| r.parent.as_deref() == Some(row.name.as_str()))
+                .map(|r| r.name.clone())
+                .collect(),
+            spec: with_spec.then(|| row.spec.clone()),
+        }
+    }
+
+    pub fn snapshot_list(&self, name: &str) -> Result<Vec<SnapshotInfo>> {
+        let vm = self.get(name)?;
+        let rows = self.inner.store.load_snapshots(vm.id)?;
+        Ok(rows
+            .iter()
+            .map(|r| self.snapshot_info(&vm, &rows, r, false))
+            .collect())
+    }
+
+    pub fn snapshot_get(&self, name: &str, snap: &str) -> Result<SnapshotInfo> {
+        let vm = self.get(name)?;
+        let rows = self.inner.store.load_snapshots(vm.id)?;
+        let row = rows
+            .iter()
+            .find(|r| r.name == snap)
+            .ok_or_else(|| EngineError::NotFound(format!("snapshot {snap} of VM {name}")))?;
+        Ok(self.snapshot_info(&vm, &rows, row, true))
+    }
+
+    /// The snapshot the VM's current state descends from.
+    pub fn snapshot_current(&self, name: &str) -> Result<Option<SnapshotInfo>> {
+        let vm = self.get(name)?;
+        let current = vm.lock().rec.current_snapshot.clone();
+        current.map(|c| self.snapshot_get(name, &c)).transpose()
+    }
+
+    fn set_current(&self, vm: &Vm, snap: Option<String>) {
+        vm.lock().rec.current_snapshot = snap;
+        self.persist_runtime_pub(vm);
+    }
+
+    /// `hv snapshot create`.
+    pub async fn snapshot_create(
+        &self,
+        name: &str,
+        req: CreateSnapshotRequest,
+    ) -> Result<SnapshotInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("snapshot create")?;
+        if req.disk_only {
+            return Err(EngineError::Invalid(
+                "external disk-only snapshots (--disk-only) are not available yet; internal snapshots (the default) keep disk and, on a running VM, RAM".into(),
+            ));
+        }
+        let snap = req.name.to_string();
+        let rows = self.inner.store.load_snapshots(vm.id)?;
+        if rows.iter().any(|r| r.name == snap) {
+            return Err(EngineError::AlreadyExists(format!(
+                "snapshot {snap} of VM {name}"
+            )));
+        }
+        if rows.iter().any(|r| r.kind == "external") {
+            return Err(EngineError::Invalid(format!(
+                "VM {name} has external snapshots; mixing internal and external snapshots in one VM can lose data, so hv refuses it"
+            )));
+        }
+        let disks = self.snapshot_disks(&vm)?;
+        let state = vm.state();
+        let (spec, parent) = {
+            let st = vm.lock();
+            (st.spec.clone(), st.rec.current_snapshot.clone())
+        };
+        let memory = match state {
+            VmState::Running | VmState::Paused => {
+                let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
+                self.run_job(
+                    &vm,
+                    "snapshot-save",
+                    json!({ "tag": snap, "vmstate": nodes[0], "devices": nodes }),
+                )
+                .await?;
+                true
+            }
+            VmState::Shutoff | VmState::Crashed => {
+                for (i, (_, path)) in disks.iter().enumerate() {
+                    if let Err(e) = host_storage::snapshot(path, SnapshotOp::Create, &snap).await {
+                        for (_, done) in &disks[..i] {
+                            let _ = host_storage::snapshot(done, SnapshotOp::Delete, &snap).await;
+                        }
+                        return Err(EngineError::Host(e.to_string()));
+                    }
+                }
+                false
+            }
+            s => {
+                return Err(EngineError::Invalid(format!(
+                    "VM {name} is {s}; wait until it is running or shut off"
+                )))
+            }
+        };
+        let row = SnapshotRow {
+            name: snap.clone(),
+            parent,
+            created_at: now_secs(),
+            vm_state: state,
+            kind: "internal".into(),
+            memory,
+            description: req.description,
+            spec,
+        };
+        self.inner.store.insert_snapshot(vm.id, &row)?;
+        self.set_current(&vm, Some(snap.clone()));
+        tracing::info!(vm = name, snapshot = snap, memory, "snapshot created");
+        let rows = self.inner.store.load_snapshots(vm.id)?;
+        Ok(self.snapshot_info(&vm, &rows, &row, false))
+    }
+
+    /// `hv snapshot revert`: disks, and RAM when the snapshot has it, go back; so does the spec.
+    pub async fn snapshot_revert(&self, name: &str, snap: &str) -> Result<SnapshotInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("snapshot revert")?;
+        let row = self.snapshot_row(&vm, snap)?;
+        let state = vm.state();
+        if row.memory {
+            self.revert_with_memory(&vm, &row, state).await?;
+        } else {
+            if state.is_active() {
+                return Err(EngineError::InvalidState {
+                    vm: name.into(),
+                    source: model::InvalidTransition {
+                        action: model::Action::Start,
+                        state,
+                        hint: "; the snapshot was taken while the VM was off and has no RAM state: shut the VM down before reverting to it",
+                    },
+                });
+            }
+            self.save_spec_pub(&vm, row.spec.clone())?;
+            for (_, path) in self.snapshot_disks(&vm)? {
+                host_storage::snapshot(&path, SnapshotOp::Apply, snap)
+                    .await
+                    .map_err(|e| EngineError::Host(e.to_string()))?;
+            }
+        }
+        self.set_current(&vm, Some(snap.to_string()));
+        tracing::info!(vm = name, snapshot = snap, "reverted");
+        let rows = self.inner.store.load_snapshots(vm.id)?;
+        Ok(self.snapshot_info(&vm, &rows, &row, false))
+    }
+
+    async fn revert_with_memory(
+        &self,
+        vm: &Arc<Vm>,
+        row: &SnapshotRow,
+        state: VmState,
+    ) -> Result<()> {
+        match state {
+            VmState::Running | VmState::Paused => {
+                let disks = self.snapshot_disks(vm)?;
+                let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
+                self.run_job(
+                    vm,
+                    "snapshot-load",
+                    json!({ "tag": row.name, "vmstate": nodes[0], "devices": nodes }),
+                )
+                .await?;
+                let qmp = vm.qmp()?;
+                if row.vm_state == VmState::Paused {
+                    qmp.stop().await.map_err(qemu)?;
+                } else if vm.state() == VmState::Paused
+                    || qmp.query_status().await.map_err(qemu)? != "running"
+                {
+                    qmp.cont().await.map_err(qemu)?;
+                }
+                // The spec is the snapshot's, from the next start on (the running devices are).
+                self.save_spec_pub(vm, row.spec.clone())
+            }
+            VmState::Shutoff | VmState::Crashed => {
+                self.save_spec_pub(vm, row.spec.clone())?;
+                let spec: VmSpec = row.spec.clone();
+                self.launch(vm, spec, row.vm_state == VmState::Paused, Some(&row.name))
+                    .await
+            }
+            s => Err(EngineError::Invalid(format!(
+                "VM {} is {s}; wait until it is running or shut off",
+                vm.name
+            ))),
+        }
+    }
+
+    /// `hv snapshot delete`: its children move up to its parent; no other snapshot's data and
+    /// not the current state depend on an internal snapshot, so nothing else is lost.
+    pub async fn snapshot_delete(&self, name: &str, snap: &str) -> Result<()> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("snapshot delete")?;
+        let row = self.snapshot_row(&vm, snap)?;
+        let disks = self.snapshot_disks(&vm)?;
+        if vm.state().is_active() {
+            let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
+            self.run_job(
+                &vm,
+                "snapshot-delete",
+                json!({ "tag": snap, "devices": nodes }),
+            )
+            .await?;
+        } else {
+            for (_, path) in &disks {
+                let has = host_storage::info(path, Some(DiskFormat::Qcow2))
+                    .await
+                    .map(|i| i.snapshots.iter().any(|s| s.name == snap))
+                    .unwrap_or(false);
+                if has {
+                    host_storage::snapshot(path, SnapshotOp::Delete, snap)
+                        .await
+                        .map_err(|e| EngineError::Host(e.to_string()))?;
+                }
+            }
+        }
+        self.inner
+            .store
+            .delete_snapshot(vm.id, snap, row.parent.as_deref())?;
+        if vm.lock().rec.current_snapshot.as_deref() == Some(snap) {
+            self.set_current(&vm, row.parent.clone());
+        }
+        tracing::info!(vm = name, snapshot = snap, "snapshot deleted");
+        Ok(())
+    }
+}
