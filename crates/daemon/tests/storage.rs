@@ -442,3 +442,105 @@ fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotFound));
 }
+
+#[test]
+fn install_from_iso_onto_an_empty_volume_then_boot_from_the_disk() {
+    use api::ImportVolRequest;
+    use testkit::iso;
+    let h = hvd();
+    let c = h.client();
+    let iso_file = iso::installer_iso().unwrap().iso;
+    c.vol_import(
+        "default",
+        &ImportVolRequest {
+            name: "installer.iso".parse().unwrap(),
+            source: iso_file,
+            format: Some(DiskFormat::Raw),
+        },
+    )
+    .unwrap();
+    // The classic flow: empty disk, CD first, BIOS boot (no -kernel).
+    let mut spec = model::VmSpec::new("inst".parse().unwrap());
+    spec.memory = Size(256 << 20);
+    spec.disks
+        .push("vol=default/inst.qcow2,size=64M".parse().unwrap());
+    spec.cdrom = Some("default/installer.iso".into());
+    spec.boot = Some("cdrom,disk".parse().unwrap());
+    c.create(spec, true).unwrap();
+    h.wait_console(
+        "inst",
+        iso::INSTALL_DONE_MARKER,
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    h.wait_state(
+        "inst",
+        model::VmState::Shutoff,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(c.info("inst").unwrap().crash.is_none());
+    // Eject: the drive stays, empty, and the boot order falls through to the disk.
+    let info = c.media_eject("inst").unwrap();
+    assert_eq!(info.spec.unwrap().cdrom, Some(std::path::PathBuf::new()));
+    c.start("inst", false).unwrap();
+    h.wait_console(
+        "inst",
+        iso::BOOTED_FROM_DISK_MARKER,
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    h.wait_ready("inst").unwrap();
+    assert!(!h.console_text("inst").contains(iso::INSTALL_DONE_MARKER));
+    assert_eq!(
+        c.vol_info("default", "inst.qcow2").unwrap().used_by,
+        ["inst"]
+    );
+}
+
+#[test]
+fn media_insert_and_eject_are_seen_in_the_guest() {
+    use api::ImportVolRequest;
+    let h = hvd();
+    let c = h.client();
+    let iso_file = testkit::iso::installer_iso().unwrap().iso;
+    c.vol_import(
+        "default",
+        &ImportVolRequest {
+            name: "cd.iso".parse().unwrap(),
+            source: iso_file,
+            format: Some(DiskFormat::Raw),
+        },
+    )
+    .unwrap();
+    let mut spec = h.tiny_spec("media", VmOpts::default()).unwrap();
+    let k = spec.kernel.as_mut().unwrap();
+    k.cmdline = Some(format!(
+        "{} {}",
+        testkit::guest::CMDLINE,
+        testkit::guest::IDE_FLAG
+    ));
+    spec.cdrom = Some(std::path::PathBuf::new()); // an empty drive
+    c.create(spec, true).unwrap();
+    h.wait_ready("media").unwrap();
+    // Bytes one read of the CD's first sector returns, retried while the drive settles.
+    let read = |want: &str, step: &str| {
+        let cmd = format!(
+            "for i in $(seq 30); do n=$(dd if=/dev/sr0 bs=2048 count=1 2>/dev/null | wc -c); [ $n = {want} ] && break; sleep 0.2; done; echo sr0-$n-{step}"
+        );
+        h.run_in_guest("media", &cmd, &format!("sr0-[0-9]+-{step}"))
+            .unwrap()
+    };
+    assert_eq!(read("0", "empty"), "sr0-0-empty");
+    c.media_insert("media", "default/cd.iso").unwrap();
+    assert_eq!(read("2048", "in"), "sr0-2048-in");
+    assert_eq!(c.vol_info("default", "cd.iso").unwrap().used_by, ["media"]);
+    c.media_eject("media").unwrap();
+    assert_eq!(read("0", "out"), "sr0-0-out");
+    // A VM started without a drive cannot get media live: a clear error, nothing changed.
+    c.create(h.tiny_spec("nodrive", VmOpts::default()).unwrap(), true)
+        .unwrap();
+    let e = c.media_insert("nodrive", "default/cd.iso").unwrap_err();
+    assert!(e.to_string().contains("without a CD-ROM drive"), "{e}");
+    assert_eq!(c.info("nodrive").unwrap().spec.unwrap().cdrom, None);
+}
