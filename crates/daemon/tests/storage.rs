@@ -240,6 +240,15 @@ fn volumes_overlays_clones_resize_and_safe_delete() {
         c.vol_info("default", "vm-disk.qcow2").unwrap_err().code(),
         Some(ErrorCode::NotFound)
     );
+    // undefine --remove-storage keeps an image another volume is backed by.
+    let mut spec = h.tiny_spec("b", VmOpts::default()).unwrap();
+    spec.disks.push("vol=default/base.raw".parse().unwrap());
+    c.create(spec, false).unwrap();
+    c.undefine("b", true, false).unwrap();
+    assert!(
+        c.vol_info("default", "base.raw").is_ok(),
+        "a backing image was removed"
+    );
     for v in ["ov.qcow2", "linked.qcow2", "base.raw", "full.qcow2"] {
         c.vol_delete("default", v).unwrap();
     }

@@ -452,6 +452,10 @@ impl Engine {
                     tracing::warn!(disk = %d.display(), "not removing a disk another VM uses");
                     continue;
                 }
+                if let Ok(Some(child)) = self.overlay_on(&d).await {
+                    tracing::warn!(disk = %d.display(), overlay = child, "not removing a disk that backs another volume");
+                    continue;
+                }
                 if let Err(e) = std::fs::remove_file(&d) {
                     tracing::warn!(disk = %d.display(), error = %e, "could not remove disk");
                 }

@@ -463,23 +463,29 @@ impl Engine {
                 users.join(", ")
             )));
         }
-        for p in self.inner.store.load_pools()? {
-            for f in volume_files(&p.path).into_iter().filter(|f| *f != path) {
-                if let Ok(i) = host_storage::info(&f, None).await {
-                    if i.backing_path(&f).as_deref() == Some(path.as_path()) {
-                        return Err(EngineError::InUse(format!(
-                            "{pool}/{name} backs volume {}/{}; delete that overlay first (or clone it without --linked)",
-                            p.name,
-                            file_name(&f)
-                        )));
-                    }
-                }
-            }
+        if let Some(child) = self.overlay_on(&path).await? {
+            return Err(EngineError::InUse(format!(
+                "{pool}/{name} backs volume {child}; delete that overlay first (or clone it without --linked)"
+            )));
         }
         std::fs::remove_file(&path)
             .map_err(|e| EngineError::Host(format!("cannot delete {}: {e}", path.display())))?;
         tracing::info!(pool, vol = name, "volume deleted");
         Ok(())
+    }
+
+    /// A volume (`POOL/NAME`) in any pool whose backing file is `path`.
+    pub(crate) async fn overlay_on(&self, path: &Path) -> Result<Option<String>> {
+        for p in self.inner.store.load_pools()? {
+            for f in volume_files(&p.path).into_iter().filter(|f| f != path) {
+                if let Ok(i) = host_storage::info(&f, None).await {
+                    if i.backing_path(&f).as_deref() == Some(path) {
+                        return Ok(Some(format!("{}/{}", p.name, file_name(&f))));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Where an upload to `POOL/NAME` is written first, and the final path. Refused while a
