@@ -195,3 +195,110 @@ fn snapshots_are_refused_where_they_would_lose_data() {
     assert!(c.snapshots("eph").unwrap().is_empty());
     assert!(c.snapshots("rawvm").unwrap().is_empty());
 }
+
+fn ext(name: &str) -> CreateSnapshotRequest {
+    CreateSnapshotRequest {
+        disk_only: true,
+        ..snap(name)
+    }
+}
+
+fn sha(path: &std::path::Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+#[test]
+fn external_snapshots_live_offline_revert_and_merging_delete() {
+    let h = hvd();
+    let c = h.client();
+    // External snapshots work on a raw base: the base freezes, overlays take the writes.
+    let base = h.dir.join("base.raw");
+    std::fs::write(&base, vec![0u8; 16 << 20]).unwrap();
+    let mut spec = h.tiny_spec("ext", VmOpts::default()).unwrap();
+    spec.disks.push(
+        format!("path={},format=raw", base.display())
+            .parse()
+            .unwrap(),
+    );
+    c.create(spec, true).unwrap();
+    h.wait_ready("ext").unwrap();
+    write_disk(&h, "ext", "disk-A", "w1");
+    // Live: the running QEMU switches to the overlay.
+    let e1 = c.snapshot_create("ext", &ext("e1")).unwrap();
+    assert_eq!((e1.kind.as_str(), e1.memory), ("external", false));
+    let frozen = sha(&base);
+    write_disk(&h, "ext", "disk-B", "w2");
+    assert_eq!(
+        sha(&base),
+        frozen,
+        "the frozen image was written after the snapshot"
+    );
+    let disk = c.info("ext").unwrap().spec.unwrap().disks[0].clone();
+    assert_eq!(disk.path, h.dir.join("base.e1.qcow2"));
+    // One kind per VM.
+    let e = c.snapshot_create("ext", &snap("internal")).unwrap_err();
+    assert!(
+        e.to_string().contains("mixing internal and external"),
+        "{e}"
+    );
+    // Revert needs the VM off.
+    assert!(c
+        .snapshot_revert("ext", "e1")
+        .unwrap_err()
+        .to_string()
+        .contains("shut off"));
+    c.shutdown("ext", 30, false).unwrap();
+    // Offline snapshot on top; then back to e1.
+    c.snapshot_create("ext", &ext("e2")).unwrap();
+    c.snapshot_revert("ext", "e1").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(
+        read_back(&h, "ext", "a").starts_with("got-disk-A-"),
+        "revert to e1 gives the disk as it was"
+    );
+    write_disk(&h, "ext", "disk-C", "w3");
+    c.shutdown("ext", 30, false).unwrap();
+    // e2 (taken after disk-B) still holds its state.
+    c.snapshot_revert("ext", "e2").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "b").starts_with("got-disk-B-"));
+    write_disk(&h, "ext", "disk-D", "w4");
+    c.shutdown("ext", 30, false).unwrap();
+    // Deleting e2 merges its layer: the current state (disk-D) is kept.
+    c.snapshot_delete("ext", "e2").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "c").starts_with("got-disk-D-"));
+    c.shutdown("ext", 30, false).unwrap();
+    // e1 is still there to go back to.
+    c.snapshot_revert("ext", "e1").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "d").starts_with("got-disk-A-"));
+    let names: Vec<String> = c
+        .snapshots("ext")
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["e1"]);
+    // Deleting a snapshot below a later one keeps both the later snapshot and the current data.
+    c.shutdown("ext", 30, false).unwrap();
+    c.snapshot_create("ext", &ext("e3")).unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    write_disk(&h, "ext", "disk-F", "w5");
+    c.shutdown("ext", 30, false).unwrap();
+    c.snapshot_delete("ext", "e1").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "e").starts_with("got-disk-F-"));
+    c.shutdown("ext", 30, false).unwrap();
+    c.snapshot_revert("ext", "e3").unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "f").starts_with("got-disk-A-"));
+}

@@ -11,6 +11,7 @@ mod error;
 mod hotplug;
 mod run;
 mod snapshot;
+mod snapshot_external;
 mod storage;
 mod store;
 mod vm;

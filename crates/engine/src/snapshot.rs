@@ -161,11 +161,6 @@ impl Engine {
     ) -> Result<SnapshotInfo> {
         let vm = self.get(name)?;
         let _op = vm.begin("snapshot create")?;
-        if req.disk_only {
-            return Err(EngineError::Invalid(
-                "external disk-only snapshots (--disk-only) are not available yet; internal snapshots (the default) keep disk and, on a running VM, RAM".into(),
-            ));
-        }
         let snap = req.name.to_string();
         let rows = self.inner.store.load_snapshots(vm.id)?;
         if rows.iter().any(|r| r.name == snap) {
@@ -173,17 +168,43 @@ impl Engine {
                 "snapshot {snap} of VM {name}"
             )));
         }
-        if rows.iter().any(|r| r.kind == "external") {
+        let (want, other) = if req.disk_only {
+            ("external", "internal")
+        } else {
+            ("internal", "external")
+        };
+        if rows.iter().any(|r| r.kind == other) {
             return Err(EngineError::Invalid(format!(
-                "VM {name} has external snapshots; mixing internal and external snapshots in one VM can lose data, so hv refuses it"
+                "VM {name} has {other} snapshots; mixing internal and external snapshots in one VM can lose data \
+                 (an internal snapshot inside an image that later became a read-only backing file is easy to lose), \
+                 so hv takes only {other} snapshots of it; delete those first to switch to {want}"
             )));
         }
-        let disks = self.snapshot_disks(&vm)?;
         let state = vm.state();
         let (spec, parent) = {
             let st = vm.lock();
             (st.spec.clone(), st.rec.current_snapshot.clone())
         };
+        if req.disk_only {
+            let disks = self.external_create(&vm, &snap).await?;
+            let row = SnapshotRow {
+                name: snap.clone(),
+                parent,
+                created_at: now_secs(),
+                vm_state: state,
+                kind: "external".into(),
+                memory: false,
+                description: req.description,
+                spec,
+                disks,
+            };
+            self.inner.store.insert_snapshot(vm.id, &row)?;
+            self.set_current(&vm, Some(snap.clone()));
+            tracing::info!(vm = name, snapshot = snap, "external snapshot created");
+            let rows = self.inner.store.load_snapshots(vm.id)?;
+            return Ok(self.snapshot_info(&vm, &rows, &row, false));
+        }
+        let disks = self.snapshot_disks(&vm)?;
         let memory = match state {
             VmState::Running | VmState::Paused => {
                 let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
@@ -221,6 +242,7 @@ impl Engine {
             memory,
             description: req.description,
             spec,
+            disks: Vec::new(),
         };
         self.inner.store.insert_snapshot(vm.id, &row)?;
         self.set_current(&vm, Some(snap.clone()));
@@ -235,7 +257,10 @@ impl Engine {
         let _op = vm.begin("snapshot revert")?;
         let row = self.snapshot_row(&vm, snap)?;
         let state = vm.state();
-        if row.memory {
+        if row.kind == "external" {
+            let rows = self.inner.store.load_snapshots(vm.id)?;
+            self.external_revert(&vm, &row, &rows).await?;
+        } else if row.memory {
             self.revert_with_memory(&vm, &row, state).await?;
         } else {
             if state.is_active() {
@@ -307,8 +332,11 @@ impl Engine {
         let vm = self.get(name)?;
         let _op = vm.begin("snapshot delete")?;
         let row = self.snapshot_row(&vm, snap)?;
-        let disks = self.snapshot_disks(&vm)?;
-        if vm.state().is_active() {
+        if row.kind == "external" {
+            let rows = self.inner.store.load_snapshots(vm.id)?;
+            self.external_delete(&vm, &row, &rows).await?;
+        } else if vm.state().is_active() {
+            let disks = self.snapshot_disks(&vm)?;
             let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
             self.run_job(
                 &vm,
@@ -317,7 +345,7 @@ impl Engine {
             )
             .await?;
         } else {
-            for (_, path) in &disks {
+            for (_, path) in &self.snapshot_disks(&vm)? {
                 let has = host_storage::info(path, Some(DiskFormat::Qcow2))
                     .await
                     .map(|i| i.snapshots.iter().any(|s| s.name == snap))

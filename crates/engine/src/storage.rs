@@ -436,7 +436,9 @@ impl Engine {
                     "{pool}/{name} is VM {vm_name}'s CD-ROM; it cannot be resized"
                 )));
             };
-            let node = qemu_argv::disk_ids(&disk, i).1;
+            let target = qemu_argv::disk_ids(&disk, i).0;
+            // The top node: after a live external snapshot it is the overlay's.
+            let node = self.active_node(&vm, &target).await?;
             let qmp = vm.qmp()?;
             qmp.execute(
                 "block_resize",

@@ -69,6 +69,7 @@ impl Store {
                 memory INTEGER NOT NULL,
                 description TEXT,
                 spec TEXT NOT NULL,
+                data TEXT NOT NULL DEFAULT '{}',
                 PRIMARY KEY (vm_id, name)
             );
             CREATE TABLE IF NOT EXISTS pools (
@@ -156,13 +157,26 @@ pub struct SnapshotRow {
     pub memory: bool,
     pub description: Option<String>,
     pub spec: VmSpec,
+    /// For external snapshots: which image froze and which overlay took over, per disk.
+    pub disks: Vec<ExternalDisk>,
+}
+
+/// One disk of an external snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalDisk {
+    pub target: String,
+    /// The image that holds the disk's state at the snapshot (read-only from then on).
+    pub image: std::path::PathBuf,
+    pub image_format: model::DiskFormat,
+    /// The overlay created on top of it.
+    pub overlay: std::path::PathBuf,
 }
 
 impl Store {
     pub fn load_snapshots(&self, vm_id: i64) -> Result<Vec<SnapshotRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, parent, created_at, vm_state, kind, memory, description, spec FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, rowid",
+            "SELECT name, parent, created_at, vm_state, kind, memory, description, spec, data FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map(params![vm_id], |r| {
             Ok((
@@ -174,11 +188,12 @@ impl Store {
                 r.get::<_, i64>(5)?,
                 r.get::<_, Option<String>>(6)?,
                 r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, parent, created_at, vm_state, kind, memory, description, spec) = row?;
+            let (name, parent, created_at, vm_state, kind, memory, description, spec, data) = row?;
             let Ok(spec) = serde_json::from_str::<VmSpec>(&spec) else {
                 continue;
             };
@@ -191,6 +206,7 @@ impl Store {
                 memory: memory != 0,
                 description,
                 spec,
+                disks: serde_json::from_str(&data).unwrap_or_default(),
             });
         }
         Ok(out)
@@ -198,8 +214,8 @@ impl Store {
 
     pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec)],
+            "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
         Ok(())
     }
@@ -217,6 +233,20 @@ impl Store {
             params![vm_id, name],
         )?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an external snapshot's disk records (after a merge moved images).
+    pub fn update_snapshot_disks(
+        &self,
+        vm_id: i64,
+        name: &str,
+        disks: &[ExternalDisk],
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE snapshots SET data = ?1 WHERE vm_id = ?2 AND name = ?3",
+            params![to_json(&disks), vm_id, name],
+        )?;
         Ok(())
     }
 

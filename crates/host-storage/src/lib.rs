@@ -187,6 +187,54 @@ pub async fn resize(path: &Path, format: DiskFormat, size: u64, shrink: bool) ->
     qemu_img("resize", path, args).await.map(drop)
 }
 
+/// Creates a qcow2 overlay on a backing image that a VM may have open: the backing is not
+/// opened (`-u`), so its size must be given.
+pub async fn create_overlay_unsafe(
+    path: &Path,
+    backing: &Path,
+    backing_format: DiskFormat,
+    size: u64,
+) -> Result<()> {
+    let args = vec![
+        os("create"),
+        os("-q"),
+        os("-f"),
+        os("qcow2"),
+        os("-u"),
+        os("-b"),
+        os(backing),
+        os("-F"),
+        os(backing_format.as_str()),
+        os(path),
+        os(size.to_string()),
+    ];
+    qemu_img("create", path, args).await.map(drop)
+}
+
+/// Writes a qcow2 overlay's data into its backing image (`qemu-img commit`).
+pub async fn commit(path: &Path) -> Result<()> {
+    let args = vec![os("commit"), os("-q"), os("-f"), os("qcow2"), os(path)];
+    qemu_img("commit", path, args).await.map(drop)
+}
+
+/// Points a qcow2 overlay at another backing image without copying data (`rebase -u`): only
+/// correct when the new backing reads the same as the old one.
+pub async fn rebase_unsafe(path: &Path, backing: &Path, backing_format: DiskFormat) -> Result<()> {
+    let args = vec![
+        os("rebase"),
+        os("-q"),
+        os("-f"),
+        os("qcow2"),
+        os("-u"),
+        os("-b"),
+        os(backing),
+        os("-F"),
+        os(backing_format.as_str()),
+        os(path),
+    ];
+    qemu_img("rebase", path, args).await.map(drop)
+}
+
 /// Capacity of the filesystem holding `path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsCapacity {

@@ -1,0 +1,316 @@
+//! External (disk-only) snapshots: each writable disk's current image freezes and a new
+//! qcow2 overlay on top of it takes the writes, live (QMP `blockdev-snapshot`) or offline.
+//! Reverting makes a fresh overlay on the frozen image; deleting merges the layer above the
+//! frozen image into it (`qemu-img commit`) so no later snapshot and not the current state lose
+//! data. Revert and delete need the VM shut off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use model::{DiskFormat, VmState};
+use serde_json::json;
+
+use crate::error::{EngineError, Result};
+use crate::store::{ExternalDisk, SnapshotRow};
+use crate::vm::Vm;
+use crate::Engine;
+
+fn host(e: host_storage::StorageError) -> EngineError {
+    EngineError::Host(e.to_string())
+}
+
+fn qemu(e: qmp::QmpError) -> EngineError {
+    EngineError::Qemu(e.to_string())
+}
+
+/// `web.qcow2` + `s1` → `web.s1.qcow2` beside it.
+fn overlay_path(image: &Path, tag: &str) -> PathBuf {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    image.with_file_name(format!("{stem}.{tag}.qcow2"))
+}
+
+/// Images in `dir` whose backing file is `image`.
+async fn children_of(image: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Some(dir) = image.parent() else {
+        return out;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+    {
+        let p = e.path();
+        if p == image {
+            continue;
+        }
+        if let Ok(i) = host_storage::info(&p, None).await {
+            if i.backing_path(&p).as_deref() == Some(image) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl Engine {
+    fn require_off(&self, vm: &Vm, what: &str) -> Result<()> {
+        let state = vm.state();
+        if state.is_active() {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} is {state}: {what} of an external snapshot needs the VM shut off",
+                vm.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The top block node QEMU uses for a disk now (it changes with every live snapshot).
+    pub(crate) async fn active_node(&self, vm: &Vm, target: &str) -> Result<String> {
+        let blocks = vm.qmp()?.execute("query-block", None).await.map_err(qemu)?;
+        let prefix = format!("/machine/peripheral/{target}/");
+        blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| {
+                b["qdev"]
+                    .as_str()
+                    .is_some_and(|q| q == target || q.starts_with(&prefix))
+            })
+            .and_then(|b| b["inserted"]["node-name"].as_str().map(str::to_string))
+            .ok_or_else(|| EngineError::Qemu(format!("QEMU has no disk {target}")))
+    }
+
+    pub(crate) async fn external_create(
+        &self,
+        vm: &Arc<Vm>,
+        tag: &str,
+    ) -> Result<Vec<ExternalDisk>> {
+        let state = vm.state();
+        if !matches!(
+            state,
+            VmState::Running | VmState::Paused | VmState::Shutoff | VmState::Crashed
+        ) {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} is {state}; wait until it is running or shut off",
+                vm.name
+            )));
+        }
+        let mut spec = vm.lock().spec.clone();
+        if spec.ephemeral {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} is ephemeral: there is nothing to snapshot",
+                vm.name
+            )));
+        }
+        self.resolve_volumes(&mut spec)?;
+        let mut plan = Vec::new();
+        for d in spec.disks.iter().filter(|d| !d.readonly) {
+            let target = d.target.clone().unwrap_or_default();
+            let overlay = overlay_path(&d.path, tag);
+            if overlay.exists() {
+                return Err(EngineError::AlreadyExists(format!("{}", overlay.display())));
+            }
+            plan.push(ExternalDisk {
+                target,
+                image: d.path.clone(),
+                image_format: d.format.unwrap_or(DiskFormat::Raw),
+                overlay,
+            });
+        }
+        if plan.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} has no writable disk to snapshot",
+                vm.name
+            )));
+        }
+        let mut made: Vec<&ExternalDisk> = Vec::new();
+        let result = async {
+            for d in &plan {
+                let size = host_storage::info(&d.image, Some(d.image_format)).await.map_err(host)?.virtual_size;
+                host_storage::create_overlay_unsafe(&d.overlay, &d.image, d.image_format, size).await.map_err(host)?;
+                made.push(d);
+                if state.is_active() {
+                    let active = self.active_node(vm, &d.target).await?;
+                    let node = format!("hv-{}-{tag}", d.target);
+                    let qmp = vm.qmp()?;
+                    qmp.execute(
+                        "blockdev-add",
+                        Some(json!({
+                            "driver": "qcow2", "node-name": node, "backing": null,
+                            "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
+                        })),
+                    )
+                    .await
+                    .map_err(qemu)?;
+                    qmp.execute("blockdev-snapshot", Some(json!({ "node": active, "overlay": node }))).await.map_err(qemu)?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            if !state.is_active() || made.len() <= 1 {
+                // Offline, or nothing switched yet beyond the failed disk: remove what we made.
+                for d in &made {
+                    if !state.is_active() {
+                        let _ = std::fs::remove_file(&d.overlay);
+                    }
+                }
+            }
+            return Err(e);
+        }
+        // From now on the overlays are the disks.
+        let mut stored = vm.lock().spec.clone();
+        model::assign_targets(&mut stored.disks);
+        for d in &plan {
+            if let Some(disk) = stored
+                .disks
+                .iter_mut()
+                .find(|x| x.target.as_deref() == Some(d.target.as_str()))
+            {
+                disk.path = d.overlay.clone();
+                disk.vol = None;
+                disk.format = Some(DiskFormat::Qcow2);
+                disk.size = None;
+            }
+        }
+        self.save_spec_pub(vm, stored)?;
+        Ok(plan)
+    }
+
+    /// A fresh overlay on each frozen image; the discarded current overlay is removed when
+    /// nothing else needs it.
+    pub(crate) async fn external_revert(
+        &self,
+        vm: &Arc<Vm>,
+        row: &SnapshotRow,
+        rows: &[SnapshotRow],
+    ) -> Result<()> {
+        self.require_off(vm, "revert")?;
+        let mut spec = row.spec.clone();
+        model::assign_targets(&mut spec.disks);
+        let current = vm.lock().spec.clone();
+        let mut discarded = Vec::new();
+        for d in &row.disks {
+            let mut n = 1;
+            let fresh = loop {
+                let p = overlay_path(&d.image, &format!("{}-r{n}", row.name));
+                if !p.exists() {
+                    break p;
+                }
+                n += 1;
+            };
+            let size = host_storage::info(&d.image, Some(d.image_format))
+                .await
+                .map_err(host)?
+                .virtual_size;
+            host_storage::create_overlay_unsafe(&fresh, &d.image, d.image_format, size)
+                .await
+                .map_err(host)?;
+            if let Some(disk) = spec
+                .disks
+                .iter_mut()
+                .find(|x| x.target.as_deref() == Some(d.target.as_str()))
+            {
+                disk.path = fresh;
+                disk.vol = None;
+                disk.format = Some(DiskFormat::Qcow2);
+                disk.size = None;
+            }
+            if let Some(old) = current
+                .disks
+                .iter()
+                .find(|x| x.target.as_deref() == Some(d.target.as_str()))
+            {
+                discarded.push(old.path.clone());
+            }
+        }
+        self.save_spec_pub(vm, spec)?;
+        for old in discarded {
+            let needed = rows.iter().any(|r| r.disks.iter().any(|d| d.image == old))
+                || !children_of(&old).await.is_empty();
+            if !needed
+                && old.extension().is_some_and(|e| e == "qcow2")
+                && old
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().matches('.').count() >= 2)
+            {
+                tracing::info!(vm = %vm.name, image = %old.display(), "removing the discarded current state");
+                let _ = std::fs::remove_file(&old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges the layer above each frozen image into it, when exactly one layer sits on it;
+    /// with a branch (several overlays on the image) the files stay and only the metadata goes.
+    pub(crate) async fn external_delete(
+        &self,
+        vm: &Arc<Vm>,
+        row: &SnapshotRow,
+        rows: &[SnapshotRow],
+    ) -> Result<()> {
+        self.require_off(vm, "deleting")?;
+        for d in &row.disks {
+            let still_frozen = rows
+                .iter()
+                .any(|r| r.name != row.name && r.disks.iter().any(|x| x.image == d.image));
+            let children = children_of(&d.image).await;
+            if still_frozen || children.len() != 1 {
+                continue;
+            }
+            let upper = &children[0];
+            host_storage::commit(upper).await.map_err(host)?;
+            for grandchild in children_of(upper).await {
+                host_storage::rebase_unsafe(&grandchild, &d.image, d.image_format)
+                    .await
+                    .map_err(host)?;
+            }
+            // Whatever referred to the merged layer now refers to the image below it.
+            for r in rows.iter().filter(|r| r.name != row.name) {
+                if r.disks
+                    .iter()
+                    .any(|x| &x.image == upper || &x.overlay == upper)
+                {
+                    let moved: Vec<ExternalDisk> = r
+                        .disks
+                        .iter()
+                        .map(|x| {
+                            let mut x = x.clone();
+                            if &x.image == upper {
+                                x.image = d.image.clone();
+                                x.image_format = d.image_format;
+                            }
+                            if &x.overlay == upper {
+                                x.overlay = d.image.clone();
+                            }
+                            x
+                        })
+                        .collect();
+                    self.inner
+                        .store
+                        .update_snapshot_disks(vm.id, &r.name, &moved)?;
+                }
+            }
+            let mut spec = vm.lock().spec.clone();
+            model::assign_targets(&mut spec.disks);
+            for disk in spec.disks.iter_mut().filter(|x| &x.path == upper) {
+                disk.path = d.image.clone();
+                disk.format = Some(d.image_format);
+            }
+            self.save_spec_pub(vm, spec)?;
+            std::fs::remove_file(upper).map_err(|e| {
+                EngineError::Host(format!("cannot remove {}: {e}", upper.display()))
+            })?;
+            tracing::info!(vm = %vm.name, merged = %upper.display(), into = %d.image.display(), "external snapshot layer merged");
+        }
+        Ok(())
+    }
+}
