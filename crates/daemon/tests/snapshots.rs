@@ -302,3 +302,48 @@ fn external_snapshots_live_offline_revert_and_merging_delete() {
     h.wait_ready("ext").unwrap();
     assert!(read_back(&h, "ext", "f").starts_with("got-disk-A-"));
 }
+
+#[test]
+fn sigkill_of_hvd_during_a_snapshot_leaves_a_consistent_state() {
+    let mut h = hvd();
+    vm_with_qcow2(&h, "k");
+    h.client().start("k", false).unwrap();
+    h.wait_ready("k").unwrap();
+    write_disk(&h, "k", "disk-K", "w1");
+    let c = h.client().clone();
+    let worker = std::thread::spawn(move || c.snapshot_create("k", &snap("s1")));
+    // Kill hvd once QEMU has been asked to save.
+    let qmp_log = h.state_dir.join("vms/k/qmp.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&qmp_log)
+        .unwrap_or_default()
+        .contains("snapshot-save")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot-save never sent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    h.kill9().unwrap();
+    let _ = worker.join();
+    h.start_again().unwrap();
+    let c = h.client();
+    assert_eq!(
+        c.info("k").unwrap().state,
+        VmState::Running,
+        "the VM survived"
+    );
+    let listed = c.snapshots("k").unwrap();
+    if listed.is_empty() {
+        // The interrupted snapshot left no metadata: taking it again works.
+        c.snapshot_create("k", &snap("s1")).unwrap();
+    }
+    write_disk(&h, "k", "disk-L", "w2");
+    c.snapshot_revert("k", "s1").unwrap();
+    assert!(
+        read_back(&h, "k", "a").starts_with("got-disk-"),
+        "the guest still answers"
+    );
+    assert_eq!(c.snapshots("k").unwrap().len(), 1);
+}

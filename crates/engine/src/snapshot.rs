@@ -186,7 +186,6 @@ impl Engine {
             (st.spec.clone(), st.rec.current_snapshot.clone())
         };
         if req.disk_only {
-            let disks = self.external_create(&vm, &snap).await?;
             let row = SnapshotRow {
                 name: snap.clone(),
                 parent,
@@ -196,9 +195,9 @@ impl Engine {
                 memory: false,
                 description: req.description,
                 spec,
-                disks,
+                disks: Vec::new(),
             };
-            self.inner.store.insert_snapshot(vm.id, &row)?;
+            let row = self.external_create(&vm, &snap, row).await?;
             self.set_current(&vm, Some(snap.clone()));
             tracing::info!(vm = name, snapshot = snap, "external snapshot created");
             let rows = self.inner.store.load_snapshots(vm.id)?;
@@ -217,6 +216,19 @@ impl Engine {
                 true
             }
             VmState::Shutoff | VmState::Crashed => {
+                // A tag with this name but no metadata is left from an interrupted create.
+                for (_, path) in &disks {
+                    let stale = host_storage::info(path, Some(DiskFormat::Qcow2))
+                        .await
+                        .map(|i| i.snapshots.iter().any(|s| s.name == snap))
+                        .unwrap_or(false);
+                    if stale {
+                        tracing::warn!(vm = name, snapshot = snap, disk = %path.display(), "removing a snapshot tag left by an interrupted create");
+                        host_storage::snapshot(path, SnapshotOp::Delete, &snap)
+                            .await
+                            .map_err(|e| EngineError::Host(e.to_string()))?;
+                    }
+                }
                 for (i, (_, path)) in disks.iter().enumerate() {
                     if let Err(e) = host_storage::snapshot(path, SnapshotOp::Create, &snap).await {
                         for (_, done) in &disks[..i] {

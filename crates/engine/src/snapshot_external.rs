@@ -87,11 +87,15 @@ impl Engine {
             .ok_or_else(|| EngineError::Qemu(format!("QEMU has no disk {target}")))
     }
 
+    /// Creates the overlays, records the snapshot and the new spec in one transaction, and
+    /// only then (for a running VM) switches QEMU over. A crash anywhere leaves no lost write:
+    /// at worst the frozen image took a few more writes before QEMU switched.
     pub(crate) async fn external_create(
         &self,
         vm: &Arc<Vm>,
         tag: &str,
-    ) -> Result<Vec<ExternalDisk>> {
+        mut row: SnapshotRow,
+    ) -> Result<SnapshotRow> {
         let state = vm.state();
         if !matches!(
             state,
@@ -130,44 +134,26 @@ impl Engine {
                 vm.name
             )));
         }
-        let mut made: Vec<&ExternalDisk> = Vec::new();
-        let result = async {
-            for d in &plan {
-                let size = host_storage::info(&d.image, Some(d.image_format)).await.map_err(host)?.virtual_size;
-                host_storage::create_overlay_unsafe(&d.overlay, &d.image, d.image_format, size).await.map_err(host)?;
-                made.push(d);
-                if state.is_active() {
-                    let active = self.active_node(vm, &d.target).await?;
-                    let node = format!("hv-{}-{tag}", d.target);
-                    let qmp = vm.qmp()?;
-                    qmp.execute(
-                        "blockdev-add",
-                        Some(json!({
-                            "driver": "qcow2", "node-name": node, "backing": null,
-                            "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
-                        })),
-                    )
+        let mut made: Vec<PathBuf> = Vec::new();
+        for d in &plan {
+            let created = async {
+                let size = host_storage::info(&d.image, Some(d.image_format))
                     .await
-                    .map_err(qemu)?;
-                    qmp.execute("blockdev-snapshot", Some(json!({ "node": active, "overlay": node }))).await.map_err(qemu)?;
-                }
+                    .map_err(host)?
+                    .virtual_size;
+                host_storage::create_overlay_unsafe(&d.overlay, &d.image, d.image_format, size)
+                    .await
+                    .map_err(host)
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            if !state.is_active() || made.len() <= 1 {
-                // Offline, or nothing switched yet beyond the failed disk: remove what we made.
-                for d in &made {
-                    if !state.is_active() {
-                        let _ = std::fs::remove_file(&d.overlay);
-                    }
-                }
+            .await;
+            if let Err(e) = created {
+                made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                return Err(e);
             }
-            return Err(e);
+            made.push(d.overlay.clone());
         }
-        // From now on the overlays are the disks.
-        let mut stored = vm.lock().spec.clone();
+        let old_spec = vm.lock().spec.clone();
+        let mut stored = old_spec.clone();
         model::assign_targets(&mut stored.disks);
         for d in &plan {
             if let Some(disk) = stored
@@ -181,8 +167,54 @@ impl Engine {
                 disk.size = None;
             }
         }
-        self.save_spec_pub(vm, stored)?;
-        Ok(plan)
+        row.disks = plan.clone();
+        if let Err(e) = self
+            .inner
+            .store
+            .insert_snapshot_with_spec(vm.id, &row, &stored)
+        {
+            made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+            return Err(e);
+        }
+        vm.lock().spec = stored;
+        self.emit(&vm.name, api::EventKind::Updated);
+        if state.is_active() {
+            let mut switched = 0;
+            for d in &plan {
+                let res = async {
+                    let active = self.active_node(vm, &d.target).await?;
+                    let node = format!("hv-{}-{tag}", d.target);
+                    let qmp = vm.qmp()?;
+                    let add = json!({
+                        "driver": "qcow2", "node-name": node, "backing": null,
+                        "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
+                    });
+                    qmp.execute("blockdev-add", Some(add)).await.map_err(qemu)?;
+                    qmp.execute("blockdev-snapshot", Some(json!({ "node": active, "overlay": node }))).await.map_err(qemu)
+                }
+                .await;
+                if let Err(e) = res {
+                    if switched == 0 {
+                        // Nothing switched: undo the records and the files.
+                        let _ = self
+                            .inner
+                            .store
+                            .delete_snapshot(vm.id, tag, row.parent.as_deref());
+                        let _ = self.save_spec_pub(vm, old_spec);
+                        made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                        return Err(e);
+                    }
+                    // Some disks switched: the rest will use their (empty) overlays from the next
+                    // start; no write is lost either way.
+                    return Err(EngineError::Qemu(format!(
+                        "snapshot {tag} is only partly live ({switched} of {} disks switched): {e}",
+                        plan.len()
+                    )));
+                }
+                switched += 1;
+            }
+        }
+        Ok(row)
     }
 
     /// A fresh overlay on each frozen image; the discarded current overlay is removed when

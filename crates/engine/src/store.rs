@@ -236,6 +236,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records a snapshot and the VM's new spec together (an external snapshot changes which
+    /// files are the disks): after a crash either both are there or neither.
+    pub fn insert_snapshot_with_spec(
+        &self,
+        vm_id: i64,
+        s: &SnapshotRow,
+        spec: &VmSpec,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
+        )?;
+        tx.execute(
+            "UPDATE vms SET spec = ?1 WHERE id = ?2",
+            params![to_json(spec), vm_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Replaces an external snapshot's disk records (after a merge moved images).
     pub fn update_snapshot_disks(
         &self,
