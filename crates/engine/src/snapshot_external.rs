@@ -179,8 +179,7 @@ impl Engine {
         vm.lock().spec = stored;
         self.emit(&vm.name, api::EventKind::Updated);
         if state.is_active() {
-            let mut switched = 0;
-            for d in &plan {
+            for (switched, d) in plan.iter().enumerate() {
                 let res = async {
                     let active = self.active_node(vm, &d.target).await?;
                     let node = format!("hv-{}-{tag}", d.target);
@@ -211,7 +210,6 @@ impl Engine {
                         plan.len()
                     )));
                 }
-                switched += 1;
             }
         }
         Ok(row)
