@@ -692,6 +692,19 @@ impl Engine {
             }
         };
         let status = qmp.query_status().await.unwrap_or_default();
+        // Jobs an earlier hvd started and never dismissed (it died meanwhile).
+        if let Ok(jobs) = qmp.execute("query-jobs", None).await {
+            for j in jobs.as_array().into_iter().flatten() {
+                if j["status"] == "concluded"
+                    && j["id"].as_str().is_some_and(|id| id.starts_with("hv-"))
+                {
+                    tracing::info!(vm = %vm.name, job = %j["id"], error = %j["error"], "dismissing a job an earlier hvd left");
+                    let _ = qmp
+                        .execute("job-dismiss", Some(serde_json::json!({ "id": j["id"] })))
+                        .await;
+                }
+            }
+        }
         {
             let mut st = vm.lock();
             st.qmp = Some(qmp.clone());

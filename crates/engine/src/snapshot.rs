@@ -63,7 +63,14 @@ impl Engine {
     /// Runs a QMP job and waits for it to conclude; its error, if any, becomes ours.
     async fn run_job(&self, vm: &Vm, command: &str, mut args: Value) -> Result<()> {
         let qmp = vm.qmp()?;
-        let id = format!("hv-{command}-{}", now_secs());
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Unique also across hvd restarts (a job of a killed hvd may still be in QEMU).
+        let id = format!(
+            "hv-{command}-{}-{}-{n}",
+            std::process::id(),
+            crate::now_ms()
+        );
         args["job-id"] = json!(id);
         let mut events = vm.qmp_events.subscribe();
         qmp.execute(command, Some(args)).await.map_err(qemu)?;
@@ -94,6 +101,25 @@ impl Engine {
             Some(e) => Err(EngineError::Qemu(format!("{command} failed: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Does any of `nodes` hold an internal snapshot named `tag`?
+    async fn live_tag_exists(&self, vm: &Vm, nodes: &[&str], tag: &str) -> Result<bool> {
+        let all = vm
+            .qmp()?
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await
+            .map_err(qemu)?;
+        Ok(all.as_array().into_iter().flatten().any(|n| {
+            n["node-name"]
+                .as_str()
+                .is_some_and(|name| nodes.contains(&name))
+                && n["image"]["snapshots"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["name"] == tag)
+        }))
     }
 
     fn snapshot_info(
@@ -207,6 +233,21 @@ impl Engine {
         let memory = match state {
             VmState::Running | VmState::Paused => {
                 let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
+                // A tag with this name but no metadata is left from an interrupted create;
+                // snapshot-save refuses to overwrite it.
+                if self.live_tag_exists(&vm, &nodes, &snap).await? {
+                    tracing::warn!(
+                        vm = name,
+                        snapshot = snap,
+                        "removing a snapshot tag left by an interrupted create"
+                    );
+                    self.run_job(
+                        &vm,
+                        "snapshot-delete",
+                        json!({ "tag": snap, "devices": nodes }),
+                    )
+                    .await?;
+                }
                 self.run_job(
                     &vm,
                     "snapshot-save",
