@@ -31,11 +31,21 @@ pub enum ConsoleMsg {
 struct Inner {
     buf: VecDeque<u8>,
     input: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Created on first use: a VM that never runs or is never watched costs no channel
+    /// (a 1,024-slot ring is about 48 KiB, and hvd may define thousands of VMs).
+    tx: Option<broadcast::Sender<ConsoleMsg>>,
+}
+
+impl Inner {
+    fn send(&self, msg: ConsoleMsg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
+    }
 }
 
 pub struct ConsoleHub {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<ConsoleMsg>,
 }
 
 impl Default for ConsoleHub {
@@ -44,8 +54,8 @@ impl Default for ConsoleHub {
             inner: Mutex::new(Inner {
                 buf: VecDeque::new(),
                 input: None,
+                tx: None,
             }),
-            tx: broadcast::channel(1024).0,
         }
     }
 }
@@ -60,7 +70,7 @@ impl ConsoleHub {
         let mut g = self.lock();
         g.buf.clear();
         g.buf.shrink_to_fit();
-        let _ = self.tx.send(ConsoleMsg::Reset);
+        g.send(ConsoleMsg::Reset);
     }
 
     /// Seeds the scrollback from the tail of the log file (re-attach after a restart).
@@ -83,13 +93,15 @@ impl ConsoleHub {
         g.buf.extend(data);
         let excess = g.buf.len().saturating_sub(SCROLLBACK);
         g.buf.drain(..excess);
-        let _ = self.tx.send(ConsoleMsg::Data(data.into()));
+        g.send(ConsoleMsg::Data(data.into()));
     }
 
     /// The scrollback plus a receiver for everything after it, taken atomically.
     pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<ConsoleMsg>) {
-        let g = self.lock();
-        let rx = self.tx.subscribe();
+        let mut g = self.lock();
+        let rx =
+            g.tx.get_or_insert_with(|| broadcast::channel(1024).0)
+                .subscribe();
         let (a, b) = g.buf.as_slices();
         (([a, b]).concat(), rx)
     }
@@ -132,7 +144,7 @@ impl ConsoleHub {
                 }
             }
             hub.lock().input = None;
-            let _ = hub.tx.send(ConsoleMsg::Closed);
+            hub.lock().send(ConsoleMsg::Closed);
         });
     }
 }

@@ -173,7 +173,7 @@ impl Engine {
         }
         if live {
             let qmp = vm.qmp()?;
-            let mut events = vm.qmp_events.subscribe();
+            let mut events = vm.subscribe_qmp_events();
             qmp.execute("device_del", Some(json!({ "id": target })))
                 .await
                 .map_err(qemu)?;

@@ -559,7 +559,7 @@ impl Engine {
 
     fn on_event(&self, vm: &Arc<Vm>, qmp: &Arc<Qmp>, ev: QmpEvent, shutdown: &mut Option<String>) {
         tracing::debug!(vm = %vm.name, event = %ev.event, data = %ev.data, "qmp event");
-        let _ = vm.qmp_events.send(ev.clone());
+        vm.publish_qmp_event(&ev);
         match ev.event.as_str() {
             "SHUTDOWN" => {
                 let guest = ev.data["guest"].as_bool().unwrap_or(false);

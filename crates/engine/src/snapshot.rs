@@ -72,7 +72,7 @@ impl Engine {
             crate::now_ms()
         );
         args["job-id"] = json!(id);
-        let mut events = vm.qmp_events.subscribe();
+        let mut events = vm.subscribe_qmp_events();
         qmp.execute(command, Some(args)).await.map_err(qemu)?;
         let concluded = tokio::time::timeout(JOB_TIMEOUT, async {
             while let Ok(ev) = events.recv().await {

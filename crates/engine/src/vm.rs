@@ -31,8 +31,9 @@ pub(crate) struct Vm {
     op: Mutex<Option<&'static str>>,
     pub state_tx: watch::Sender<VmState>,
     pub console: Arc<ConsoleHub>,
-    /// Every QMP event of the running QEMU (for operations that wait on one).
-    pub qmp_events: tokio::sync::broadcast::Sender<qmp::QmpEvent>,
+    /// Every QMP event of the running QEMU, for operations that wait on one; created on first
+    /// subscription so an idle VM costs no channel.
+    qmp_events: Mutex<Option<tokio::sync::broadcast::Sender<qmp::QmpEvent>>>,
 }
 
 /// Marks an operation in progress on a VM; dropping it ends the operation.
@@ -66,7 +67,7 @@ impl Vm {
             op: Mutex::new(None),
             state_tx: watch::channel(state).0,
             console: Arc::new(ConsoleHub::default()),
-            qmp_events: tokio::sync::broadcast::channel(64).0,
+            qmp_events: Mutex::new(None),
         }
     }
 
@@ -89,6 +90,21 @@ impl Vm {
         }
         *cur = Some(op);
         Ok(OpGuard(&self.op))
+    }
+
+    /// QMP events from now on.
+    pub fn subscribe_qmp_events(&self) -> tokio::sync::broadcast::Receiver<qmp::QmpEvent> {
+        let mut g = self.qmp_events.lock().unwrap_or_else(|p| p.into_inner());
+        g.get_or_insert_with(|| tokio::sync::broadcast::channel(64).0)
+            .subscribe()
+    }
+
+    /// Hands a QMP event to whoever subscribed.
+    pub fn publish_qmp_event(&self, ev: &qmp::QmpEvent) {
+        let g = self.qmp_events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = g.as_ref().filter(|tx| tx.receiver_count() > 0) {
+            let _ = tx.send(ev.clone());
+        }
     }
 
     pub fn qmp(&self) -> Result<Arc<Qmp>> {
