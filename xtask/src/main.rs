@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    "iproute2",
 ];
 
 fn root() -> PathBuf {

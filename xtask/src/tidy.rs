@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("host-exec", &[]),
     ("host-probe", &["api", "host-exec"]),
     ("host-storage", &["model", "host-exec"]),
+    ("host-net", &["model", "host-exec"]),
     (
         "engine",
         &[
@@ -24,8 +25,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "qemu-argv",
             "qmp",
             "host-exec",
-            "host-probe",
+"host-probe",
             "host-storage",
+            "host-net",
         ],
     ),
     ("daemon", &["api", "model", "engine"]),
@@ -51,6 +53,8 @@ const NO_UNWRAP: &[&str] = &[
     "crates/daemon/src/",
     "crates/qmp/src/",
     "crates/host-exec/src/",
+    "crates/host-net/src/",
+    "crates/host-storage/src/",
 ];
 
 const MAX_LINES: usize = 1500;
