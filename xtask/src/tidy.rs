@@ -25,7 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "qemu-argv",
             "qmp",
             "host-exec",
-"host-probe",
+            "host-probe",
             "host-storage",
             "host-net",
         ],
