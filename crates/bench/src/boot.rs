@@ -3,18 +3,17 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use api::WaitRequest;
-use model::VmState;
 use testkit::guest::{self, TinyGuest};
 use testkit::{TestHvd, VmOpts};
 
-use crate::procs::{Reaped, TempDir};
+use crate::procs::{destroy_settled, poll_readable, Reaped, TempDir};
 use crate::report::Row;
 use crate::stats::{ms, Summary};
 
@@ -71,13 +70,17 @@ impl Pairs {
     }
 }
 
-/// Runs `pairs` pairs; which side goes first alternates from pair to pair.
+/// Runs `pairs` pairs after an untimed one; which side goes first alternates from pair to pair.
 pub fn measure(hvd: &TestHvd, pairs: usize) -> Result<Pairs> {
     let guest = guest::tiny_guest()?;
     let vm = "boot";
     hvd.client()
         .create(hvd.tiny_spec(vm, VmOpts::default())?, false)?;
     let scratch = TempDir::new()?;
+    // An untimed pair first: hvd probes the host on its first start, and both sides load
+    // QEMU, the kernel and the initrd into the page cache.
+    hv_boot(hvd, vm).context("warm-up boot under hv")?;
+    raw_boot(&guest, scratch.path()).context("warm-up boot of raw QEMU")?;
     let mut out = Pairs::default();
     for i in 0..pairs {
         let context = || format!("pair {}", i + 1);
@@ -117,8 +120,7 @@ fn hv_boot(hvd: &TestHvd, vm: &str) -> Result<f64> {
             hvd.console_text(vm)
         );
     }
-    client.destroy(vm)?;
-    hvd.wait_state(vm, VmState::Shutoff, Duration::from_secs(30))?;
+    destroy_settled(hvd, vm)?;
     eprintln!(
         "    hv: start call {:.0} ms of {:.0} ms",
         ms(started),
@@ -161,8 +163,8 @@ fn raw_boot(guest: &TinyGuest, scratch: &Path) -> Result<f64> {
 }
 
 /// Reads `out` until `marker` has appeared in it, or fails at `deadline` or end of file.
-fn read_until(mut out: ChildStdout, marker: &[u8], deadline: Instant) -> Result<()> {
-    let mut seen = Vec::new();
+fn read_until(mut out: impl Read + AsFd, marker: &[u8], deadline: Instant) -> Result<()> {
+    let mut scan = MarkerScan::new(marker);
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -170,44 +172,95 @@ fn read_until(mut out: ChildStdout, marker: &[u8], deadline: Instant) -> Result<
             bail!(
                 "no {:?} within the deadline; output:\n{}",
                 String::from_utf8_lossy(marker),
-                String::from_utf8_lossy(&seen)
+                scan.seen()
             );
         }
-        if !readable(&out, left)? {
+        if !poll_readable(out.as_fd(), left)? {
             continue;
         }
         let n = out.read(&mut buf).context("reading QEMU's serial output")?;
         if n == 0 {
             bail!(
-                "QEMU exited before printing the marker; output:\n{}",
-                String::from_utf8_lossy(&seen)
+                "the output ended before the marker (QEMU exited); output:\n{}",
+                scan.seen()
             );
         }
-        let from = seen.len().saturating_sub(marker.len());
-        seen.extend_from_slice(&buf[..n]);
-        if seen[from..].windows(marker.len()).any(|w| w == marker) {
+        if scan.feed(&buf[..n]) {
             return Ok(());
         }
     }
 }
 
-/// Waits up to `timeout` for `out` to have data (or EOF); false on timeout or a signal.
-fn readable(out: &ChildStdout, timeout: Duration) -> Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: out.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll(2) on one pollfd that lives on our stack for the call; the fd is owned by
-    // `out`, which outlives the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, millis) };
-    if n < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::Interrupted {
-            return Ok(false);
+/// Looks for a marker in output that arrives in chunks, also across chunk boundaries.
+struct MarkerScan<'a> {
+    marker: &'a [u8],
+    seen: Vec<u8>,
+}
+
+impl<'a> MarkerScan<'a> {
+    fn new(marker: &'a [u8]) -> Self {
+        MarkerScan {
+            marker,
+            seen: Vec::new(),
         }
-        return Err(err).context("poll on QEMU's serial output");
     }
-    Ok(n > 0)
+
+    /// Adds a chunk; true once the marker has appeared.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        let from = self.seen.len().saturating_sub(self.marker.len());
+        self.seen.extend_from_slice(chunk);
+        self.seen[from..]
+            .windows(self.marker.len())
+            .any(|w| w == self.marker)
+    }
+
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    const MARKER: &[u8] = b"HV-GUEST-READY";
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn finds_a_marker_split_across_chunks() {
+        let mut scan = MarkerScan::new(MARKER);
+        assert!(!scan.feed(b"boot noise HV-GUE"));
+        assert!(!scan.feed(b"S"));
+        assert!(scan.feed(b"T-READY\n"));
+        assert!(!MarkerScan::new(MARKER).feed(b"HV-GUEST-RE ADY"));
+    }
+
+    #[test]
+    fn reads_until_the_marker() {
+        let (reader, mut writer) = UnixStream::pair().expect("socket pair");
+        writer.write_all(b"noise HV-GUEST-READY").expect("write");
+        read_until(reader, MARKER, deadline()).expect("marker found");
+    }
+
+    #[test]
+    fn end_of_output_without_the_marker_is_an_error() {
+        let (reader, mut writer) = UnixStream::pair().expect("socket pair");
+        writer.write_all(b"kernel panic").expect("write");
+        drop(writer);
+        let e = read_until(reader, MARKER, deadline()).expect_err("no marker");
+        assert!(e.to_string().contains("kernel panic"), "{e}");
+    }
+
+    #[test]
+    fn silence_times_out() {
+        let (reader, _writer) = UnixStream::pair().expect("socket pair");
+        let soon = Instant::now() + Duration::from_millis(50);
+        let e = read_until(reader, MARKER, soon).expect_err("times out");
+        assert!(e.to_string().contains("within the deadline"), "{e}");
+    }
 }

@@ -2,16 +2,14 @@
 //! 1,000 VMs defined (plus hvd's RSS at that size).
 
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use model::{VmSpec, VmState};
+use model::VmSpec;
 use testkit::{TestHvd, VmOpts};
 
-use crate::procs::{rss_mib, Bins};
+use crate::procs::{destroy_settled, rss_mib, Bins};
 use crate::stats::ms;
-
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `hv create NAME --memory 128M --kernel K --initrd I`, `runs` times after one warm-up.
 pub fn define(bins: &Bins, hvd: &TestHvd, runs: usize) -> Result<Vec<f64>> {
@@ -43,8 +41,7 @@ pub fn start_command(bins: &Bins, hvd: &TestHvd, runs: usize) -> Result<Vec<f64>
         .create(hvd.tiny_spec(vm, VmOpts::default())?, false)?;
     let once = || -> Result<f64> {
         let elapsed = bins.time_hv(&hvd.socket, ["start", vm])?;
-        hvd.client().destroy(vm)?;
-        hvd.wait_state(vm, VmState::Shutoff, STOP_TIMEOUT)?;
+        destroy_settled(hvd, vm)?;
         Ok(ms(elapsed))
     };
     once().context("warm-up start")?;

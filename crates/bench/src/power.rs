@@ -12,10 +12,8 @@ use client::Client;
 use model::VmState;
 use testkit::{TestHvd, VmOpts};
 
-use crate::procs::Bins;
+use crate::procs::{watch_qemu, Bins, STOP_TIMEOUT};
 use crate::stats::ms;
-
-const SHUTOFF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Guest `poweroff -f` → `shutoff`: the time from QEMU's `SHUTDOWN` event (its QMP timestamp)
 /// to hvd's `state-changed: shutoff` event (its `time_ms`), both wall-clock, `runs` times.
@@ -33,9 +31,10 @@ fn poweroff_once(hvd: &TestHvd, vm: &str, qmp_log: &Path) -> Result<f64> {
     let started_ms = unix_ms(SystemTime::now())?;
     hvd.client().start(vm, false)?;
     hvd.wait_ready(vm)?;
+    let qemu = watch_qemu(hvd, vm)?;
     let events = Events::subscribe(hvd.client())?;
     hvd.type_line(vm, "poweroff -f")?;
-    let shutoff = events.wait_state(vm, VmState::Shutoff, SHUTOFF_TIMEOUT)?;
+    let shutoff = events.wait_state(vm, VmState::Shutoff, STOP_TIMEOUT)?;
     let text = std::fs::read_to_string(qmp_log)
         .with_context(|| format!("reading {}", qmp_log.display()))?;
     let shutdown_ms = last_shutdown_ms(&text)
@@ -46,6 +45,7 @@ fn poweroff_once(hvd: &TestHvd, vm: &str, qmp_log: &Path) -> Result<f64> {
             qmp_log.display()
         );
     }
+    qemu.wait(STOP_TIMEOUT)?;
     Ok(shutoff.time_ms as f64 - shutdown_ms)
 }
 
@@ -57,11 +57,13 @@ pub fn acpi_shutdown(bins: &Bins, hvd: &TestHvd, runs: usize) -> Result<Vec<f64>
     let once = || -> Result<f64> {
         hvd.client().start(vm, false)?;
         hvd.wait_ready(vm)?;
+        let qemu = watch_qemu(hvd, vm)?;
         let elapsed = bins.time_hv(&hvd.socket, ["shutdown", vm])?;
         let state = hvd.client().info(vm)?.state;
         if state != VmState::Shutoff {
             bail!("{vm} is {state} after `hv shutdown`");
         }
+        qemu.wait(STOP_TIMEOUT)?;
         Ok(ms(elapsed))
     };
     (0..runs)

@@ -1,13 +1,17 @@
-//! The binaries under test, timed CLI runs, and guards that stop what the benchmark starts (by
-//! PID) and remove its temp dirs, also when a measurement fails.
+//! The binaries under test, timed CLI runs, guards that stop what the benchmark starts (by PID)
+//! and remove its temp dirs also when a measurement fails, and waits for a VM's QEMU to be gone
+//! before the next measurement.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use model::VmState;
+use testkit::TestHvd;
 
 /// The `hvd` and `hv` binaries being measured.
 #[derive(Debug, Clone)]
@@ -146,6 +150,93 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.stop(libc::SIGKILL);
     }
+}
+
+/// How long a VM or process may take to stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A watch on `vm`'s running QEMU, opened while it runs so its PID cannot have been reused.
+pub fn watch_qemu(hvd: &TestHvd, vm: &str) -> Result<ExitWatch> {
+    let pid = hvd
+        .client()
+        .info(vm)?
+        .pid
+        .with_context(|| format!("{vm} has no QEMU PID"))?;
+    ExitWatch::open(pid)
+}
+
+/// Destroys `vm` and waits until hvd calls it shut off and its QEMU has exited.
+pub fn destroy_settled(hvd: &TestHvd, vm: &str) -> Result<()> {
+    let qemu = watch_qemu(hvd, vm)?;
+    hvd.client().destroy(vm)?;
+    hvd.wait_state(vm, VmState::Shutoff, STOP_TIMEOUT)?;
+    qemu.wait(STOP_TIMEOUT)
+}
+
+/// Waits for a process that need not be our child to exit, through a pidfd (which polls
+/// readable on exit), so the next measurement does not share the machine with its teardown.
+#[derive(Debug)]
+pub struct ExitWatch {
+    pid: u32,
+    /// `None` when the process was already gone.
+    fd: Option<OwnedFd>,
+}
+
+impl ExitWatch {
+    pub fn open(pid: u32) -> Result<ExitWatch> {
+        let raw_pid = libc::pid_t::try_from(pid).context("PID out of range")?;
+        // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1; no memory is
+        // passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(ExitWatch { pid, fd: None });
+            }
+            return Err(err).with_context(|| format!("pidfd_open({pid})"));
+        }
+        let fd = libc::c_int::try_from(fd).context("pidfd out of range")?;
+        // SAFETY: pidfd_open just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ExitWatch { pid, fd: Some(fd) })
+    }
+
+    pub fn wait(&self, timeout: Duration) -> Result<()> {
+        let Some(fd) = &self.fd else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("process {} still runs after {timeout:?}", self.pid);
+            }
+            if poll_readable(fd.as_fd(), left)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to poll readable; false on timeout or a signal.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one pollfd that lives on our stack for the call; the fd is borrowed,
+    // so it stays open for the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, millis) };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err).context("poll");
+    }
+    Ok(n > 0)
 }
 
 /// hvd's resident set size in MiB (`VmRSS` in `/proc/PID/status`).
