@@ -481,6 +481,53 @@ pub struct SnapshotList {
     pub snapshots: Vec<SnapshotInfo>,
 }
 
+/// `GET /v1/networks/{name}`
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub mode: model::NetMode,
+    pub bridge: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_range: Option<String>,
+    pub autostart: bool,
+    /// Its bridge, firewall table and dnsmasq are up.
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnsmasq_pid: Option<u32>,
+    /// VMs whose NICs are on it.
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NetworkList {
+    pub networks: Vec<NetworkInfo>,
+}
+
+/// A DHCP lease (`GET /v1/networks/{name}/leases`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LeaseInfo {
+    pub mac: String,
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The VM with that MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// Unix time in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

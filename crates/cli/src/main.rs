@@ -4,6 +4,7 @@
 mod console;
 mod disks;
 mod edit;
+mod networks;
 mod output;
 mod snapshots;
 mod storage;
@@ -100,6 +101,9 @@ enum Cmd {
     /// Snapshots of a VM.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCmd),
+    /// Networks (nat, isolated, bridge).
+    #[command(subcommand)]
+    Net(networks::NetCmd),
     /// Storage pools.
     #[command(subcommand)]
     Pool(storage::PoolCmd),
@@ -294,6 +298,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Disk(cmd) => disks::disk(&c, cmd)?,
         Cmd::Media(cmd) => disks::media(&c, cmd)?,
         Cmd::Snapshot(cmd) => snapshots::run(&c, cmd)?,
+        Cmd::Net(cmd) => networks::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {

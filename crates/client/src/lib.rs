@@ -349,6 +349,38 @@ impl Client {
         Ok(resp.into_reader())
     }
 
+    // ---- networks ----
+
+    pub fn nets(&self) -> Result<Vec<api::NetworkInfo>> {
+        Ok(self
+            .call::<api::NetworkList>("GET", "/v1/networks", None::<&()>)?
+            .networks)
+    }
+    pub fn net_info(&self, name: &str) -> Result<api::NetworkInfo> {
+        self.call("GET", &format!("/v1/networks/{name}"), None::<&()>)
+    }
+    pub fn net_create(&self, spec: &model::NetworkSpec) -> Result<api::NetworkInfo> {
+        self.post("/v1/networks", spec)
+    }
+    pub fn net_start(&self, name: &str) -> Result<api::NetworkInfo> {
+        self.post(
+            &format!("/v1/networks/{name}/start"),
+            &serde_json::json!({}),
+        )
+    }
+    pub fn net_stop(&self, name: &str) -> Result<api::NetworkInfo> {
+        self.post(&format!("/v1/networks/{name}/stop"), &serde_json::json!({}))
+    }
+    pub fn net_delete(&self, name: &str) -> Result<()> {
+        self.call::<serde_json::Value>("DELETE", &format!("/v1/networks/{name}"), None::<&()>)
+            .map(drop)
+    }
+    pub fn net_leases(&self, name: &str) -> Result<Vec<api::LeaseInfo>> {
+        Ok(self
+            .call::<api::LeaseList>("GET", &format!("/v1/networks/{name}/leases"), None::<&()>)?
+            .leases)
+    }
+
     // ---- snapshots ----
 
     pub fn snapshots(&self, vm: &str) -> Result<Vec<api::SnapshotInfo>> {

@@ -82,6 +82,13 @@ pub fn routes() -> Vec<RouteDoc> {
         r("get", "/v1/vms/{name}/snapshots/{snap}", "One snapshot, with the spec it restores", None, 200, Some(s::<SnapshotInfo>)),
         r("delete", "/v1/vms/{name}/snapshots/{snap}", "Delete a snapshot (its children move up)", None, 204, None),
         r("post", "/v1/vms/{name}/snapshots/{snap}/revert", "Revert disks (and RAM, and the spec) in place", None, 200, Some(s::<SnapshotInfo>)),
+        r("get", "/v1/networks", "List networks", None, 200, Some(s::<NetworkList>)),
+        r("post", "/v1/networks", "Define a network (nat, isolated, bridge)", Some(s::<model::NetworkSpec>), 201, Some(s::<NetworkInfo>)),
+        r("get", "/v1/networks/{net}", "One network", None, 200, Some(s::<NetworkInfo>)),
+        r("delete", "/v1/networks/{net}", "Delete a stopped network no VM uses", None, 204, None),
+        r("post", "/v1/networks/{net}/start", "Bring up its bridge, firewall table and dnsmasq", None, 200, Some(s::<NetworkInfo>)),
+        r("post", "/v1/networks/{net}/stop", "Tear down exactly what hv made for it", None, 200, Some(s::<NetworkInfo>)),
+        r("get", "/v1/networks/{net}/leases", "DHCP leases, with the VM that holds each", None, 200, Some(s::<LeaseList>)),
         r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
         r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
         r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
@@ -118,7 +125,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

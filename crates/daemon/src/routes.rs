@@ -119,6 +119,11 @@ pub fn router(engine: Engine) -> Router {
             "/v1/vms/{name}/snapshots/{snap}/revert",
             post(snapshot_revert),
         )
+        .route("/v1/networks", get(net_list).post(net_create))
+        .route("/v1/networks/{net}", get(net_info).delete(net_delete))
+        .route("/v1/networks/{net}/start", post(net_start))
+        .route("/v1/networks/{net}/stop", post(net_stop))
+        .route("/v1/networks/{net}/leases", get(net_leases))
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
         .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
@@ -634,4 +639,49 @@ async fn snapshot_revert(
     Path((name, snap)): Path<(String, String)>,
 ) -> ApiResult<api::SnapshotInfo> {
     Ok(Json(e.snapshot_revert(&name, &snap).await?))
+}
+
+// ---- networks ----
+
+async fn net_list(State(e): State<Engine>) -> Json<api::NetworkList> {
+    Json(api::NetworkList {
+        networks: e.net_list().await,
+    })
+}
+
+async fn net_create(
+    State(e): State<Engine>,
+    b: Bytes,
+) -> Result<(StatusCode, Json<api::NetworkInfo>), ApiError> {
+    let spec: model::NetworkSpec = body(&b)?;
+    Ok((StatusCode::CREATED, Json(e.net_create(spec).await?)))
+}
+
+async fn net_info(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::NetworkInfo> {
+    Ok(Json(e.net_info(&net).await?))
+}
+
+async fn net_delete(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    e.net_delete(&net).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn net_start(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+) -> ApiResult<api::NetworkInfo> {
+    Ok(Json(e.net_start(&net).await?))
+}
+
+async fn net_stop(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::NetworkInfo> {
+    Ok(Json(e.net_stop(&net).await?))
+}
+
+async fn net_leases(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::LeaseList> {
+    Ok(Json(api::LeaseList {
+        leases: e.net_leases(&net).await?,
+    }))
 }

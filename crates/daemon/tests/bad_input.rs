@@ -169,7 +169,8 @@ fn every_documented_route_is_served() {
                 .replace("{pool}", "no-such-pool")
                 .replace("{vol}", "no-such-vol")
                 .replace("{target}", "vdz")
-                .replace("{snap}", "no-such-snap");
+                .replace("{snap}", "no-such-snap")
+                .replace("{net}", "no-such-net");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

@@ -9,6 +9,7 @@
 mod console;
 mod error;
 mod hotplug;
+mod network;
 mod run;
 mod snapshot;
 mod snapshot_external;
@@ -67,6 +68,7 @@ pub(crate) struct Inner {
     vms: RwLock<BTreeMap<String, Arc<Vm>>>,
     events: broadcast::Sender<Event>,
     caps: tokio::sync::OnceCell<HostCaps>,
+    nets: tokio::sync::Mutex<network::Nets>,
     /// Set once `-cpu host` was seen to abort on this host.
     kvm_cpu_fallback: std::sync::atomic::AtomicBool,
     boot_id: String,
@@ -135,11 +137,14 @@ impl Engine {
                 vms: RwLock::new(BTreeMap::new()),
                 events: broadcast::channel(1024).0,
                 caps: tokio::sync::OnceCell::new(),
+                nets: Default::default(),
                 kvm_cpu_fallback: Default::default(),
                 boot_id,
             }),
         };
         engine.ensure_default_pool()?;
+        engine.load_networks().await?;
+        engine.ensure_default_network().await?;
         let mut reattach = Vec::new();
         for row in rows {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
@@ -238,6 +243,7 @@ impl Engine {
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::AlreadyExists(name));
         }
+        self.check_nics(&spec).await?;
         let created = self.prepare_host_side(&mut spec).await?;
         let undo = |e: EngineError| {
             for p in &created {
@@ -289,6 +295,7 @@ impl Engine {
                 nic.mac = old.nics.get(i).and_then(|n| n.mac);
             }
         }
+        self.check_nics(&spec).await?;
         let created = self.prepare_host_side(&mut spec).await?;
         if let Err(e) = self.inner.store.update_spec(vm.id, &spec) {
             for p in &created {
@@ -534,7 +541,16 @@ impl Engine {
         }
         let mut spec = vm.lock().spec.clone();
         self.resolve_volumes(&mut spec)?;
-        let (argv, _) = self.plan_argv(&vm, &spec, false, &[], None).await?;
+        let (argv, _) = self
+            .plan_argv(
+                &vm,
+                &spec,
+                false,
+                &[],
+                None,
+                &self.predicted_taps(&vm, &spec),
+            )
+            .await?;
         Ok(ShowCmd {
             argv,
             running: false,

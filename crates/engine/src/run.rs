@@ -205,6 +205,7 @@ impl Engine {
         paused: bool,
         overlays: &[Option<PathBuf>],
         loadvm: Option<&str>,
+        taps: &[Option<String>],
     ) -> Result<(Vec<String>, (qemu_argv::Accel, Option<String>))> {
         let caps = self.caps().await?;
         let accel = self.resolve_accel(&caps, spec.accel)?;
@@ -228,6 +229,7 @@ impl Engine {
             overlays: overlays.to_vec(),
             paused,
             loadvm: loadvm.map(str::to_string),
+            taps: taps.to_vec(),
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -356,15 +358,26 @@ impl Engine {
                 let _ = std::fs::remove_file(p);
             }
         };
+        let taps = match self.make_taps(vm.id, &spec).await {
+            Ok(t) => t,
+            Err(e) => {
+                cleanup_files(&made);
+                return Err(e);
+            }
+        };
         // With KVM, `-cpu host` aborts on some nested hosts (QEMU cannot set MSR 0x10a,
         // IA32_ARCH_CAPABILITIES): retry once without that feature and remember it.
         let mut attempts = 0;
         let (argv, accel, (child, qmp, events, pidfd)) = loop {
             attempts += 1;
-            let (argv, accel) = match self.plan_argv(vm, &spec, paused, &overlays, loadvm).await {
+            let (argv, accel) = match self
+                .plan_argv(vm, &spec, paused, &overlays, loadvm, &taps)
+                .await
+            {
                 Ok(x) => x,
                 Err(e) => {
                     cleanup_files(&made);
+                    crate::network::remove_taps(&taps).await;
                     return Err(e);
                 }
             };
@@ -385,6 +398,7 @@ impl Engine {
                 }
                 Err(e) => {
                     cleanup_files(&made);
+                    crate::network::remove_taps(&taps).await;
                     self.set_state(vm, VmState::Shutoff, Some("start failed".into()));
                     return Err(e);
                 }
@@ -404,6 +418,7 @@ impl Engine {
             st.rec.crash = None;
             st.rec.overlays = made.iter().map(|p| p.display().to_string()).collect();
             st.rec.user_stopped_boot = None;
+            st.rec.taps = taps.iter().flatten().cloned().collect();
         }
         self.persist_runtime(vm);
         self.finish_attach(vm, &spec, &qmp).await;
@@ -629,6 +644,11 @@ impl Engine {
             st.stopping = false;
             st.rec.pid = None;
             st.rec.crash = crash;
+            let taps: Vec<Option<String>> = std::mem::take(&mut st.rec.taps)
+                .into_iter()
+                .map(Some)
+                .collect();
+            tokio::spawn(async move { crate::network::remove_taps(&taps).await });
             std::mem::take(&mut st.rec.overlays)
         };
         for p in overlays

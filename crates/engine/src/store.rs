@@ -31,6 +31,9 @@ pub struct RuntimeRecord {
     /// The snapshot the VM's current state descends from.
     #[serde(default)]
     pub current_snapshot: Option<String>,
+    /// Taps hv made for this run's NICs (removed when QEMU ends).
+    #[serde(default)]
+    pub taps: Vec<String>,
     /// The boot id of the host when a user last stopped the VM: autostart skips it in that boot.
     #[serde(default)]
     pub user_stopped_boot: Option<String>,
@@ -72,6 +75,12 @@ impl Store {
                 data TEXT NOT NULL DEFAULT '{}',
                 PRIMARY KEY (vm_id, name)
             );
+            CREATE TABLE IF NOT EXISTS networks (
+                name TEXT PRIMARY KEY,
+                spec TEXT NOT NULL,
+                active INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS pools (
                 name TEXT PRIMARY KEY,
                 path TEXT NOT NULL UNIQUE,
@@ -275,6 +284,71 @@ impl Store {
     pub fn delete_all_snapshots(&self, vm_id: i64) -> Result<()> {
         self.conn()
             .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub fn load_networks(&self) -> Result<Vec<(model::NetworkSpec, bool)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT spec, active FROM networks ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (spec, active) = row?;
+            match serde_json::from_str(&spec) {
+                Ok(spec) => out.push((spec, active != 0)),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a network whose stored spec does not parse")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn insert_network(&self, spec: &model::NetworkSpec) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO networks (name, spec) VALUES (?1, ?2)",
+            params![spec.name.as_str(), to_json(spec)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_network_active(&self, name: &str, active: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE networks SET active = ?1 WHERE name = ?2",
+            params![active as i64, name],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_network(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM networks WHERE name = ?1", params![name])?;
+        Ok(())
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM meta WHERE key = ?1", params![key])?;
         Ok(())
     }
 }

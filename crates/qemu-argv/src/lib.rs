@@ -58,6 +58,8 @@ pub struct RunPlan {
     pub paused: bool,
     /// Restore this internal snapshot (RAM and devices) at start (`-loadvm`).
     pub loadvm: Option<String>,
+    /// The tap made for each NIC (`None` for user-mode NICs), same order as `spec.nics`.
+    pub taps: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,10 +197,16 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         match nic.kind {
             NicKind::User => m.netdevs.push(json!({ "type": "user", "id": id })),
             NicKind::Network | NicKind::Bridge => {
-                return Err(ArgvError::Unsupported {
-                    what: format!("a {} NIC", nic.kind),
-                    hint: "managed networks and bridges arrive with hv's networking; use --nic user for now".into(),
-                })
+                let tap =
+                    plan.taps
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| ArgvError::Unsupported {
+                            what: format!("a {} NIC without a tap", nic.kind),
+                            hint: "hvd creates the tap before it starts QEMU".into(),
+                        })?;
+                m.netdevs.push(json!({ "type": "tap", "id": id, "ifname": tap, "script": "no", "downscript": "no" }));
             }
         }
         let driver = match nic.model {
@@ -515,6 +523,7 @@ mod tests {
             overlays: vec![],
             paused: false,
             loadvm: None,
+            taps: vec![],
         }
     }
 
@@ -634,6 +643,16 @@ mod tests {
             build(&s, &caps(), &plan()),
             Err(ArgvError::Unsupported { .. })
         ));
+        let with_tap = RunPlan {
+            taps: vec![Some("hvtap-7-0".into())],
+            ..plan()
+        };
+        let argv = build(&s, &caps(), &with_tap).unwrap();
+        assert!(
+            argv.iter()
+                .any(|a| a.to_string_lossy().contains(r#""ifname":"hvtap-7-0""#)),
+            "{argv:?}"
+        );
         let mut s = spec("f");
         s.disks.push("path=/d/x".parse().unwrap());
         assert!(matches!(

@@ -31,6 +31,8 @@ pub struct TestHvd {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     hvd_bin: PathBuf,
+    /// Run hvd (and so its QEMUs, taps and dnsmasqs) inside this network namespace.
+    netns: Option<String>,
     child: Option<Child>,
     client: Client,
 }
@@ -49,6 +51,28 @@ impl TestHvd {
             state_dir: dir.join("state"),
             dir,
             hvd_bin: hvd_bin.to_path_buf(),
+            netns: None,
+            child: None,
+            client: Client::new(""),
+        };
+        t.client = Client::new(&t.socket);
+        t.spawn()?;
+        Ok(t)
+    }
+
+    /// Like [`start`](Self::start), with hvd inside the network namespace `netns` (which the
+    /// test made; see [`NetNs`](crate::NetNs)).
+    pub fn start_in_netns(hvd_bin: &Path, netns: &str) -> Result<TestHvd> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut t = TestHvd {
+            socket: dir.join("hvd.sock"),
+            state_dir: dir.join("state"),
+            dir,
+            hvd_bin: hvd_bin.to_path_buf(),
+            netns: Some(netns.to_string()),
             child: None,
             client: Client::new(""),
         };
@@ -62,7 +86,15 @@ impl TestHvd {
             .create(true)
             .append(true)
             .open(self.dir.join("hvd.log"))?;
-        let child = Command::new(&self.hvd_bin)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.hvd_bin);
+                c
+            }
+            None => Command::new(&self.hvd_bin),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")

@@ -6,5 +6,7 @@
 pub mod guest;
 mod hvd;
 pub mod iso;
+mod netns;
 
 pub use hvd::{TestHvd, VmOpts};
+pub use netns::NetNs;

@@ -1,0 +1,156 @@
+//! `hv net ...`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use client::Client;
+use model::{NetMode, NetworkSpec, PoolName as NetName};
+
+use crate::output::{self, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum NetCmd {
+    /// Define a network: nat (masqueraded), isolated, or bridge (an existing host bridge).
+    Create {
+        name: NetName,
+        #[arg(long)]
+        mode: NetMode,
+        #[arg(long)]
+        bridge: Option<String>,
+        /// IPv4 CIDR; a free /24 is chosen when absent.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// FIRST-LAST inside the subnet.
+        #[arg(long)]
+        dhcp_range: Option<String>,
+        #[arg(long)]
+        autostart: bool,
+    },
+    /// List networks.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// One network.
+    Info {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Bring a network up (bridge, firewall, DHCP).
+    Start { name: String },
+    /// Tear a network down; nothing of hv's is left behind.
+    Stop { name: String },
+    /// Delete a stopped network that no VM uses.
+    Delete { name: String },
+    /// DHCP leases: MAC, IP, hostname, VM, expiry.
+    Leases {
+        name: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn table(nets: &[api::NetworkInfo]) -> String {
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.mode.to_string(),
+                if n.active { "active" } else { "inactive" }.into(),
+                n.bridge.clone(),
+                n.subnet.clone().unwrap_or_else(|| "-".into()),
+                n.dhcp_range.clone().unwrap_or_else(|| "-".into()),
+                if n.autostart { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "NAME",
+            "MODE",
+            "STATE",
+            "BRIDGE",
+            "SUBNET",
+            "DHCP",
+            "AUTOSTART",
+        ],
+        &rows,
+    )
+}
+
+pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
+    match cmd {
+        NetCmd::Create {
+            name,
+            mode,
+            bridge,
+            subnet,
+            dhcp_range,
+            autostart,
+        } => {
+            let n = c.net_create(&NetworkSpec {
+                name,
+                mode,
+                bridge,
+                subnet,
+                dhcp_range,
+                autostart,
+            })?;
+            println!(
+                "network {} defined ({}, {})",
+                n.name,
+                n.mode,
+                n.subnet.unwrap_or(n.bridge)
+            );
+        }
+        NetCmd::List { format } => {
+            let nets = c.nets()?;
+            if !output::structured(format, &nets)? {
+                print!("{}", table(&nets));
+            }
+        }
+        NetCmd::Info { name, format } => {
+            let n = c.net_info(&name)?;
+            if !output::structured(format, &n)? {
+                print!("{}", table(&[n]));
+            }
+        }
+        NetCmd::Start { name } => {
+            c.net_start(&name)?;
+            println!("network {name} started");
+        }
+        NetCmd::Stop { name } => {
+            c.net_stop(&name)?;
+            println!("network {name} stopped");
+        }
+        NetCmd::Delete { name } => {
+            c.net_delete(&name)?;
+            println!("network {name} deleted");
+        }
+        NetCmd::Leases { name, format } => {
+            let leases = c.net_leases(&name)?;
+            if !output::structured(format, &leases)? {
+                let rows: Vec<Vec<String>> = leases
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.mac.clone(),
+                            l.ip.clone(),
+                            l.hostname.clone().unwrap_or_else(|| "-".into()),
+                            l.vm.clone().unwrap_or_else(|| "-".into()),
+                            l.expiry
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    output::table(&["MAC", "IP", "HOSTNAME", "VM", "EXPIRY"], &rows)
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! Managed networks: definitions in the database, the host side through `host-net` (bridge,
+//! nftables table, dnsmasq), `ip_forward` while a NAT network runs, dnsmasq restarted when it
+//! dies, and the taps of VM NICs. Everything acts on the network namespace hvd runs in.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use api::{LeaseInfo, NetworkInfo};
+use host_net::{Dnsmasq, Ipv4Cidr, NetworkConfig};
+use model::{NetMode, NetworkSpec, NicKind, VmSpec};
+
+use crate::error::{EngineError, Result};
+use crate::Engine;
+
+/// A defined network and, while it runs, its dnsmasq.
+pub(crate) struct Net {
+    pub spec: NetworkSpec,
+    pub cfg: NetworkConfig,
+    pub active: bool,
+    pub dnsmasq: Option<Dnsmasq>,
+}
+
+/// The engine's networks plus what `ip_forward` was before hv turned it on.
+#[derive(Default)]
+pub(crate) struct Nets {
+    pub map: BTreeMap<String, Net>,
+    pub saved_ip_forward: Option<bool>,
+}
+
+fn host(e: host_net::NetError) -> EngineError {
+    EngineError::Host(e.to_string())
+}
+
+fn invalid(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Invalid(e.to_string())
+}
+
+fn mode(m: NetMode) -> host_net::Mode {
+    match m {
+        NetMode::Nat => host_net::Mode::Nat,
+        NetMode::Isolated => host_net::Mode::Isolated,
+        NetMode::Bridge => host_net::Mode::Bridge,
+    }
+}
+
+impl Engine {
+    fn net_dir(&self, name: &str) -> PathBuf {
+        self.inner.cfg.state_dir.join("nets").join(name)
+    }
+
+    /// Chooses a subnet when the spec has none, and checks the result against the other
+    /// networks and the host's routes and addresses.
+    fn net_config(
+        &self,
+        spec: &mut NetworkSpec,
+        others: &[NetworkConfig],
+    ) -> Result<NetworkConfig> {
+        spec.validate()?;
+        let used = host_net::host_ranges().map_err(host)?;
+        if spec.mode != NetMode::Bridge && spec.subnet.is_none() {
+            let mut taken: Vec<Ipv4Cidr> = used.iter().map(|u| u.cidr).collect();
+            taken.extend(
+                others
+                    .iter()
+                    .filter_map(|o| o.ipv4.as_ref().map(|i| i.subnet)),
+            );
+            let free = host_net::pick_free_subnet(&taken).ok_or_else(|| {
+                EngineError::Host("no free /24 left for a network; give --subnet".into())
+            })?;
+            spec.subnet = Some(free.to_string());
+        }
+        let cfg = cfg_from_spec(spec)?;
+        if let Some(ip) = &cfg.ipv4 {
+            host_net::check_host_clash(&ip.subnet, &used, Some(&cfg.bridge)).map_err(invalid)?;
+        }
+        cfg.check_against(others, false).map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    /// Loads the networks and brings back the ones that ran (re-attaching to their dnsmasq).
+    pub(crate) async fn load_networks(&self) -> Result<()> {
+        let rows = self.inner.store.load_networks()?;
+        let mut nets = self.inner.nets.lock().await;
+        for (spec, active) in rows {
+            let dir = self.net_dir(spec.name.as_str());
+            let cfg = match cfg_from_spec(&spec) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(net = %spec.name, error = %e, "skipping a stored network that no longer validates");
+                    continue;
+                }
+            };
+            let mut net = Net {
+                spec,
+                cfg,
+                active: false,
+                dnsmasq: None,
+            };
+            if active {
+                let status = host_net::network_status(&net.cfg, &dir)
+                    .await
+                    .map_err(host)?;
+                if status.is_complete(&net.cfg) {
+                    net.dnsmasq = Dnsmasq::attach(&dir).map_err(host)?;
+                    net.active = true;
+                } else {
+                    tracing::warn!(net = %net.spec.name, "network was half up; starting it again");
+                    let _ = host_net::stop_network(&net.cfg, &dir, None).await;
+                    let running = host_net::start_network(&net.cfg, &dir)
+                        .await
+                        .map_err(host)?;
+                    net.dnsmasq = running.dnsmasq;
+                    net.active = true;
+                }
+                self.watch_dnsmasq(&net);
+            }
+            nets.map.insert(net.spec.name.to_string(), net);
+        }
+        nets.saved_ip_forward = self
+            .inner
+            .store
+            .get_meta("ip_forward_saved")?
+            .map(|v| v == "1");
+        Ok(())
+    }
+
+    /// Defines the `default` NAT network on a free /24 (at first start; not started).
+    pub(crate) async fn ensure_default_network(&self) -> Result<()> {
+        if self.inner.store.get_meta("default_network")?.is_some() {
+            return Ok(());
+        }
+        let spec = NetworkSpec {
+            name: "default".parse()?,
+            mode: NetMode::Nat,
+            bridge: None,
+            subnet: None,
+            dhcp_range: None,
+            autostart: false,
+        };
+        match self.net_create(spec).await {
+            Ok(_) | Err(EngineError::AlreadyExists(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot define the default network"),
+        }
+        self.inner.store.set_meta("default_network", "defined")
+    }
+
+    pub async fn net_create(&self, mut spec: NetworkSpec) -> Result<NetworkInfo> {
+        let mut nets = self.inner.nets.lock().await;
+        let name = spec.name.to_string();
+        if nets.map.contains_key(&name) {
+            return Err(EngineError::AlreadyExists(format!("network {name}")));
+        }
+        let others: Vec<NetworkConfig> = nets.map.values().map(|n| n.cfg.clone()).collect();
+        let cfg = self.net_config(&mut spec, &others)?;
+        self.inner.store.insert_network(&spec)?;
+        let net = Net {
+            spec,
+            cfg,
+            active: false,
+            dnsmasq: None,
+        };
+        let info = self.net_info_of(&net);
+        nets.map.insert(name.clone(), net);
+        tracing::info!(net = name, "network defined");
+        Ok(info)
+    }
+
+    fn users_of_net(&self, net: &Net, running_only: bool) -> Vec<String> {
+        let vms: Vec<_> = self.read_vms().values().cloned().collect();
+        vms.iter()
+            .filter(|vm| {
+                let st = vm.lock();
+                (!running_only || st.state.is_active())
+                    && st.spec.nics.iter().any(|n| match n.kind {
+                        NicKind::Network => n.source.as_deref() == Some(net.spec.name.as_str()),
+                        NicKind::Bridge => {
+                            net.spec.mode == NetMode::Bridge
+                                && n.source.as_deref() == Some(net.cfg.bridge.as_str())
+                        }
+                        NicKind::User => false,
+                    })
+            })
+            .map(|vm| vm.name.clone())
+            .collect()
+    }
+
+    fn net_info_of(&self, net: &Net) -> NetworkInfo {
+        let ip = net.cfg.ipv4.as_ref();
+        NetworkInfo {
+            name: net.spec.name.to_string(),
+            mode: net.spec.mode,
+            bridge: net.cfg.bridge.clone(),
+            subnet: ip.map(|i| i.subnet.to_string()),
+            gateway: ip.map(|i| i.gateway.to_string()),
+            dhcp_range: ip.and_then(|i| i.dhcp.map(|d| d.to_string())),
+            autostart: net.spec.autostart,
+            active: net.active,
+            dnsmasq_pid: net.dnsmasq.as_ref().map(|d| d.pid()),
+            used_by: self.users_of_net(net, false),
+        }
+    }
+
+    pub async fn net_list(&self) -> Vec<NetworkInfo> {
+        let nets = self.inner.nets.lock().await;
+        nets.map.values().map(|n| self.net_info_of(n)).collect()
+    }
+
+    pub async fn net_info(&self, name: &str) -> Result<NetworkInfo> {
+        let nets = self.inner.nets.lock().await;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        Ok(self.net_info_of(net))
+    }
+
+    pub async fn net_start(&self, name: &str) -> Result<NetworkInfo> {
+        let mut nets = self.inner.nets.lock().await;
+        self.net_start_locked(&mut nets, name).await?;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        Ok(self.net_info_of(net))
+    }
+
+    async fn net_start_locked(&self, nets: &mut Nets, name: &str) -> Result<()> {
+        let dir = self.net_dir(name);
+        let nat_running = nets
+            .map
+            .values()
+            .any(|n| n.active && n.spec.mode == NetMode::Nat);
+        let net = nets
+            .map
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        if net.active {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", dir.display())))?;
+        let running = host_net::start_network(&net.cfg, &dir)
+            .await
+            .map_err(host)?;
+        net.dnsmasq = running.dnsmasq;
+        net.active = true;
+        let is_nat = net.spec.mode == NetMode::Nat;
+        self.inner.store.set_network_active(name, true)?;
+        self.watch_dnsmasq(net);
+        if is_nat && !nat_running {
+            let before = host_net::ip_forward().map_err(host)?;
+            if nets.saved_ip_forward.is_none() {
+                nets.saved_ip_forward = Some(before);
+                self.inner
+                    .store
+                    .set_meta("ip_forward_saved", if before { "1" } else { "0" })?;
+            }
+            host_net::set_ip_forward(true).map_err(host)?;
+        }
+        tracing::info!(net = name, "network started");
+        Ok(())
+    }
+
+    /// Restarts dnsmasq when it dies while its network is up.
+    fn watch_dnsmasq(&self, net: &Net) {
+        let Some(pid) = net.dnsmasq.as_ref().map(|d| d.pid()) else {
+            return;
+        };
+        let engine = self.clone();
+        let name = net.spec.name.to_string();
+        tokio::spawn(async move {
+            let Ok(watch) = host_exec::PidFd::open(pid) else {
+                return;
+            };
+            watch.exited().await;
+            let mut nets = engine.inner.nets.lock().await;
+            let dir = engine.net_dir(&name);
+            let Some(net) = nets.map.get_mut(&name) else {
+                return;
+            };
+            if !net.active || net.dnsmasq.as_ref().map(|d| d.pid()) != Some(pid) {
+                return;
+            }
+            tracing::warn!(net = name, pid, "dnsmasq died; restarting it");
+            match Dnsmasq::start(&net.cfg, &dir).await {
+                Ok(d) => {
+                    net.dnsmasq = Some(d);
+                    engine.watch_dnsmasq(net);
+                }
+                Err(e) => tracing::error!(net = name, error = %e, "cannot restart dnsmasq"),
+            }
+        });
+    }
+
+    pub async fn net_stop(&self, name: &str) -> Result<NetworkInfo> {
+        let mut nets = self.inner.nets.lock().await;
+        let dir = self.net_dir(name);
+        let net = nets
+            .map
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let users = self.users_of_net(net, true);
+        if !users.is_empty() {
+            return Err(EngineError::InUse(format!(
+                "network {name} is used by running VM {}; stop them first",
+                users.join(", ")
+            )));
+        }
+        if net.active {
+            host_net::stop_network(&net.cfg, &dir, net.dnsmasq.take())
+                .await
+                .map_err(host)?;
+            net.active = false;
+            self.inner.store.set_network_active(name, false)?;
+        }
+        if !nets
+            .map
+            .values()
+            .any(|n| n.active && n.spec.mode == NetMode::Nat)
+        {
+            if let Some(before) = nets.saved_ip_forward.take() {
+                host_net::set_ip_forward(before).map_err(host)?;
+                self.inner.store.delete_meta("ip_forward_saved")?;
+            }
+        }
+        tracing::info!(net = name, "network stopped");
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        Ok(self.net_info_of(net))
+    }
+
+    pub async fn net_delete(&self, name: &str) -> Result<()> {
+        let mut nets = self.inner.nets.lock().await;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        if net.active {
+            return Err(EngineError::Invalid(format!(
+                "network {name} is running; hv net stop {name} first"
+            )));
+        }
+        let users = self.users_of_net(net, false);
+        if !users.is_empty() {
+            return Err(EngineError::InUse(format!(
+                "network {name} is used by VM {}; change their NICs first",
+                users.join(", ")
+            )));
+        }
+        let _ = host_net::remove_network_files(&self.net_dir(name));
+        let _ = std::fs::remove_dir(self.net_dir(name));
+        self.inner.store.delete_network(name)?;
+        nets.map.remove(name);
+        Ok(())
+    }
+
+    pub async fn net_leases(&self, name: &str) -> Result<Vec<LeaseInfo>> {
+        let nets = self.inner.nets.lock().await;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let leases = host_net::read_leases(&self.net_dir(name)).map_err(host)?;
+        let vms: Vec<_> = self.read_vms().values().cloned().collect();
+        let _ = net;
+        Ok(leases
+            .into_iter()
+            .map(|l| LeaseInfo {
+                vm: vms
+                    .iter()
+                    .find(|vm| vm.lock().spec.nics.iter().any(|n| n.mac == Some(l.mac)))
+                    .map(|vm| vm.name.clone()),
+                mac: l.mac.to_string(),
+                ip: l.ip.to_string(),
+                hostname: l.hostname,
+                expiry: l.expiry,
+            })
+            .collect())
+    }
+
+    /// The tap names a start would use (for `showcmd` of a stopped VM).
+    pub(crate) fn predicted_taps(&self, vm: &crate::vm::Vm, spec: &VmSpec) -> Vec<Option<String>> {
+        spec.nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.kind != NicKind::User).then(|| host_net::tap_name(vm.id, i as u32)))
+            .collect()
+    }
+
+    /// Checks that every network NIC names a defined network.
+    pub(crate) async fn check_nics(&self, spec: &VmSpec) -> Result<()> {
+        let nets = self.inner.nets.lock().await;
+        for (i, n) in spec.nics.iter().enumerate() {
+            if n.kind == NicKind::Network {
+                let src = n.source.as_deref().unwrap_or_default();
+                if !nets.map.contains_key(src) {
+                    return Err(EngineError::Invalid(format!("nics[{i}]: network {src:?} does not exist (hv net list shows the networks)")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the VM's taps (starting its networks when needed); returns one tap name per
+    /// NIC (`None` for user NICs). On error, the taps made so far are removed.
+    pub(crate) async fn make_taps(&self, vm_id: i64, spec: &VmSpec) -> Result<Vec<Option<String>>> {
+        let mut out: Vec<Option<String>> = Vec::new();
+        let result = async {
+            for (i, n) in spec.nics.iter().enumerate() {
+                let bridge = match n.kind {
+                    NicKind::User => {
+                        out.push(None);
+                        continue;
+                    }
+                    NicKind::Bridge => n.source.clone().unwrap_or_default(),
+                    NicKind::Network => {
+                        let name = n.source.clone().unwrap_or_default();
+                        let mut nets = self.inner.nets.lock().await;
+                        self.net_start_locked(&mut nets, &name).await?;
+                        nets.map
+                            .get(&name)
+                            .map(|n| n.cfg.bridge.clone())
+                            .unwrap_or_default()
+                    }
+                };
+                let tap = host_net::tap_name(vm_id, i as u32);
+                let _ = host_net::remove_link(&tap).await;
+                host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
+                out.push(Some(tap));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            remove_taps(&out).await;
+            return Err(e);
+        }
+        Ok(out)
+    }
+}
+
+/// The host config of a spec whose subnet is settled (no host checks).
+fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
+    let name = spec.name.as_str();
+    let cfg = match spec.mode {
+        NetMode::Bridge => NetworkConfig::bridged(name, spec.bridge.as_deref().unwrap_or_default())
+            .map_err(invalid)?,
+        m => {
+            let subnet: Ipv4Cidr = spec
+                .subnet
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(invalid)?;
+            let mut cfg = NetworkConfig::managed(name, mode(m), subnet).map_err(invalid)?;
+            if let (Some(r), Some(ip)) = (&spec.dhcp_range, cfg.ipv4.as_mut()) {
+                ip.dhcp = Some(r.parse().map_err(invalid)?);
+            }
+            cfg
+        }
+    };
+    cfg.validate().map_err(invalid)?;
+    Ok(cfg)
+}
+
+/// Removes taps hv made for a VM.
+pub(crate) async fn remove_taps(taps: &[Option<String>]) {
+    for t in taps.iter().flatten() {
+        if let Err(e) = host_net::remove_link(t).await {
+            tracing::warn!(tap = t, error = %e, "cannot remove tap");
+        }
+    }
+}
