@@ -156,6 +156,13 @@ impl Engine {
         for vm in reattach {
             engine.reattach(vm).await;
         }
+        // Probe QEMU now, in the background, so the first start does not pay for it.
+        let warm = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.caps().await {
+                tracing::warn!(error = %e, "host probe failed");
+            }
+        });
         Ok(engine)
     }
 
