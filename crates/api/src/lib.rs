@@ -230,6 +230,18 @@ pub struct VmInfo {
     /// The full spec (in `info`, not in `list`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<VmSpec>,
+    /// Each NIC's address from its network's DHCP leases (in `info`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NicAddress>,
+}
+
+/// A NIC's IPv4 address as the network's DHCP server leased it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NicAddress {
+    pub nic: usize,
+    pub mac: String,
+    pub network: String,
+    pub ip: String,
 }
 
 /// `GET /v1/vms`

@@ -150,6 +150,12 @@ pub fn vm_details(v: &VmInfo) -> String {
             rows.push(("Kernel".into(), k.path.display().to_string()));
         }
     }
+    for a in &v.addresses {
+        rows.push((
+            format!("NIC {} IP", a.nic),
+            format!("{} ({}, {})", a.ip, a.network, a.mac),
+        ));
+    }
     if let Some(c) = &v.crash {
         rows.push(("Crash".into(), c.reason.clone()));
         for l in &c.log_tail {

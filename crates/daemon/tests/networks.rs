@@ -79,6 +79,13 @@ fn nat_network_gives_leases_and_tears_down_completely() {
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!(format!("HV-LEASE-{}", leases[0].ip), lease);
     assert_eq!(leases[0].vm.as_deref(), Some("a"));
+    let info = c.info("a").unwrap();
+    assert_eq!(info.addresses.len(), 1);
+    assert_eq!(
+        format!("HV-LEASE-{}", info.addresses[0].ip),
+        lease,
+        "hv info shows the NIC's IP"
+    );
     // Running VMs keep a network up; deleting needs it stopped.
     assert_eq!(
         c.net_stop("lan").unwrap_err().code(),

@@ -503,7 +503,9 @@ impl Engine {
 
     pub fn info(&self, name: &str) -> Result<VmInfo> {
         let vm = self.get(name)?;
-        Ok(self.info_of(&vm, true))
+        let mut info = self.info_of(&vm, true);
+        info.addresses = self.nic_addresses(&vm.lock().spec);
+        Ok(info)
     }
 
     pub fn spec(&self, name: &str) -> Result<VmSpec> {
@@ -531,6 +533,7 @@ impl Engine {
                 .filter(|_| st.state == VmState::Crashed),
             accel_reason: st.rec.accel_reason.clone().filter(|_| active),
             spec: with_spec.then(|| st.spec.clone()),
+            addresses: Vec::new(),
         }
     }
 

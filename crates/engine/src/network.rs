@@ -380,6 +380,31 @@ impl Engine {
             .collect())
     }
 
+    /// Each network NIC's leased address, read from its network's lease file.
+    pub(crate) fn nic_addresses(&self, spec: &VmSpec) -> Vec<api::NicAddress> {
+        let mut out = Vec::new();
+        for (i, n) in spec
+            .nics
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.kind == NicKind::Network)
+        {
+            let (Some(net), Some(mac)) = (n.source.as_deref(), n.mac) else {
+                continue;
+            };
+            let leases = host_net::read_leases(&self.net_dir(net)).unwrap_or_default();
+            if let Some(l) = leases.iter().find(|l| l.mac == mac) {
+                out.push(api::NicAddress {
+                    nic: i,
+                    mac: mac.to_string(),
+                    network: net.to_string(),
+                    ip: l.ip.to_string(),
+                });
+            }
+        }
+        out
+    }
+
     /// The tap names a start would use (for `showcmd` of a stopped VM).
     pub(crate) fn predicted_taps(&self, vm: &crate::vm::Vm, spec: &VmSpec) -> Vec<Option<String>> {
         spec.nics
