@@ -7,7 +7,7 @@ use api::ErrorCode;
 use model::{NetMode, NetworkSpec, VmState};
 use testkit::{NetNs, TestHvd, VmOpts};
 
-const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && echo HV-LEASE-$ip\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; ip -o link; udhcpc -i eth0 -n -q -t 5 -T 1 -s /tmp/dh.sh 2>&1; echo DHCP-DONE-$((1))"#;
+const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && echo HV-LEASE-$ip\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; for t in 1 2 3; do udhcpc -i eth0 -n -q -t 6 -T 2 -s /tmp/dh.sh 2>/dev/null && break; done; echo DHCP-DONE-$((1))"#;
 
 #[test]
 fn nat_network_gives_leases_and_tears_down_completely() {
@@ -137,4 +137,100 @@ fn nat_network_gives_leases_and_tears_down_completely() {
     c.undefine("a", false, false).unwrap();
     c.net_delete("lan").unwrap();
     assert!(c.net_info("lan").is_err());
+}
+
+/// A guest DHCP client that configures the address and default route, then prints them.
+const DHCP_ROUTE: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\n[ -n "$router" ] && ip route add default via $router\necho HV-LEASE-$ip-\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; for t in 1 2 3; do udhcpc -i eth0 -n -q -t 6 -T 2 -s /tmp/dh.sh 2>/dev/null && break; done; echo DHCP-DONE-$((1))"#;
+
+fn boot_on(h: &TestHvd, vm: &str, net: &str) -> String {
+    let mut spec = h.tiny_spec(vm, VmOpts::default()).unwrap();
+    spec.nics.push(format!("network={net}").parse().unwrap());
+    h.client().create(spec, true).unwrap();
+    h.wait_ready(vm).unwrap();
+    h.type_line(vm, DHCP_ROUTE).unwrap();
+    let m = h
+        .wait_console(vm, r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
+        .unwrap();
+    m.trim_start_matches("HV-LEASE-")
+        .trim_end_matches('-')
+        .to_string()
+}
+
+#[test]
+fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
+    let ns = NetNs::new("nat").unwrap();
+    let outside = NetNs::new("out").unwrap();
+    // The "internet": a namespace joined by a veth, with no route back to the VM subnets.
+    ns.run(&[
+        "ip",
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wan",
+        "netns",
+        &outside.name,
+    ])
+    .unwrap();
+    ns.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "uplink"])
+        .unwrap();
+    ns.run(&["ip", "link", "set", "uplink", "up"]).unwrap();
+    ns.run(&["ip", "route", "add", "default", "via", "198.51.100.2"])
+        .unwrap();
+    outside
+        .run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "wan"])
+        .unwrap();
+    outside.run(&["ip", "link", "set", "wan", "up"]).unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    let spec = |name: &str, mode, subnet: &str| NetworkSpec {
+        name: name.parse().unwrap(),
+        mode,
+        bridge: None,
+        subnet: Some(subnet.into()),
+        dhcp_range: None,
+        autostart: false,
+    };
+    c.net_create(&spec("lan", NetMode::Nat, "10.77.8.0/24"))
+        .unwrap();
+    c.net_create(&spec("iso", NetMode::Isolated, "10.77.9.0/24"))
+        .unwrap();
+    let a = boot_on(&h, "a", "lan");
+    let b = boot_on(&h, "b", "lan");
+    assert_ne!(a, b);
+    h.run_in_guest(
+        "a",
+        &format!("ping -c 1 -W 5 {b} >/dev/null && echo PEER-$((1+1))"),
+        "PEER-2",
+    )
+    .unwrap();
+    // The outside host has no route to 10.77.8.0/24: only masquerading gets the reply back.
+    h.run_in_guest(
+        "a",
+        "ping -c 1 -W 5 198.51.100.2 >/dev/null && echo OUT-$((2+2))",
+        "OUT-4",
+    )
+    .unwrap();
+    let c_ip = boot_on(&h, "c", "iso");
+    assert!(c_ip.starts_with("10.77.9."));
+    h.run_in_guest(
+        "c",
+        "ping -c 1 -W 5 10.77.9.1 >/dev/null && echo GW-$((3+3))",
+        "GW-6",
+    )
+    .unwrap();
+    h.run_in_guest("c", "ip route add default via 10.77.9.1 2>/dev/null; ping -c 1 -W 3 198.51.100.2 >/dev/null; echo OUT-rc-$?", "OUT-rc-[0-9]+").map(|m| assert_eq!(m, "OUT-rc-1", "an isolated VM reached the outside")).unwrap();
+    for vm in ["a", "b", "c"] {
+        c.destroy(vm).unwrap();
+    }
+    c.net_stop("lan").unwrap();
+    c.net_stop("iso").unwrap();
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(
+        !links.contains("hvbr-") && !links.contains("hvtap"),
+        "{links}"
+    );
 }
