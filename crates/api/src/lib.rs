@@ -520,6 +520,26 @@ pub struct NetworkList {
     pub networks: Vec<NetworkInfo>,
 }
 
+/// `POST /v1/networks/{net}/forwards`: forward a host port to a VM on the network.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddForwardRequest {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub host_port: u16,
+    #[serde(default)]
+    pub host_addr: Option<std::net::Ipv4Addr>,
+    pub vm: String,
+    /// Defaults to `host_port`.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ForwardList {
+    pub forwards: Vec<model::ForwardSpec>,
+}
+
 /// A DHCP lease (`GET /v1/networks/{name}/leases`).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LeaseInfo {

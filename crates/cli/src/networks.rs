@@ -42,11 +42,47 @@ pub enum NetCmd {
     Stop { name: String },
     /// Delete a stopped network that no VM uses.
     Delete { name: String },
+    /// Port forwards into VMs on a NAT network.
+    #[command(subcommand)]
+    Forward(ForwardCmd),
     /// DHCP leases: MAC, IP, hostname, VM, expiry.
     Leases {
         name: String,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ForwardCmd {
+    /// Forward a host port to a VM (its address is pinned by a DHCP reservation).
+    Add {
+        net: String,
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        proto: String,
+        #[arg(long)]
+        host_port: u16,
+        #[arg(long)]
+        host_addr: Option<std::net::Ipv4Addr>,
+        #[arg(long)]
+        vm: String,
+        /// The VM's port (default: the host port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// The network's port forwards.
+    List {
+        net: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Remove a port forward.
+    Remove {
+        net: String,
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        proto: String,
+        #[arg(long)]
+        host_port: u16,
     },
 }
 
@@ -90,6 +126,7 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
             autostart,
         } => {
             let n = c.net_create(&NetworkSpec {
+                forwards: vec![],
                 name,
                 mode,
                 bridge,
@@ -127,6 +164,58 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
         NetCmd::Delete { name } => {
             c.net_delete(&name)?;
             println!("network {name} deleted");
+        }
+        NetCmd::Forward(ForwardCmd::Add {
+            net,
+            proto,
+            host_port,
+            host_addr,
+            vm,
+            port,
+        }) => {
+            c.net_forward_add(
+                &net,
+                &api::AddForwardRequest {
+                    proto: proto.clone(),
+                    host_port,
+                    host_addr,
+                    vm: vm.clone(),
+                    port,
+                },
+            )?;
+            println!(
+                "{proto} port {host_port} now forwards to {vm}:{}",
+                port.unwrap_or(host_port)
+            );
+        }
+        NetCmd::Forward(ForwardCmd::List { net, format }) => {
+            let fw = c.net_forwards(&net)?;
+            if !output::structured(format, &fw)? {
+                let rows: Vec<Vec<String>> = fw
+                    .iter()
+                    .map(|f| {
+                        let host = f
+                            .host_addr
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "*".into());
+                        vec![
+                            f.proto.clone(),
+                            format!("{host}:{}", f.host_port),
+                            f.vm.clone(),
+                            format!("{}:{}", f.vm_ip, f.vm_port),
+                        ]
+                    })
+                    .collect();
+                print!("{}", output::table(&["PROTO", "HOST", "VM", "TO"], &rows));
+            }
+        }
+        NetCmd::Forward(ForwardCmd::Remove {
+            net,
+            proto,
+            host_port,
+        }) => {
+            c.net_forward_remove(&net, &proto, host_port)?;
+            println!("{proto} port {host_port} no longer forwarded");
         }
         NetCmd::Leases { name, format } => {
             let leases = c.net_leases(&name)?;

@@ -375,6 +375,34 @@ impl Client {
         self.call::<serde_json::Value>("DELETE", &format!("/v1/networks/{name}"), None::<&()>)
             .map(drop)
     }
+    pub fn net_forwards(&self, name: &str) -> Result<Vec<model::ForwardSpec>> {
+        Ok(self
+            .call::<api::ForwardList>("GET", &format!("/v1/networks/{name}/forwards"), None::<&()>)?
+            .forwards)
+    }
+    pub fn net_forward_add(
+        &self,
+        name: &str,
+        req: &api::AddForwardRequest,
+    ) -> Result<Vec<model::ForwardSpec>> {
+        Ok(self
+            .post::<api::ForwardList>(&format!("/v1/networks/{name}/forwards"), req)?
+            .forwards)
+    }
+    pub fn net_forward_remove(
+        &self,
+        name: &str,
+        proto: &str,
+        host_port: u16,
+    ) -> Result<Vec<model::ForwardSpec>> {
+        Ok(self
+            .call::<api::ForwardList>(
+                "DELETE",
+                &format!("/v1/networks/{name}/forwards/{proto}/{host_port}"),
+                None::<&()>,
+            )?
+            .forwards)
+    }
     pub fn net_leases(&self, name: &str) -> Result<Vec<api::LeaseInfo>> {
         Ok(self
             .call::<api::LeaseList>("GET", &format!("/v1/networks/{name}/leases"), None::<&()>)?

@@ -89,6 +89,9 @@ pub fn routes() -> Vec<RouteDoc> {
         r("post", "/v1/networks/{net}/start", "Bring up its bridge, firewall table and dnsmasq", None, 200, Some(s::<NetworkInfo>)),
         r("post", "/v1/networks/{net}/stop", "Tear down exactly what hv made for it", None, 200, Some(s::<NetworkInfo>)),
         r("get", "/v1/networks/{net}/leases", "DHCP leases, with the VM that holds each", None, 200, Some(s::<LeaseList>)),
+        r("get", "/v1/networks/{net}/forwards", "Port forwards into VMs", None, 200, Some(s::<ForwardList>)),
+        r("post", "/v1/networks/{net}/forwards", "Forward a host port to a VM (pins its address)", Some(s::<AddForwardRequest>), 200, Some(s::<ForwardList>)),
+        r("delete", "/v1/networks/{net}/forwards/{proto}/{port}", "Remove a port forward", None, 200, Some(s::<ForwardList>)),
         r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
         r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
         r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
@@ -125,7 +128,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

@@ -124,6 +124,14 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/networks/{net}/start", post(net_start))
         .route("/v1/networks/{net}/stop", post(net_stop))
         .route("/v1/networks/{net}/leases", get(net_leases))
+        .route(
+            "/v1/networks/{net}/forwards",
+            get(net_forwards).post(net_forward_add),
+        )
+        .route(
+            "/v1/networks/{net}/forwards/{proto}/{port}",
+            axum::routing::delete(net_forward_remove),
+        )
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
         .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
@@ -683,5 +691,34 @@ async fn net_stop(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult
 async fn net_leases(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::LeaseList> {
     Ok(Json(api::LeaseList {
         leases: e.net_leases(&net).await?,
+    }))
+}
+
+async fn net_forwards(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+) -> ApiResult<api::ForwardList> {
+    Ok(Json(api::ForwardList {
+        forwards: e.net_forwards(&net).await?,
+    }))
+}
+
+async fn net_forward_add(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::ForwardList> {
+    let req: api::AddForwardRequest = body(&b)?;
+    Ok(Json(api::ForwardList {
+        forwards: e.net_forward_add(&net, req).await?,
+    }))
+}
+
+async fn net_forward_remove(
+    State(e): State<Engine>,
+    Path((net, proto, port)): Path<(String, String, u16)>,
+) -> ApiResult<api::ForwardList> {
+    Ok(Json(api::ForwardList {
+        forwards: e.net_forward_remove(&net, &proto, port).await?,
     }))
 }

@@ -170,7 +170,9 @@ fn every_documented_route_is_served() {
                 .replace("{vol}", "no-such-vol")
                 .replace("{target}", "vdz")
                 .replace("{snap}", "no-such-snap")
-                .replace("{net}", "no-such-net");
+                .replace("{net}", "no-such-net")
+                .replace("{proto}", "tcp")
+                .replace("{port}", "80");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

@@ -24,6 +24,7 @@ fn nat_network_gives_leases_and_tears_down_completely() {
         subnet: Some(subnet.into()),
         dhcp_range: None,
         autostart: false,
+        forwards: vec![],
     };
     let lan = c.net_create(&spec("lan", "10.77.7.0/24")).unwrap();
     assert_eq!(lan.gateway.as_deref(), Some("10.77.7.1"));
@@ -193,6 +194,7 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
         subnet: Some(subnet.into()),
         dhcp_range: None,
         autostart: false,
+        forwards: vec![],
     };
     c.net_create(&spec("lan", NetMode::Nat, "10.77.8.0/24"))
         .unwrap();
@@ -214,6 +216,56 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
         "OUT-4",
     )
     .unwrap();
+    // A port forward reaches a server in the guest from outside and from the host itself.
+    h.run_in_guest("a", "mkdir -p /tmp/www && echo hv-forward-ok > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && echo HTTPD-$((5+5))", "HTTPD-10").unwrap();
+    let fw = c
+        .net_forward_add(
+            "lan",
+            &api::AddForwardRequest {
+                proto: "tcp".into(),
+                host_port: 8022,
+                host_addr: None,
+                vm: "a".into(),
+                port: Some(8080),
+            },
+        )
+        .unwrap();
+    assert_eq!(fw[0].vm_ip.to_string(), a);
+    let fetch = |ns: &NetNs, url: &str| ns.run(&["timeout", "10", "busybox", "wget", "-qO-", url]);
+    assert_eq!(
+        fetch(&outside, "http://198.51.100.1:8022/").unwrap().trim(),
+        "hv-forward-ok"
+    );
+    assert_eq!(
+        fetch(&ns, "http://198.51.100.1:8022/").unwrap().trim(),
+        "hv-forward-ok"
+    );
+    assert_eq!(
+        fetch(&ns, "http://127.0.0.1:8022/").unwrap().trim(),
+        "hv-forward-ok"
+    );
+    let e = c
+        .net_forward_add(
+            "lan",
+            &api::AddForwardRequest {
+                proto: "tcp".into(),
+                host_port: 8022,
+                host_addr: None,
+                vm: "b".into(),
+                port: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(ErrorCode::InvalidArgument),
+        "a host port is forwarded once: {e}"
+    );
+    c.net_forward_remove("lan", "tcp", 8022).unwrap();
+    assert!(
+        fetch(&outside, "http://198.51.100.1:8022/").is_err(),
+        "the forward is gone"
+    );
     let c_ip = boot_on(&h, "c", "iso");
     assert!(c_ip.starts_with("10.77.9."));
     h.run_in_guest(

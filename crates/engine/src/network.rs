@@ -136,6 +136,7 @@ impl Engine {
             subnet: None,
             dhcp_range: None,
             autostart: false,
+            forwards: vec![],
         };
         match self.net_create(spec).await {
             Ok(_) | Err(EngineError::AlreadyExists(_)) => {}
@@ -380,6 +381,112 @@ impl Engine {
             .collect())
     }
 
+    pub async fn net_forwards(&self, name: &str) -> Result<Vec<model::ForwardSpec>> {
+        let nets = self.inner.nets.lock().await;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        Ok(net.spec.forwards.clone())
+    }
+
+    /// Adds a port forward to a VM's current address on the network and pins that address
+    /// with a DHCP reservation, so the forward follows the VM across renewals and restarts.
+    pub async fn net_forward_add(
+        &self,
+        name: &str,
+        req: api::AddForwardRequest,
+    ) -> Result<Vec<model::ForwardSpec>> {
+        let leases = self.net_leases(name).await?;
+        let vm = self.get(&req.vm)?;
+        let mac = vm
+            .lock()
+            .spec
+            .nics
+            .iter()
+            .find(|n| n.kind == NicKind::Network && n.source.as_deref() == Some(name))
+            .and_then(|n| n.mac)
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("VM {} has no NIC on network {name}", req.vm))
+            })?;
+        let lease = leases
+            .iter()
+            .find(|l| l.mac == mac.to_string())
+            .ok_or_else(|| EngineError::Invalid(format!("VM {} has no DHCP lease on {name} yet; start it and let it get an address first", req.vm)))?;
+        let vm_ip = lease.ip.parse().map_err(invalid)?;
+        let f = model::ForwardSpec {
+            proto: req.proto,
+            host_addr: req.host_addr,
+            host_port: req.host_port,
+            vm: req.vm,
+            vm_port: req.port.unwrap_or(req.host_port),
+            mac,
+            vm_ip,
+        };
+        self.change_forwards(name, |fw| {
+            fw.push(f);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn net_forward_remove(
+        &self,
+        name: &str,
+        proto: &str,
+        host_port: u16,
+    ) -> Result<Vec<model::ForwardSpec>> {
+        self.change_forwards(name, |fw| {
+            let before = fw.len();
+            fw.retain(|f| !(f.proto == proto && f.host_port == host_port));
+            if fw.len() == before {
+                return Err(EngineError::NotFound(format!(
+                    "forward {proto}/{host_port} on network {name}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_forwards(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Vec<model::ForwardSpec>) -> Result<()>,
+    ) -> Result<Vec<model::ForwardSpec>> {
+        let mut nets = self.inner.nets.lock().await;
+        let others: Vec<NetworkConfig> = nets
+            .map
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(_, n)| n.cfg.clone())
+            .collect();
+        let dir = self.net_dir(name);
+        let net = nets
+            .map
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        if net.spec.mode != NetMode::Nat {
+            return Err(EngineError::Invalid(format!(
+                "network {name} is {}; port forwards need a nat network",
+                net.spec.mode
+            )));
+        }
+        let mut spec = net.spec.clone();
+        change(&mut spec.forwards)?;
+        let cfg = cfg_from_spec(&spec)?;
+        cfg.check_against(&others, false).map_err(invalid)?;
+        if net.active {
+            host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
+                .await
+                .map_err(host)?;
+        }
+        self.inner.store.update_network(&spec)?;
+        net.spec = spec;
+        net.cfg = cfg;
+        Ok(net.spec.forwards.clone())
+    }
+
     /// Each network NIC's leased address, read from its network's lease file.
     pub(crate) fn nic_addresses(&self, spec: &VmSpec) -> Vec<api::NicAddress> {
         let mut out = Vec::new();
@@ -480,8 +587,29 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
                 .parse()
                 .map_err(invalid)?;
             let mut cfg = NetworkConfig::managed(name, mode(m), subnet).map_err(invalid)?;
-            if let (Some(r), Some(ip)) = (&spec.dhcp_range, cfg.ipv4.as_mut()) {
-                ip.dhcp = Some(r.parse().map_err(invalid)?);
+            if let Some(ip) = cfg.ipv4.as_mut() {
+                if let Some(r) = &spec.dhcp_range {
+                    ip.dhcp = Some(r.parse().map_err(invalid)?);
+                }
+                for f in &spec.forwards {
+                    if !ip.reservations.iter().any(|r| r.mac == f.mac) {
+                        ip.reservations.push(host_net::Reservation {
+                            mac: f.mac,
+                            ip: f.vm_ip,
+                            hostname: None,
+                        });
+                    }
+                }
+            }
+            for f in &spec.forwards {
+                let proto = f.proto.parse().map_err(invalid)?;
+                cfg.forwards.push(host_net::PortForward {
+                    proto,
+                    host_addr: f.host_addr,
+                    host_port: f.host_port,
+                    vm_ip: f.vm_ip,
+                    vm_port: f.vm_port,
+                });
             }
             cfg
         }

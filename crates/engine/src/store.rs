@@ -314,6 +314,14 @@ impl Store {
         Ok(())
     }
 
+    pub fn update_network(&self, spec: &model::NetworkSpec) -> Result<()> {
+        self.conn().execute(
+            "UPDATE networks SET spec = ?1 WHERE name = ?2",
+            params![to_json(spec), spec.name.as_str()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_network_active(&self, name: &str, active: bool) -> Result<()> {
         self.conn().execute(
             "UPDATE networks SET active = ?1 WHERE name = ?2",

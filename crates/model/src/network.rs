@@ -60,6 +60,25 @@ pub struct NetworkSpec {
     pub dhcp_range: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
+    /// Port forwards into VMs (NAT only); each pins its VM's address with a DHCP reservation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<ForwardSpec>,
+}
+
+/// `proto host_addr:host_port -> vm:vm_port`, resolved to the VM's NIC when added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_addr: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub vm: String,
+    pub vm_port: u16,
+    /// The VM NIC's MAC and the address reserved for it.
+    pub mac: crate::Mac,
+    pub vm_ip: std::net::Ipv4Addr,
 }
 
 impl NetworkSpec {
@@ -90,6 +109,7 @@ mod tests {
             subnet: subnet.map(Into::into),
             dhcp_range: None,
             autostart: false,
+            forwards: vec![],
         }
     }
 
