@@ -12,6 +12,7 @@
 mod boot;
 mod cli;
 mod daemon;
+mod extra;
 mod machine;
 mod power;
 mod procs;
@@ -62,6 +63,12 @@ enum Group {
     Power,
     /// Daemon start → API answers.
     Daemon,
+    /// Volume latencies and upload/download throughput.
+    Storage,
+    /// Snapshot create/revert/delete with 256 MiB and 1 GiB guests.
+    Snapshot,
+    /// Network start/stop and VM start → lease (inside a network namespace).
+    Net,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -125,6 +132,22 @@ fn run(args: Args) -> Result<bool> {
         ));
     }
 
+    let mut extra = Vec::new();
+    if wanted(Group::Storage) {
+        eprintln!("storage: volume latencies and throughput");
+        extra.extend(extra::storage(&bins.hvd, plan.runs));
+    }
+    if wanted(Group::Snapshot) {
+        for mem in [256, 1024] {
+            eprintln!("snapshot: {mem} MiB guest, {} runs", plan.runs.min(5));
+            extra.extend(extra::snapshots(&bins.hvd, plan.runs.min(5), mem));
+        }
+    }
+    if wanted(Group::Net) {
+        eprintln!("net: start/stop and start → lease");
+        extra.extend(extra::network(&bins.hvd, plan.runs));
+    }
+
     println!("Machine: {machine}\n");
     print!("{}", report::table(&out.rows));
     let met = out.rows.iter().filter(|r| r.met()).count();
@@ -133,7 +156,14 @@ fn run(args: Args) -> Result<bool> {
     for note in &out.notes {
         println!("\n{note}");
     }
-    Ok(out.rows.iter().all(|r| !r.failed()))
+    if !extra.is_empty() {
+        println!(
+            "\nStorage, snapshots and networks:\n\n{}",
+            extra::table(&extra)
+        );
+    }
+    let extra_ok = extra.iter().all(|r| r.error.is_none());
+    Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok)
 }
 
 /// The table rows and the notes printed under the table.
