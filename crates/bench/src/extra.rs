@@ -191,7 +191,7 @@ fn throughput(h: &TestHvd, runs: usize) -> (Result<Vec<f64>>, Result<Vec<f64>>) 
                 let (_, mut r) = c.vol_download("default", "payload.raw")?;
                 let mut out =
                     std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(&dst)?);
-                std::io::copy(&mut r, &mut out)?;
+                client::copy_big(&mut r, &mut out)?;
                 std::io::Write::flush(&mut out)?;
                 Ok(())
             })?;

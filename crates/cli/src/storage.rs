@@ -400,7 +400,7 @@ pub fn vol(c: &Client, cmd: VolCmd) -> Result<()> {
             let out = std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot create {}", tmp.display()))?;
             let mut p = Progress::new(std::io::BufWriter::with_capacity(4 << 20, out), len);
-            let copied = std::io::copy(&mut r, &mut p);
+            let copied = client::copy_big(&mut r, &mut p);
             let done = copied.map_err(anyhow::Error::from).and_then(|n| {
                 p.flush()?;
                 if n != len {

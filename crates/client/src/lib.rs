@@ -107,6 +107,23 @@ impl<R: BufRead> Read for Chunked<R> {
     }
 }
 
+/// `std::io::copy` with a 1 MiB buffer: bulk transfers (volume upload and download) move
+/// in large writes instead of 8 KiB ones.
+pub fn copy_big(r: &mut dyn Read, w: &mut dyn Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 /// Decodes a JSON reply, or the API error.
 fn decode<T: DeserializeOwned>(resp: Response) -> Result<T> {
     let status = resp.status;
@@ -185,7 +202,7 @@ impl Client {
             s.write_all(&req)?;
         } else {
             s.write_all(head.as_bytes())?;
-            let sent = std::io::copy(&mut body.take(len), &mut s)?;
+            let sent = copy_big(&mut body.take(len), &mut s)?;
             if sent != len {
                 return Err(ClientError::Protocol(format!(
                     "the body ended after {sent} of {len} bytes"

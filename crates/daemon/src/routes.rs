@@ -536,7 +536,7 @@ async fn vol_download(
     })?;
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let stream = futures_util::stream::unfold(f, |mut f| async move {
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; 4 << 20];
         match f.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
