@@ -41,6 +41,16 @@ impl TestHvd {
     /// Starts hvd (`hvd_bin`, usually `env!("CARGO_BIN_EXE_hvd")`) in a fresh directory and
     /// waits until its API answers.
     pub fn start(hvd_bin: &Path) -> Result<TestHvd> {
+        Self::start_with(hvd_bin, None)
+    }
+
+    /// Like [`start`](Self::start), with hvd inside the network namespace `netns` (which the
+    /// test made; see [`NetNs`](crate::NetNs)).
+    pub fn start_in_netns(hvd_bin: &Path, netns: &str) -> Result<TestHvd> {
+        Self::start_with(hvd_bin, Some(netns))
+    }
+
+    fn start_with(hvd_bin: &Path, netns: Option<&str>) -> Result<TestHvd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short, so runtime socket paths stay far below the 107-byte limit.
         let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
@@ -51,28 +61,7 @@ impl TestHvd {
             state_dir: dir.join("state"),
             dir,
             hvd_bin: hvd_bin.to_path_buf(),
-            netns: None,
-            child: None,
-            client: Client::new(""),
-        };
-        t.client = Client::new(&t.socket);
-        t.spawn()?;
-        Ok(t)
-    }
-
-    /// Like [`start`](Self::start), with hvd inside the network namespace `netns` (which the
-    /// test made; see [`NetNs`](crate::NetNs)).
-    pub fn start_in_netns(hvd_bin: &Path, netns: &str) -> Result<TestHvd> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let mut t = TestHvd {
-            socket: dir.join("hvd.sock"),
-            state_dir: dir.join("state"),
-            dir,
-            hvd_bin: hvd_bin.to_path_buf(),
-            netns: Some(netns.to_string()),
+            netns: netns.map(str::to_string),
             child: None,
             client: Client::new(""),
         };
