@@ -26,6 +26,29 @@ fn nat_network_gives_leases_and_tears_down_completely() {
         autostart: false,
         forwards: vec![],
     };
+    // hv host check spots a firewall that drops forwarded traffic and says what to add.
+    let fw = c
+        .host_check()
+        .unwrap()
+        .checks
+        .into_iter()
+        .find(|c| c.name == "firewall")
+        .unwrap();
+    assert_eq!(fw.status, api::CheckStatus::Pass, "{fw:?}");
+    ns.run(&["nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"]).unwrap();
+    let fw = c
+        .host_check()
+        .unwrap()
+        .checks
+        .into_iter()
+        .find(|c| c.name == "firewall")
+        .unwrap();
+    assert_eq!(fw.status, api::CheckStatus::Warn, "{fw:?}");
+    assert!(
+        fw.hint.unwrap_or_default().contains("iptables -I FORWARD"),
+        "the hint says what to add"
+    );
+    ns.run(&["nft", "delete table ip filter"]).unwrap();
     let lan = c.net_create(&spec("lan", "10.77.7.0/24")).unwrap();
     assert_eq!(lan.gateway.as_deref(), Some("10.77.7.1"));
     // Bad input: overlapping subnet, bad CIDR, duplicate, NIC on an unknown network.

@@ -237,7 +237,9 @@ impl Engine {
 
     /// `hv host check`.
     pub async fn host_check(&self) -> HostReport {
-        host_probe::check_host(&self.inner.cfg.qemu_binary).await
+        let mut report = host_probe::check_host(&self.inner.cfg.qemu_binary).await;
+        report.checks.push(self.firewall_check().await);
+        report
     }
 
     // ---- definitions ----

@@ -487,6 +487,57 @@ impl Engine {
         Ok(net.spec.forwards.clone())
     }
 
+    /// Does another firewall table drop forwarded traffic (which hv's own table cannot
+    /// override)? Says exactly what to add when it does.
+    pub(crate) async fn firewall_check(&self) -> api::HostCheck {
+        use api::CheckStatus::{Pass, Warn};
+        let bridge = {
+            let nets = self.inner.nets.lock().await;
+            nets.map
+                .values()
+                .find(|n| n.spec.mode == NetMode::Nat)
+                .map(|n| n.cfg.bridge.clone())
+                .unwrap_or_else(|| "hvbr-default".into())
+        };
+        let check = |status, detail: String, hint: Option<String>| api::HostCheck {
+            name: "firewall".into(),
+            status,
+            detail,
+            hint,
+        };
+        match host_net::forward_blockers().await {
+            Ok(b) if b.is_empty() => check(
+                Pass,
+                "no other firewall table drops forwarded traffic".into(),
+                None,
+            ),
+            Ok(b) => {
+                let which: Vec<String> = b
+                    .iter()
+                    .map(|x| format!("{} {} {}", x.family, x.table, x.chain))
+                    .collect();
+                let hint = b
+                    .iter()
+                    .map(|x| x.advice(&bridge))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                check(
+                    Warn,
+                    format!(
+                        "forwarded traffic is dropped by {} (NAT networks need it)",
+                        which.join(", ")
+                    ),
+                    Some(hint),
+                )
+            }
+            Err(e) => check(
+                Warn,
+                format!("cannot read the nftables chains: {e}"),
+                Some("apt-get install nftables".into()),
+            ),
+        }
+    }
+
     /// Each network NIC's leased address, read from its network's lease file.
     pub(crate) fn nic_addresses(&self, spec: &VmSpec) -> Vec<api::NicAddress> {
         let mut out = Vec::new();
