@@ -194,6 +194,8 @@ fn snapshots_are_refused_where_they_would_lose_data() {
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
     assert!(c.snapshots("eph").unwrap().is_empty());
+    let e = c.snapshot_create("rawvm", &snap("current")).unwrap_err();
+    assert!(e.to_string().contains("pick another snapshot name"), "{e}");
     assert!(c.snapshots("rawvm").unwrap().is_empty());
 }
 

@@ -188,6 +188,12 @@ impl Engine {
         let vm = self.get(name)?;
         let _op = vm.begin("snapshot create")?;
         let snap = req.name.to_string();
+        if snap == "current" {
+            return Err(EngineError::Invalid(
+                "\"current\" names the current snapshot in the API; pick another snapshot name"
+                    .into(),
+            ));
+        }
         let rows = self.inner.store.load_snapshots(vm.id)?;
         if rows.iter().any(|r| r.name == snap) {
             return Err(EngineError::AlreadyExists(format!(
