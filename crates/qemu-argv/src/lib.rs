@@ -558,16 +558,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data")
             .join(format!("{name}.args"));
-        if std::env::var_os("HV_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &got).unwrap();
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            got,
-            want,
-            "golden {} differs; rerun with HV_UPDATE_GOLDEN=1 and review the diff",
-            path.display()
-        );
+        testkit::golden::assert_golden(&path, &got);
     }
 
     #[test]
