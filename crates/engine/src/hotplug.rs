@@ -177,15 +177,11 @@ impl Engine {
             qmp.execute("device_del", Some(json!({ "id": target })))
                 .await
                 .map_err(qemu)?;
-            let gone = tokio::time::timeout(UNPLUG_TIMEOUT, async {
-                while let Ok(ev) = events.recv().await {
-                    if ev.event == "DEVICE_DELETED" && ev.data["device"].as_str() == Some(target) {
-                        return;
-                    }
-                }
+            let gone = Vm::wait_qmp_event(&mut events, UNPLUG_TIMEOUT, |ev| {
+                ev.event == "DEVICE_DELETED" && ev.data["device"].as_str() == Some(target)
             })
             .await;
-            if gone.is_err() {
+            if !gone {
                 return Err(EngineError::Timeout(format!(
                     "the guest of {name} did not release disk {target} within {} s (it needs ACPI hotplug support); nothing was changed",
                     UNPLUG_TIMEOUT.as_secs()

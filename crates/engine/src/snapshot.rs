@@ -74,18 +74,13 @@ impl Engine {
         args["job-id"] = json!(id);
         let mut events = vm.subscribe_qmp_events();
         qmp.execute(command, Some(args)).await.map_err(qemu)?;
-        let concluded = tokio::time::timeout(JOB_TIMEOUT, async {
-            while let Ok(ev) = events.recv().await {
-                if ev.event == "JOB_STATUS_CHANGE"
-                    && ev.data["id"] == json!(id)
-                    && ev.data["status"] == "concluded"
-                {
-                    return;
-                }
-            }
+        let concluded = Vm::wait_qmp_event(&mut events, JOB_TIMEOUT, |ev| {
+            ev.event == "JOB_STATUS_CHANGE"
+                && ev.data["id"] == json!(id)
+                && ev.data["status"] == "concluded"
         })
         .await;
-        if concluded.is_err() {
+        if !concluded {
             return Err(EngineError::Timeout(format!(
                 "{command} did not finish within {} s",
                 JOB_TIMEOUT.as_secs()

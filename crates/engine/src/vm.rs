@@ -99,6 +99,25 @@ impl Vm {
             .subscribe()
     }
 
+    /// Waits up to `timeout` for an event on `events` (subscribed before the command that
+    /// causes it) that `matches`; false on timeout.
+    pub async fn wait_qmp_event(
+        events: &mut tokio::sync::broadcast::Receiver<qmp::QmpEvent>,
+        timeout: std::time::Duration,
+        matches: impl Fn(&qmp::QmpEvent) -> bool,
+    ) -> bool {
+        tokio::time::timeout(timeout, async {
+            while let Ok(ev) = events.recv().await {
+                if matches(&ev) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        })
+        .await
+        .is_ok()
+    }
+
     /// Hands a QMP event to whoever subscribed.
     pub fn publish_qmp_event(&self, ev: &qmp::QmpEvent) {
         let g = self.qmp_events.lock().unwrap_or_else(|p| p.into_inner());
