@@ -540,6 +540,26 @@ pub struct ForwardList {
     pub forwards: Vec<model::ForwardSpec>,
 }
 
+/// `POST /v1/networks/{net}/reservations`: a fixed DHCP address for a MAC or for a VM's NIC
+/// on the network (exactly one of `mac` and `vm`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddReservationRequest {
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub vm: Option<String>,
+    pub ip: std::net::Ipv4Addr,
+    /// The name DNS answers for the address; defaults to the VM's name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReservationList {
+    pub reservations: Vec<model::ReservationSpec>,
+}
+
 /// A DHCP lease (`GET /v1/networks/{name}/leases`).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LeaseInfo {

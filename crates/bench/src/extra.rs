@@ -280,13 +280,8 @@ pub fn network(hvd: &Path, runs: usize) -> Vec<ExtraRow> {
         let h = TestHvd::start_in_netns(hvd, &ns.name)?;
         let c = h.client();
         let spec = NetworkSpec {
-            name: "b".parse()?,
-            mode: NetMode::Nat,
-            bridge: None,
             subnet: Some("10.99.0.0/24".into()),
-            dhcp_range: None,
-            autostart: false,
-            forwards: vec![],
+            ..NetworkSpec::new("b".parse()?, NetMode::Nat)
         };
         c.net_create(&spec)?;
         for _ in 0..runs {

@@ -40,11 +40,20 @@ pub enum NetCmd {
     Start { name: String },
     /// Tear a network down; nothing of hv's is left behind.
     Stop { name: String },
+    /// Start the network whenever hvd starts (or not, with --disable).
+    Autostart {
+        name: String,
+        #[arg(long)]
+        disable: bool,
+    },
     /// Delete a stopped network that no VM uses.
     Delete { name: String },
     /// Port forwards into VMs on a NAT network.
     #[command(subcommand)]
     Forward(ForwardCmd),
+    /// Fixed DHCP addresses, by MAC or for a VM's NIC on the network.
+    #[command(subcommand)]
+    Reservation(ReservationCmd),
     /// DHCP leases: MAC, IP, hostname, VM, expiry.
     Leases {
         name: String,
@@ -83,6 +92,36 @@ pub enum ForwardCmd {
         proto: String,
         #[arg(long)]
         host_port: u16,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReservationCmd {
+    /// Reserve IP for a MAC or for a VM's NIC on the network (effective at the guest's next
+    /// DHCP request).
+    Add {
+        net: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long, conflicts_with = "vm", required_unless_present = "vm")]
+        mac: Option<String>,
+        #[arg(long)]
+        vm: Option<String>,
+        /// The name DNS answers for the address (default: the VM's name).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// The network's reservations.
+    List {
+        net: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Remove the reservation of a MAC or of a VM (by its name).
+    Remove {
+        net: String,
+        /// A MAC or a VM name.
+        mac_or_vm: String,
     },
 }
 
@@ -126,13 +165,11 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
             autostart,
         } => {
             let n = c.net_create(&NetworkSpec {
-                forwards: vec![],
-                name,
-                mode,
                 bridge,
                 subnet,
                 dhcp_range,
                 autostart,
+                ..NetworkSpec::new(name, mode)
             })?;
             println!(
                 "network {} defined ({}, {})",
@@ -160,6 +197,13 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
         NetCmd::Stop { name } => {
             c.net_stop(&name)?;
             println!("network {name} stopped");
+        }
+        NetCmd::Autostart { name, disable } => {
+            c.net_autostart(&name, !disable)?;
+            println!(
+                "network {name} autostart {}",
+                if disable { "disabled" } else { "enabled" }
+            );
         }
         NetCmd::Delete { name } => {
             c.net_delete(&name)?;
@@ -216,6 +260,47 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
         }) => {
             c.net_forward_remove(&net, &proto, host_port)?;
             println!("{proto} port {host_port} no longer forwarded");
+        }
+        NetCmd::Reservation(ReservationCmd::Add {
+            net,
+            ip,
+            mac,
+            vm,
+            hostname,
+        }) => {
+            let who = vm.clone().or(mac.clone()).unwrap_or_default();
+            c.net_reservation_add(
+                &net,
+                &api::AddReservationRequest {
+                    mac,
+                    vm,
+                    ip,
+                    hostname,
+                },
+            )?;
+            println!("{ip} reserved for {who} on {net}");
+        }
+        NetCmd::Reservation(ReservationCmd::List { net, format }) => {
+            let rs = c.net_reservations(&net)?;
+            if !output::structured(format, &rs)? {
+                let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+                let rows: Vec<Vec<String>> = rs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.mac.to_string(),
+                            r.ip.to_string(),
+                            dash(&r.vm),
+                            dash(&r.hostname),
+                        ]
+                    })
+                    .collect();
+                print!("{}", output::table(&["MAC", "IP", "VM", "HOSTNAME"], &rows));
+            }
+        }
+        NetCmd::Reservation(ReservationCmd::Remove { net, mac_or_vm }) => {
+            c.net_reservation_remove(&net, &mac_or_vm)?;
+            println!("reservation for {mac_or_vm} removed from {net}");
         }
         NetCmd::Leases { name, format } => {
             let leases = c.net_leases(&name)?;

@@ -406,6 +406,44 @@ impl Client {
             .post::<api::ForwardList>(&format!("/v1/networks/{name}/forwards"), req)?
             .forwards)
     }
+    pub fn net_autostart(&self, name: &str, enabled: bool) -> Result<api::NetworkInfo> {
+        self.post(
+            &format!("/v1/networks/{name}/autostart"),
+            &api::AutostartRequest { enabled },
+        )
+    }
+    pub fn net_reservations(&self, name: &str) -> Result<Vec<model::ReservationSpec>> {
+        Ok(self
+            .call::<api::ReservationList>(
+                "GET",
+                &format!("/v1/networks/{name}/reservations"),
+                None::<&()>,
+            )?
+            .reservations)
+    }
+    pub fn net_reservation_add(
+        &self,
+        name: &str,
+        req: &api::AddReservationRequest,
+    ) -> Result<Vec<model::ReservationSpec>> {
+        Ok(self
+            .post::<api::ReservationList>(&format!("/v1/networks/{name}/reservations"), req)?
+            .reservations)
+    }
+    /// Removes the reservation of a MAC, or of a VM by its name.
+    pub fn net_reservation_remove(
+        &self,
+        name: &str,
+        mac_or_vm: &str,
+    ) -> Result<Vec<model::ReservationSpec>> {
+        Ok(self
+            .call::<api::ReservationList>(
+                "DELETE",
+                &format!("/v1/networks/{name}/reservations/{mac_or_vm}"),
+                None::<&()>,
+            )?
+            .reservations)
+    }
     pub fn net_forward_remove(
         &self,
         name: &str,

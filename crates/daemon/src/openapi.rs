@@ -88,10 +88,14 @@ pub fn routes() -> Vec<RouteDoc> {
         r("delete", "/v1/networks/{net}", "Delete a stopped network no VM uses", None, 204, None),
         r("post", "/v1/networks/{net}/start", "Bring up its bridge, firewall table and dnsmasq", None, 200, Some(s::<NetworkInfo>)),
         r("post", "/v1/networks/{net}/stop", "Tear down exactly what hv made for it", None, 200, Some(s::<NetworkInfo>)),
+        r("post", "/v1/networks/{net}/autostart", "Start the network when hvd starts (or not)", Some(s::<AutostartRequest>), 200, Some(s::<NetworkInfo>)),
         r("get", "/v1/networks/{net}/leases", "DHCP leases, with the VM that holds each", None, 200, Some(s::<LeaseList>)),
         r("get", "/v1/networks/{net}/forwards", "Port forwards into VMs", None, 200, Some(s::<ForwardList>)),
         r("post", "/v1/networks/{net}/forwards", "Forward a host port to a VM (pins its address)", Some(s::<AddForwardRequest>), 200, Some(s::<ForwardList>)),
         r("delete", "/v1/networks/{net}/forwards/{proto}/{port}", "Remove a port forward", None, 200, Some(s::<ForwardList>)),
+        r("get", "/v1/networks/{net}/reservations", "Fixed DHCP addresses", None, 200, Some(s::<ReservationList>)),
+        r("post", "/v1/networks/{net}/reservations", "Reserve an address for a MAC or a VM's NIC (dnsmasq restarted)", Some(s::<AddReservationRequest>), 200, Some(s::<ReservationList>)),
+        r("delete", "/v1/networks/{net}/reservations/{key}", "Remove the reservation of a MAC or a VM (by name)", None, 200, Some(s::<ReservationList>)),
         r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
         r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
         r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
@@ -128,7 +132,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

@@ -123,6 +123,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/networks/{net}", get(net_info).delete(net_delete))
         .route("/v1/networks/{net}/start", post(net_start))
         .route("/v1/networks/{net}/stop", post(net_stop))
+        .route("/v1/networks/{net}/autostart", post(net_autostart))
         .route("/v1/networks/{net}/leases", get(net_leases))
         .route(
             "/v1/networks/{net}/forwards",
@@ -131,6 +132,14 @@ pub fn router(engine: Engine) -> Router {
         .route(
             "/v1/networks/{net}/forwards/{proto}/{port}",
             axum::routing::delete(net_forward_remove),
+        )
+        .route(
+            "/v1/networks/{net}/reservations",
+            get(net_reservations).post(net_reservation_add),
+        )
+        .route(
+            "/v1/networks/{net}/reservations/{key}",
+            axum::routing::delete(net_reservation_remove),
         )
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
@@ -721,4 +730,42 @@ async fn net_forward_remove(
     Ok(Json(api::ForwardList {
         forwards: e.net_forward_remove(&net, &proto, port).await?,
     }))
+}
+
+async fn net_reservations(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+) -> ApiResult<api::ReservationList> {
+    Ok(Json(api::ReservationList {
+        reservations: e.net_reservations(&net).await?,
+    }))
+}
+
+async fn net_reservation_add(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::ReservationList> {
+    let req: api::AddReservationRequest = body(&b)?;
+    Ok(Json(api::ReservationList {
+        reservations: e.net_reservation_add(&net, req).await?,
+    }))
+}
+
+async fn net_reservation_remove(
+    State(e): State<Engine>,
+    Path((net, key)): Path<(String, String)>,
+) -> ApiResult<api::ReservationList> {
+    Ok(Json(api::ReservationList {
+        reservations: e.net_reservation_remove(&net, &key).await?,
+    }))
+}
+
+async fn net_autostart(
+    State(e): State<Engine>,
+    Path(net): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::NetworkInfo> {
+    let req: api::AutostartRequest = body(&b)?;
+    Ok(Json(e.net_set_autostart(&net, req.enabled).await?))
 }

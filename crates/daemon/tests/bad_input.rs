@@ -172,7 +172,8 @@ fn every_documented_route_is_served() {
                 .replace("{snap}", "no-such-snap")
                 .replace("{net}", "no-such-net")
                 .replace("{proto}", "tcp")
-                .replace("{port}", "80");
+                .replace("{port}", "80")
+                .replace("{key}", "no-such-vm");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

@@ -12,19 +12,14 @@ const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add 
 #[test]
 fn nat_network_gives_leases_and_tears_down_completely() {
     let ns = NetNs::new("net").unwrap();
-    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let mut h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
     let c = h.client();
     // A default NAT network is defined at first start, on a free /24, not started.
     let default = c.net_info("default").unwrap();
     assert!(!default.active && default.subnet.is_some(), "{default:?}");
     let spec = |name: &str, subnet: &str| NetworkSpec {
-        name: name.parse().unwrap(),
-        mode: NetMode::Nat,
-        bridge: None,
         subnet: Some(subnet.into()),
-        dhcp_range: None,
-        autostart: false,
-        forwards: vec![],
+        ..NetworkSpec::new(name.parse().unwrap(), NetMode::Nat)
     };
     // hv host check spots a firewall that drops forwarded traffic and says what to add.
     let fw = c
@@ -77,7 +72,60 @@ fn nat_network_gives_leases_and_tears_down_completely() {
     // A VM on the network starts the network, gets a lease and reaches the gateway.
     let mut vm = h.tiny_spec("a", VmOpts::default()).unwrap();
     vm.nics.push("network=lan".parse().unwrap());
-    c.create(vm, true).unwrap();
+    c.create(vm, false).unwrap();
+    // DHCP reservations: by VM name (its NIC's MAC) or by MAC, with the refusals.
+    let reserve = |mac: Option<&str>, vm: Option<&str>, ip: &str| {
+        c.net_reservation_add(
+            "lan",
+            &api::AddReservationRequest {
+                mac: mac.map(Into::into),
+                vm: vm.map(Into::into),
+                ip: ip.parse().unwrap(),
+                hostname: None,
+            },
+        )
+    };
+    let code = |r: Result<Vec<model::ReservationSpec>, client::ClientError>| r.unwrap_err().code();
+    let rs = reserve(None, Some("a"), "10.77.7.50").unwrap();
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].vm.as_deref(), Some("a"));
+    assert_eq!(rs[0].hostname.as_deref(), Some("a"));
+    let other = Some("52:54:00:00:77:99");
+    for (r, why) in [
+        (reserve(other, None, "10.78.0.5"), "outside the subnet"),
+        (reserve(other, None, "10.77.7.1"), "the gateway"),
+        (
+            reserve(other, None, "10.77.7.50"),
+            "an address reserved for a",
+        ),
+        (
+            reserve(other, Some("a"), "10.77.7.60"),
+            "both a MAC and a VM",
+        ),
+        (reserve(Some("52:54"), None, "10.77.7.60"), "a bad MAC"),
+    ] {
+        assert_eq!(code(r), Some(ErrorCode::InvalidArgument), "{why}");
+    }
+    assert_eq!(
+        code(reserve(None, Some("a"), "10.77.7.51")),
+        Some(ErrorCode::AlreadyExists)
+    );
+    assert_eq!(
+        code(reserve(None, Some("nope"), "10.77.7.51")),
+        Some(ErrorCode::NotFound)
+    );
+    reserve(other, None, "10.77.7.60").unwrap();
+    assert_eq!(
+        c.net_reservation_remove("lan", "52:54:00:00:77:99")
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.net_reservation_remove("lan", "nope").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    c.start("a", false).unwrap();
     assert!(
         c.net_info("lan").unwrap().active,
         "starting a VM starts its network"
@@ -93,6 +141,7 @@ fn nat_network_gives_leases_and_tears_down_completely() {
         )
         .unwrap();
     let lease = lease.trim().to_string();
+    assert_eq!(lease, "HV-LEASE-10.77.7.50", "the reservation holds");
     h.run_in_guest(
         "a",
         "ping -c 1 -W 5 10.77.7.1 >/dev/null && echo PING-$((40+2))",
@@ -158,6 +207,13 @@ fn nat_network_gives_leases_and_tears_down_completely() {
             .any(|n| n.contains("dnsmasq") || n.contains("qemu")),
         "{names:?}"
     );
+    // An autostart network comes up with hvd.
+    c.net_autostart("lan", true).unwrap();
+    h.restart().unwrap();
+    let c = h.client();
+    assert!(c.net_info("lan").unwrap().active, "autostart");
+    assert!(!c.net_info("default").unwrap().active);
+    c.net_stop("lan").unwrap();
     c.undefine("a", false, false).unwrap();
     c.net_delete("lan").unwrap();
     assert!(c.net_info("lan").is_err());
@@ -211,13 +267,8 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
     let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
     let c = h.client();
     let spec = |name: &str, mode, subnet: &str| NetworkSpec {
-        name: name.parse().unwrap(),
-        mode,
-        bridge: None,
         subnet: Some(subnet.into()),
-        dhcp_range: None,
-        autostart: false,
-        forwards: vec![],
+        ..NetworkSpec::new(name.parse().unwrap(), mode)
     };
     c.net_create(&spec("lan", NetMode::Nat, "10.77.8.0/24"))
         .unwrap();

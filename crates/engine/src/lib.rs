@@ -145,6 +145,8 @@ impl Engine {
         engine.ensure_default_pool()?;
         engine.load_networks().await?;
         engine.ensure_default_network().await?;
+        // Networks come up before the API answers (milliseconds each), VMs after.
+        engine.autostart_networks().await;
         let mut reattach = Vec::new();
         for row in rows {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));

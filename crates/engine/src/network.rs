@@ -129,15 +129,7 @@ impl Engine {
         if self.inner.store.get_meta("default_network")?.is_some() {
             return Ok(());
         }
-        let spec = NetworkSpec {
-            name: "default".parse()?,
-            mode: NetMode::Nat,
-            bridge: None,
-            subnet: None,
-            dhcp_range: None,
-            autostart: false,
-            forwards: vec![],
-        };
+        let spec = NetworkSpec::new("default".parse()?, NetMode::Nat);
         match self.net_create(spec).await {
             Ok(_) | Err(EngineError::AlreadyExists(_)) => {}
             Err(e) => tracing::warn!(error = %e, "cannot define the default network"),
@@ -398,17 +390,7 @@ impl Engine {
         req: api::AddForwardRequest,
     ) -> Result<Vec<model::ForwardSpec>> {
         let leases = self.net_leases(name).await?;
-        let vm = self.get(&req.vm)?;
-        let mac = vm
-            .lock()
-            .spec
-            .nics
-            .iter()
-            .find(|n| n.kind == NicKind::Network && n.source.as_deref() == Some(name))
-            .and_then(|n| n.mac)
-            .ok_or_else(|| {
-                EngineError::Invalid(format!("VM {} has no NIC on network {name}", req.vm))
-            })?;
+        let mac = self.nic_mac_on(&req.vm, name)?;
         let lease = leases
             .iter()
             .find(|l| l.mac == mac.to_string())
@@ -423,11 +405,35 @@ impl Engine {
             mac,
             vm_ip,
         };
-        self.change_forwards(name, |fw| {
-            fw.push(f);
+        self.change_spec(name, |spec| {
+            need_nat(spec)?;
+            if let Some(r) = spec
+                .reservations
+                .iter()
+                .find(|r| r.mac == f.mac && r.ip != f.vm_ip)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "{} is reserved {} but leased {}; restart the VM's DHCP client or remove the reservation first",
+                    f.mac, r.ip, f.vm_ip
+                )));
+            }
+            spec.forwards.push(f);
             Ok(())
         })
         .await
+        .map(|s| s.forwards)
+    }
+
+    /// The MAC of `vm`'s NIC on network `net`.
+    fn nic_mac_on(&self, vm: &str, net: &str) -> Result<model::Mac> {
+        self.get(vm)?
+            .lock()
+            .spec
+            .nics
+            .iter()
+            .find(|n| n.kind == NicKind::Network && n.source.as_deref() == Some(net))
+            .and_then(|n| n.mac)
+            .ok_or_else(|| EngineError::Invalid(format!("VM {vm} has no NIC on network {net}")))
     }
 
     pub async fn net_forward_remove(
@@ -436,10 +442,11 @@ impl Engine {
         proto: &str,
         host_port: u16,
     ) -> Result<Vec<model::ForwardSpec>> {
-        self.change_forwards(name, |fw| {
-            let before = fw.len();
-            fw.retain(|f| !(f.proto == proto && f.host_port == host_port));
-            if fw.len() == before {
+        self.change_spec(name, |spec| {
+            let before = spec.forwards.len();
+            spec.forwards
+                .retain(|f| !(f.proto == proto && f.host_port == host_port));
+            if spec.forwards.len() == before {
                 return Err(EngineError::NotFound(format!(
                     "forward {proto}/{host_port} on network {name}"
                 )));
@@ -447,13 +454,131 @@ impl Engine {
             Ok(())
         })
         .await
+        .map(|s| s.forwards)
     }
 
-    async fn change_forwards(
+    pub async fn net_set_autostart(&self, name: &str, enabled: bool) -> Result<NetworkInfo> {
+        let spec = self
+            .change_spec(name, |spec| {
+                spec.autostart = enabled;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(net = name, enabled = spec.autostart, "network autostart");
+        self.net_info(name).await
+    }
+
+    /// Starts the autostart networks that are not running (at hvd start, before the API).
+    pub(crate) async fn autostart_networks(&self) {
+        let mut nets = self.inner.nets.lock().await;
+        let names: Vec<String> = nets
+            .map
+            .values()
+            .filter(|n| n.spec.autostart && !n.active)
+            .map(|n| n.spec.name.to_string())
+            .collect();
+        for name in names {
+            tracing::info!(net = name, "autostart");
+            if let Err(e) = self.net_start_locked(&mut nets, &name).await {
+                tracing::error!(net = name, error = %e, "network autostart failed");
+            }
+        }
+    }
+
+    pub async fn net_reservations(&self, name: &str) -> Result<Vec<model::ReservationSpec>> {
+        let nets = self.inner.nets.lock().await;
+        let net = nets
+            .map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        Ok(net.spec.reservations.clone())
+    }
+
+    /// Reserves an address for a MAC, or for the MAC of a VM's NIC on the network. A running
+    /// dnsmasq is restarted with it; guests get the address at their next DHCP request.
+    pub async fn net_reservation_add(
         &self,
         name: &str,
-        change: impl FnOnce(&mut Vec<model::ForwardSpec>) -> Result<()>,
-    ) -> Result<Vec<model::ForwardSpec>> {
+        req: api::AddReservationRequest,
+    ) -> Result<Vec<model::ReservationSpec>> {
+        let (mac, vm) = match (&req.mac, &req.vm) {
+            (Some(m), None) => (m.parse::<model::Mac>().map_err(invalid)?, None),
+            (None, Some(vm)) => (self.nic_mac_on(vm, name)?, Some(vm.clone())),
+            _ => {
+                return Err(EngineError::Invalid(
+                    "give either a MAC (--mac) or a VM name (--vm) to reserve an address for"
+                        .into(),
+                ))
+            }
+        };
+        let hostname = match &req.hostname {
+            Some(h) => Some(h.clone()),
+            None => vm.as_deref().and_then(host_net::hostname_for),
+        };
+        let r = model::ReservationSpec {
+            mac,
+            ip: req.ip,
+            vm,
+            hostname,
+        };
+        self.change_spec(name, |spec| {
+            if spec.mode == NetMode::Bridge {
+                return Err(EngineError::Invalid(format!(
+                    "network {name} is in bridge mode; its DHCP is the host bridge's, not hv's"
+                )));
+            }
+            if let Some(o) = spec.reservations.iter().find(|o| o.mac == mac) {
+                return Err(EngineError::AlreadyExists(format!(
+                    "reservation for {mac} (it has {}); remove it first",
+                    o.ip
+                )));
+            }
+            if let Some(f) = spec
+                .forwards
+                .iter()
+                .find(|f| f.mac == mac && f.vm_ip != r.ip)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "{mac} is pinned to {} by the port forward {}/{}; remove the forward first",
+                    f.vm_ip, f.proto, f.host_port
+                )));
+            }
+            spec.reservations.push(r);
+            Ok(())
+        })
+        .await
+        .map(|s| s.reservations)
+    }
+
+    /// Removes the reservation of a MAC, or the one made for a VM (by name).
+    pub async fn net_reservation_remove(
+        &self,
+        name: &str,
+        mac_or_vm: &str,
+    ) -> Result<Vec<model::ReservationSpec>> {
+        let mac = mac_or_vm.parse::<model::Mac>().ok();
+        self.change_spec(name, |spec| {
+            let before = spec.reservations.len();
+            spec.reservations
+                .retain(|r| !(Some(r.mac) == mac || r.vm.as_deref() == Some(mac_or_vm)));
+            if spec.reservations.len() == before {
+                return Err(EngineError::NotFound(format!(
+                    "reservation for {mac_or_vm} on network {name}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+        .map(|s| s.reservations)
+    }
+
+    /// Changes a network's definition: checks the result, applies it to the running network
+    /// (nft table, dnsmasq), then stores it. Nothing changes when any step fails.
+    async fn change_spec(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut NetworkSpec) -> Result<()>,
+    ) -> Result<NetworkSpec> {
         let mut nets = self.inner.nets.lock().await;
         let others: Vec<NetworkConfig> = nets
             .map
@@ -466,17 +591,11 @@ impl Engine {
             .map
             .get_mut(name)
             .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
-        if net.spec.mode != NetMode::Nat {
-            return Err(EngineError::Invalid(format!(
-                "network {name} is {}; port forwards need a nat network",
-                net.spec.mode
-            )));
-        }
         let mut spec = net.spec.clone();
-        change(&mut spec.forwards)?;
+        change(&mut spec)?;
         let cfg = cfg_from_spec(&spec)?;
         cfg.check_against(&others, false).map_err(invalid)?;
-        if net.active {
+        if net.active && cfg != net.cfg {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
@@ -484,7 +603,7 @@ impl Engine {
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
         net.cfg = cfg;
-        Ok(net.spec.forwards.clone())
+        Ok(net.spec.clone())
     }
 
     /// Does another firewall table drop forwarded traffic (which hv's own table cannot
@@ -624,6 +743,16 @@ impl Engine {
     }
 }
 
+fn need_nat(spec: &NetworkSpec) -> Result<()> {
+    if spec.mode != NetMode::Nat {
+        return Err(EngineError::Invalid(format!(
+            "network {} is {}; port forwards need a nat network",
+            spec.name, spec.mode
+        )));
+    }
+    Ok(())
+}
+
 /// The host config of a spec whose subnet is settled (no host checks).
 fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
     let name = spec.name.as_str();
@@ -641,6 +770,13 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
             if let Some(ip) = cfg.ipv4.as_mut() {
                 if let Some(r) = &spec.dhcp_range {
                     ip.dhcp = Some(r.parse().map_err(invalid)?);
+                }
+                for r in &spec.reservations {
+                    ip.reservations.push(host_net::Reservation {
+                        mac: r.mac,
+                        ip: r.ip,
+                        hostname: r.hostname.clone(),
+                    });
                 }
                 for f in &spec.forwards {
                     if !ip.reservations.iter().any(|r| r.mac == f.mac) {

@@ -13,7 +13,7 @@ mod spec;
 
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};
-pub use network::{ForwardSpec, NetMode, NetworkSpec};
+pub use network::{ForwardSpec, NetMode, NetworkSpec, ReservationSpec};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec,

@@ -63,6 +63,23 @@ pub struct NetworkSpec {
     /// Port forwards into VMs (NAT only); each pins its VM's address with a DHCP reservation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<ForwardSpec>,
+    /// Fixed DHCP addresses (nat and isolated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reservations: Vec<ReservationSpec>,
+}
+
+/// A fixed DHCP address for a MAC; made by MAC or for a VM's NIC on the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationSpec {
+    pub mac: crate::Mac,
+    pub ip: std::net::Ipv4Addr,
+    /// The VM whose NIC has this MAC, when the reservation was made by VM name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// The name DNS answers for the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// `proto host_addr:host_port -> vm:vm_port`, resolved to the VM's NIC when added.
@@ -82,6 +99,20 @@ pub struct ForwardSpec {
 }
 
 impl NetworkSpec {
+    /// A network with hv's defaults: no subnet yet (a free /24 is chosen), not autostarted.
+    pub fn new(name: NetName, mode: NetMode) -> NetworkSpec {
+        NetworkSpec {
+            name,
+            mode,
+            bridge: None,
+            subnet: None,
+            dhcp_range: None,
+            autostart: false,
+            forwards: vec![],
+            reservations: vec![],
+        }
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
         match (self.mode, &self.bridge) {
             (NetMode::Bridge, None) => Err(SpecError::new("bridge", "bridge mode needs --bridge BR, an existing host bridge")),
@@ -103,13 +134,9 @@ mod tests {
 
     fn spec(mode: NetMode, bridge: Option<&str>, subnet: Option<&str>) -> NetworkSpec {
         NetworkSpec {
-            name: "n".parse().unwrap(),
-            mode,
             bridge: bridge.map(Into::into),
             subnet: subnet.map(Into::into),
-            dhcp_range: None,
-            autostart: false,
-            forwards: vec![],
+            ..NetworkSpec::new("n".parse().unwrap(), mode)
         }
     }
 
