@@ -434,10 +434,26 @@ pub struct AttachDiskRequest {
     pub config: Option<bool>,
 }
 
-/// `POST /v1/vms/{name}/disks/{target}/detach`
+/// Where a detach applies (`POST /v1/vms/{name}/disks/{target}/detach`,
+/// `POST /v1/vms/{name}/nics/{mac}/detach`); absent fields take the defaults of attach.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DetachDiskRequest {
+pub struct ScopeRequest {
+    #[serde(default)]
+    pub live: Option<bool>,
+    #[serde(default)]
+    pub config: Option<bool>,
+}
+
+pub type DetachDiskRequest = ScopeRequest;
+pub type DetachNicRequest = ScopeRequest;
+
+/// `POST /v1/vms/{name}/nics`: like [`AttachDiskRequest`], for a NIC (a MAC is generated when
+/// it has none).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachNicRequest {
+    pub nic: model::NicSpec,
     #[serde(default)]
     pub live: Option<bool>,
     #[serde(default)]

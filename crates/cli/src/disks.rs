@@ -47,7 +47,7 @@ pub enum MediaCmd {
 }
 
 /// `--live`/`--config` as given; neither means "the default for the VM's state".
-fn scope(live: bool, config: bool) -> (Option<bool>, Option<bool>) {
+pub(crate) fn scope(live: bool, config: bool) -> (Option<bool>, Option<bool>) {
     if live || config {
         (Some(live), Some(config))
     } else {

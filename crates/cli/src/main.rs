@@ -5,6 +5,7 @@ mod console;
 mod disks;
 mod edit;
 mod networks;
+mod nics;
 mod output;
 mod snapshots;
 mod storage;
@@ -95,6 +96,9 @@ enum Cmd {
     /// Disks of a VM (attach, detach, list).
     #[command(subcommand)]
     Disk(disks::DiskCmd),
+    /// Attach, detach and list a VM's NICs.
+    #[command(subcommand)]
+    Nic(nics::NicCmd),
     /// CD-ROM media (insert, eject).
     #[command(subcommand)]
     Media(disks::MediaCmd),
@@ -296,6 +300,7 @@ fn run(cli: Cli) -> Result<i32> {
             return Ok(if failed { 1 } else { 0 });
         }
         Cmd::Disk(cmd) => disks::disk(&c, cmd)?,
+        Cmd::Nic(cmd) => nics::run(&c, cmd)?,
         Cmd::Media(cmd) => disks::media(&c, cmd)?,
         Cmd::Snapshot(cmd) => snapshots::run(&c, cmd)?,
         Cmd::Net(cmd) => networks::run(&c, cmd)?,

@@ -509,6 +509,12 @@ impl Client {
 
     // ---- disks and media ----
 
+    pub fn nic_attach(&self, name: &str, req: &api::AttachNicRequest) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, "nics"), req)
+    }
+    pub fn nic_detach(&self, name: &str, mac: &str, req: &api::DetachNicRequest) -> Result<VmInfo> {
+        self.post(&paths::vm_action(name, &format!("nics/{mac}/detach")), req)
+    }
     pub fn disk_attach(&self, name: &str, req: &api::AttachDiskRequest) -> Result<VmInfo> {
         self.post(&paths::vm_action(name, "disks"), req)
     }

@@ -74,6 +74,8 @@ pub fn routes() -> Vec<RouteDoc> {
         raw("websocket", r("get", "/v1/vms/{name}/console", "Serial console (WebSocket upgrade, binary frames)", None, 101, None)),
         r("post", "/v1/vms/{name}/disks", "Attach a disk (live and/or in the definition)", Some(s::<AttachDiskRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/disks/{target}/detach", "Detach a disk by target (vdb, sda, ...)", Some(s::<DetachDiskRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/nics", "Attach a NIC (live and/or in the definition)", Some(s::<AttachNicRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/nics/{mac}/detach", "Detach a NIC by MAC", Some(s::<DetachNicRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media", "Insert a medium into the CD-ROM drive", Some(s::<MediaRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media/eject", "Eject the CD-ROM medium (the drive stays)", None, 200, Some(s::<VmInfo>)),
         r("get", "/v1/vms/{name}/snapshots", "List a VM's snapshots (a tree through parent/children)", None, 200, Some(s::<SnapshotList>)),
@@ -132,7 +134,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

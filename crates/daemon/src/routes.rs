@@ -104,6 +104,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/vms/{name}/disks", post(disk_attach))
         .route("/v1/vms/{name}/disks/{target}/detach", post(disk_detach))
+        .route("/v1/vms/{name}/nics", post(nic_attach))
+        .route("/v1/vms/{name}/nics/{mac}/detach", post(nic_detach))
         .route("/v1/vms/{name}/media", post(media_insert))
         .route("/v1/vms/{name}/media/eject", post(media_eject))
         .route(
@@ -578,6 +580,32 @@ async fn disk_attach(
         config: req.config,
     };
     Ok(Json(e.disk_attach(&name, req.disk, scope).await?))
+}
+
+async fn nic_attach(
+    State(e): State<Engine>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
+    let req: api::AttachNicRequest = body(&b)?;
+    let scope = engine::ChangeScope {
+        live: req.live,
+        config: req.config,
+    };
+    Ok(Json(e.nic_attach(&name, req.nic, scope).await?))
+}
+
+async fn nic_detach(
+    State(e): State<Engine>,
+    Path((name, mac)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<api::VmInfo> {
+    let req: api::DetachNicRequest = body(&b)?;
+    let scope = engine::ChangeScope {
+        live: req.live,
+        config: req.config,
+    };
+    Ok(Json(e.nic_detach(&name, &mac, scope).await?))
 }
 
 async fn disk_detach(

@@ -173,7 +173,8 @@ fn every_documented_route_is_served() {
                 .replace("{net}", "no-such-net")
                 .replace("{proto}", "tcp")
                 .replace("{port}", "80")
-                .replace("{key}", "no-such-vm");
+                .replace("{key}", "no-such-vm")
+                .replace("{mac}", "52:54:00:00:00:01");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

@@ -360,3 +360,107 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
         "{links}"
     );
 }
+
+#[test]
+fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
+    use api::{AttachNicRequest, DetachNicRequest};
+    let ns = NetNs::new("nic").unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    c.net_create(&NetworkSpec {
+        subnet: Some("10.77.11.0/24".into()),
+        ..NetworkSpec::new("lan".parse().unwrap(), NetMode::Isolated)
+    })
+    .unwrap();
+    c.create(h.tiny_spec("hn", VmOpts::default()).unwrap(), true)
+        .unwrap();
+    h.wait_ready("hn").unwrap();
+    let attach = |nic: &str, live, config| {
+        c.nic_attach(
+            "hn",
+            &AttachNicRequest {
+                nic: nic.parse().unwrap(),
+                live,
+                config,
+            },
+        )
+    };
+    let info = attach("network=lan", None, None).unwrap();
+    let mac = info.spec.unwrap().nics[0].mac.unwrap().to_string();
+    // The guest sees the new device and gets a lease through it; the tap is on hv's bridge.
+    h.type_line("hn", "for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done; cat /sys/class/net/eth0/address")
+        .unwrap();
+    h.wait_console("hn", &mac, Duration::from_secs(30)).unwrap();
+    h.type_line("hn", DHCP_ROUTE).unwrap();
+    let ip = h
+        .wait_console("hn", r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
+        .unwrap();
+    assert!(ip.starts_with("HV-LEASE-10.77.11."), "{ip}");
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(
+        links.contains("hvtap-") && links.contains("master hvbr-lan"),
+        "{links}"
+    );
+    // Refusals: a MAC another VM has, an unknown network, a live change to a stopped VM, an
+    // unknown or malformed MAC.
+    let mut other = h.tiny_spec("other", VmOpts::default()).unwrap();
+    other
+        .nics
+        .push(format!("network=lan,mac={mac}").parse().unwrap());
+    assert_eq!(
+        c.create(other, false).unwrap_err().code(),
+        Some(ErrorCode::InUse)
+    );
+    c.create(h.tiny_spec("other", VmOpts::default()).unwrap(), false)
+        .unwrap();
+    assert_eq!(
+        c.nic_attach(
+            "other",
+            &AttachNicRequest {
+                nic: format!("network=lan,mac={mac}").parse().unwrap(),
+                live: None,
+                config: None,
+            },
+        )
+        .unwrap_err()
+        .code(),
+        Some(ErrorCode::InUse)
+    );
+    let e = attach("network=nowhere", None, None).unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = c
+        .nic_attach(
+            "other",
+            &AttachNicRequest {
+                nic: "user".parse().unwrap(),
+                live: Some(true),
+                config: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    let detach = |vm: &str, mac: &str| c.nic_detach(vm, mac, &DetachNicRequest::default());
+    assert_eq!(
+        detach("hn", "52:54:00:00:00:01").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        detach("hn", "not-a-mac").unwrap_err().code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    // A second NIC, live only: the definition keeps one.
+    let info = attach("user,model=e1000", Some(true), Some(false)).unwrap();
+    assert_eq!(info.spec.unwrap().nics.len(), 1);
+    // Detach: the guest loses the device, the tap goes, the definition forgets the NIC.
+    let info = detach("hn", &mac).unwrap();
+    assert!(info.spec.unwrap().nics.is_empty());
+    h.run_in_guest(
+        "hn",
+        &format!("for i in $(seq 100); do grep -qs {mac} /sys/class/net/*/address || break; sleep 0.1; done; echo GONE-$(grep -ls {mac} /sys/class/net/*/address | wc -l)-"),
+        "GONE-0-",
+    )
+    .unwrap();
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(!links.contains("hvtap-"), "{links}");
+    c.destroy("hn").unwrap();
+}

@@ -25,7 +25,7 @@ pub struct ChangeScope {
 }
 
 impl ChangeScope {
-    fn resolve(self, vm: &Vm) -> Result<(bool, bool)> {
+    pub(crate) fn resolve(self, vm: &Vm) -> Result<(bool, bool)> {
         let running = vm.state().is_active();
         let live = self.live.unwrap_or(running);
         let config = self.config.unwrap_or(true);
@@ -273,7 +273,7 @@ impl Engine {
         self.save_spec(vm, spec)
     }
 
-    fn save_spec(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
+    pub(crate) fn save_spec(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
         self.inner.store.update_spec(vm.id, &spec)?;
         vm.lock().spec = spec;
         self.emit(&vm.name, api::EventKind::Updated);

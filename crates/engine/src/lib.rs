@@ -10,6 +10,7 @@ mod console;
 mod error;
 mod hotplug;
 mod network;
+mod nics;
 mod run;
 mod snapshot;
 mod snapshot_external;
@@ -389,7 +390,7 @@ impl Engine {
         Ok(created)
     }
 
-    fn assign_macs(&self, nics: &mut [NicSpec]) {
+    pub(crate) fn assign_macs(&self, nics: &mut [NicSpec]) {
         let mut used: Vec<Mac> = self
             .read_vms()
             .values()

@@ -691,8 +691,27 @@ impl Engine {
             .collect()
     }
 
-    /// Checks that every network NIC names a defined network.
+    /// Checks that every network NIC names a defined network and that no MAC is given twice
+    /// or used by another VM.
     pub(crate) async fn check_nics(&self, spec: &VmSpec) -> Result<()> {
+        for (i, n) in spec.nics.iter().enumerate() {
+            let Some(mac) = n.mac else { continue };
+            if spec.nics[..i].iter().any(|o| o.mac == Some(mac)) {
+                return Err(EngineError::Invalid(format!(
+                    "nics[{i}]: MAC {mac} is given twice; leave mac= out to get a fresh one"
+                )));
+            }
+            let other = self.read_vms().values().find_map(|vm| {
+                let st = vm.lock();
+                (vm.name != spec.name.as_str() && st.spec.nics.iter().any(|o| o.mac == Some(mac)))
+                    .then(|| vm.name.clone())
+            });
+            if let Some(other) = other {
+                return Err(EngineError::InUse(format!(
+                    "nics[{i}]: MAC {mac} belongs to VM {other}; leave mac= out to get a fresh one"
+                )));
+            }
+        }
         let nets = self.inner.nets.lock().await;
         for (i, n) in spec.nics.iter().enumerate() {
             if n.kind == NicKind::Network {
@@ -709,37 +728,43 @@ impl Engine {
     /// NIC (`None` for user NICs). On error, the taps made so far are removed.
     pub(crate) async fn make_taps(&self, vm_id: i64, spec: &VmSpec) -> Result<Vec<Option<String>>> {
         let mut out: Vec<Option<String>> = Vec::new();
-        let result = async {
-            for (i, n) in spec.nics.iter().enumerate() {
-                let bridge = match n.kind {
-                    NicKind::User => {
-                        out.push(None);
-                        continue;
-                    }
-                    NicKind::Bridge => n.source.clone().unwrap_or_default(),
-                    NicKind::Network => {
-                        let name = n.source.clone().unwrap_or_default();
-                        let mut nets = self.inner.nets.lock().await;
-                        self.net_start_locked(&mut nets, &name).await?;
-                        nets.map
-                            .get(&name)
-                            .map(|n| n.cfg.bridge.clone())
-                            .unwrap_or_default()
-                    }
-                };
-                let tap = host_net::tap_name(vm_id, i as u32);
-                let _ = host_net::remove_link(&tap).await;
-                host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
-                out.push(Some(tap));
+        for (i, n) in spec.nics.iter().enumerate() {
+            match self.make_tap(vm_id, i, n).await {
+                Ok(t) => out.push(t),
+                Err(e) => {
+                    remove_taps(&out).await;
+                    return Err(e);
+                }
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            remove_taps(&out).await;
-            return Err(e);
         }
         Ok(out)
+    }
+
+    /// Creates the tap of NIC `i` on its bridge (starting its network when needed); `None`
+    /// for a user NIC.
+    pub(crate) async fn make_tap(
+        &self,
+        vm_id: i64,
+        i: usize,
+        n: &model::NicSpec,
+    ) -> Result<Option<String>> {
+        let bridge = match n.kind {
+            NicKind::User => return Ok(None),
+            NicKind::Bridge => n.source.clone().unwrap_or_default(),
+            NicKind::Network => {
+                let name = n.source.clone().unwrap_or_default();
+                let mut nets = self.inner.nets.lock().await;
+                self.net_start_locked(&mut nets, &name).await?;
+                nets.map
+                    .get(&name)
+                    .map(|n| n.cfg.bridge.clone())
+                    .unwrap_or_default()
+            }
+        };
+        let tap = host_net::tap_name(vm_id, i as u32);
+        let _ = host_net::remove_link(&tap).await;
+        host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
+        Ok(Some(tap))
     }
 }
 

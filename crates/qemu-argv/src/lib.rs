@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use model::{
     CacheMode, DiskBus, DiskFormat, DiskSpec, GraphicsSpec, Machine as MachineType, NicKind,
-    NicModel, VmSpec,
+    NicModel, NicSpec, VmSpec,
 };
 use serde_json::{json, Value};
 
@@ -193,32 +193,9 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         m.devices.push(dev);
     }
     for (i, nic) in spec.nics.iter().enumerate() {
-        let id = format!("hv-net{i}");
-        match nic.kind {
-            NicKind::User => m.netdevs.push(json!({ "type": "user", "id": id })),
-            NicKind::Network | NicKind::Bridge => {
-                let tap =
-                    plan.taps
-                        .get(i)
-                        .cloned()
-                        .flatten()
-                        .ok_or_else(|| ArgvError::Unsupported {
-                            what: format!("a {} NIC without a tap", nic.kind),
-                            hint: "hvd creates the tap before it starts QEMU".into(),
-                        })?;
-                m.netdevs.push(json!({ "type": "tap", "id": id, "ifname": tap, "script": "no", "downscript": "no" }));
-            }
-        }
-        let driver = match nic.model {
-            NicModel::Virtio => "virtio-net-pci",
-            NicModel::E1000 => "e1000",
-            NicModel::Rtl8139 => "rtl8139",
-        };
-        let mut dev = json!({ "driver": driver, "netdev": id, "id": format!("nic{i}") });
-        if let Some(mac) = nic.mac {
-            dev["mac"] = json!(mac.to_string());
-        }
-        m.devices.push(dev);
+        let tap = plan.taps.get(i).cloned().flatten();
+        m.netdevs.push(nic_backend(nic, i, tap.as_deref())?);
+        m.devices.push(nic_device(nic, i));
     }
     if let GraphicsSpec::Vnc(v) = &spec.graphics {
         m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
@@ -282,6 +259,40 @@ fn write_cache(cache: CacheMode) -> Value {
             "on"
         }
     )
+}
+
+/// The QEMU id of NIC `i`'s device (`nic{i}`); its backend is `hv-net{i}`.
+pub fn nic_id(i: usize) -> String {
+    format!("nic{i}")
+}
+
+/// The `-netdev` (and `netdev_add`) JSON of NIC `i`: user-mode, or the tap hvd made.
+pub fn nic_backend(nic: &NicSpec, i: usize, tap: Option<&str>) -> Result<Value, ArgvError> {
+    let id = format!("hv-net{i}");
+    Ok(match nic.kind {
+        NicKind::User => json!({ "type": "user", "id": id }),
+        NicKind::Network | NicKind::Bridge => {
+            let tap = tap.ok_or_else(|| ArgvError::Unsupported {
+                what: format!("a {} NIC without a tap", nic.kind),
+                hint: "hvd creates the tap before it starts QEMU".into(),
+            })?;
+            json!({ "type": "tap", "id": id, "ifname": tap, "script": "no", "downscript": "no" })
+        }
+    })
+}
+
+/// The `-device` (and `device_add`) JSON of NIC `i`, on backend `hv-net{i}`.
+pub fn nic_device(nic: &NicSpec, i: usize) -> Value {
+    let driver = match nic.model {
+        NicModel::Virtio => "virtio-net-pci",
+        NicModel::E1000 => "e1000",
+        NicModel::Rtl8139 => "rtl8139",
+    };
+    let mut dev = json!({ "driver": driver, "netdev": format!("hv-net{i}"), "id": nic_id(i) });
+    if let Some(mac) = nic.mac {
+        dev["mac"] = json!(mac.to_string());
+    }
+    dev
 }
 
 /// The `-device` (and `device_add`) JSON of a virtio or SCSI disk, the buses that can be
