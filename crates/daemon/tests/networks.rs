@@ -464,3 +464,131 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
     assert!(!links.contains("hvtap-"), "{links}");
     c.destroy("hn").unwrap();
 }
+
+#[test]
+fn bridge_mode_vm_gets_a_lease_from_the_bridges_own_dhcp() {
+    let ns = NetNs::new("brm").unwrap();
+    // The host's own bridge with its own DHCP server, which hv must use and not change.
+    for args in [
+        &["ip", "link", "add", "br-lan", "type", "bridge"][..],
+        &["ip", "addr", "add", "10.77.12.1/24", "dev", "br-lan"],
+        &["ip", "link", "set", "br-lan", "up"],
+    ] {
+        ns.run(args).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("hvt-brm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let leases = dir.join("leases");
+    ns.run(&[
+        "dnsmasq",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--interface=br-lan",
+        "--except-interface=lo",
+        "--port=0",
+        "--dhcp-range=10.77.12.100,10.77.12.150,1h",
+        &format!("--dhcp-leasefile={}", leases.display()),
+        &format!("--pid-file={}", dir.join("pid").display()),
+    ])
+    .unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    let e = c
+        .net_create(&NetworkSpec {
+            subnet: Some("10.77.13.0/24".into()),
+            bridge: Some("br-lan".into()),
+            ..NetworkSpec::new("ext".parse().unwrap(), NetMode::Bridge)
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    c.net_create(&NetworkSpec {
+        bridge: Some("br-lan".into()),
+        ..NetworkSpec::new("ext".parse().unwrap(), NetMode::Bridge)
+    })
+    .unwrap();
+    let ip = boot_on(&h, "b", "ext");
+    assert!(ip.starts_with("10.77.12."), "{ip}");
+    let held = std::fs::read_to_string(&leases).unwrap();
+    assert!(held.contains(&ip), "the bridge's dnsmasq leased it: {held}");
+    h.run_in_guest(
+        "b",
+        "ping -c 1 -W 5 10.77.12.1 >/dev/null && echo BR-$((6+1))",
+        "BR-7",
+    )
+    .unwrap();
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(
+        links.contains("master br-lan"),
+        "the tap joined br-lan: {links}"
+    );
+    c.destroy("b").unwrap();
+    h.wait_state("b", VmState::Shutoff, Duration::from_secs(10))
+        .unwrap();
+    c.net_stop("ext").unwrap();
+    // hv removed its tap and nothing else: the bridge keeps its address and its DHCP server.
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(!links.contains("hvtap-"), "{links}");
+    let addrs = ns.run(&["ip", "-o", "addr", "show", "br-lan"]).unwrap();
+    assert!(addrs.contains("10.77.12.1/24"), "{addrs}");
+    assert!(ns
+        .run(&["nft", "list", "tables"])
+        .unwrap()
+        .trim()
+        .is_empty());
+    drop(h);
+    drop(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn twenty_network_cycles_leave_nothing_behind() {
+    let ns = NetNs::new("cyc").unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    let before_links = ns.run(&["ip", "-o", "link"]).unwrap();
+    let forward_before = ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
+    let nets_dir = h.state_dir.join("nets");
+    for i in 0..20 {
+        let mode = if i % 2 == 0 {
+            NetMode::Nat
+        } else {
+            NetMode::Isolated
+        };
+        c.net_create(&NetworkSpec {
+            subnet: Some("10.77.14.0/24".into()),
+            ..NetworkSpec::new("cyc".parse().unwrap(), mode)
+        })
+        .unwrap();
+        // A VM's start brings the network up and plugs a tap; destroy unplugs it.
+        let mut vm = h.tiny_spec("v", VmOpts::default()).unwrap();
+        vm.nics.push("network=cyc".parse().unwrap());
+        c.create(vm, true).unwrap();
+        c.destroy("v").unwrap();
+        h.wait_state("v", VmState::Shutoff, Duration::from_secs(10))
+            .unwrap();
+        c.undefine("v", false, false).unwrap();
+        c.net_stop("cyc").unwrap();
+        c.net_delete("cyc").unwrap();
+    }
+    assert_eq!(ns.run(&["ip", "-o", "link"]).unwrap(), before_links);
+    assert!(ns
+        .run(&["nft", "list", "tables"])
+        .unwrap()
+        .trim()
+        .is_empty());
+    assert_eq!(
+        ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap(),
+        forward_before
+    );
+    let left: Vec<String> = ns
+        .pids()
+        .into_iter()
+        .filter(|p| Some(*p as u32) != h.hvd_pid())
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "processes left in the namespace: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(&nets_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "network files left: {files:?}");
+}
