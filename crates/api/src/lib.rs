@@ -576,6 +576,21 @@ pub struct ReservationList {
     pub reservations: Vec<model::ReservationSpec>,
 }
 
+/// `POST /v1/host/bridges`: make `iface` the port of a new bridge `bridge` that takes over
+/// its IPv4 addresses and routes (rolled back completely when a step fails).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeIfaceRequest {
+    pub iface: String,
+    pub bridge: String,
+}
+
+/// The steps a bridge change made, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BridgeChange {
+    pub steps: Vec<String>,
+}
+
 /// A DHCP lease (`GET /v1/networks/{name}/leases`).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LeaseInfo {

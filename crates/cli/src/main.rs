@@ -41,6 +41,11 @@ enum HostCmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Make IFACE the port of a new bridge BRIDGE that takes over its IPv4 addresses and
+    /// routes (virsh iface-bridge); any failure rolls every step back.
+    Bridge { iface: String, bridge: String },
+    /// Give BRIDGE's addresses and routes back to its one port and delete it.
+    Unbridge { bridge: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -298,6 +303,20 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let failed = r.checks.iter().any(|c| c.status == api::CheckStatus::Fail);
             return Ok(if failed { 1 } else { 0 });
+        }
+        Cmd::Host(HostCmd::Bridge { iface, bridge }) => {
+            let change = c.host_bridge(&iface, &bridge)?;
+            for s in &change.steps {
+                println!("  {s}");
+            }
+            println!("{iface} is now a port of {bridge}; use it with: hv net create NAME --mode bridge --bridge {bridge}");
+        }
+        Cmd::Host(HostCmd::Unbridge { bridge }) => {
+            let change = c.host_unbridge(&bridge)?;
+            for s in &change.steps {
+                println!("  {s}");
+            }
+            println!("bridge {bridge} removed");
         }
         Cmd::Disk(cmd) => disks::disk(&c, cmd)?,
         Cmd::Nic(cmd) => nics::run(&c, cmd)?,

@@ -406,6 +406,18 @@ impl Client {
             .post::<api::ForwardList>(&format!("/v1/networks/{name}/forwards"), req)?
             .forwards)
     }
+    pub fn host_bridge(&self, iface: &str, bridge: &str) -> Result<api::BridgeChange> {
+        self.post(
+            "/v1/host/bridges",
+            &api::BridgeIfaceRequest {
+                iface: iface.into(),
+                bridge: bridge.into(),
+            },
+        )
+    }
+    pub fn host_unbridge(&self, bridge: &str) -> Result<api::BridgeChange> {
+        self.call("DELETE", &format!("/v1/host/bridges/{bridge}"), None::<&()>)
+    }
     pub fn net_autostart(&self, name: &str, enabled: bool) -> Result<api::NetworkInfo> {
         self.post(
             &format!("/v1/networks/{name}/autostart"),

@@ -53,6 +53,8 @@ pub fn routes() -> Vec<RouteDoc> {
         r("get", "/v1/ping", "Liveness and version", None, 200, None),
         r("get", "/v1/openapi.json", "This document", None, 200, None),
         r("get", "/v1/host/check", "Host checks and the accelerator decision", None, 200, Some(s::<HostReport>)),
+        r("post", "/v1/host/bridges", "Make an interface the port of a new bridge that takes its addresses and routes (rolled back on failure)", Some(s::<BridgeIfaceRequest>), 200, Some(s::<BridgeChange>)),
+        r("delete", "/v1/host/bridges/{bridge}", "Give a bridge's addresses and routes back to its one port and delete it", None, 200, Some(s::<BridgeChange>)),
         raw("application/x-ndjson", r("get", "/v1/events", "Event stream, one JSON Event per line", None, 200, Some(s::<Event>))),
         r("get", "/v1/vms", "List VMs", None, 200, Some(s::<VmList>)),
         r("post", "/v1/vms", "Define a VM, optionally starting it", Some(s::<CreateVmRequest>), 201, Some(s::<VmInfo>)),
@@ -134,7 +136,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

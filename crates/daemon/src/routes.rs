@@ -83,6 +83,11 @@ pub fn router(engine: Engine) -> Router {
             get(|| async { Json(crate::openapi::document()) }),
         )
         .route(paths::HOST_CHECK, get(host_check))
+        .route("/v1/host/bridges", post(host_bridge))
+        .route(
+            "/v1/host/bridges/{bridge}",
+            axum::routing::delete(host_unbridge),
+        )
         .route(paths::EVENTS, get(events))
         .route(paths::VMS, get(list).post(create))
         .route(
@@ -159,6 +164,18 @@ pub fn router(engine: Engine) -> Router {
         )
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
+}
+
+async fn host_bridge(State(e): State<Engine>, b: Bytes) -> ApiResult<api::BridgeChange> {
+    let req: api::BridgeIfaceRequest = body(&b)?;
+    Ok(Json(e.host_bridge(req).await?))
+}
+
+async fn host_unbridge(
+    State(e): State<Engine>,
+    Path(bridge): Path<String>,
+) -> ApiResult<api::BridgeChange> {
+    Ok(Json(e.host_unbridge(&bridge).await?))
 }
 
 async fn host_check(State(e): State<Engine>) -> Json<api::HostReport> {

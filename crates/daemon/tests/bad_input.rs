@@ -174,7 +174,8 @@ fn every_documented_route_is_served() {
                 .replace("{proto}", "tcp")
                 .replace("{port}", "80")
                 .replace("{key}", "no-such-vm")
-                .replace("{mac}", "52:54:00:00:00:01");
+                .replace("{mac}", "52:54:00:00:00:01")
+                .replace("{bridge}", "no-such-br");
             let resp = h
                 .client()
                 .send(&method.to_uppercase(), &p, Some(b"{}"))

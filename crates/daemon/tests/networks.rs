@@ -466,24 +466,33 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
 }
 
 #[test]
-fn bridge_mode_vm_gets_a_lease_from_the_bridges_own_dhcp() {
+fn an_uplink_becomes_a_bridge_and_a_bridge_mode_vm_gets_a_lease_from_the_lan() {
     let ns = NetNs::new("brm").unwrap();
-    // The host's own bridge with its own DHCP server, which hv must use and not change.
-    for args in [
-        &["ip", "link", "add", "br-lan", "type", "bridge"][..],
-        &["ip", "addr", "add", "10.77.12.1/24", "dev", "br-lan"],
-        &["ip", "link", "set", "br-lan", "up"],
-    ] {
+    // The LAN: a namespace behind the host's uplink, with its own DHCP server.
+    let lan = NetNs::new("lan").unwrap();
+    let setup: [&[&str]; 4] = [
+        &[
+            "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns",
+            &lan.name,
+        ],
+        &["ip", "addr", "add", "10.77.12.2/24", "dev", "uplink"],
+        &["ip", "link", "set", "uplink", "up"],
+        &["ip", "route", "add", "default", "via", "10.77.12.1"],
+    ];
+    for args in setup {
         ns.run(args).unwrap();
     }
+    lan.run(&["ip", "addr", "add", "10.77.12.1/24", "dev", "eth0"])
+        .unwrap();
+    lan.run(&["ip", "link", "set", "eth0", "up"]).unwrap();
     let dir = std::env::temp_dir().join(format!("hvt-brm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let leases = dir.join("leases");
-    ns.run(&[
+    lan.run(&[
         "dnsmasq",
         "--conf-file=/dev/null",
         "--bind-interfaces",
-        "--interface=br-lan",
+        "--interface=eth0",
         "--except-interface=lo",
         "--port=0",
         "--dhcp-range=10.77.12.100,10.77.12.150,1h",
@@ -493,6 +502,31 @@ fn bridge_mode_vm_gets_a_lease_from_the_bridges_own_dhcp() {
     .unwrap();
     let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
     let c = h.client();
+    // hv host bridge: the uplink's address and routes move to br-lan.
+    for (iface, bridge, why) in [
+        ("nope", "br-x", "an unknown interface"),
+        ("uplink", "hvbr-x", "hv's own bridge name"),
+        ("uplink", "lo", "a taken name"),
+    ] {
+        let e = c.host_bridge(iface, bridge).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{why}: {e}");
+    }
+    let change = c.host_bridge("uplink", "br-lan").unwrap();
+    assert!(change.steps.len() >= 5, "{change:?}");
+    let addrs = ns
+        .run(&["ip", "-o", "-4", "addr", "show", "br-lan"])
+        .unwrap();
+    assert!(addrs.contains("10.77.12.2/24"), "{addrs}");
+    let routes = ns.run(&["ip", "route"]).unwrap();
+    assert!(
+        routes.contains("default via 10.77.12.1 dev br-lan"),
+        "{routes}"
+    );
+    ns.run(&["busybox", "ping", "-c", "1", "-W", "3", "10.77.12.1"])
+        .unwrap();
+    let e = c.host_bridge("uplink", "br-2").unwrap_err();
+    assert!(e.to_string().contains("already a port of br-lan"), "{e}");
+    // A bridge-mode network on it: the VM's lease comes from the LAN's DHCP server.
     let e = c
         .net_create(&NetworkSpec {
             subnet: Some("10.77.13.0/24".into()),
@@ -507,9 +541,9 @@ fn bridge_mode_vm_gets_a_lease_from_the_bridges_own_dhcp() {
     })
     .unwrap();
     let ip = boot_on(&h, "b", "ext");
-    assert!(ip.starts_with("10.77.12."), "{ip}");
+    assert!(ip.starts_with("10.77.12.1"), "{ip}");
     let held = std::fs::read_to_string(&leases).unwrap();
-    assert!(held.contains(&ip), "the bridge's dnsmasq leased it: {held}");
+    assert!(held.contains(&ip), "the LAN's dnsmasq leased it: {held}");
     h.run_in_guest(
         "b",
         "ping -c 1 -W 5 10.77.12.1 >/dev/null && echo BR-$((6+1))",
@@ -521,21 +555,37 @@ fn bridge_mode_vm_gets_a_lease_from_the_bridges_own_dhcp() {
         links.contains("master br-lan"),
         "the tap joined br-lan: {links}"
     );
+    assert_eq!(
+        c.host_unbridge("br-lan").unwrap_err().code(),
+        Some(ErrorCode::InUse),
+        "not while a VM uses it"
+    );
     c.destroy("b").unwrap();
     h.wait_state("b", VmState::Shutoff, Duration::from_secs(10))
         .unwrap();
     c.net_stop("ext").unwrap();
-    // hv removed its tap and nothing else: the bridge keeps its address and its DHCP server.
+    // hv removed its tap and nothing else: no nft table, the bridge keeps its address.
     let links = ns.run(&["ip", "-o", "link"]).unwrap();
     assert!(!links.contains("hvtap-"), "{links}");
-    let addrs = ns.run(&["ip", "-o", "addr", "show", "br-lan"]).unwrap();
-    assert!(addrs.contains("10.77.12.1/24"), "{addrs}");
     assert!(ns
         .run(&["nft", "list", "tables"])
         .unwrap()
         .trim()
         .is_empty());
+    // hv host unbridge: everything goes back to the uplink.
+    c.host_unbridge("br-lan").unwrap();
+    let addrs = ns
+        .run(&["ip", "-o", "-4", "addr", "show", "uplink"])
+        .unwrap();
+    assert!(addrs.contains("10.77.12.2/24"), "{addrs}");
+    let routes = ns.run(&["ip", "route"]).unwrap();
+    assert!(
+        routes.contains("default via 10.77.12.1 dev uplink"),
+        "{routes}"
+    );
+    assert!(!ns.run(&["ip", "-o", "link"]).unwrap().contains("br-lan"));
     drop(h);
+    drop(lan);
     drop(ns);
     let _ = std::fs::remove_dir_all(&dir);
 }

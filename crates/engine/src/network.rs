@@ -31,6 +31,23 @@ fn host(e: host_net::NetError) -> EngineError {
     EngineError::Host(e.to_string())
 }
 
+/// Bad input (a config error) is the user's to fix; anything else is the host's.
+fn net_error(e: host_net::NetError) -> EngineError {
+    match e {
+        host_net::NetError::Config(c) => EngineError::Invalid(c.to_string()),
+        e => host(e),
+    }
+}
+
+fn refuse_hv_link(name: &str) -> Result<()> {
+    if name.starts_with("hvbr-") || name.starts_with("hvtap") {
+        return Err(EngineError::Invalid(format!(
+            "{name} is one of hv's own links; hv net start/stop and VM NICs manage those"
+        )));
+    }
+    Ok(())
+}
+
 fn invalid(e: impl std::fmt::Display) -> EngineError {
     EngineError::Invalid(e.to_string())
 }
@@ -604,6 +621,47 @@ impl Engine {
         net.spec = spec;
         net.cfg = cfg;
         Ok(net.spec.clone())
+    }
+
+    /// `hv host bridge IFACE BRIDGE`: see [`host_net::bridge_interface`]. Not for hv's own
+    /// bridges and taps.
+    pub async fn host_bridge(&self, req: api::BridgeIfaceRequest) -> Result<api::BridgeChange> {
+        for name in [&req.iface, &req.bridge] {
+            refuse_hv_link(name)?;
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            host_net::bridge_interface(&req.iface, &req.bridge)
+        })
+        .await
+        .map_err(|e| EngineError::Host(e.to_string()))?;
+        let change = r.map_err(net_error)?;
+        tracing::info!(steps = change.ops.len(), "interface bridged");
+        Ok(api::BridgeChange { steps: change.ops })
+    }
+
+    /// `hv host unbridge BRIDGE`: the bridge's addresses and routes go back to its one port.
+    pub async fn host_unbridge(&self, bridge: &str) -> Result<api::BridgeChange> {
+        refuse_hv_link(bridge)?;
+        {
+            let nets = self.inner.nets.lock().await;
+            if let Some(n) = nets.map.values().find(|n| n.cfg.bridge == bridge) {
+                let users = self.users_of_net(n, true);
+                if !users.is_empty() {
+                    return Err(EngineError::InUse(format!(
+                        "bridge {bridge} carries network {} used by running VM {}; stop them first",
+                        n.spec.name,
+                        users.join(", ")
+                    )));
+                }
+            }
+        }
+        let b = bridge.to_string();
+        let r = tokio::task::spawn_blocking(move || host_net::unbridge_interface(&b))
+            .await
+            .map_err(|e| EngineError::Host(e.to_string()))?;
+        let change = r.map_err(net_error)?;
+        tracing::info!(bridge, steps = change.ops.len(), "bridge removed");
+        Ok(api::BridgeChange { steps: change.ops })
     }
 
     /// Does another firewall table drop forwarded traffic (which hv's own table cannot

@@ -12,7 +12,9 @@
 //! [`host_ranges`]), sysctls ([`set_ip_forward`], [`set_route_localnet`]), nft
 //! ([`apply_ruleset`], [`remove_table`], [`forward_blockers`]), [`Dnsmasq`], and whole networks
 //! ([`start_network`], [`update_network`], [`stop_network`], [`network_status`]) built on the
-//! [`Undo`] guard.
+//! [`Undo`] guard. [`bridge_interface`] and [`unbridge_interface`] move a host interface's IPv4
+//! addresses and routes onto a new bridge and back, planned as reversible ops ([`plan_bridge`])
+//! and rolled back completely when a step fails.
 //!
 //! Everything acts on the network namespace hvd runs in (netlink sockets are opened per call
 //! in the calling thread, `nft` and dnsmasq are started from the process), so the whole stack
@@ -27,6 +29,7 @@ mod addr;
 mod config;
 mod dnsmasq;
 mod hostfw;
+mod iface_bridge;
 mod link;
 mod names;
 mod netlink;
@@ -42,6 +45,10 @@ pub use dnsmasq::{
     LOG_FILE, PID_FILE,
 };
 pub use hostfw::{forward_blockers, parse_forward_blockers, ForwardBlocker};
+pub use iface_bridge::{
+    bridge_interface, bridge_interface_failing_after, plan_bridge, plan_unbridge,
+    unbridge_interface, BridgeChange, HostSnapshot, Op,
+};
 pub use link::{
     add_address, attach_to_bridge, create_bridge, create_tap, delete_link, host_ranges, ip_forward,
     link_info, list_links, remove_link, route_localnet, set_ip_forward, set_route_localnet,
@@ -50,7 +57,7 @@ pub use names::{
     bridge_mac, bridge_name, check_hostname, check_ifname, check_net_name, hostname_for,
     table_name, tap_name,
 };
-pub use netlink::{BridgeInfo, LinkInfo};
+pub use netlink::{AddrInfo, BridgeInfo, LinkInfo, RouteInfo, RTPROT_KERNEL};
 pub use nft::{apply_ruleset, inet_tables, remove_table, render_ruleset, Load, RULESET_FILE};
 pub use setup::{
     network_status, remove_network_files, start_network, stop_network, update_network,

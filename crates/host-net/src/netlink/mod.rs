@@ -1,5 +1,6 @@
 //! A minimal, blocking NETLINK_ROUTE client with exactly the requests hv needs: links (create a
-//! bridge, set up/master, delete, get, dump), IPv4 addresses (add, dump) and IPv4 routes (dump).
+//! bridge, set up/master, delete, get, dump), IPv4 addresses (add, delete, dump) and IPv4 routes
+//! (add, delete, dump).
 //!
 //! Why not `rtnetlink`/`netlink-packet-route`: those pull in an async stack and change their
 //! typed API between minor versions, while the dozen messages used here are a stable kernel ABI
@@ -94,6 +95,7 @@ pub struct AddrInfo {
     pub index: u32,
     pub addr: Ipv4Addr,
     pub prefix: u8,
+    pub broadcast: Option<Ipv4Addr>,
 }
 
 /// An IPv4 route outside the `local` table.
@@ -102,6 +104,36 @@ pub struct RouteInfo {
     pub dst: Ipv4Addr,
     pub prefix: u8,
     pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub table: u32,
+    /// Who made it: `RTPROT_KERNEL` (2) for the prefix routes of addresses, `boot` (3),
+    /// `static` (4), `dhcp` (16), ...
+    pub protocol: u8,
+    pub scope: u8,
+    /// `RTN_UNICAST` (1), blackhole, unreachable, prohibit.
+    pub kind: u8,
+    pub metric: Option<u32>,
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// The protocol of the routes the kernel makes for addresses.
+pub const RTPROT_KERNEL: u8 = 2;
+
+impl std::fmt::Display for RouteInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix == 0 {
+            f.write_str("default")?;
+        } else {
+            write!(f, "{}/{}", self.dst, self.prefix)?;
+        }
+        if let Some(g) = self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if let Some(m) = self.metric {
+            write!(f, " metric {m}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A NETLINK_ROUTE socket bound to the caller thread's network namespace.
@@ -353,15 +385,56 @@ impl Netlink {
 
     /// Adds `addr/prefix` (with its broadcast address) to link `index`.
     pub fn add_ipv4(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let bcast = crate::Ipv4Cidr::containing(addr, prefix).broadcast();
+        self.add_ipv4_with(index, addr, prefix, Some(bcast))
+    }
+
+    /// Adds `addr/prefix` to link `index` with the broadcast address `bcast` (or none).
+    pub fn add_ipv4_with(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        bcast: Option<Ipv4Addr>,
+    ) -> io::Result<()> {
         let mut fixed = [0u8; 8];
         fixed[0] = AF_INET;
         fixed[1] = prefix;
         fixed[4..8].copy_from_slice(&index.to_ne_bytes());
-        let bcast = crate::Ipv4Cidr::containing(addr, prefix).broadcast();
         let mut r = Request::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
         r.attr(IFA_LOCAL, &addr.octets())
-            .attr(IFA_ADDRESS, &addr.octets())
-            .attr(IFA_BROADCAST, &bcast.octets());
+            .attr(IFA_ADDRESS, &addr.octets());
+        if let Some(b) = bcast {
+            r.attr(IFA_BROADCAST, &b.octets());
+        }
+        self.transact(r).map(drop)
+    }
+
+    /// Removes `addr/prefix` from link `index`.
+    pub fn del_ipv4(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut fixed = [0u8; 8];
+        fixed[0] = AF_INET;
+        fixed[1] = prefix;
+        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
+        let mut r = Request::new(RTM_DELADDR, NLM_F_ACK, &fixed);
+        r.attr(IFA_LOCAL, &addr.octets());
+        self.transact(r).map(drop)
+    }
+
+    /// Adds `route` (its `oif` replaced by `oif`).
+    pub fn add_route(&mut self, route: &RouteInfo, oif: u32) -> io::Result<()> {
+        let r = route_request(
+            RTM_NEWROUTE,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            route,
+            Some(oif),
+        );
+        self.transact(r).map(drop)
+    }
+
+    /// Deletes `route` as the dump reported it.
+    pub fn del_route(&mut self, route: &RouteInfo) -> io::Result<()> {
+        let r = route_request(RTM_DELROUTE, NLM_F_ACK, route, route.oif);
         self.transact(r).map(drop)
     }
 
@@ -377,10 +450,12 @@ impl Netlink {
             };
             let mut local = None;
             let mut address = None;
+            let mut broadcast = None;
             for (ty, d) in attrs(m.get(8..).unwrap_or_default()) {
                 match ty {
                     IFA_LOCAL => local = ipv4_of(d),
                     IFA_ADDRESS => address = ipv4_of(d),
+                    IFA_BROADCAST => broadcast = ipv4_of(d),
                     _ => {}
                 }
             }
@@ -389,6 +464,7 @@ impl Netlink {
                     index,
                     addr,
                     prefix: *prefix,
+                    broadcast,
                 });
             }
         }
@@ -405,26 +481,68 @@ impl Netlink {
             if m.len() < 12 {
                 continue;
             }
-            let (prefix, mut table, kind) = (m[1], u32::from(m[4]), m[7]);
+            let kind = m[7];
             if ![RTN_UNICAST, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT].contains(&kind) {
                 continue;
             }
-            let mut dst = Ipv4Addr::UNSPECIFIED;
-            let mut oif = None;
+            let mut r = RouteInfo {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: m[1],
+                oif: None,
+                gateway: None,
+                table: u32::from(m[4]),
+                protocol: m[5],
+                scope: m[6],
+                kind,
+                metric: None,
+                prefsrc: None,
+            };
             for (ty, d) in attrs(&m[12..]) {
                 match ty {
-                    RTA_DST => dst = ipv4_of(d).unwrap_or(dst),
-                    RTA_OIF => oif = u32_of(d),
-                    RTA_TABLE => table = u32_of(d).unwrap_or(table),
+                    RTA_DST => r.dst = ipv4_of(d).unwrap_or(r.dst),
+                    RTA_OIF => r.oif = u32_of(d),
+                    RTA_GATEWAY => r.gateway = ipv4_of(d),
+                    RTA_PRIORITY => r.metric = u32_of(d),
+                    RTA_PREFSRC => r.prefsrc = ipv4_of(d),
+                    RTA_TABLE => r.table = u32_of(d).unwrap_or(r.table),
                     _ => {}
                 }
             }
-            if table != RT_TABLE_LOCAL {
-                out.push(RouteInfo { dst, prefix, oif });
+            if r.table != RT_TABLE_LOCAL {
+                out.push(r);
             }
         }
         Ok(out)
     }
+}
+
+/// An `RTM_NEWROUTE`/`RTM_DELROUTE` request for `route` through `oif`.
+fn route_request(ty: u16, flags: u16, route: &RouteInfo, oif: Option<u32>) -> Request {
+    let mut fixed = [0u8; 12];
+    fixed[0] = AF_INET;
+    fixed[1] = route.prefix;
+    fixed[4] = u8::try_from(route.table).unwrap_or(0);
+    fixed[5] = route.protocol;
+    fixed[6] = route.scope;
+    fixed[7] = route.kind;
+    let mut r = Request::new(ty, flags, &fixed);
+    r.attr_u32(RTA_TABLE, route.table);
+    if route.prefix > 0 {
+        r.attr(RTA_DST, &route.dst.octets());
+    }
+    if let Some(g) = route.gateway {
+        r.attr(RTA_GATEWAY, &g.octets());
+    }
+    if let Some(o) = oif {
+        r.attr_u32(RTA_OIF, o);
+    }
+    if let Some(m) = route.metric {
+        r.attr_u32(RTA_PRIORITY, m);
+    }
+    if let Some(s) = route.prefsrc {
+        r.attr(RTA_PREFSRC, &s.octets());
+    }
+    r
 }
 
 fn kernel_error(code: i32, flags: u16, body: &[u8]) -> io::Error {

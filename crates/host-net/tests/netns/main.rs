@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fixture::{in_netns, sh, sys, Ns};
+use fixture::{in_netns, run, sh, sys, Ns};
 use host_net::*;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -452,4 +452,94 @@ fn start_stop_cycles_leave_nothing() {
             );
         })
     });
+}
+
+/// IPv4 addresses and routes (all tables but `local`), sorted, for before/after comparisons.
+fn l3_state() -> Vec<String> {
+    let mut v: Vec<String> = sh(&["ip", "-o", "-4", "addr"])
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .chain(
+            sh(&["ip", "-4", "route", "show", "table", "main"])
+                .lines()
+                .map(str::to_string),
+        )
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_interface_becomes_a_bridge_port_and_back_with_rollback_at_every_step() {
+    in_netns(
+        "an_interface_becomes_a_bridge_port_and_back_with_rollback_at_every_step",
+        |ns| {
+            let lan = ns.peer("lan", "52:54:00:ee:00:09");
+            let eth = lan.host_if.clone();
+            lan.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "eth0"]);
+            lan.exec(&["ip", "addr", "add", "203.0.113.1/28", "dev", "lo"]);
+            sh(&["ip", "addr", "add", "192.0.2.10/24", "dev", &eth]);
+            sh(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+            sh(&[
+                "ip",
+                "route",
+                "add",
+                "203.0.113.0/28",
+                "via",
+                "192.0.2.1",
+                "metric",
+                "50",
+            ]);
+            let reach = || {
+                run(&["busybox", "ping", "-c", "1", "-W", "3", "203.0.113.1"])
+                    .status
+                    .success()
+            };
+            assert!(reach());
+            let before = l3_state();
+            let mac = link_info(&eth).unwrap().unwrap().mac;
+            let steps = plan_bridge(&HostSnapshot::read().unwrap(), &eth, "br0")
+                .unwrap()
+                .len();
+            assert_eq!(steps, 8);
+            // A failure at any step leaves the host exactly as it was.
+            for k in 0..steps {
+                let e = bridge_interface_failing_after(&eth, "br0", Some(k)).unwrap_err();
+                assert!(e.to_string().contains("rolled back"), "{e}");
+                assert_eq!(l3_state(), before, "after a failure at step {k}");
+                assert!(link_info("br0").unwrap().is_none(), "step {k}");
+                assert_eq!(link_info(&eth).unwrap().unwrap().master, None);
+                assert!(reach(), "reachable after a failure at step {k}");
+            }
+            // The real thing: eth joins br0, which holds its address and routes and its MAC.
+            let change = bridge_interface(&eth, "br0").unwrap();
+            assert_eq!(change.ops.len(), steps);
+            let br = link_info("br0").unwrap().unwrap();
+            assert_eq!(link_info(&eth).unwrap().unwrap().master, Some(br.index));
+            assert_eq!(br.mac, mac);
+            assert_eq!(
+                br.bridge.map(|b| (b.stp_enabled, b.forward_delay_cs)),
+                Some((false, 0))
+            );
+            let now = l3_state().join("\n");
+            assert!(now.contains("br0 inet 192.0.2.10/24"), "{now}");
+            assert!(now.contains("default via 192.0.2.1 dev br0"), "{now}");
+            assert!(
+                now.contains("203.0.113.0/28 via 192.0.2.1 dev br0"),
+                "{now}"
+            );
+            assert!(!now.contains(&format!("dev {eth}")), "{now}");
+            assert!(reach(), "reachable through the bridge");
+            // Refusals: the interface is now a port, the name is taken.
+            assert!(bridge_interface(&eth, "br1")
+                .unwrap_err()
+                .to_string()
+                .contains("already a port of br0"));
+            // And back.
+            unbridge_interface("br0").unwrap();
+            assert!(link_info("br0").unwrap().is_none());
+            assert_eq!(l3_state(), before);
+            assert!(reach());
+        },
+    );
 }
