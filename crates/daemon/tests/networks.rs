@@ -46,7 +46,30 @@ fn nat_network_gives_leases_and_tears_down_completely() {
     ns.run(&["nft", "delete table ip filter"]).unwrap();
     let lan = c.net_create(&spec("lan", "10.77.7.0/24")).unwrap();
     assert_eq!(lan.gateway.as_deref(), Some("10.77.7.1"));
-    // Bad input: overlapping subnet, bad CIDR, duplicate, NIC on an unknown network.
+    // Bad input: overlapping subnet, bad CIDR, duplicate, NIC on an unknown network, a subnet
+    // the host already routes, a DHCP range outside the subnet, an unknown mode.
+    ns.run(&["ip", "link", "add", "lan0", "type", "bridge"])
+        .unwrap();
+    ns.run(&["ip", "addr", "add", "10.77.20.1/24", "dev", "lan0"])
+        .unwrap();
+    let e = c.net_create(&spec("clash", "10.77.20.0/24")).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("lan0"), "names what clashes: {e}");
+    let e = c
+        .net_create(&NetworkSpec {
+            dhcp_range: Some("10.77.21.10-10.77.22.20".into()),
+            ..spec("range", "10.77.21.0/24")
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    let resp = c
+        .send(
+            "POST",
+            "/v1/networks",
+            Some(br#"{"name":"m","mode":"bridged"}"#),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 400, "unknown mode");
     assert_eq!(
         c.net_create(&spec("lan2", "10.77.7.128/25"))
             .unwrap_err()
