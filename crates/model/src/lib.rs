@@ -8,14 +8,16 @@
 mod lifecycle;
 mod names;
 mod network;
+mod nic;
 mod size;
 mod spec;
 
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};
 pub use network::{ForwardSpec, NetMode, NetworkSpec, ReservationSpec};
+pub use nic::{Mac, NicSpec};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec,
-    GraphicsSpec, KernelBoot, Mac, Machine, NicKind, NicModel, NicSpec, SpecError, VmSpec, VncSpec,
+    GraphicsSpec, KernelBoot, Machine, NicKind, NicModel, SpecError, VmSpec, VncSpec,
 };
