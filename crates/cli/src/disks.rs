@@ -16,19 +16,15 @@ pub enum DiskCmd {
         /// path=P|vol=POOL/NAME[,format=..][,bus=virtio|scsi|..][,cache=..][,readonly=on][,size=SIZE][,target=vdb]
         #[arg(long)]
         disk: String,
-        #[arg(long)]
-        live: bool,
-        #[arg(long)]
-        config: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Detach a disk by target (vdb, sda, hda).
     Detach {
         vm: String,
         target: String,
-        #[arg(long)]
-        live: bool,
-        #[arg(long)]
-        config: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// A VM's disks.
     List {
@@ -46,25 +42,34 @@ pub enum MediaCmd {
     Eject { vm: String },
 }
 
-/// `--live`/`--config` as given; neither means "the default for the VM's state".
-pub(crate) fn scope(live: bool, config: bool) -> (Option<bool>, Option<bool>) {
-    if live || config {
-        (Some(live), Some(config))
-    } else {
-        (None, None)
+/// `--live` / `--config`, like libvirt's.
+#[derive(clap::Args, Debug)]
+pub struct Scope {
+    /// Change the running VM.
+    #[arg(long)]
+    live: bool,
+    /// Change the VM's definition.
+    #[arg(long)]
+    config: bool,
+}
+
+impl Scope {
+    /// As given; neither means "the default for the VM's state" (both on a running VM, the
+    /// definition on a stopped one).
+    pub fn resolve(&self) -> (Option<bool>, Option<bool>) {
+        if self.live || self.config {
+            (Some(self.live), Some(self.config))
+        } else {
+            (None, None)
+        }
     }
 }
 
 pub fn disk(c: &Client, cmd: DiskCmd) -> Result<()> {
     match cmd {
-        DiskCmd::Attach {
-            vm,
-            disk,
-            live,
-            config,
-        } => {
+        DiskCmd::Attach { vm, disk, scope } => {
             let disk = crate::disk_spec(&disk)?;
-            let (live, config) = scope(live, config);
+            let (live, config) = scope.resolve();
             let info = c.disk_attach(&vm, &AttachDiskRequest { disk, live, config })?;
             let target = info
                 .spec
@@ -72,13 +77,8 @@ pub fn disk(c: &Client, cmd: DiskCmd) -> Result<()> {
                 .unwrap_or_default();
             println!("disk attached to {vm} as {target}");
         }
-        DiskCmd::Detach {
-            vm,
-            target,
-            live,
-            config,
-        } => {
-            let (live, config) = scope(live, config);
+        DiskCmd::Detach { vm, target, scope } => {
+            let (live, config) = scope.resolve();
             c.disk_detach(&vm, &target, &DetachDiskRequest { live, config })?;
             println!("disk {target} detached from {vm}");
         }

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use client::Client;
 use model::NicSpec;
 
-use crate::disks::scope;
+use crate::disks::Scope;
 use crate::output::{self, Format};
 
 #[derive(Subcommand, Debug)]
@@ -18,19 +18,15 @@ pub enum NicCmd {
         /// user | network=NAME | bridge=BR [,model=virtio|e1000|rtl8139][,mac=52:54:00:xx:xx:xx]
         #[arg(long)]
         nic: NicSpec,
-        #[arg(long)]
-        live: bool,
-        #[arg(long)]
-        config: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Detach a NIC by its MAC (hv nic list shows them).
     Detach {
         vm: String,
         mac: String,
-        #[arg(long)]
-        live: bool,
-        #[arg(long)]
-        config: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// A VM's NICs (in its definition) with their leased addresses.
     List {
@@ -42,13 +38,8 @@ pub enum NicCmd {
 
 pub fn run(c: &Client, cmd: NicCmd) -> Result<()> {
     match cmd {
-        NicCmd::Attach {
-            vm,
-            nic,
-            live,
-            config,
-        } => {
-            let (live, config) = scope(live, config);
+        NicCmd::Attach { vm, nic, scope } => {
+            let (live, config) = scope.resolve();
             let info = c.nic_attach(&vm, &AttachNicRequest { nic, live, config })?;
             let mac = info
                 .spec
@@ -57,13 +48,8 @@ pub fn run(c: &Client, cmd: NicCmd) -> Result<()> {
                 .unwrap_or_default();
             println!("NIC {mac} attached to {vm}");
         }
-        NicCmd::Detach {
-            vm,
-            mac,
-            live,
-            config,
-        } => {
-            let (live, config) = scope(live, config);
+        NicCmd::Detach { vm, mac, scope } => {
+            let (live, config) = scope.resolve();
             c.nic_detach(&vm, &mac, &DetachNicRequest { live, config })?;
             println!("NIC {mac} detached from {vm}");
         }

@@ -27,6 +27,20 @@ pub(crate) struct Nets {
     pub saved_ip_forward: Option<bool>,
 }
 
+impl Nets {
+    fn get(&self, name: &str) -> Result<&Net> {
+        self.map
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))
+    }
+
+    fn get_mut(&mut self, name: &str) -> Result<&mut Net> {
+        self.map
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))
+    }
+}
+
 fn host(e: host_net::NetError) -> EngineError {
     EngineError::Host(e.to_string())
 }
@@ -217,20 +231,14 @@ impl Engine {
 
     pub async fn net_info(&self, name: &str) -> Result<NetworkInfo> {
         let nets = self.inner.nets.lock().await;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         Ok(self.net_info_of(net))
     }
 
     pub async fn net_start(&self, name: &str) -> Result<NetworkInfo> {
         let mut nets = self.inner.nets.lock().await;
         self.net_start_locked(&mut nets, name).await?;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         Ok(self.net_info_of(net))
     }
 
@@ -240,10 +248,7 @@ impl Engine {
             .map
             .values()
             .any(|n| n.active && n.spec.mode == NetMode::Nat);
-        let net = nets
-            .map
-            .get_mut(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get_mut(name)?;
         if net.active {
             return Ok(());
         }
@@ -305,10 +310,7 @@ impl Engine {
     pub async fn net_stop(&self, name: &str) -> Result<NetworkInfo> {
         let mut nets = self.inner.nets.lock().await;
         let dir = self.net_dir(name);
-        let net = nets
-            .map
-            .get_mut(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get_mut(name)?;
         let users = self.users_of_net(net, true);
         if !users.is_empty() {
             return Err(EngineError::InUse(format!(
@@ -334,19 +336,13 @@ impl Engine {
             }
         }
         tracing::info!(net = name, "network stopped");
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         Ok(self.net_info_of(net))
     }
 
     pub async fn net_delete(&self, name: &str) -> Result<()> {
         let mut nets = self.inner.nets.lock().await;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         if net.active {
             return Err(EngineError::Invalid(format!(
                 "network {name} is running; hv net stop {name} first"
@@ -368,10 +364,7 @@ impl Engine {
 
     pub async fn net_leases(&self, name: &str) -> Result<Vec<LeaseInfo>> {
         let nets = self.inner.nets.lock().await;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         let leases = host_net::read_leases(&self.net_dir(name)).map_err(host)?;
         let vms: Vec<_> = self.read_vms().values().cloned().collect();
         let _ = net;
@@ -392,10 +385,7 @@ impl Engine {
 
     pub async fn net_forwards(&self, name: &str) -> Result<Vec<model::ForwardSpec>> {
         let nets = self.inner.nets.lock().await;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         Ok(net.spec.forwards.clone())
     }
 
@@ -504,10 +494,7 @@ impl Engine {
 
     pub async fn net_reservations(&self, name: &str) -> Result<Vec<model::ReservationSpec>> {
         let nets = self.inner.nets.lock().await;
-        let net = nets
-            .map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get(name)?;
         Ok(net.spec.reservations.clone())
     }
 
@@ -604,10 +591,7 @@ impl Engine {
             .map(|(_, n)| n.cfg.clone())
             .collect();
         let dir = self.net_dir(name);
-        let net = nets
-            .map
-            .get_mut(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))?;
+        let net = nets.get_mut(name)?;
         let mut spec = net.spec.clone();
         change(&mut spec)?;
         let cfg = cfg_from_spec(&spec)?;
