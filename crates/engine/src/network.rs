@@ -66,14 +66,6 @@ fn invalid(e: impl std::fmt::Display) -> EngineError {
     EngineError::Invalid(e.to_string())
 }
 
-fn mode(m: NetMode) -> host_net::Mode {
-    match m {
-        NetMode::Nat => host_net::Mode::Nat,
-        NetMode::Isolated => host_net::Mode::Isolated,
-        NetMode::Bridge => host_net::Mode::Bridge,
-    }
-}
-
 impl Engine {
     fn net_dir(&self, name: &str) -> PathBuf {
         self.inner.cfg.state_dir.join("nets").join(name)
@@ -833,7 +825,7 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
                 .unwrap_or_default()
                 .parse()
                 .map_err(invalid)?;
-            let mut cfg = NetworkConfig::managed(name, mode(m), subnet).map_err(invalid)?;
+            let mut cfg = NetworkConfig::managed(name, m, subnet).map_err(invalid)?;
             if let Some(ip) = cfg.ipv4.as_mut() {
                 if let Some(r) = &spec.dhcp_range {
                     ip.dhcp = Some(r.parse().map_err(invalid)?);

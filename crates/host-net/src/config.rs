@@ -16,8 +16,6 @@ use crate::addr::Ipv4Cidr;
 pub enum ConfigError {
     #[error("invalid subnet {text:?}: {reason}")]
     Cidr { text: String, reason: String },
-    #[error("unknown network mode {text:?}; use nat, isolated or bridge")]
-    Mode { text: String },
     #[error("unknown protocol {text:?}; use tcp or udp")]
     Proto { text: String },
     #[error("invalid DHCP range {text:?}: {reason}")]
@@ -48,49 +46,8 @@ fn invalid(what: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// How a network reaches the rest of the world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// hv's bridge, DHCP/DNS, masquerade to the host's uplinks, port forwards.
-    Nat,
-    /// hv's bridge, DHCP/DNS, no forwarding: VMs reach each other and the gateway only.
-    Isolated,
-    /// Taps join an existing host bridge that hv does not configure.
-    Bridge,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Nat => "nat",
-            Mode::Isolated => "isolated",
-            Mode::Bridge => "bridge",
-        }
-    }
-
-    /// Whether hv creates the bridge, its address, the nft table and dnsmasq.
-    pub fn is_managed(self) -> bool {
-        !matches!(self, Mode::Bridge)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nat" => Ok(Mode::Nat),
-            "isolated" => Ok(Mode::Isolated),
-            "bridge" => Ok(Mode::Bridge),
-            _ => Err(ConfigError::Mode { text: s.into() }),
-        }
-    }
-}
+/// How a network reaches the rest of the world: the model's mode (see [`model::NetMode`]).
+pub use model::NetMode as Mode;
 
 /// The transport protocol of a port forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -509,11 +466,6 @@ mod tests {
 
         let e = "10.0.0.9-10.0.0.2".parse::<DhcpRange>().unwrap_err();
         assert!(e.to_string().contains("start comes after the end"), "{e}");
-        assert!("nat2"
-            .parse::<Mode>()
-            .unwrap_err()
-            .to_string()
-            .contains("use nat, isolated or bridge"));
         assert!("sctp".parse::<Proto>().is_err());
     }
 

@@ -33,6 +33,14 @@ impl std::str::FromStr for NetMode {
     }
 }
 
+impl NetMode {
+    /// Whether hv makes the bridge, its address, the nft table and dnsmasq (not in bridge
+    /// mode, where taps join a host bridge that hv leaves alone).
+    pub fn is_managed(self) -> bool {
+        self != NetMode::Bridge
+    }
+}
+
 impl std::fmt::Display for NetMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
