@@ -304,6 +304,39 @@ fn external_snapshots_live_offline_revert_and_merging_delete() {
     c.start("ext", false).unwrap();
     h.wait_ready("ext").unwrap();
     assert!(read_back(&h, "ext", "f").starts_with("got-disk-A-"));
+    // Deleting while the VM runs merges inside QEMU: first a middle layer, then the active
+    // one (QEMU pivots to the image below). The guest keeps its data, and so does the disk.
+    let current = c.info("ext").unwrap().spec.unwrap().disks[0].path.clone();
+    write_disk(&h, "ext", "disk-G", "w6");
+    c.snapshot_create("ext", &ext("e4")).unwrap();
+    write_disk(&h, "ext", "disk-H", "w7");
+    c.snapshot_create("ext", &ext("e5")).unwrap();
+    write_disk(&h, "ext", "disk-J", "w8");
+    c.snapshot_delete("ext", "e4").unwrap();
+    assert!(read_back(&h, "ext", "g").starts_with("got-disk-J-"));
+    c.snapshot_delete("ext", "e5").unwrap();
+    assert!(read_back(&h, "ext", "h").starts_with("got-disk-J-"));
+    let disk = c.info("ext").unwrap().spec.unwrap().disks[0].path.clone();
+    assert_eq!(disk, current, "the merged layers are gone from the spec");
+    let left: Vec<_> = std::fs::read_dir(&h.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".e4.") || n.contains(".e5."))
+        .collect();
+    assert!(left.is_empty(), "merged layers removed: {left:?}");
+    c.shutdown("ext", 30, false).unwrap();
+    c.start("ext", false).unwrap();
+    h.wait_ready("ext").unwrap();
+    assert!(read_back(&h, "ext", "i").starts_with("got-disk-J-"));
+    assert_eq!(
+        c.snapshots("ext")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>(),
+        ["e3"]
+    );
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! External (disk-only) snapshots: each writable disk's current image freezes and a new
 //! qcow2 overlay on top of it takes the writes, live (QMP `blockdev-snapshot`) or offline.
 //! Reverting makes a fresh overlay on the frozen image; deleting merges the layer above the
-//! frozen image into it (`qemu-img commit`) so no later snapshot and not the current state lose
-//! data. Revert and delete need the VM shut off.
+//! frozen image into it so no later snapshot and not the current state lose data: `qemu-img
+//! commit` offline, a QMP `block-commit` job while the VM runs (QEMU rewrites the backing link
+//! of the layer above, and pivots to the frozen image when the merged layer was the active
+//! one). Revert needs the VM shut off: a disk-only snapshot has no RAM to go back to.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use model::{DiskFormat, VmState};
 use serde_json::json;
@@ -22,6 +25,9 @@ fn host(e: host_storage::StorageError) -> EngineError {
 fn qemu(e: qmp::QmpError) -> EngineError {
     EngineError::Qemu(e.to_string())
 }
+
+/// How long a live merge of one layer may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `web.qcow2` + `s1` → `web.s1.qcow2` beside it.
 fn overlay_path(image: &Path, tag: &str) -> PathBuf {
@@ -279,6 +285,106 @@ impl Engine {
         Ok(())
     }
 
+    /// The format node QEMU has open for `path`, if any.
+    async fn node_of(&self, vm: &Vm, path: &Path) -> Result<Option<String>> {
+        let nodes = vm
+            .qmp()?
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await
+            .map_err(qemu)?;
+        Ok(nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["drv"] != "file" && n["file"].as_str().map(Path::new) == Some(path))
+            .and_then(|n| n["node-name"].as_str().map(str::to_string)))
+    }
+
+    /// Merges `upper` into `base` inside the running QEMU with a `block-commit` job; false when
+    /// QEMU does not have `upper` open (then it is not part of the disk's live chain).
+    async fn commit_live(&self, vm: &Vm, target: &str, base: &Path, upper: &Path) -> Result<bool> {
+        let Some(top) = self.node_of(vm, upper).await? else {
+            return Ok(false);
+        };
+        let base_node = self.node_of(vm, base).await?.ok_or_else(|| {
+            EngineError::Qemu(format!(
+                "QEMU has {} open but not the image below it, {}",
+                upper.display(),
+                base.display()
+            ))
+        })?;
+        let active = self.active_node(vm, target).await?;
+        let is_active = top == active;
+        let qmp = vm.qmp()?;
+        let id = format!(
+            "hv-commit-{target}-{}-{}",
+            std::process::id(),
+            crate::now_ms()
+        );
+        let mut args = json!({
+            "job-id": id, "device": active, "base-node": base_node, "auto-dismiss": false,
+        });
+        if !is_active {
+            args["top-node"] = json!(top);
+        }
+        let mut events = vm.subscribe_qmp_events();
+        qmp.execute("block-commit", Some(args))
+            .await
+            .map_err(qemu)?;
+        let status_is = |ev: &qmp::QmpEvent, statuses: &[&str]| {
+            ev.event == "JOB_STATUS_CHANGE"
+                && ev.data["id"] == json!(id)
+                && statuses.iter().any(|s| ev.data["status"] == *s)
+        };
+        let timeout = || {
+            EngineError::Timeout(format!(
+                "merging {} did not finish within {} s; the job {id} keeps running in QEMU",
+                upper.display(),
+                COMMIT_TIMEOUT.as_secs()
+            ))
+        };
+        if is_active {
+            // An active commit mirrors new writes until told to complete, then pivots.
+            if !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
+                status_is(ev, &["ready", "concluded"])
+            })
+            .await
+            {
+                return Err(timeout());
+            }
+            // On "concluded" (a failure before ready) job-complete fails; query-jobs says why.
+            let _ = qmp.execute("job-complete", Some(json!({ "id": id }))).await;
+        }
+        let jobs = qmp.execute("query-jobs", None).await.map_err(qemu)?;
+        let concluded = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == json!(id)))
+            .is_some_and(|j| j["status"] == "concluded");
+        if !concluded
+            && !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
+                status_is(ev, &["concluded"])
+            })
+            .await
+        {
+            return Err(timeout());
+        }
+        let jobs = qmp.execute("query-jobs", None).await.map_err(qemu)?;
+        let error = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == json!(id)))
+            .and_then(|j| j["error"].as_str().map(str::to_string));
+        let _ = qmp.execute("job-dismiss", Some(json!({ "id": id }))).await;
+        if let Some(e) = error {
+            return Err(EngineError::Qemu(format!(
+                "merging {} into {} failed: {e}; nothing was removed",
+                upper.display(),
+                base.display()
+            )));
+        }
+        tracing::info!(vm = %vm.name, target, merged = %upper.display(), active = is_active, "layer merged inside QEMU");
+        Ok(true)
+    }
+
     /// Merges the layer above each frozen image into it, when exactly one layer sits on it;
     /// with a branch (several overlays on the image) the files stay and only the metadata goes.
     pub(crate) async fn external_delete(
@@ -287,7 +393,14 @@ impl Engine {
         row: &SnapshotRow,
         rows: &[SnapshotRow],
     ) -> Result<()> {
-        self.require_off(vm, "deleting")?;
+        let state = vm.state();
+        let live = matches!(state, VmState::Running | VmState::Paused);
+        if state.is_active() && !live {
+            return Err(EngineError::Invalid(format!(
+                "VM {:?} is {state}; wait until it is running or shut off",
+                vm.name
+            )));
+        }
         for d in &row.disks {
             let still_frozen = rows
                 .iter()
@@ -297,7 +410,13 @@ impl Engine {
                 continue;
             }
             let upper = &children[0];
-            host_storage::commit(upper).await.map_err(host)?;
+            // A layer in the running disk's chain merges inside QEMU; any other (and every
+            // layer of a stopped VM) with qemu-img. The only child of an image in the live
+            // chain is in the chain too, so qemu-img never writes an image QEMU reads.
+            let merged = live && self.commit_live(vm, &d.target, &d.image, upper).await?;
+            if !merged {
+                host_storage::commit(upper).await.map_err(host)?;
+            }
             for grandchild in children_of(upper).await {
                 host_storage::rebase_unsafe(&grandchild, &d.image, d.image_format)
                     .await
