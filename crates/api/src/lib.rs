@@ -42,6 +42,17 @@ pub mod paths {
     }
 }
 
+/// The raw-stream variant of `GET|PUT /v1/pools/{pool}/volumes/{vol}/data`, which hv uses for
+/// speed: the request carries `Connection: Upgrade` and `Upgrade: hv-volume-data` and the
+/// daemon answers `101 Switching Protocols`, after which the volume's bytes flow unframed over
+/// the connection, [`DATA_LENGTH_HEADER`] bytes of them (in the 101 of a download, in the
+/// request of an upload). A download then ends with the connection; an upload is answered,
+/// once its bytes are durable, by an ordinary HTTP/1.1 response (the `VolInfo`, or an error
+/// body) on the same connection. Without the upgrade the route is plain HTTP.
+pub const VOLUME_DATA_PROTOCOL: &str = "hv-volume-data";
+/// How many bytes a raw volume stream carries.
+pub const DATA_LENGTH_HEADER: &str = "hv-data-length";
+
 /// A stable, machine-readable error kind. Each maps to exactly one HTTP status in the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -133,45 +133,72 @@ pub fn storage(hvd: &Path, runs: usize) -> Vec<ExtraRow> {
             "fast (no figure given)",
         ),
     ];
-    let (up, down) = throughput(&h, runs.clamp(1, 3));
+    let t = throughput(&h, runs.clamp(1, 5));
     rows.push(row(
         "upload throughput / `cp` of the same 256 MiB file",
         "×",
-        up,
+        t.up,
         "—",
         "≥ 0.8",
     ));
     rows.push(row(
+        "upload throughput / `cp` + `fsync` (both durable)",
+        "×",
+        t.up_durable,
+        "—",
+        "— (context)",
+    ));
+    rows.push(row(
         "download throughput / `cp` of the same 256 MiB file",
         "×",
-        down,
+        t.down,
         "—",
         "≥ 0.8",
     ));
     rows
 }
 
-fn throughput(h: &TestHvd, runs: usize) -> (Result<Vec<f64>>, Result<Vec<f64>>) {
+/// Throughput ratios, one per run: the baseline's time over hv's for the same file.
+struct Throughput {
+    up: Result<Vec<f64>>,
+    up_durable: Result<Vec<f64>>,
+    down: Result<Vec<f64>>,
+}
+
+/// Uploads and downloads a 256 MiB file the way `hv vol upload|download` do, each run next
+/// to a `cp` of the same file on the same disk (and a `cp` + `fsync`, since an upload is
+/// durable when it returns and a plain `cp` is not).
+fn throughput(h: &TestHvd, runs: usize) -> Throughput {
     let c = h.client();
     let src = h.dir.join("payload.bin");
     let size: usize = 256 << 20;
     let data: Vec<u8> = (0..size)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
+    let failed = |e: anyhow::Error| Throughput {
+        up: Err(anyhow::anyhow!("{e:#}")),
+        up_durable: Err(anyhow::anyhow!("{e:#}")),
+        down: Err(e),
+    };
     if let Err(e) = std::fs::write(&src, &data) {
-        return (Err(e.into()), Err(anyhow::anyhow!("no payload")));
+        return failed(e.into());
     }
     drop(data);
-    let cp = |dst: &Path| -> Result<f64> {
-        let (t, st) = timed(|| Ok(Command::new("cp").arg(&src).arg(dst).status()?))?;
+    let cp = |dst: &Path, sync: bool| -> Result<f64> {
+        let (t, st) = timed(|| {
+            let st = Command::new("cp").arg(&src).arg(dst).status()?;
+            if sync {
+                std::fs::File::open(dst)?.sync_all()?;
+            }
+            Ok(st)
+        })?;
         if !st.success() {
             bail!("cp failed");
         }
         let _ = std::fs::remove_file(dst);
         Ok(t)
     };
-    let mut up = Vec::new();
-    let mut down = Vec::new();
+    let (mut up, mut up_durable, mut down) = (Vec::new(), Vec::new(), Vec::new());
     let res = (|| -> Result<()> {
         c.vol_create(
             "default",
@@ -181,20 +208,21 @@ fn throughput(h: &TestHvd, runs: usize) -> (Result<Vec<f64>>, Result<Vec<f64>>) 
             },
         )?;
         for _ in 0..runs {
-            let base = cp(&h.dir.join("cp.bin"))?;
-            let mut f = std::fs::File::open(&src)?;
+            let base = cp(&h.dir.join("cp.bin"), false)?;
+            let durable = cp(&h.dir.join("cp.bin"), true)?;
+            let f = std::fs::File::open(&src)?;
             let (t, _) =
-                timed(|| Ok(c.vol_upload("default", "payload.raw", size as u64, &mut f)?))?;
+                timed(|| Ok(c.vol_upload_file("default", "payload.raw", &f, &mut |_, _| {})?))?;
             up.push(base / t);
+            up_durable.push(durable / t);
             let dst = h.dir.join("down.bin");
-            let (t, _) = timed(|| {
-                let (_, mut r) = c.vol_download("default", "payload.raw")?;
-                let mut out =
-                    std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(&dst)?);
-                client::copy_big(&mut r, &mut out)?;
-                std::io::Write::flush(&mut out)?;
-                Ok(())
+            let (t, n) = timed(|| {
+                let mut out = std::fs::File::create(&dst)?;
+                Ok(c.vol_download_file("default", "payload.raw", &mut out, &mut |_, _| {})?)
             })?;
+            if n != size as u64 {
+                bail!("downloaded {n} of {size} bytes");
+            }
             let _ = std::fs::remove_file(&dst);
             down.push(base / t);
         }
@@ -202,8 +230,12 @@ fn throughput(h: &TestHvd, runs: usize) -> (Result<Vec<f64>>, Result<Vec<f64>>) 
     })();
     let _ = std::fs::remove_file(&src);
     match res {
-        Ok(()) => (Ok(up), Ok(down)),
-        Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(e)),
+        Ok(()) => Throughput {
+            up: Ok(up),
+            up_durable: Ok(up_durable),
+            down: Ok(down),
+        },
+        Err(e) => failed(e),
     }
 }
 

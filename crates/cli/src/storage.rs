@@ -137,7 +137,10 @@ impl<T> Progress<T> {
         }
     }
     fn tick(&mut self, n: usize) {
-        self.done += n as u64;
+        self.set(self.done + n as u64);
+    }
+    fn set(&mut self, done: u64) {
+        self.done = done;
         if self.tty && (self.last_draw.elapsed().as_millis() > 100 || self.done == self.total) {
             self.last_draw = Instant::now();
             let pct = (self.done * 100)
@@ -384,33 +387,34 @@ pub fn vol(c: &Client, cmd: VolCmd) -> Result<()> {
         VolCmd::Upload { vol, file } => {
             let f = std::fs::File::open(&file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
-            let len = f.metadata()?.len();
-            let mut p = Progress::new(f, len);
-            c.vol_upload(vol.pool.as_str(), vol.name.as_str(), len, &mut p)?;
+            let mut p = Progress::new((), f.metadata()?.len());
+            c.vol_upload_file(vol.pool.as_str(), vol.name.as_str(), &f, &mut |done, _| {
+                p.set(done)
+            })?;
             p.finish(&format!("uploaded {} to {vol}:", file.display()));
         }
         VolCmd::Download { vol, file } => {
-            let (len, mut r) = c.vol_download(vol.pool.as_str(), vol.name.as_str())?;
             let tmp = file.with_file_name(format!(
                 ".{}.part",
                 file.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default()
             ));
-            let out = std::fs::File::create(&tmp)
+            let mut out = std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot create {}", tmp.display()))?;
-            let mut p = Progress::new(std::io::BufWriter::with_capacity(4 << 20, out), len);
-            let copied = client::copy_big(&mut r, &mut p);
-            let done = copied.map_err(anyhow::Error::from).and_then(|n| {
-                p.flush()?;
-                if n != len {
-                    anyhow::bail!("the download ended after {n} of {len} bytes");
-                }
-                Ok(())
-            });
+            let mut p = Progress::new((), 0);
+            let done = c.vol_download_file(
+                vol.pool.as_str(),
+                vol.name.as_str(),
+                &mut out,
+                &mut |done, total| {
+                    p.total = total;
+                    p.set(done)
+                },
+            );
             if let Err(e) = done {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e);
+                return Err(e.into());
             }
             std::fs::rename(&tmp, &file)
                 .with_context(|| format!("cannot write {}", file.display()))?;

@@ -16,6 +16,8 @@ use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+mod volume_data;
+
 /// The default socket, as in DESIGN.md.
 pub const DEFAULT_SOCKET: &str = "/run/hv/hvd.sock";
 
@@ -148,6 +150,77 @@ fn decode<T: DeserializeOwned>(resp: Response) -> Result<T> {
         .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&data))))
 }
 
+/// A response's status line and headers.
+pub(crate) struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn len(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    }
+}
+
+/// Reads a response's status line and headers.
+pub(crate) fn read_head(r: &mut BufReader<UnixStream>) -> Result<Head> {
+    let mut raw = Vec::new();
+    loop {
+        let n = r.read_until(b'\n', &mut raw)?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "connection closed before the headers ended".into(),
+            ));
+        }
+        if raw.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&raw)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Head {
+        status: resp.code.unwrap_or(0),
+        headers: resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// The body that follows `head` on `r`: chunked, `Content-Length` bytes, or up to the end.
+pub(crate) fn body_of(head: &Head, r: BufReader<UnixStream>) -> Box<dyn Read + Send> {
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        Box::new(Chunked {
+            inner: r,
+            left: 0,
+            done: false,
+        })
+    } else if let Some(len) = head.len() {
+        Box::new(r.take(len))
+    } else {
+        Box::new(r)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
@@ -210,43 +283,8 @@ impl Client {
             }
         }
         let mut r = BufReader::new(s);
-        let mut raw = Vec::new();
-        loop {
-            let n = r.read_until(b'\n', &mut raw)?;
-            if n == 0 {
-                return Err(ClientError::Protocol(
-                    "connection closed before the headers ended".into(),
-                ));
-            }
-            if raw.ends_with(b"\r\n\r\n") {
-                break;
-            }
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        resp.parse(&raw)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let status = resp.code.unwrap_or(0);
-        let header = |name: &str| {
-            resp.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).into_owned())
-        };
-        let len = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
-        let body: Box<dyn Read + Send> =
-            if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                Box::new(Chunked {
-                    inner: r,
-                    left: 0,
-                    done: false,
-                })
-            } else if let Some(len) = len {
-                Box::new(r.take(len))
-            } else {
-                Box::new(r)
-            };
-        Ok(Response { status, len, body })
+        let head = read_head(&mut r)?;
+        Ok(head.into_response(r))
     }
 
     /// Sends a request and decodes a JSON reply (or the API error).

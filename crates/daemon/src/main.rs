@@ -96,13 +96,10 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(async move { auto.autostart().await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_rx.await;
-    });
-    let server = std::future::IntoFuture::into_future(server);
+    let server = serve(listener, app, stop_rx);
     tokio::pin!(server);
     tokio::select! {
-        r = &mut server => r.context("serving the API failed")?,
+        () = &mut server => {},
         _ = async {
             tokio::select! {
                 _ = term.recv() => {},
@@ -117,6 +114,59 @@ async fn run(args: Args) -> Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// Serves HTTP/1.1 connections until `stop` fires, then waits for the open ones to finish.
+///
+/// hyper is driven directly rather than through `axum::serve` so that an upgraded connection
+/// is still a `TokioIo<UnixStream>` the volume data routes can take over (see
+/// `routes::volume_data`), and so that request bodies are read in large pieces.
+async fn serve(
+    listener: tokio::net::UnixListener,
+    app: axum::Router,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Upload bodies arrive in reads of up to this much (hyper's default is about 400 KiB).
+    http.max_buf_size(4 << 20);
+    loop {
+        let io = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((io, _)) => io,
+                Err(e) => {
+                    // Out of fds, most likely: back off instead of spinning.
+                    tracing::error!("cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .with_upgrades();
+        let mut stopping = stopping.clone();
+        conns.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stopping_tx.send(true);
+    while conns.join_next().await.is_some() {}
 }
 
 fn main() {

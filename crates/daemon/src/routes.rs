@@ -20,6 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
+mod volume_data;
+
 /// An error on its way to the client.
 pub struct ApiError(ErrorCode, String);
 
@@ -160,7 +162,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/pools/{pool}/volumes/{vol}/resize", post(vol_resize))
         .route(
             "/v1/pools/{pool}/volumes/{vol}/data",
-            get(vol_download).put(vol_upload),
+            get(volume_data::download).put(volume_data::upload),
         )
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
@@ -498,90 +500,6 @@ async fn vol_resize(
         e.vol_resize(&pool, &vol, req.size.0, req.allow_shrink)
             .await?,
     ))
-}
-
-/// Streams the request body into a temp file beside the volume, then renames it over the
-/// volume: an interrupted upload never leaves a half-written volume.
-async fn vol_upload(
-    State(e): State<Engine>,
-    Path((pool, vol)): Path<(String, String)>,
-    req_body: Body,
-) -> ApiResult<api::VolInfo> {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-    let (tmp, dst) = e.vol_upload_target(&pool, &vol)?;
-    let io = |what: &str, err: std::io::Error| {
-        ApiError(
-            ErrorCode::HostError,
-            format!("upload to {pool}/{vol}: {what}: {err}"),
-        )
-    };
-    let result = async {
-        let f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|err| io("create", err))?;
-        let mut w = tokio::io::BufWriter::with_capacity(4 << 20, f);
-        let mut stream = req_body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|err| {
-                ApiError(
-                    ErrorCode::InvalidArgument,
-                    format!("upload to {pool}/{vol} was interrupted: {err}"),
-                )
-            })?;
-            w.write_all(&chunk).await.map_err(|err| io("write", err))?;
-        }
-        w.flush().await.map_err(|err| io("flush", err))?;
-        w.get_ref()
-            .sync_all()
-            .await
-            .map_err(|err| io("fsync", err))?;
-        tokio::fs::rename(&tmp, &dst)
-            .await
-            .map_err(|err| io("rename", err))?;
-        Ok::<(), ApiError>(())
-    }
-    .await;
-    if let Err(err) = result {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(err);
-    }
-    tracing::info!(pool, vol, "volume uploaded");
-    Ok(Json(e.vol_info(&pool, &vol).await?))
-}
-
-async fn vol_download(
-    State(e): State<Engine>,
-    Path((pool, vol)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    use tokio::io::AsyncReadExt;
-    let path = e.vol_download_source(&pool, &vol)?;
-    let f = tokio::fs::File::open(&path).await.map_err(|err| {
-        ApiError(
-            ErrorCode::HostError,
-            format!("cannot open {}: {err}", path.display()),
-        )
-    })?;
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let stream = futures_util::stream::unfold(f, |mut f| async move {
-        let mut buf = vec![0u8; 4 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), f))
-            }
-            Err(err) => Some((Err(err), f)),
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
 }
 
 // ---- disks and media ----

@@ -320,6 +320,58 @@ fn upload_and_download_round_trip_by_checksum() {
     assert_eq!(missing, Some(Some(ErrorCode::NotFound)));
 }
 
+/// The raw streams `hv vol upload|download` use (sendfile and splice over an upgraded
+/// connection) move the same bytes, and refuse the same things, as the plain bodies.
+#[test]
+fn raw_upload_and_download_round_trip_by_checksum() {
+    let h = hvd();
+    let c = h.client();
+    c.vol_create(
+        "default",
+        &vol_req("raw.raw", Some(1 << 20), Some(DiskFormat::Raw), None),
+    )
+    .unwrap();
+    let src = h.dir.join("src.bin");
+    let data: Vec<u8> = (0..(19u32 << 20) + 4321)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    let f = std::fs::File::open(&src).unwrap();
+    let mut seen = 0;
+    let v = c
+        .vol_upload_file("default", "raw.raw", &f, &mut |done, _| seen = done)
+        .unwrap();
+    assert_eq!(seen, data.len() as u64);
+    assert_eq!(sha(&v.path), sha(&src));
+    let pool_dir = std::path::Path::new(&v.path)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let leftovers: Vec<_> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".upload-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    let dst = h.dir.join("dst.bin");
+    let mut out = std::fs::File::create(&dst).unwrap();
+    let n = c
+        .vol_download_file("default", "raw.raw", &mut out, &mut |_, _| {})
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(sha(&dst), sha(&src));
+    let missing = c
+        .vol_download_file("default", "nope", &mut out, &mut |_, _| {})
+        .err()
+        .map(|e| e.code());
+    assert_eq!(missing, Some(Some(ErrorCode::NotFound)));
+    let missing = c
+        .vol_upload_file("default", "nope", &f, &mut |_, _| {})
+        .err()
+        .map(|e| e.code());
+    assert_eq!(missing, Some(Some(ErrorCode::NotFound)));
+}
+
 #[test]
 fn overlay_keeps_the_base_pristine_and_live_resize_is_seen_in_the_guest() {
     let h = hvd();
@@ -367,6 +419,11 @@ fn overlay_keeps_the_base_pristine_and_live_resize_is_seen_in_the_guest() {
     // Uploading into a volume a running VM uses is refused.
     let e = c
         .vol_upload("default", "child.qcow2", 0, &mut std::io::empty())
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse));
+    let empty = std::fs::File::open("/dev/null").unwrap();
+    let e = c
+        .vol_upload_file("default", "child.qcow2", &empty, &mut |_, _| {})
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InUse));
     c.shutdown("ovl", 30, false).unwrap();

@@ -11,6 +11,7 @@ use model::{DiskFormat, PoolName, VmState, VolName, VolRef};
 use crate::error::{EngineError, Result};
 use crate::store::PoolRow;
 use crate::Engine;
+use crate::Upload;
 
 fn host(what: impl std::fmt::Display) -> impl FnOnce(host_storage::StorageError) -> EngineError {
     move |e| EngineError::Host(format!("{what}: {e}"))
@@ -490,9 +491,10 @@ impl Engine {
         Ok(None)
     }
 
-    /// Where an upload to `POOL/NAME` is written first, and the final path. Refused while a
-    /// running VM uses the volume.
-    pub fn vol_upload_target(&self, pool: &str, name: &str) -> Result<(PathBuf, PathBuf)> {
+    /// Starts replacing `POOL/NAME`'s bytes: a temp file beside the volume that
+    /// [`Upload::commit`] makes durable and renames over it. Refused while a running VM uses
+    /// the volume.
+    pub fn vol_upload_begin(&self, pool: &str, name: &str) -> Result<Upload> {
         let path = self.existing_vol(pool, name)?;
         let running = self.running_users_of(&path);
         if !running.is_empty() {
@@ -502,7 +504,8 @@ impl Engine {
             )));
         }
         let tmp = path.with_file_name(format!(".{name}.upload-{}", std::process::id()));
-        Ok((tmp, path))
+        Upload::create(&tmp, &path)
+            .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", tmp.display())))
     }
 
     /// The file to stream for a download.

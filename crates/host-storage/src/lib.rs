@@ -2,6 +2,8 @@
 //! itself) with `--output=json` decoded into structs and explicit formats everywhere, and
 //! filesystem capacity for pools.
 
+pub mod transfer;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
