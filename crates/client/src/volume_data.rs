@@ -128,7 +128,7 @@ impl Client {
         extra: &str,
     ) -> Result<BufReader<UnixStream>> {
         let mut s = self.connect()?;
-        let path = paths::volume_action(pool, vol, "data");
+        let path = paths::volume_action(pool, vol, "stream");
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: Upgrade\r\nUpgrade: {VOLUME_DATA_PROTOCOL}\r\n{extra}\r\n"

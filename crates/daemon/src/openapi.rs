@@ -111,8 +111,10 @@ pub fn routes() -> Vec<RouteDoc> {
         r("delete", "/v1/pools/{pool}/volumes/{vol}", "Delete a volume (refused while used or backing another)", None, 204, None),
         r("post", "/v1/pools/{pool}/volumes/{vol}/clone", "Full or linked clone", Some(s::<CloneVolRequest>), 201, Some(s::<VolInfo>)),
         r("post", "/v1/pools/{pool}/volumes/{vol}/resize", "Resize (live when a running VM uses it)", Some(s::<ResizeVolRequest>), 200, Some(s::<VolInfo>)),
-        raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/data", "Download the volume's bytes (or, with Upgrade: hv-volume-data, a 101 whose hv-data-length header counts the raw bytes that follow)", None, 200, None)),
-        r("put", "/v1/pools/{pool}/volumes/{vol}/data", "Upload the volume's bytes as an application/octet-stream body, replacing them atomically once durable (or, with Upgrade: hv-volume-data and an hv-data-length header, as raw bytes after the 101, answered by an HTTP/1.1 response on the same connection)", None, 200, Some(s::<VolInfo>)),
+        raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/data", "Download the volume's bytes", None, 200, None)),
+        r("put", "/v1/pools/{pool}/volumes/{vol}/data", "Upload the volume's bytes as an application/octet-stream body, replacing them atomically once durable", None, 200, Some(s::<VolInfo>)),
+        raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/stream", "Download as a raw stream: needs Upgrade: hv-volume-data; a 101 whose hv-data-length header counts the raw bytes that follow", None, 101, None)),
+        r("put", "/v1/pools/{pool}/volumes/{vol}/stream", "Upload as a raw stream: needs Upgrade: hv-volume-data and an hv-data-length header; raw bytes after the 101, answered by an HTTP/1.1 response (VolInfo or an error) on the same connection once durable", None, 200, Some(s::<VolInfo>)),
     ]
 }
 

@@ -164,6 +164,10 @@ pub fn router(engine: Engine) -> Router {
             "/v1/pools/{pool}/volumes/{vol}/data",
             get(volume_data::download).put(volume_data::upload),
         )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/stream",
+            get(volume_data::stream_download).put(volume_data::stream_upload),
+        )
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

@@ -370,6 +370,16 @@ fn raw_upload_and_download_round_trip_by_checksum() {
         .err()
         .map(|e| e.code());
     assert_eq!(missing, Some(Some(ErrorCode::NotFound)));
+    // The raw path takes only upgrade requests: a plain PUT there changes nothing.
+    let resp = c
+        .send(
+            "PUT",
+            "/v1/pools/default/volumes/raw.raw/stream",
+            Some(b"not the volume"),
+        )
+        .unwrap();
+    assert_eq!(resp.status, 400);
+    assert_eq!(sha(&v.path), sha(&src));
 }
 
 #[test]

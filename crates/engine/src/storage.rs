@@ -503,7 +503,10 @@ impl Engine {
                 running.join(", ")
             )));
         }
-        let tmp = path.with_file_name(format!(".{name}.upload-{}", std::process::id()));
+        // Unique per upload: two concurrent uploads never share a temp file (the last rename wins).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".{name}.upload-{}-{n}", std::process::id()));
         Upload::create(&tmp, &path)
             .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", tmp.display())))
     }

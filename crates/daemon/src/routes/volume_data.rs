@@ -1,9 +1,10 @@
-//! `GET|PUT /v1/pools/{pool}/volumes/{vol}/data`: a volume's bytes, out and in.
-//!
-//! Plain HTTP bodies work for any client. With `Upgrade: hv-volume-data` (what `hv` sends) the
-//! connection becomes a raw stream after the 101, so the bytes move between the socket and the
-//! page cache without passing through user space (`sendfile` out, `splice` in; see
-//! `host_storage::transfer` and [`api::VOLUME_DATA_PROTOCOL`]).
+//! `GET|PUT /v1/pools/{pool}/volumes/{vol}/data`: a volume's bytes, out and in, as plain HTTP
+//! bodies (any client). `GET|PUT .../stream` (what `hv` uses) needs `Upgrade: hv-volume-data`:
+//! the connection becomes a raw stream after the 101, so the bytes move between the socket and
+//! the page cache without passing through user space (`sendfile` out, `splice` in; see
+//! `host_storage::transfer` and [`api::VOLUME_DATA_PROTOCOL`]). The raw variant has its own
+//! path so that an hvd without it answers 404 instead of taking an upgrade request for an
+//! empty upload.
 //!
 //! Uploads are durable before they are reported: the temp file is synced, then renamed over the
 //! volume. Either way the disk work runs on blocking threads, never on the async workers.
@@ -32,10 +33,60 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// A raw stream whose peer moves no byte for this long fails instead of pinning a thread.
 const STALL: Duration = Duration::from_secs(60);
 
+/// `GET .../data`.
 pub async fn download(
     State(e): State<Engine>,
     Path((pool, vol)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    download_as(e, pool, vol, req, false).await
+}
+
+/// `GET .../stream`.
+pub async fn stream_download(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    need_upgrade(req.headers())?;
+    download_as(e, pool, vol, req, true).await
+}
+
+/// `PUT .../data`.
+pub async fn upload(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    upload_as(e, pool, vol, req, false).await
+}
+
+/// `PUT .../stream`.
+pub async fn stream_upload(
+    State(e): State<Engine>,
+    Path((pool, vol)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    need_upgrade(req.headers())?;
+    upload_as(e, pool, vol, req, true).await
+}
+
+fn need_upgrade(h: &HeaderMap) -> Result<(), ApiError> {
+    if wants_raw(h) {
+        return Ok(());
+    }
+    Err(ApiError(
+        ErrorCode::InvalidArgument,
+        format!("this path is a raw stream: send Connection: Upgrade and Upgrade: {VOLUME_DATA_PROTOCOL}, or use .../data for a plain HTTP body"),
+    ))
+}
+
+async fn download_as(
+    e: Engine,
+    pool: String,
+    vol: String,
     mut req: Request,
+    raw: bool,
 ) -> Result<Response, ApiError> {
     let path = e.vol_download_source(&pool, &vol)?;
     let f = tokio::fs::File::open(&path).await.map_err(|err| {
@@ -46,7 +97,7 @@ pub async fn download(
     })?;
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let f = f.into_std().await;
-    if wants_raw(req.headers()) {
+    if raw {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let span = tracing::info_span!("volume data", pool, vol, op = "download", len);
         tokio::spawn(
@@ -105,10 +156,12 @@ pub async fn download(
 }
 
 /// Replaces the volume's bytes; see the module docs.
-pub async fn upload(
-    State(e): State<Engine>,
-    Path((pool, vol)): Path<(String, String)>,
+async fn upload_as(
+    e: Engine,
+    pool: String,
+    vol: String,
     mut req: Request,
+    raw: bool,
 ) -> Result<Response, ApiError> {
     let io = |what: &str, err: std::io::Error| {
         ApiError(
@@ -116,7 +169,7 @@ pub async fn upload(
             format!("upload to {pool}/{vol}: {what}: {err}"),
         )
     };
-    if wants_raw(req.headers()) {
+    if raw {
         let len = req
             .headers()
             .get(DATA_LENGTH_HEADER)
