@@ -221,6 +221,7 @@ impl Engine {
             } else {
                 "host".into()
             },
+            aio: caps.aio,
         };
         let plan = RunPlan {
             qmp_fd: 3,
