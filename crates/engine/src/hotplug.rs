@@ -113,7 +113,8 @@ impl Engine {
         let qmp = vm.qmp()?;
         let device =
             qemu_argv::disk_device(disk, i).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let nodes = qemu_argv::disk_block_nodes(disk, i, None)
+        let aio = self.caps().await?.aio;
+        let nodes = qemu_argv::disk_block_nodes(disk, i, None, aio)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut added: Vec<String> = Vec::new();
         let result = async {

@@ -63,6 +63,8 @@ struct HostCaps {
     qemu_version: (u32, u32, u32),
     kvm: bool,
     accel_reason: String,
+    /// How the disks' I/O is submitted (io_uring where QEMU and the host allow it).
+    aio: qemu_argv::Aio,
 }
 
 pub(crate) struct Inner {
@@ -81,6 +83,26 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+/// io_uring if this QEMU can open a disk with it here (built with it, allowed by the kernel and
+/// by the seccomp sandbox VMs run under), else QEMU's thread pool. QEMU opens its own binary
+/// that way and quits.
+async fn probe_aio(qemu: &str) -> qemu_argv::Aio {
+    use qemu_argv::Aio;
+    let Some(bin) = host_exec::which(qemu) else {
+        return Aio::Threads;
+    };
+    let argv = qemu_argv::aio_probe_argv(&bin, Aio::IoUring);
+    let args: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+    let quit = b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"quit\"}\n";
+    match host_exec::run_with_input(qemu, &args, quit, Duration::from_secs(10)).await {
+        Ok(_) => Aio::IoUring,
+        Err(e) => {
+            tracing::info!(error = %e, "QEMU cannot use io_uring here; disks use its thread pool");
+            Aio::Threads
+        }
+    }
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -222,19 +244,20 @@ impl Engine {
         self.inner.events.subscribe()
     }
 
-    async fn caps(&self) -> Result<HostCaps> {
+    pub(crate) async fn caps(&self) -> Result<HostCaps> {
         let qemu = self.inner.cfg.qemu_binary.clone();
         self.inner
             .caps
             .get_or_try_init(|| async move {
-                let v = host_probe::tool_version(&qemu).await.map_err(|e| {
+                let (v, aio) = tokio::join!(host_probe::tool_version(&qemu), probe_aio(&qemu));
+                let v = v.map_err(|e| {
                     EngineError::Host(format!("cannot run QEMU ({qemu}): {e}; install qemu-system-x86 (hv host check tells more)"))
                 })?;
                 let qemu_version = host_probe::parse_qemu_version(&v)
                     .ok_or_else(|| EngineError::Host(format!("cannot read the QEMU version from {v:?}")))?;
                 let d = host_probe::decide_accel(&host_probe::gather_kvm_facts());
-                tracing::info!(?qemu_version, kvm = d.kvm, reason = %d.reason, "host probed");
-                Ok(HostCaps { qemu_version, kvm: d.kvm, accel_reason: d.reason })
+                tracing::info!(?qemu_version, kvm = d.kvm, reason = %d.reason, aio = aio.as_str(), "host probed");
+                Ok(HostCaps { qemu_version, kvm: d.kvm, accel_reason: d.reason, aio })
             })
             .await
             .cloned()

@@ -221,6 +221,7 @@ impl Engine {
             } else {
                 "host".into()
             },
+            aio: caps.aio,
         };
         let plan = RunPlan {
             qmp_fd: 3,
@@ -931,9 +932,11 @@ fn transcript_writer(path: &Path) -> Option<qmp::Transcript> {
         .open(path)
         .ok()?;
     let f = Mutex::new(f);
+    // Milliseconds, so the transcript shows where a slow operation spends its time.
     Some(Box::new(move |dir: char, line: &str| {
         if let Ok(mut f) = f.lock() {
-            let _ = writeln!(f, "{} {dir} {line}", now_secs());
+            let ms = crate::now_ms();
+            let _ = writeln!(f, "{}.{:03} {dir} {line}", ms / 1000, ms % 1000);
         }
     }))
 }

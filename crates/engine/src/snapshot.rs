@@ -3,8 +3,9 @@
 //! without restarting QEMU) or disk-only when taken from a stopped one (`qemu-img snapshot`).
 //! The metadata (tree, VM state, the spec at that time) lives in the database.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::{CreateSnapshotRequest, SnapshotInfo};
 use host_storage::SnapshotOp;
@@ -61,10 +62,15 @@ impl Engine {
     }
 
     /// Runs a QMP job and waits for it to conclude; its error, if any, becomes ours.
+    ///
+    /// A job that succeeds passes through `pending` and never through `aborting`: then there is
+    /// no error to fetch, so the usual path costs the command and its events only. Otherwise
+    /// `query-jobs` says what went wrong. The dismissal is sent without waiting for its reply
+    /// (job ids are unique, so a job left undismissed blocks nothing).
     async fn run_job(&self, vm: &Vm, command: &str, mut args: Value) -> Result<()> {
         let qmp = vm.qmp()?;
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // Unique also across hvd restarts (a job of a killed hvd may still be in QEMU).
         let id = format!(
             "hv-{command}-{}-{}-{n}",
@@ -72,12 +78,21 @@ impl Engine {
             crate::now_ms()
         );
         args["job-id"] = json!(id);
+        let started = Instant::now();
         let mut events = vm.subscribe_qmp_events();
         qmp.execute(command, Some(args)).await.map_err(qemu)?;
+        let (pending, aborting) = (AtomicBool::new(false), AtomicBool::new(false));
         let concluded = Vm::wait_qmp_event(&mut events, JOB_TIMEOUT, |ev| {
-            ev.event == "JOB_STATUS_CHANGE"
-                && ev.data["id"] == json!(id)
-                && ev.data["status"] == "concluded"
+            if ev.event != "JOB_STATUS_CHANGE" || ev.data["id"] != json!(id) {
+                return false;
+            }
+            match ev.data["status"].as_str() {
+                Some("pending") => pending.store(true, Ordering::Relaxed),
+                Some("aborting") => aborting.store(true, Ordering::Relaxed),
+                Some("concluded") => return true,
+                _ => {}
+            }
+            false
         })
         .await;
         if !concluded {
@@ -86,12 +101,30 @@ impl Engine {
                 JOB_TIMEOUT.as_secs()
             )));
         }
-        let jobs = qmp.execute("query-jobs", None).await.map_err(qemu)?;
-        let error = jobs
-            .as_array()
-            .and_then(|a| a.iter().find(|j| j["id"] == json!(id)))
-            .and_then(|j| j["error"].as_str().map(str::to_string));
-        let _ = qmp.execute("job-dismiss", Some(json!({ "id": id }))).await;
+        let succeeded = pending.into_inner() && !aborting.into_inner();
+        let error = if succeeded {
+            None
+        } else {
+            let jobs = qmp.execute("query-jobs", None).await.map_err(qemu)?;
+            jobs.as_array()
+                .and_then(|a| a.iter().find(|j| j["id"] == json!(id)))
+                .and_then(|j| j["error"].as_str().map(str::to_string))
+        };
+        tracing::debug!(
+            job_id = id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            succeeded = error.is_none(),
+            "QMP job concluded"
+        );
+        let dismiss = qmp.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dismiss
+                .execute("job-dismiss", Some(json!({ "id": id })))
+                .await
+            {
+                tracing::debug!(job_id = id, error = %e, "cannot dismiss a QMP job");
+            }
+        });
         match error {
             Some(e) => Err(EngineError::Qemu(format!("{command} failed: {e}"))),
             None => Ok(()),
@@ -180,6 +213,7 @@ impl Engine {
         name: &str,
         req: CreateSnapshotRequest,
     ) -> Result<SnapshotInfo> {
+        let started = Instant::now();
         let vm = self.get(name)?;
         let _op = vm.begin("snapshot create")?;
         let snap = req.name.to_string();
@@ -234,9 +268,14 @@ impl Engine {
         let memory = match state {
             VmState::Running | VmState::Paused => {
                 let nodes: Vec<&str> = disks.iter().map(|(n, _)| n.as_str()).collect();
-                // A tag with this name but no metadata is left from an interrupted create;
-                // snapshot-save refuses to overwrite it.
-                if self.live_tag_exists(&vm, &nodes, &snap).await? {
+                let save = json!({ "tag": snap, "vmstate": nodes[0], "devices": nodes });
+                if let Err(e) = self.run_job(&vm, "snapshot-save", save.clone()).await {
+                    // A tag with this name but no metadata is left from an interrupted create;
+                    // snapshot-save refuses to overwrite it. Looked for only after a failure,
+                    // which keeps a query of every block node off the usual path.
+                    if !self.live_tag_exists(&vm, &nodes, &snap).await? {
+                        return Err(e);
+                    }
                     tracing::warn!(
                         vm = name,
                         snapshot = snap,
@@ -248,13 +287,8 @@ impl Engine {
                         json!({ "tag": snap, "devices": nodes }),
                     )
                     .await?;
+                    self.run_job(&vm, "snapshot-save", save).await?;
                 }
-                self.run_job(
-                    &vm,
-                    "snapshot-save",
-                    json!({ "tag": snap, "vmstate": nodes[0], "devices": nodes }),
-                )
-                .await?;
                 true
             }
             VmState::Shutoff | VmState::Crashed => {
@@ -300,13 +334,20 @@ impl Engine {
         };
         self.inner.store.insert_snapshot(vm.id, &row)?;
         self.set_current(&vm, Some(snap.clone()));
-        tracing::info!(vm = name, snapshot = snap, memory, "snapshot created");
+        tracing::info!(
+            vm = name,
+            snapshot = snap,
+            memory,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot created"
+        );
         let rows = self.inner.store.load_snapshots(vm.id)?;
         Ok(self.snapshot_info(&vm, &rows, &row, false))
     }
 
     /// `hv snapshot revert`: disks, and RAM when the snapshot has it, go back; so does the spec.
     pub async fn snapshot_revert(&self, name: &str, snap: &str) -> Result<SnapshotInfo> {
+        let started = Instant::now();
         let vm = self.get(name)?;
         let _op = vm.begin("snapshot revert")?;
         let row = self.snapshot_row(&vm, snap)?;
@@ -335,7 +376,12 @@ impl Engine {
             }
         }
         self.set_current(&vm, Some(snap.to_string()));
-        tracing::info!(vm = name, snapshot = snap, "reverted");
+        tracing::info!(
+            vm = name,
+            snapshot = snap,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reverted"
+        );
         let rows = self.inner.store.load_snapshots(vm.id)?;
         Ok(self.snapshot_info(&vm, &rows, &row, false))
     }

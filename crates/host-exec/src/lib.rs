@@ -48,20 +48,48 @@ pub struct Output {
 
 /// Runs a tool to completion; a non-zero exit is an error carrying its stderr.
 pub async fn run(program: &str, args: &[&OsStr], timeout: Duration) -> Result<Output, ExecError> {
+    run_with_input(program, args, b"", timeout).await
+}
+
+/// [`run`], with `input` written to the tool's stdin (then closed).
+pub async fn run_with_input(
+    program: &str,
+    args: &[&OsStr],
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Output, ExecError> {
     tracing::debug!(program, ?args, "run");
     let mut c = base_command(OsStr::new(program));
-    c.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    let fut = c.output();
+    let stdin = if input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    };
+    c.args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let spawn_error = |source| ExecError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let fut = async {
+        let mut child = c.spawn()?;
+        if let Some(mut w) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            // A tool that exits without reading all of it is judged by its exit status.
+            let _ = w.write_all(input).await;
+        }
+        child.wait_with_output().await
+    };
     let out = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ExecError::Timeout {
             program: program.to_string(),
             secs: timeout.as_secs(),
         })?
-        .map_err(|source| ExecError::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
@@ -278,6 +306,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ExecError::Spawn { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn run_with_input_feeds_stdin() {
+        let out = run_with_input("cat", &[], b"to qemu\n", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "to qemu\n");
     }
 
     #[tokio::test]

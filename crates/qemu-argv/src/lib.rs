@@ -32,6 +32,27 @@ impl Accel {
     }
 }
 
+/// How QEMU submits disk I/O: the `aio` option of the `file` driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Aio {
+    /// A pool of worker threads, QEMU's default (left out of the argv).
+    #[default]
+    Threads,
+    /// Linux io_uring, where this QEMU and host support it. Reads that hit the page cache
+    /// complete without a hand-off to a worker thread; loading a snapshot's RAM (thousands of
+    /// small reads) takes about a third of the time.
+    IoUring,
+}
+
+impl Aio {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aio::Threads => "threads",
+            Aio::IoUring => "io_uring",
+        }
+    }
+}
+
 /// What we know of the QEMU binary and host.
 #[derive(Debug, Clone)]
 pub struct QemuCaps {
@@ -40,6 +61,7 @@ pub struct QemuCaps {
     pub accel: Accel,
     /// The `-cpu` model for KVM (`host`, or a fallback where `host` aborts).
     pub kvm_cpu: String,
+    pub aio: Aio,
 }
 
 /// Per-run facts: where this run's sockets, logs and overlays are.
@@ -144,7 +166,7 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
         m.blockdevs
-            .extend(disk_block_nodes(disk, i, overlay.as_deref())?);
+            .extend(disk_block_nodes(disk, i, overlay.as_deref(), caps.aio)?);
         let (id, node) = disk_ids(disk, i);
         let mut dev = match disk.bus {
             DiskBus::Virtio | DiskBus::Scsi => {
@@ -175,6 +197,7 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
                 DiskFormat::Raw,
                 CacheMode::Writeback,
                 true,
+                caps.aio,
             ));
         }
         let mut dev = match spec.machine {
@@ -234,6 +257,7 @@ pub fn disk_block_nodes(
     disk: &DiskSpec,
     i: usize,
     overlay: Option<&Path>,
+    aio: Aio,
 ) -> Result<[Value; 2], ArgvError> {
     let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat {
         path: disk.path.clone(),
@@ -248,6 +272,7 @@ pub fn disk_block_nodes(
         format,
         disk.cache,
         disk.readonly,
+        aio,
     ))
 }
 
@@ -328,6 +353,7 @@ fn block_nodes(
     format: DiskFormat,
     cache: CacheMode,
     readonly: bool,
+    aio: Aio,
 ) -> [Value; 2] {
     let (direct, no_flush) = match cache {
         CacheMode::None | CacheMode::Directsync => (true, false),
@@ -336,11 +362,15 @@ fn block_nodes(
     };
     let cache = json!({ "direct": direct, "no-flush": no_flush });
     let file_node = format!("{node}-file");
+    let mut file = json!({
+        "driver": "file", "filename": path.to_string_lossy(), "node-name": file_node,
+        "auto-read-only": true, "discard": "unmap", "cache": cache, "read-only": readonly,
+    });
+    if aio != Aio::Threads {
+        file["aio"] = json!(aio.as_str());
+    }
     [
-        json!({
-            "driver": "file", "filename": path.to_string_lossy(), "node-name": file_node,
-            "auto-read-only": true, "discard": "unmap", "cache": cache, "read-only": readonly,
-        }),
+        file,
         json!({
             "driver": format.as_str(), "node-name": node, "file": file_node,
             "cache": cache, "read-only": readonly,
@@ -455,10 +485,7 @@ impl Machine {
             a.push(v);
         };
         push("-msg", "timestamp=on".into());
-        push(
-            "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-        );
+        push("-sandbox", SANDBOX.into());
         for c in &self.chardevs {
             let mut s = format!("socket,id={},fd={},server=on,wait=off", c.id, c.fd);
             if let Some(l) = &c.logfile {
@@ -508,6 +535,36 @@ impl Machine {
     }
 }
 
+/// QEMU's seccomp sandbox, as every VM runs with it.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The argv of a QEMU that only opens `file` (a regular file, read-only) with `aio`, under the
+/// sandbox VMs get, then serves QMP on stdio: it starts only if this QEMU build, the kernel and
+/// the sandbox allow that `aio`. Send it `qmp_capabilities` and `quit` on stdin.
+pub fn aio_probe_argv(file: &Path, aio: Aio) -> Vec<OsString> {
+    let node = json!({
+        "driver": "file", "filename": file.to_string_lossy(), "node-name": "hv-probe",
+        "aio": aio.as_str(), "read-only": true,
+    });
+    [
+        "-machine",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-sandbox",
+        SANDBOX,
+        "-blockdev",
+        &node.to_string(),
+        "-qmp",
+        "stdio",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
+}
+
 /// `lower` then `to_argv`.
 pub fn build(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Vec<OsString>, ArgvError> {
     Ok(lower(spec, caps, plan)?.to_argv())
@@ -523,6 +580,7 @@ mod tests {
             version: (7, 2, 22),
             accel: Accel::Tcg,
             kvm_cpu: "host".into(),
+            aio: Aio::Threads,
         }
     }
 
@@ -615,6 +673,7 @@ mod tests {
         s.graphics = "vnc,listen=0.0.0.0,port=5905,password=pw".parse().unwrap();
         let caps = QemuCaps {
             accel: Accel::Kvm,
+            aio: Aio::IoUring,
             ..caps()
         };
         let plan = RunPlan {
