@@ -106,13 +106,20 @@ impl Vm {
         timeout: std::time::Duration,
         matches: impl Fn(&qmp::QmpEvent) -> bool,
     ) -> bool {
+        use tokio::sync::broadcast::error::RecvError;
         tokio::time::timeout(timeout, async {
-            while let Ok(ev) = events.recv().await {
-                if matches(&ev) {
-                    return;
+            loop {
+                match events.recv().await {
+                    Ok(ev) if matches(&ev) => return,
+                    Ok(_) => {}
+                    // Events were dropped while we were slow; the one we wait for may still come.
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "QMP event wait fell behind")
+                    }
+                    // QEMU is gone: the event will never come.
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
                 }
             }
-            std::future::pending::<()>().await
         })
         .await
         .is_ok()
