@@ -256,3 +256,117 @@ fn start_wait_console_log_shutdown() {
     assert!(table.contains("PASS") && table.contains("qemu"), "{table}");
     assert!(cli.ok(&["shutdown", "c1"]).contains("shut off"));
 }
+
+/// The storage, network and NIC commands of the README, run as a user would (hvd inside a
+/// network namespace the test makes).
+#[test]
+fn storage_network_and_nic_commands() {
+    let ns = testkit::NetNs::new("cli").unwrap();
+    let h = TestHvd::start_in_netns(&hvd_bin(), &ns.name).unwrap();
+    let cli = Cli(&h);
+    // Volumes: create, list, upload and download by checksum (the raw stream path).
+    cli.ok(&[
+        "vol", "create", "default", "data.raw", "--size", "4M", "--format", "raw",
+    ]);
+    assert!(cli.ok(&["vol", "list", "default"]).contains("data.raw"));
+    let src = h.dir.join("src.bin");
+    let bytes: Vec<u8> = (0..(3u32 << 20) + 77).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &bytes).unwrap();
+    cli.ok(&["vol", "upload", "default/data.raw", src.to_str().unwrap()]);
+    let dst = h.dir.join("dst.bin");
+    cli.ok(&["vol", "download", "default/data.raw", dst.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+    // Networks: create, reservation by VM name, autostart, leases, delete refused while used.
+    cli.ok(&[
+        "net",
+        "create",
+        "lan",
+        "--mode",
+        "nat",
+        "--subnet",
+        "10.77.30.0/24",
+    ]);
+    cli.fails(
+        &[
+            "net",
+            "create",
+            "lan2",
+            "--mode",
+            "nat",
+            "--subnet",
+            "10.77.30.0/25",
+        ],
+        1,
+        "overlaps",
+    );
+    let g = guest::tiny_guest().unwrap();
+    let mut args = vec!["create".to_string(), "web".into()];
+    args.extend(tiny_args(&g));
+    args.extend(["--nic".into(), "network=lan".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli.ok(&args);
+    cli.ok(&[
+        "net",
+        "reservation",
+        "add",
+        "lan",
+        "--vm",
+        "web",
+        "--ip",
+        "10.77.30.50",
+    ]);
+    let rs = cli.ok(&["net", "reservation", "list", "lan", "--format", "json"]);
+    assert!(rs.contains("10.77.30.50") && rs.contains("\"web\""), "{rs}");
+    let o = cli.run(&["net", "reservation", "add", "lan", "--ip", "10.77.30.51"]);
+    assert_eq!(o.status.code(), Some(2), "--mac or --vm is required");
+    cli.fails(
+        &[
+            "net",
+            "reservation",
+            "add",
+            "lan",
+            "--vm",
+            "web",
+            "--ip",
+            "10.77.31.5",
+        ],
+        1,
+        "already has a reservation",
+    );
+    cli.ok(&["net", "autostart", "lan"]);
+    assert!(cli
+        .ok(&["net", "info", "lan", "--format", "json"])
+        .contains("\"autostart\": true"));
+    cli.ok(&["net", "reservation", "remove", "lan", "web"]);
+    // NICs: list, attach to the definition, detach by MAC.
+    let nics = cli.ok(&["nic", "list", "web"]);
+    assert!(nics.contains("network") && nics.contains("lan"), "{nics}");
+    assert!(cli
+        .ok(&["nic", "attach", "web", "--nic", "user,model=e1000"])
+        .contains("attached to web"));
+    let json = cli.ok(&["nic", "list", "web", "--format", "json"]);
+    let nics: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(nics.len(), 2, "{json}");
+    let mac = nics[1]["mac"].as_str().unwrap().to_string();
+    cli.fails(&["nic", "detach", "web", &mac, "--live"], 1, "not running");
+    cli.ok(&["nic", "detach", "web", &mac]);
+    assert!(!cli.ok(&["nic", "list", "web"]).contains(&mac));
+    // Missing things are named as what they are (not as VMs), with where to look.
+    cli.fails(
+        &["net", "info", "nope"],
+        1,
+        "network nope does not exist (hv net list",
+    );
+    cli.fails(
+        &["vol", "info", "default/nope"],
+        1,
+        "volume default/nope does not exist",
+    );
+    cli.fails(&["pool", "info", "nope"], 1, "pool nope does not exist");
+    // hv host bridge: bad input is refused before anything changes.
+    cli.fails(&["host", "bridge", "nope0", "br0"], 1, "does not exist");
+    cli.fails(&["net", "delete", "lan"], 1, "used by VM web");
+    cli.ok(&["undefine", "web"]);
+    cli.ok(&["net", "delete", "lan"]);
+    assert!(!cli.ok(&["net", "list"]).contains("lan "));
+}

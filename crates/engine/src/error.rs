@@ -6,8 +6,14 @@ use model::{InvalidTransition, SpecError};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("VM {0:?} does not exist (hv list --all shows the defined VMs)")]
-    NotFound(String),
+    NoSuchVm(String),
     #[error("a VM named {0:?} already exists; pick another name, or change it with hv edit")]
+    VmExists(String),
+    /// Anything else that is missing: the text says what, and how to see what exists.
+    #[error("{0}")]
+    NotFound(String),
+    /// Anything else that is taken: the text says what, and what to do.
+    #[error("{0}")]
     AlreadyExists(String),
     #[error("invalid spec: {0}")]
     Spec(#[from] SpecError),
@@ -37,8 +43,8 @@ impl EngineError {
     /// The stable API code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            EngineError::NotFound(_) => ErrorCode::NotFound,
-            EngineError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            EngineError::NotFound(_) | EngineError::NoSuchVm(_) => ErrorCode::NotFound,
+            EngineError::AlreadyExists(_) | EngineError::VmExists(_) => ErrorCode::AlreadyExists,
             EngineError::Spec(_) | EngineError::Invalid(_) => ErrorCode::InvalidArgument,
             EngineError::InvalidState { .. } => ErrorCode::InvalidState,
             EngineError::InUse(_) => ErrorCode::InUse,

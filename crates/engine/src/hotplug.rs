@@ -168,7 +168,7 @@ impl Engine {
                 .filter_map(|d| d.target.clone())
                 .collect();
             return Err(EngineError::NotFound(format!(
-                "disk {target} of VM {name} (it has: {})",
+                "VM {name} has no disk {target} (it has: {})",
                 targets.join(", ")
             )));
         }

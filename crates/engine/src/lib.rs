@@ -228,7 +228,7 @@ impl Engine {
         self.read_vms()
             .get(name)
             .cloned()
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))
+            .ok_or_else(|| EngineError::NoSuchVm(name.to_string()))
     }
 
     pub(crate) fn emit(&self, vm: &str, kind: EventKind) {
@@ -278,7 +278,7 @@ impl Engine {
         spec.validate()?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
-            return Err(EngineError::AlreadyExists(name));
+            return Err(EngineError::VmExists(name));
         }
         self.check_nics(&spec).await?;
         let created = self.prepare_host_side(&mut spec).await?;
@@ -291,7 +291,7 @@ impl Engine {
         let vm = {
             let mut vms = self.write_vms();
             if vms.contains_key(&name) {
-                return Err(undo(EngineError::AlreadyExists(name)));
+                return Err(undo(EngineError::VmExists(name)));
             }
             let id = self.inner.store.insert(&spec).map_err(undo)?;
             let vm = Arc::new(Vm::new(id, spec, Default::default()));

@@ -29,15 +29,19 @@ pub(crate) struct Nets {
 
 impl Nets {
     fn get(&self, name: &str) -> Result<&Net> {
-        self.map
-            .get(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))
+        self.map.get(name).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "network {name} does not exist (hv net list shows the networks)"
+            ))
+        })
     }
 
     fn get_mut(&mut self, name: &str) -> Result<&mut Net> {
-        self.map
-            .get_mut(name)
-            .ok_or_else(|| EngineError::NotFound(format!("network {name}")))
+        self.map.get_mut(name).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "network {name} does not exist (hv net list shows the networks)"
+            ))
+        })
     }
 }
 
@@ -164,7 +168,9 @@ impl Engine {
         let mut nets = self.inner.nets.lock().await;
         let name = spec.name.to_string();
         if nets.map.contains_key(&name) {
-            return Err(EngineError::AlreadyExists(format!("network {name}")));
+            return Err(EngineError::AlreadyExists(format!(
+                "network {name} already exists; pick another name"
+            )));
         }
         let others: Vec<NetworkConfig> = nets.map.values().map(|n| n.cfg.clone()).collect();
         let cfg = self.net_config(&mut spec, &others)?;
@@ -447,7 +453,7 @@ impl Engine {
                 .retain(|f| !(f.proto == proto && f.host_port == host_port));
             if spec.forwards.len() == before {
                 return Err(EngineError::NotFound(format!(
-                    "forward {proto}/{host_port} on network {name}"
+                    "network {name} has no {proto} forward of host port {host_port} (hv net forward list {name} shows them)"
                 )));
             }
             Ok(())
@@ -525,7 +531,7 @@ impl Engine {
             }
             if let Some(o) = spec.reservations.iter().find(|o| o.mac == mac) {
                 return Err(EngineError::AlreadyExists(format!(
-                    "reservation for {mac} (it has {}); remove it first",
+                    "{mac} already has a reservation on {name} ({}); remove it first",
                     o.ip
                 )));
             }
@@ -559,7 +565,7 @@ impl Engine {
                 .retain(|r| !(Some(r.mac) == mac || r.vm.as_deref() == Some(mac_or_vm)));
             if spec.reservations.len() == before {
                 return Err(EngineError::NotFound(format!(
-                    "reservation for {mac_or_vm} on network {name}"
+                    "network {name} has no reservation for {mac_or_vm} (hv net reservation list {name} shows them)"
                 )));
             }
             Ok(())

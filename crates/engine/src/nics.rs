@@ -130,7 +130,7 @@ impl Engine {
         let pos = stored.nics.iter().position(|n| n.mac == Some(mac));
         let not_found = |what: &str| {
             EngineError::NotFound(format!(
-                "{what}NIC with MAC {mac} on VM {name} (hv nic list {name} shows them)"
+                "VM {name} has no {what}NIC with MAC {mac} (hv nic list {name} shows them)"
             ))
         };
         if config && pos.is_none() {

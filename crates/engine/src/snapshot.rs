@@ -58,7 +58,12 @@ impl Engine {
             .load_snapshots(vm.id)?
             .into_iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| EngineError::NotFound(format!("snapshot {name} of VM {}", vm.name)))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "VM {} has no snapshot {name} (hv snapshot list {} shows them)",
+                    vm.name, vm.name
+                ))
+            })
     }
 
     /// Runs a QMP job and waits for it to conclude; its error, if any, becomes ours.
@@ -188,10 +193,11 @@ impl Engine {
     pub fn snapshot_get(&self, name: &str, snap: &str) -> Result<SnapshotInfo> {
         let vm = self.get(name)?;
         let rows = self.inner.store.load_snapshots(vm.id)?;
-        let row = rows
-            .iter()
-            .find(|r| r.name == snap)
-            .ok_or_else(|| EngineError::NotFound(format!("snapshot {snap} of VM {name}")))?;
+        let row = rows.iter().find(|r| r.name == snap).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "VM {name} has no snapshot {snap} (hv snapshot list {name} shows them)"
+            ))
+        })?;
         Ok(self.snapshot_info(&vm, &rows, row, true))
     }
 
@@ -226,7 +232,7 @@ impl Engine {
         let rows = self.inner.store.load_snapshots(vm.id)?;
         if rows.iter().any(|r| r.name == snap) {
             return Err(EngineError::AlreadyExists(format!(
-                "snapshot {snap} of VM {name}"
+                "VM {name} already has a snapshot {snap}; pick another name"
             )));
         }
         let (want, other) = if req.disk_only {

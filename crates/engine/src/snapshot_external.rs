@@ -125,7 +125,10 @@ impl Engine {
             let target = d.target.clone().unwrap_or_default();
             let overlay = overlay_path(&d.path, tag);
             if overlay.exists() {
-                return Err(EngineError::AlreadyExists(format!("{}", overlay.display())));
+                return Err(EngineError::AlreadyExists(format!(
+                    "{} already exists; move it away or pick another snapshot name",
+                    overlay.display()
+                )));
             }
             plan.push(ExternalDisk {
                 target,

@@ -45,7 +45,11 @@ impl Engine {
             .load_pools()?
             .into_iter()
             .find(|p| p.name == name)
-            .ok_or_else(|| EngineError::NotFound(format!("pool {name}")))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "pool {name} does not exist (hv pool list shows the pools)"
+                ))
+            })
     }
 
     /// The file behind `POOL/NAME` (which need not exist yet).
@@ -90,7 +94,9 @@ impl Engine {
         }
         let pools = self.inner.store.load_pools()?;
         if pools.iter().any(|p| p.name == name) {
-            return Err(EngineError::AlreadyExists(format!("pool {name}")));
+            return Err(EngineError::AlreadyExists(format!(
+                "pool {name} already exists; pick another name"
+            )));
         }
         let path = normalize(&req.path);
         if let Some(p) = pools
@@ -237,7 +243,10 @@ impl Engine {
         };
         let path = self.vol_path(&r)?;
         if !path.is_file() {
-            return Err(EngineError::NotFound(format!("volume {r}")));
+            return Err(EngineError::NotFound(format!(
+                "volume {r} does not exist (hv vol list {} shows the volumes)",
+                r.pool
+            )));
         }
         Ok(path)
     }
@@ -254,7 +263,9 @@ impl Engine {
         };
         let path = self.vol_path(&r)?;
         if path.exists() {
-            return Err(EngineError::AlreadyExists(format!("volume {r}")));
+            return Err(EngineError::AlreadyExists(format!(
+                "volume {r} already exists; pick another name, or delete it first"
+            )));
         }
         Ok(path)
     }
