@@ -450,7 +450,10 @@ fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
     c.create(h.tiny_spec("hp", VmOpts::default()).unwrap(), true)
         .unwrap();
     h.wait_ready("hp").unwrap();
-    let disk: model::DiskSpec = "vol=default/hot.qcow2".parse().unwrap();
+    // O_DIRECT with Linux AIO: the per-disk aio= choice reaches QEMU (also when hot-plugged).
+    let disk: model::DiskSpec = "vol=default/hot.qcow2,cache=none,aio=native"
+        .parse()
+        .unwrap();
     let info = c
         .disk_attach(
             "hp",
@@ -472,6 +475,11 @@ fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
         h.run_in_guest("hp", &cmd, expect).unwrap()
     };
     wait_for("[ -e /sys/block/vda ]", "seen-[^\\n]*vda[^\\n]*-end");
+    let qmp_log = std::fs::read_to_string(h.state_dir.join("vms/hp/qmp.log")).unwrap();
+    assert!(
+        qmp_log.contains(r#""aio":"native""#),
+        "aio=native was not passed to QEMU"
+    );
     // Another running VM cannot take the same image read-write.
     let mut other = h.tiny_spec("other", VmOpts::default()).unwrap();
     other.disks.push(disk.clone());

@@ -18,6 +18,6 @@ pub use network::{ForwardSpec, NetMode, NetworkSpec, ReservationSpec};
 pub use nic::{Mac, NicSpec};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
-    assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskBus, DiskFormat, DiskSpec,
-    GraphicsSpec, KernelBoot, Machine, NicKind, NicModel, SpecError, VmSpec, VncSpec,
+    assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskAio, DiskBus, DiskFormat,
+    DiskSpec, GraphicsSpec, KernelBoot, Machine, NicKind, NicModel, SpecError, VmSpec, VncSpec,
 };
