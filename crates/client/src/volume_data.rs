@@ -4,15 +4,13 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use api::{paths, DATA_LENGTH_HEADER, VOLUME_DATA_PROTOCOL};
 
 use crate::{body_of, decode, read_head, Client, ClientError, Result};
 
-/// Largest single `sendfile`/`splice` request (the pipe is resized to this).
-const STEP: usize = 1 << 20;
 /// Socket buffer for the stream: fewer, larger round trips between the two ends.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
@@ -38,28 +36,16 @@ impl Client {
             return decode(head.into_response(r));
         }
         let sock = r.into_inner();
-        set_buffer(&sock, libc::SO_SNDBUF);
+        fdcopy::set_socket_buffer(sock.as_fd(), libc::SO_SNDBUF, SOCKET_BUFFER);
         let mut sent = 0u64;
-        while sent < len {
-            let step = (len - sent).min(STEP as u64) as usize;
-            let mut off = sent as libc::off_t;
-            // SAFETY: both fds are open for the call; `off` is a valid off_t that sendfile
-            // reads and advances (the file's own offset is left alone).
-            let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, step) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e.into());
-            }
-            if n == 0 {
-                return Err(ClientError::Protocol(format!(
-                    "the file ended after {sent} of {len} bytes"
-                )));
-            }
-            sent += n as u64;
+        let n = fdcopy::send_file(file, sock.as_fd(), 0, len, &mut |n| {
+            sent += n;
             progress(sent, len);
+        })?;
+        if n < len {
+            return Err(ClientError::Protocol(format!(
+                "the file ended after {n} of {len} bytes"
+            )));
         }
         let mut r = BufReader::new(sock);
         let head = read_head(&mut r)?;
@@ -95,23 +81,15 @@ impl Client {
         let mut got = early.len() as u64;
         progress(got, len);
         let sock = r.into_inner();
-        set_buffer(&sock, libc::SO_RCVBUF);
-        let (rd, wr) = pipe()?;
+        fdcopy::set_socket_buffer(sock.as_fd(), libc::SO_RCVBUF, SOCKET_BUFFER);
+        let splicer = fdcopy::Splicer::new()?;
         while got < len {
-            let want = (len - got).min(STEP as u64) as usize;
-            let n = splice(sock.as_fd(), wr.as_fd(), want)?;
+            let want = (len - got).min(fdcopy::STEP as u64) as usize;
+            let n = splicer.splice(sock.as_fd(), out.as_fd(), want)?;
             if n == 0 {
                 return Err(ClientError::Protocol(format!(
                     "the download ended after {got} of {len} bytes"
                 )));
-            }
-            let mut left = n;
-            while left > 0 {
-                let m = splice(rd.as_fd(), out.as_fd(), left)?;
-                if m == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-                }
-                left -= m;
             }
             got += n as u64;
             progress(got, len);
@@ -144,58 +122,6 @@ impl crate::Head {
             status: self.status,
             len: self.len(),
             body: body_of(&self, r),
-        }
-    }
-}
-
-fn set_buffer(sock: &UnixStream, opt: libc::c_int) {
-    // SAFETY: setsockopt on an fd we own, reading one c_int that outlives the call. Failure
-    // only costs speed, so it is ignored.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&SOCKET_BUFFER as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A bigger pipe means fewer splice rounds; failing to grow it only costs speed.
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, STEP as libc::c_int) };
-    Ok((rd, wr))
-}
-
-fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: both fds are borrowed (open for the call); null offsets use the fds' own
-        // positions.
-        let n = unsafe {
-            libc::splice(
-                from.as_raw_fd(),
-                std::ptr::null_mut(),
-                to.as_raw_fd(),
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
         }
     }
 }

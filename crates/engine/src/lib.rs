@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 pub use console::{ConsoleHub, ConsoleMsg};
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
-pub use host_storage::transfer::{send_file, Replaced, Upload};
+pub use host_storage::transfer::{Replaced, Upload};
 pub use hotplug::ChangeScope;
 use store::Store;
 use vm::Vm;

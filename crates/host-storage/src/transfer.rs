@@ -4,11 +4,11 @@
 //! window as soon as it is written (`sync_file_range`), so the final `fsync` in
 //! [`Upload::commit`] has little left to do; only then is the temp file renamed over the
 //! volume. [`Upload::splice_from`] moves bytes from a socket into the file without copying them
-//! through user space, and [`send_file`] does the same in the other direction (`sendfile`).
+//! through user space (`fdcopy`, which also has `send_file` for the other direction).
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 /// Writeback is started for each window of this many bytes once it is complete.
@@ -16,8 +16,6 @@ const WINDOW: u64 = 8 << 20;
 /// Windows whose writeback may be in flight before the writer waits for the oldest one. This
 /// bounds the dirty page cache an upload holds to about `WINDOW * IN_FLIGHT`.
 const IN_FLIGHT: u64 = 4;
-/// Largest single `splice`/`sendfile` request (the pipe is resized to this).
-const STEP: usize = 1 << 20;
 
 /// A volume being replaced: bytes go to a temp file that [`Upload::commit`] makes durable and
 /// renames over the volume. Dropped without a commit, the temp file is removed.
@@ -30,7 +28,7 @@ pub struct Upload {
     kicked: u64,
     /// Writeback finished for `..waited`.
     waited: u64,
-    pipe: Option<(OwnedFd, OwnedFd)>,
+    splicer: Option<fdcopy::Splicer>,
     committed: bool,
 }
 
@@ -45,7 +43,7 @@ impl Upload {
             written: 0,
             kicked: 0,
             waited: 0,
-            pipe: None,
+            splicer: None,
             committed: false,
         })
     }
@@ -65,21 +63,11 @@ impl Upload {
     /// Moves up to `max` bytes from `from` (a socket or pipe in blocking mode) into the file
     /// through a pipe, without copying them into user space. Returns 0 at end of stream.
     pub fn splice_from(&mut self, from: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
-        if self.pipe.is_none() {
-            self.pipe = Some(pipe()?);
-        }
-        let Some((rd, wr)) = &self.pipe else {
-            return Err(io::Error::other("no pipe"));
+        let splicer = match &self.splicer {
+            Some(s) => s,
+            None => self.splicer.insert(fdcopy::Splicer::new()?),
         };
-        let n = splice(from, wr.as_fd(), max.min(STEP))?;
-        let mut left = n;
-        while left > 0 {
-            let m = splice(rd.as_fd(), self.file.as_fd(), left)?;
-            if m == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            left -= m;
-        }
+        let n = splicer.splice(from, self.file.as_fd(), max)?;
         self.written += n as u64;
         self.writeback()?;
         Ok(n)
@@ -133,77 +121,6 @@ impl Drop for Upload {
     }
 }
 
-/// Sends `len` bytes of `file` from its current offset to `to` (a socket in blocking mode)
-/// with `sendfile`: the page cache pages go to the socket without a copy through user space.
-/// Calls `progress` with each step's byte count. Returns the bytes sent, fewer than `len`
-/// only if the file ended early.
-pub fn send_file(
-    file: &File,
-    to: BorrowedFd<'_>,
-    len: u64,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<u64> {
-    let mut sent = 0u64;
-    while sent < len {
-        let step = (len - sent).min(STEP as u64) as usize;
-        // SAFETY: both fds are open for the duration of the call (borrowed), and a null
-        // offset pointer makes sendfile use and advance the file's own offset.
-        let n =
-            unsafe { libc::sendfile(to.as_raw_fd(), file.as_raw_fd(), std::ptr::null_mut(), step) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        sent += n as u64;
-        progress(n as u64);
-    }
-    Ok(sent)
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A bigger pipe means fewer splice rounds. Failing to grow it only costs speed.
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, STEP as libc::c_int) };
-    Ok((rd, wr))
-}
-
-fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: both fds are borrowed (open for the call); null offsets use the fds' own
-        // positions.
-        let n = unsafe {
-            libc::splice(
-                from.as_raw_fd(),
-                std::ptr::null_mut(),
-                to.as_raw_fd(),
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: sync_file_range on an fd we own; it reads no memory of ours.
     let r = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags) };
@@ -216,7 +133,6 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::os::unix::net::UnixStream;
 
     fn data(len: usize) -> Vec<u8> {
@@ -260,25 +176,5 @@ mod tests {
         assert_eq!(std::fs::read(&dst).unwrap(), b"old");
         assert!(!tmp.exists());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn send_file_streams_the_file() {
-        let path = std::env::temp_dir().join(format!("hv-sendfile-{}", std::process::id()));
-        let body = data(5 << 20);
-        std::fs::write(&path, &body).unwrap();
-        let (a, mut b) = UnixStream::pair().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            b.read_to_end(&mut got).unwrap();
-            got
-        });
-        let f = File::open(&path).unwrap();
-        let mut seen = 0;
-        let sent = send_file(&f, a.as_fd(), body.len() as u64 + 10, &mut |n| seen += n).unwrap();
-        drop(a);
-        assert_eq!((sent, seen), (body.len() as u64, body.len() as u64));
-        assert_eq!(reader.join().unwrap(), body);
-        std::fs::remove_file(&path).unwrap();
     }
 }

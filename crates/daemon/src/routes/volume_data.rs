@@ -10,7 +10,7 @@
 //! volume. Either way the disk work runs on blocking threads, never on the async workers.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use api::{ErrorBody, ErrorCode, ErrorDetail, DATA_LENGTH_HEADER, VOLUME_DATA_PROTOCOL};
@@ -107,7 +107,7 @@ async fn download_as(
                     let sock = raw_socket(on_upgrade.await?, 0)?.0;
                     let n = tokio::task::spawn_blocking(move || {
                         set_buffer(&sock, libc::SO_SNDBUF);
-                        engine::send_file(&f, sock.as_fd(), len, &mut |_| {})
+                        fdcopy::send_file(&f, sock.as_fd(), 0, len, &mut |_| {})
                     })
                     .await??;
                     Ok::<u64, anyhow::Error>(n)
@@ -311,17 +311,7 @@ fn raw_socket(
 }
 
 fn set_buffer(sock: &std::os::unix::net::UnixStream, opt: libc::c_int) {
-    // SAFETY: setsockopt on an fd we own, reading one c_int that outlives the call. Failure
-    // only costs speed, so it is ignored.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&SOCKET_BUFFER as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    fdcopy::set_socket_buffer(sock.as_fd(), opt, SOCKET_BUFFER);
 }
 
 /// Moves `len` bytes (`head` first, then the socket's) into the upload and commits it.
