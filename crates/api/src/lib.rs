@@ -456,6 +456,14 @@ pub struct ScopeRequest {
     pub config: Option<bool>,
 }
 
+/// The answer to `POST /v1/vms/{name}/nics`: the NIC as attached (with its MAC, also when the
+/// change was live only and the definition does not show it) and the VM.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NicAttached {
+    pub nic: model::NicSpec,
+    pub vm: VmInfo,
+}
+
 pub type DetachDiskRequest = ScopeRequest;
 pub type DetachNicRequest = ScopeRequest;
 

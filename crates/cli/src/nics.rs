@@ -40,12 +40,8 @@ pub fn run(c: &Client, cmd: NicCmd) -> Result<()> {
     match cmd {
         NicCmd::Attach { vm, nic, scope } => {
             let (live, config) = scope.resolve();
-            let info = c.nic_attach(&vm, &AttachNicRequest { nic, live, config })?;
-            let mac = info
-                .spec
-                .and_then(|s| s.nics.last().and_then(|n| n.mac))
-                .map(|m| m.to_string())
-                .unwrap_or_default();
+            let done = c.nic_attach(&vm, &AttachNicRequest { nic, live, config })?;
+            let mac = done.nic.mac.map(|m| m.to_string()).unwrap_or_default();
             println!("NIC {mac} attached to {vm}");
         }
         NicCmd::Detach { vm, mac, scope } => {

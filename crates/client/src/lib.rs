@@ -559,7 +559,7 @@ impl Client {
 
     // ---- disks and media ----
 
-    pub fn nic_attach(&self, name: &str, req: &api::AttachNicRequest) -> Result<VmInfo> {
+    pub fn nic_attach(&self, name: &str, req: &api::AttachNicRequest) -> Result<api::NicAttached> {
         self.post(&paths::vm_action(name, "nics"), req)
     }
     pub fn nic_detach(&self, name: &str, mac: &str, req: &api::DetachNicRequest) -> Result<VmInfo> {

@@ -76,7 +76,7 @@ pub fn routes() -> Vec<RouteDoc> {
         raw("websocket", r("get", "/v1/vms/{name}/console", "Serial console (WebSocket upgrade, binary frames)", None, 101, None)),
         r("post", "/v1/vms/{name}/disks", "Attach a disk (live and/or in the definition)", Some(s::<AttachDiskRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/disks/{target}/detach", "Detach a disk by target (vdb, sda, ...)", Some(s::<DetachDiskRequest>), 200, Some(s::<VmInfo>)),
-        r("post", "/v1/vms/{name}/nics", "Attach a NIC (live and/or in the definition)", Some(s::<AttachNicRequest>), 200, Some(s::<VmInfo>)),
+        r("post", "/v1/vms/{name}/nics", "Attach a NIC (live and/or in the definition)", Some(s::<AttachNicRequest>), 200, Some(s::<NicAttached>)),
         r("post", "/v1/vms/{name}/nics/{mac}/detach", "Detach a NIC by MAC", Some(s::<DetachNicRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media", "Insert a medium into the CD-ROM drive", Some(s::<MediaRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media/eject", "Eject the CD-ROM medium (the drive stays)", None, 200, Some(s::<VmInfo>)),

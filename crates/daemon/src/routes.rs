@@ -525,7 +525,7 @@ async fn nic_attach(
     State(e): State<Engine>,
     Path(name): Path<String>,
     b: Bytes,
-) -> ApiResult<api::VmInfo> {
+) -> ApiResult<api::NicAttached> {
     let req: api::AttachNicRequest = body(&b)?;
     let scope = engine::ChangeScope {
         live: req.live,

@@ -408,8 +408,9 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
             },
         )
     };
-    let info = attach("network=lan", None, None).unwrap();
-    let mac = info.spec.unwrap().nics[0].mac.unwrap().to_string();
+    let done = attach("network=lan", None, None).unwrap();
+    let mac = done.nic.mac.unwrap().to_string();
+    assert_eq!(done.vm.spec.unwrap().nics[0].mac, done.nic.mac);
     // The guest sees the new device and gets a lease through it; the tap is on hv's bridge.
     h.type_line("hn", "for i in $(seq 100); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done; cat /sys/class/net/eth0/address")
         .unwrap();
@@ -472,8 +473,10 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
         Some(ErrorCode::InvalidArgument)
     );
     // A second NIC, live only: the definition keeps one.
-    let info = attach("user,model=e1000", Some(true), Some(false)).unwrap();
-    assert_eq!(info.spec.unwrap().nics.len(), 1);
+    let done = attach("user,model=e1000", Some(true), Some(false)).unwrap();
+    assert_eq!(done.vm.spec.unwrap().nics.len(), 1);
+    let live_mac = done.nic.mac.unwrap().to_string();
+    assert_ne!(live_mac, mac, "the live-only NIC's own MAC comes back");
     // Detach: the guest loses the device, the tap goes, the definition forgets the NIC.
     let info = detach("hn", &mac).unwrap();
     assert!(info.spec.unwrap().nics.is_empty());
@@ -485,6 +488,27 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
     .unwrap();
     let links = ns.run(&["ip", "-o", "link"]).unwrap();
     assert!(!links.contains("hvtap-"), "{links}");
+    // The live-only NIC is not in the definition: by default (live and config) it is not
+    // found; live only, it goes.
+    assert_eq!(
+        detach("hn", &live_mac).unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    c.nic_detach(
+        "hn",
+        &live_mac,
+        &DetachNicRequest {
+            live: Some(true),
+            config: Some(false),
+        },
+    )
+    .unwrap();
+    h.run_in_guest(
+        "hn",
+        &format!("for i in $(seq 100); do grep -qs {live_mac} /sys/class/net/*/address || break; sleep 0.1; done; echo LIVE-GONE-$(grep -ls {live_mac} /sys/class/net/*/address | wc -l)-"),
+        "LIVE-GONE-0-",
+    )
+    .unwrap();
     c.destroy("hn").unwrap();
 }
 

@@ -52,7 +52,12 @@ async fn live_nics(qmp: &qmp::Qmp) -> Result<Vec<(usize, Option<Mac>)>> {
 
 impl Engine {
     /// `hv nic attach`: a MAC is generated when the spec has none.
-    pub async fn nic_attach(&self, name: &str, nic: NicSpec, scope: ChangeScope) -> Result<VmInfo> {
+    pub async fn nic_attach(
+        &self,
+        name: &str,
+        nic: NicSpec,
+        scope: ChangeScope,
+    ) -> Result<api::NicAttached> {
         let vm = self.get(name)?;
         let _op = vm.begin("nic attach")?;
         let (live, config) = scope.resolve(&vm)?;
@@ -72,7 +77,10 @@ impl Engine {
         }
         let mac = nic.mac.map(|m| m.to_string()).unwrap_or_default();
         tracing::info!(vm = name, mac, live, config, "nic attached");
-        Ok(self.info_of(&vm, true))
+        Ok(api::NicAttached {
+            nic,
+            vm: self.info_of(&vm, true),
+        })
     }
 
     async fn plug_nic(&self, vm: &Arc<Vm>, nic: &NicSpec) -> Result<()> {
