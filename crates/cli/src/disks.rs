@@ -70,10 +70,15 @@ pub fn disk(c: &Client, cmd: DiskCmd) -> Result<()> {
         DiskCmd::Attach { vm, disk, scope } => {
             let disk = crate::disk_spec(&disk)?;
             let (live, config) = scope.resolve();
+            let given = disk.target.clone();
             let info = c.disk_attach(&vm, &AttachDiskRequest { disk, live, config })?;
-            let target = info
-                .spec
-                .and_then(|s| s.disks.last().and_then(|d| d.target.clone()))
+            // A live-only attach has its target given (hvd insists); otherwise the definition
+            // names it.
+            let target = given
+                .or_else(|| {
+                    info.spec
+                        .and_then(|s| s.disks.last().and_then(|d| d.target.clone()))
+                })
                 .unwrap_or_default();
             println!("disk attached to {vm} as {target}");
         }

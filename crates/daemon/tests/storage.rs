@@ -492,7 +492,9 @@ fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
     );
     assert!(h.qemu_pids().len() == 1);
     // IDE cannot be hot-plugged: a clear error, nothing changed.
-    let ide: model::DiskSpec = "vol=default/ide.qcow2,size=8M,bus=ide".parse().unwrap();
+    let ide: model::DiskSpec = "vol=default/ide.qcow2,size=8M,bus=ide,target=hda"
+        .parse()
+        .unwrap();
     let e = c
         .disk_attach(
             "hp",
@@ -504,6 +506,19 @@ fn hot_attach_and_detach_are_seen_in_the_guest_and_images_are_not_shared() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("cannot be hot-plugged"), "{e}");
+    // A live-only disk is named by the user: it will not be in the definition.
+    let e = c
+        .disk_attach(
+            "hp",
+            &AttachDiskRequest {
+                disk: "vol=default/lo.qcow2,size=8M".parse().unwrap(),
+                live: Some(true),
+                config: Some(false),
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("needs target="), "{e}");
+    assert!(c.vol_info("default", "lo.qcow2").is_err());
     assert!(
         c.vol_info("default", "ide.qcow2").is_err(),
         "the volume made for a failed attach is removed"

@@ -78,6 +78,11 @@ impl Engine {
         let vm = self.get(name)?;
         let _op = vm.begin("disk attach")?;
         let (live, config) = scope.resolve(&vm)?;
+        if live && !config && disk.target.is_none() {
+            return Err(EngineError::Invalid(
+                "a live-only attach needs target= (e.g. target=vdb): the disk will not be in the definition, so it needs a name to detach it by".into(),
+            ));
+        }
         // Validate and prepare the disk in the context of the whole spec.
         let mut spec = vm.lock().spec.clone();
         self.resolve_volumes(&mut spec)?;
