@@ -4,9 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize};
-
-use crate::spec::{string_schema, SpecError};
+use crate::spec::{text_form, SpecError};
 
 /// Checks `[A-Za-z0-9][A-Za-z0-9._-]{0,max-1}`.
 fn check_name(kind: &str, field: &str, max: usize, s: &str) -> Result<(), SpecError> {
@@ -36,8 +34,7 @@ fn check_name(kind: &str, field: &str, max: usize, s: &str) -> Result<(), SpecEr
 macro_rules! name_type {
     ($(#[$m:meta])* $name:ident, $kind:literal, $field:literal, $max:literal, $pattern:literal) => {
         $(#[$m])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
 
         impl $name {
@@ -59,20 +56,7 @@ macro_rules! name_type {
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl schemars::JsonSchema for $name {
-            fn schema_name() -> String {
-                stringify!($name).into()
-            }
-            fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
-                string_schema(stringify!($name), Some($pattern), concat!("A ", $kind, " name"))
-            }
-        }
+        text_form!($name, Some($pattern), concat!("A ", $kind, " name"));
     };
 }
 
@@ -119,32 +103,11 @@ impl fmt::Display for VolRef {
     }
 }
 
-impl Serialize for VolRef {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for VolRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl schemars::JsonSchema for VolRef {
-    fn schema_name() -> String {
-        "VolRef".into()
-    }
-    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
-        string_schema(
-            "VolRef",
-            Some("^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"),
-            "A volume: POOL/NAME",
-        )
-    }
-}
+text_form!(
+    VolRef,
+    Some("^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"),
+    "A volume: POOL/NAME"
+);
 
 #[cfg(test)]
 mod tests {

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::names::VmName;
-use crate::spec::{kv_pairs, string_schema, NicKind, NicModel, SpecError};
+use crate::spec::{kv_pairs, text_form, NicKind, NicModel, SpecError};
 
 /// A MAC address; hv generates them in `52:54:00`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,32 +67,11 @@ impl fmt::Display for Mac {
     }
 }
 
-impl schemars::JsonSchema for Mac {
-    fn schema_name() -> String {
-        "Mac".into()
-    }
-    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
-        string_schema(
-            "Mac",
-            Some("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"),
-            "A unicast MAC address",
-        )
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+text_form!(
+    Mac,
+    Some("^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"),
+    "A unicast MAC address"
+);
 
 /// A network interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

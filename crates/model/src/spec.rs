@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::names::{VmName, VolRef};
 use crate::nic::NicSpec;
@@ -55,6 +55,37 @@ pub(crate) fn string_schema(
     }
     .into()
 }
+
+/// Serde and JSON schema for a type whose text form (`Display` / `FromStr`) is its wire form:
+/// serialized as that string, parsed (and so validated) when deserialized, documented as a
+/// string with an optional pattern.
+macro_rules! text_form {
+    ($name:ident, $pattern:expr, $description:expr) => {
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> String {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+                $crate::spec::string_schema(stringify!($name), $pattern, $description)
+            }
+        }
+    };
+}
+pub(crate) use text_form;
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident, $field:literal, { $($var:ident = $s:literal),+ $(,)? }) => {
@@ -561,32 +592,11 @@ impl fmt::Display for BootOrder {
     }
 }
 
-impl schemars::JsonSchema for BootOrder {
-    fn schema_name() -> String {
-        "BootOrder".into()
-    }
-    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
-        string_schema(
-            "BootOrder",
-            None,
-            "Boot devices in order: cdrom,disk,network words or QEMU letters (dc)",
-        )
-    }
-}
-
-impl Serialize for BootOrder {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for BootOrder {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+text_form!(
+    BootOrder,
+    None,
+    "Boot devices in order: cdrom,disk,network words or QEMU letters (dc)"
+);
 
 /// Direct kernel boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
