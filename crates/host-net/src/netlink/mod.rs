@@ -203,50 +203,44 @@ impl Netlink {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: recv writes at most buf.len() bytes into the live buffer.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
+            for m in messages(self.recv(&mut buf)?) {
+                let m = m?;
+                if m.seq != seq {
                     continue;
                 }
-                return Err(e);
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let mlen = u32_of(rest).unwrap_or(0) as usize;
-                if mlen < 16 || mlen > rest.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-                let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-                let mseq = u32_of(&rest[8..12]).unwrap_or(0);
-                let body = &rest[16..mlen];
-                rest = &rest[((mlen + 3) & !3).min(rest.len())..];
-                if mseq != seq {
-                    continue;
-                }
-                match ty {
+                match m.ty {
                     NLMSG_ERROR => {
-                        let code = u32_of(body).map_or(0, |c| c as i32);
+                        let code = u32_of(m.body).map_or(0, |c| c as i32);
                         if code == 0 {
                             return Ok(out);
                         }
-                        return Err(kernel_error(code, flags, body));
+                        return Err(kernel_error(code, m.flags, m.body));
                     }
                     NLMSG_DONE if dump => {
-                        let code = u32_of(body).map_or(0, |c| c as i32);
+                        let code = u32_of(m.body).map_or(0, |c| c as i32);
                         if code < 0 {
-                            return Err(kernel_error(code, 0, body));
+                            return Err(kernel_error(code, 0, m.body));
                         }
                         return Ok(out);
                     }
-                    _ => out.push(body.to_vec()),
+                    _ => out.push(m.body.to_vec()),
                 }
+            }
+        }
+    }
+
+    /// Receives one datagram into `buf` (retrying on `EINTR`).
+    fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        loop {
+            // SAFETY: recv writes at most buf.len() bytes into the live buffer.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 0 {
+                return Ok(&buf[..n as usize]);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
     }
@@ -292,29 +286,15 @@ impl Netlink {
     pub fn wait_deleted(&mut self, index: u32) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: recv writes at most buf.len() bytes into the live buffer.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let mlen = (u32_of(rest).unwrap_or(0) as usize).clamp(16, rest.len());
-                let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-                let body = &rest[16..mlen];
+            for m in messages(self.recv(&mut buf)?) {
+                let m = m?;
                 // AF_UNSPEC: the link itself (AF_BRIDGE ones are about bridge ports).
-                if ty == RTM_DELLINK
-                    && body.first() == Some(&0)
-                    && body.get(4..8).and_then(u32_of) == Some(index)
+                if m.ty == RTM_DELLINK
+                    && m.body.first() == Some(&0)
+                    && m.body.get(4..8).and_then(u32_of) == Some(index)
                 {
                     return Ok(());
                 }
-                rest = &rest[((mlen + 3) & !3).min(rest.len())..];
             }
         }
     }

@@ -124,6 +124,39 @@ pub(super) fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
     m
 }
 
+/// One netlink message: header fields and body.
+pub(super) struct Msg<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
+/// The messages in one received datagram; an error for a truncated one.
+pub(super) fn messages(mut rest: &[u8]) -> impl Iterator<Item = std::io::Result<Msg<'_>>> {
+    std::iter::from_fn(move || {
+        if rest.len() < 16 {
+            return None;
+        }
+        let mlen = u32_of(rest).unwrap_or(0) as usize;
+        if mlen < 16 || mlen > rest.len() {
+            rest = &[];
+            return Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            )));
+        }
+        let msg = Msg {
+            ty: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
+            seq: u32_of(&rest[8..12]).unwrap_or(0),
+            body: &rest[16..mlen],
+        };
+        rest = &rest[((mlen + 3) & !3).min(rest.len())..];
+        Some(Ok(msg))
+    })
+}
+
 /// Iterates over `(type, payload)` of the netlink attributes in `buf`.
 pub(super) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
@@ -158,6 +191,31 @@ pub(super) fn ipv4_of(d: &[u8]) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_a_datagram_into_messages_and_flags_truncation() {
+        let mut a = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(7, 0, 0));
+        a.attr_str(IFLA_IFNAME, "x");
+        let a_len = a.buf.len() as u32;
+        a.buf[0..4].copy_from_slice(&a_len.to_ne_bytes());
+        a.buf[8..12].copy_from_slice(&5u32.to_ne_bytes());
+        let mut data = a.buf.clone();
+        pad(&mut data);
+        let mut b = Request::new(NLMSG_DONE, 0, &[0, 0, 0, 0]);
+        let b_len = b.buf.len() as u32;
+        b.buf[0..4].copy_from_slice(&b_len.to_ne_bytes());
+        data.extend_from_slice(&b.buf);
+        let msgs: Vec<Msg> = messages(&data).map(|m| m.unwrap()).collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (RTM_NEWLINK, 5));
+        assert_eq!(u32_of(&msgs[0].body[4..8]), Some(7));
+        assert_eq!(msgs[1].ty, NLMSG_DONE);
+        let cut = &data[..data.len() - 2];
+        assert!(
+            messages(cut).any(|m| m.is_err()),
+            "a truncated message is an error"
+        );
+    }
 
     #[test]
     fn builds_nested_attributes_with_padding() {
