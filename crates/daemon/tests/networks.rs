@@ -9,6 +9,32 @@ use testkit::{NetNs, TestHvd, VmOpts};
 
 const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && echo HV-LEASE-$ip\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; for t in 1 2 3; do udhcpc -i eth0 -n -q -t 6 -T 2 -s /tmp/dh.sh 2>/dev/null && break; done; echo DHCP-DONE-$((1))"#;
 
+/// `net.ipv4.ip_forward` inside `ns`.
+fn ip_forward(ns: &NetNs) -> String {
+    ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// No bridge and no tap of hv's is left in `ns`.
+fn assert_no_hv_links(ns: &NetNs) {
+    let links = ns.run(&["ip", "-o", "link"]).unwrap();
+    assert!(
+        !links.contains("hvbr-") && !links.contains("hvtap"),
+        "{links}"
+    );
+}
+
+/// The processes in `ns` besides hvd (their names).
+fn others_in(ns: &NetNs, h: &TestHvd) -> Vec<String> {
+    ns.pids()
+        .into_iter()
+        .filter(|p| Some(*p as u32) != h.hvd_pid())
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
+        .collect()
+}
+
 #[test]
 fn nat_network_gives_leases_and_tears_down_completely() {
     let ns = NetNs::new("net").unwrap();
@@ -22,22 +48,18 @@ fn nat_network_gives_leases_and_tears_down_completely() {
         ..NetworkSpec::new(name.parse().unwrap(), NetMode::Nat)
     };
     // hv host check spots a firewall that drops forwarded traffic and says what to add.
-    let fw = c
-        .host_check()
-        .unwrap()
-        .checks
-        .into_iter()
-        .find(|c| c.name == "firewall")
-        .unwrap();
+    let firewall = || {
+        c.host_check()
+            .unwrap()
+            .checks
+            .into_iter()
+            .find(|c| c.name == "firewall")
+            .unwrap()
+    };
+    let fw = firewall();
     assert_eq!(fw.status, api::CheckStatus::Pass, "{fw:?}");
     ns.run(&["nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"]).unwrap();
-    let fw = c
-        .host_check()
-        .unwrap()
-        .checks
-        .into_iter()
-        .find(|c| c.name == "firewall")
-        .unwrap();
+    let fw = firewall();
     assert_eq!(fw.status, api::CheckStatus::Warn, "{fw:?}");
     assert!(
         fw.hint.unwrap_or_default().contains("iptables -I FORWARD"),
@@ -191,39 +213,17 @@ fn nat_network_gives_leases_and_tears_down_completely() {
         c.net_delete("lan").unwrap_err().code(),
         Some(ErrorCode::InvalidArgument)
     );
-    assert_eq!(
-        ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-            .unwrap()
-            .trim(),
-        "1"
-    );
+    assert_eq!(ip_forward(&ns), "1");
     c.destroy("a").unwrap();
     h.wait_state("a", VmState::Shutoff, Duration::from_secs(10))
         .unwrap();
     c.net_stop("lan").unwrap();
     // Nothing of hv's is left: no bridge, no tap, no nft table, no dnsmasq; ip_forward restored.
-    let links = ns.run(&["ip", "-o", "link"]).unwrap();
-    assert!(
-        !links.contains("hvbr-") && !links.contains("hvtap"),
-        "{links}"
-    );
+    assert_no_hv_links(&ns);
     let tables = ns.run(&["nft", "list", "tables"]).unwrap();
     assert!(!tables.contains("hv-"), "{tables}");
-    assert_eq!(
-        ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-            .unwrap()
-            .trim(),
-        "0"
-    );
-    let remaining: Vec<i32> = ns
-        .pids()
-        .into_iter()
-        .filter(|p| Some(*p as u32) != h.hvd_pid())
-        .collect();
-    let names: Vec<String> = remaining
-        .iter()
-        .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
-        .collect();
+    assert_eq!(ip_forward(&ns), "0");
+    let names = others_in(&ns, &h);
     assert!(
         !names
             .iter()
@@ -377,11 +377,7 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
     }
     c.net_stop("lan").unwrap();
     c.net_stop("iso").unwrap();
-    let links = ns.run(&["ip", "-o", "link"]).unwrap();
-    assert!(
-        !links.contains("hvbr-") && !links.contains("hvtap"),
-        "{links}"
-    );
+    assert_no_hv_links(&ns);
 }
 
 #[test]
@@ -643,7 +639,7 @@ fn twenty_network_cycles_leave_nothing_behind() {
     let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
     let c = h.client();
     let before_links = ns.run(&["ip", "-o", "link"]).unwrap();
-    let forward_before = ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap();
+    let forward_before = ip_forward(&ns);
     let nets_dir = h.state_dir.join("nets");
     for i in 0..20 {
         let mode = if i % 2 == 0 {
@@ -673,16 +669,8 @@ fn twenty_network_cycles_leave_nothing_behind() {
         .unwrap()
         .trim()
         .is_empty());
-    assert_eq!(
-        ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap(),
-        forward_before
-    );
-    let left: Vec<String> = ns
-        .pids()
-        .into_iter()
-        .filter(|p| Some(*p as u32) != h.hvd_pid())
-        .map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default())
-        .collect();
+    assert_eq!(ip_forward(&ns), forward_before);
+    let left = others_in(&ns, &h);
     assert!(left.is_empty(), "processes left in the namespace: {left:?}");
     let files: Vec<_> = std::fs::read_dir(&nets_dir)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
