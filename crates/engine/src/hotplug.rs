@@ -119,7 +119,13 @@ impl Engine {
         let device =
             qemu_argv::disk_device(disk, i).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let aio = self.caps().await?.aio;
-        let nodes = qemu_argv::disk_block_nodes(disk, i, None, aio)
+        let format = self
+            .image_format(&disk.path, disk.format, &format!("disks[{i}]"))
+            .await?;
+        let chain = self
+            .chain_below(&disk.path, format, &format!("disks[{i}]"))
+            .await?;
+        let nodes = qemu_argv::disk_block_nodes(disk, i, None, &chain, aio)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut added: Vec<String> = Vec::new();
         let result = async {
@@ -179,6 +185,10 @@ impl Engine {
         }
         if live {
             let qmp = vm.qmp()?;
+            // Every node of the disk's chain: after a live external snapshot the device sits
+            // on overlays above the nodes it was started with.
+            let top = self.active_node(&vm, target).await?;
+            let nodes = self.chain_nodes(&vm, &top).await?;
             let mut events = vm.subscribe_qmp_events();
             qmp.execute("device_del", Some(json!({ "id": target })))
                 .await
@@ -193,7 +203,7 @@ impl Engine {
                     UNPLUG_TIMEOUT.as_secs()
                 )));
             }
-            for node in [format!("hv-{target}"), format!("hv-{target}-file")] {
+            for node in nodes {
                 if let Err(e) = qmp
                     .execute("blockdev-del", Some(json!({ "node-name": node })))
                     .await
@@ -210,6 +220,46 @@ impl Engine {
         }
         tracing::info!(vm = name, target, live, config, "disk detached");
         Ok(self.info_of(&vm, true))
+    }
+
+    /// The block nodes under format node `top`, in an order `blockdev-del` accepts: each
+    /// format node, then its file node, then the layer below.
+    async fn chain_nodes(&self, vm: &Vm, top: &str) -> Result<Vec<String>> {
+        let all = vm
+            .qmp()?
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await
+            .map_err(qemu)?;
+        let all = all.as_array().cloned().unwrap_or_default();
+        let node_named = |n: &str| all.iter().find(|x| x["node-name"] == n);
+        let mut out = Vec::new();
+        let mut cur = node_named(top);
+        while let Some(n) = cur {
+            let (Some(name), Some(file)) = (n["node-name"].as_str(), n["file"].as_str()) else {
+                break;
+            };
+            if out.iter().any(|x| x == name) {
+                break;
+            }
+            out.push(name.to_string());
+            if let Some(f) = all
+                .iter()
+                .find(|x| x["drv"] == "file" && x["file"] == file && x["node-name"] != name)
+                .and_then(|x| x["node-name"].as_str())
+            {
+                out.push(f.to_string());
+            }
+            cur = n["backing_file"].as_str().and_then(|b| {
+                let b = std::path::Path::new(file)
+                    .parent()
+                    .map(|d| d.join(b))
+                    .unwrap_or_else(|| b.into());
+                all.iter().find(|x| {
+                    x["drv"] != "file" && x["file"].as_str().map(std::path::Path::new) == Some(&b)
+                })
+            });
+        }
+        Ok(out)
     }
 
     /// `hv media insert`: an ISO path or `POOL/NAME` into the CD-ROM drive.

@@ -9,6 +9,7 @@
 mod console;
 mod error;
 mod hotplug;
+mod images;
 mod network;
 mod nics;
 mod run;
@@ -180,6 +181,7 @@ impl Engine {
             }
             engine.write_vms().insert(vm.name.clone(), vm);
         }
+        engine.record_defined_images()?;
         for vm in reattach {
             engine.reattach(vm).await;
         }
@@ -272,7 +274,7 @@ impl Engine {
 
     // ---- definitions ----
 
-    /// Defines a VM (creating missing disks that have a size, probing formats, generating
+    /// Defines a VM (creating missing disks that have a size, recording formats, generating
     /// MACs), and starts it when asked. Nothing is left behind when any step fails.
     pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
         spec.validate()?;
@@ -345,7 +347,8 @@ impl Engine {
         Ok(self.info_of(&vm, true))
     }
 
-    /// Checks files, creates missing sized disks, records probed formats and generates MACs.
+    /// Checks files, creates missing sized disks, records formats (see `images`) and generates
+    /// MACs.
     /// Returns the files it created.
     async fn prepare_host_side(&self, spec: &mut VmSpec) -> Result<Vec<PathBuf>> {
         if let Some(k) = &spec.kernel {
@@ -380,9 +383,10 @@ impl Engine {
                             d.path.display()
                         )));
                     }
-                    if d.format.is_none() {
-                        d.format = Some(run::probe_format(&d.path).await?);
-                    }
+                    d.format = Some(
+                        self.image_format(&d.path, d.format, &format!("disks[{i}]"))
+                            .await?,
+                    );
                 } else if let Some(size) = d.size {
                     let fmt = *d.format.get_or_insert(DiskFormat::Qcow2);
                     if let Some(parent) = d.path.parent() {
@@ -395,6 +399,7 @@ impl Engine {
                     }
                     run::create_image(&d.path, fmt, size.0).await?;
                     created.push(d.path.clone());
+                    self.record_image(&d.path, fmt, store::ImageOrigin::Created)?;
                 } else {
                     return Err(EngineError::Invalid(format!(
                         "disks[{i}]: {} does not exist; add size=SIZE to create it",
@@ -408,6 +413,7 @@ impl Engine {
         if let Err(e) = res {
             for p in &created {
                 let _ = std::fs::remove_file(p);
+                let _ = self.forget_image(p);
             }
             return Err(e);
         }
@@ -501,8 +507,11 @@ impl Engine {
                     tracing::warn!(disk = %d.display(), overlay = child, "not removing a disk that backs another volume");
                     continue;
                 }
-                if let Err(e) = std::fs::remove_file(&d) {
-                    tracing::warn!(disk = %d.display(), error = %e, "could not remove disk");
+                match std::fs::remove_file(&d) {
+                    Ok(()) => self.forget_image(&d)?,
+                    Err(e) => {
+                        tracing::warn!(disk = %d.display(), error = %e, "could not remove disk")
+                    }
                 }
             }
         }

@@ -72,36 +72,6 @@ fn invalid_state(
     }
 }
 
-/// `qemu-img info --output=json`: the image's format as qemu-img sees it.
-pub(crate) async fn probe_format(path: &Path) -> Result<DiskFormat> {
-    let out = host_exec::run(
-        "qemu-img",
-        &[
-            OsStr::new("info"),
-            OsStr::new("--output=json"),
-            OsStr::new("-U"),
-            path.as_os_str(),
-        ],
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|e| EngineError::Host(format!("cannot probe {}: {e}", path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        EngineError::Host(format!(
-            "qemu-img info printed something that is not JSON: {e}"
-        ))
-    })?;
-    match v["format"].as_str() {
-        Some("qcow2") => Ok(DiskFormat::Qcow2),
-        Some("raw") => Ok(DiskFormat::Raw),
-        other => Err(EngineError::Invalid(format!(
-            "{} is in format {:?}, which hv does not run; convert it with qemu-img convert -O qcow2",
-            path.display(),
-            other.unwrap_or("unknown")
-        ))),
-    }
-}
-
 /// `qemu-img create`.
 pub(crate) async fn create_image(path: &Path, format: DiskFormat, size: u64) -> Result<()> {
     let size = size.to_string();
@@ -198,6 +168,18 @@ impl Engine {
     }
 
     /// Builds the argv (with the binary first) and says which accelerator it uses.
+    /// Each disk's recorded format (checked) and the layers below it, for QEMU to open
+    /// explicitly.
+    pub(crate) async fn disk_chains(&self, spec: &VmSpec) -> Result<Vec<crate::images::Chain>> {
+        let mut chains = Vec::new();
+        for (i, d) in spec.disks.iter().enumerate() {
+            let what = format!("disks[{i}]");
+            let format = self.image_format(&d.path, d.format, &what).await?;
+            chains.push(self.chain_below(&d.path, format, &what).await?);
+        }
+        Ok(chains)
+    }
+
     pub(crate) async fn plan_argv(
         &self,
         vm: &Vm,
@@ -207,6 +189,7 @@ impl Engine {
         loadvm: Option<&str>,
         taps: &[Option<String>],
     ) -> Result<(Vec<String>, (qemu_argv::Accel, Option<String>))> {
+        let chains = self.disk_chains(spec).await?;
         let caps = self.caps().await?;
         let accel = self.resolve_accel(&caps, spec.accel)?;
         let qcaps = QemuCaps {
@@ -231,6 +214,7 @@ impl Engine {
             paused,
             loadvm: loadvm.map(str::to_string),
             taps: taps.to_vec(),
+            chains,
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;

@@ -300,7 +300,7 @@ impl Engine {
             VmState::Shutoff | VmState::Crashed => {
                 // A tag with this name but no metadata is left from an interrupted create.
                 for (_, path) in &disks {
-                    let stale = host_storage::info(path, Some(DiskFormat::Qcow2))
+                    let stale = host_storage::info(path, DiskFormat::Qcow2)
                         .await
                         .map(|i| i.snapshots.iter().any(|s| s.name == snap))
                         .unwrap_or(false);
@@ -452,7 +452,7 @@ impl Engine {
             .await?;
         } else {
             for (_, path) in &self.snapshot_disks(&vm)? {
-                let has = host_storage::info(path, Some(DiskFormat::Qcow2))
+                let has = host_storage::info(path, DiskFormat::Qcow2)
                     .await
                     .map(|i| i.snapshots.iter().any(|s| s.name == snap))
                     .unwrap_or(false);

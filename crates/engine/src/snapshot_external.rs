@@ -14,7 +14,7 @@ use model::{DiskFormat, VmState};
 use serde_json::json;
 
 use crate::error::{EngineError, Result};
-use crate::store::{ExternalDisk, SnapshotRow};
+use crate::store::{ExternalDisk, ImageOrigin, SnapshotRow};
 use crate::vm::Vm;
 use crate::Engine;
 
@@ -38,33 +38,15 @@ fn overlay_path(image: &Path, tag: &str) -> PathBuf {
     image.with_file_name(format!("{stem}.{tag}.qcow2"))
 }
 
-/// Images in `dir` whose backing file is `image`.
-async fn children_of(image: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Some(dir) = image.parent() else {
-        return out;
-    };
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd
-        .flatten()
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-    {
-        let p = e.path();
-        if p == image {
-            continue;
-        }
-        if let Ok(i) = host_storage::info(&p, None).await {
-            if i.backing_path(&p).as_deref() == Some(image) {
-                out.push(p);
-            }
+impl Engine {
+    /// Recorded images beside `image` whose backing file it is.
+    async fn children_of(&self, image: &Path) -> Result<Vec<PathBuf>> {
+        match image.parent() {
+            Some(dir) => self.recorded_children(dir, image).await,
+            None => Ok(Vec::new()),
         }
     }
-    out
-}
 
-impl Engine {
     fn require_off(&self, vm: &Vm, what: &str) -> Result<()> {
         let state = vm.state();
         if state.is_active() {
@@ -146,7 +128,7 @@ impl Engine {
         let mut made: Vec<PathBuf> = Vec::new();
         for d in &plan {
             let created = async {
-                let size = host_storage::info(&d.image, Some(d.image_format))
+                let size = host_storage::info(&d.image, d.image_format)
                     .await
                     .map_err(host)?
                     .virtual_size;
@@ -155,8 +137,12 @@ impl Engine {
                     .map_err(host)
             }
             .await;
+            let created = created.and_then(|()| {
+                self.record_image(&d.overlay, DiskFormat::Qcow2, ImageOrigin::Overlay)
+            });
             if let Err(e) = created {
                 made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                let _ = std::fs::remove_file(&d.overlay);
                 return Err(e);
             }
             made.push(d.overlay.clone());
@@ -246,13 +232,14 @@ impl Engine {
                 }
                 n += 1;
             };
-            let size = host_storage::info(&d.image, Some(d.image_format))
+            let size = host_storage::info(&d.image, d.image_format)
                 .await
                 .map_err(host)?
                 .virtual_size;
             host_storage::create_overlay_unsafe(&fresh, &d.image, d.image_format, size)
                 .await
                 .map_err(host)?;
+            self.record_image(&fresh, DiskFormat::Qcow2, ImageOrigin::Overlay)?;
             if let Some(disk) = spec
                 .disks
                 .iter_mut()
@@ -274,15 +261,17 @@ impl Engine {
         self.save_spec_pub(vm, spec)?;
         for old in discarded {
             let needed = rows.iter().any(|r| r.disks.iter().any(|d| d.image == old))
-                || !children_of(&old).await.is_empty();
-            if !needed
-                && old.extension().is_some_and(|e| e == "qcow2")
-                && old
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().matches('.').count() >= 2)
-            {
+                || !self.children_of(&old).await?.is_empty()
+                || !self.users_of(&old).is_empty();
+            // Only an overlay hv made for a snapshot, never a disk it was merely given.
+            let ours = self
+                .image_record(&old)?
+                .is_some_and(|r| r.origin == ImageOrigin::Overlay);
+            if !needed && ours {
                 tracing::info!(vm = %vm.name, image = %old.display(), "removing the discarded current state");
-                let _ = std::fs::remove_file(&old);
+                if std::fs::remove_file(&old).is_ok() {
+                    self.forget_image(&old)?;
+                }
             }
         }
         Ok(())
@@ -408,7 +397,7 @@ impl Engine {
             let still_frozen = rows
                 .iter()
                 .any(|r| r.name != row.name && r.disks.iter().any(|x| x.image == d.image));
-            let children = children_of(&d.image).await;
+            let children = self.children_of(&d.image).await?;
             if still_frozen || children.len() != 1 {
                 continue;
             }
@@ -420,7 +409,7 @@ impl Engine {
             if !merged {
                 host_storage::commit(upper).await.map_err(host)?;
             }
-            for grandchild in children_of(upper).await {
+            for grandchild in self.children_of(upper).await? {
                 host_storage::rebase_unsafe(&grandchild, &d.image, d.image_format)
                     .await
                     .map_err(host)?;
@@ -461,6 +450,7 @@ impl Engine {
             std::fs::remove_file(upper).map_err(|e| {
                 EngineError::Host(format!("cannot remove {}: {e}", upper.display()))
             })?;
+            self.forget_image(upper)?;
             tracing::info!(vm = %vm.name, merged = %upper.display(), into = %d.image.display(), "external snapshot layer merged");
         }
         Ok(())

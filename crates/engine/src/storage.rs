@@ -1,7 +1,9 @@
 //! Storage pools (directories hvd manages) and their volumes (the image files in them).
-//! The directory is the truth about which volumes exist; `qemu-img` is the truth about their
-//! formats, sizes and backing files. Nothing here deletes or overwrites data that a VM
-//! definition or another volume depends on.
+//! The directory is the truth about which volumes exist; the image registry (`images.rs`) is
+//! the truth about their formats, which are never guessed again from bytes a guest may have
+//! written; `qemu-img`, told that format, about their sizes and backing files. Nothing here
+//! deletes or overwrites data that a VM definition or another volume depends on, nor files
+//! hv did not create.
 
 use std::path::{Path, PathBuf};
 
@@ -9,9 +11,9 @@ use api::{CreatePoolRequest, CreateVolRequest, ImportVolRequest, PoolInfo, VolIn
 use model::{DiskFormat, PoolName, VmState, VolName, VolRef};
 
 use crate::error::{EngineError, Result};
-use crate::store::PoolRow;
+use crate::store::{ImageOrigin, PoolRow};
 use crate::Engine;
-use crate::Upload;
+use crate::{Replaced, Upload};
 
 fn host(what: impl std::fmt::Display) -> impl FnOnce(host_storage::StorageError) -> EngineError {
     move |e| EngineError::Host(format!("{what}: {e}"))
@@ -143,39 +145,72 @@ impl Engine {
     }
 
     /// Deletes a pool. Refused while it holds volumes unless `force`, and always while a VM
-    /// uses one of them. With `force`, its volumes and (when empty) its directory go too.
+    /// uses one of them. With `force`, its volumes and (when empty) its directory go too, but
+    /// only files hv created: a pool holding anything else is refused whole (forget it with
+    /// [`pool_undefine`](Self::pool_undefine) instead, which keeps every file).
     pub fn pool_delete(&self, name: &str, force: bool) -> Result<()> {
-        if name == "default" {
-            return Err(EngineError::Invalid(
-                "the default pool cannot be deleted".into(),
-            ));
-        }
-        let p = self.pool_row(name)?;
+        let p = self.forgettable_pool(name, "deleted")?;
         let files = volume_files(&p.path);
-        for f in &files {
-            let users = self.users_of(f);
-            if !users.is_empty() {
-                return Err(EngineError::InUse(format!(
-                    "pool {name} cannot be deleted: volume {} is used by VM {}",
-                    file_name(f),
-                    users.join(", ")
-                )));
-            }
-        }
         if !files.is_empty() && !force {
             return Err(EngineError::Invalid(format!(
                 "pool {name} holds {} volume(s); delete them first or pass --force to delete them with the pool",
                 files.len()
             )));
         }
+        let mut foreign = Vec::new();
+        for f in &files {
+            let ours = self
+                .image_record(f)?
+                .is_some_and(|r| matches!(r.origin, ImageOrigin::Created | ImageOrigin::Overlay));
+            if !ours {
+                foreign.push(file_name(f));
+            }
+        }
+        if !foreign.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "pool {name} holds files hv did not create ({}); nothing was deleted: remove them yourself, or use hv pool undefine {name} to forget the pool and keep its files",
+                foreign.join(", ")
+            )));
+        }
         for f in &files {
             std::fs::remove_file(f)
                 .map_err(|e| EngineError::Host(format!("cannot delete {}: {e}", f.display())))?;
+            self.forget_image(f)?;
         }
         self.inner.store.delete_pool(name)?;
+        // Only when empty: files that are not volumes (other names, directories) stay.
         let _ = std::fs::remove_dir(&p.path);
         tracing::info!(pool = name, force, "pool deleted");
         Ok(())
+    }
+
+    /// Forgets a pool and keeps its directory and every file in it (`virsh pool-undefine`).
+    pub fn pool_undefine(&self, name: &str) -> Result<()> {
+        self.forgettable_pool(name, "undefined")?;
+        self.inner.store.delete_pool(name)?;
+        tracing::info!(pool = name, "pool undefined; its files stay");
+        Ok(())
+    }
+
+    /// The pool, if neither it is the default pool nor does a VM use one of its volumes.
+    fn forgettable_pool(&self, name: &str, verb: &str) -> Result<PoolRow> {
+        if name == "default" {
+            return Err(EngineError::Invalid(format!(
+                "the default pool cannot be {verb}"
+            )));
+        }
+        let p = self.pool_row(name)?;
+        for f in &volume_files(&p.path) {
+            let users = self.users_of(f);
+            if !users.is_empty() {
+                return Err(EngineError::InUse(format!(
+                    "pool {name} cannot be {verb}: volume {} is used by VM {}",
+                    file_name(f),
+                    users.join(", ")
+                )));
+            }
+        }
+        Ok(p)
     }
 
     /// VM definitions whose disks or CD-ROM are `file`.
@@ -210,17 +245,25 @@ impl Engine {
             .collect()
     }
 
-    async fn vol_info_at(&self, pool: &str, file: &Path) -> Result<VolInfo> {
-        let i = host_storage::info(file, None)
+    /// A volume's recorded format (recorded on first sight for a file put in the pool by hand).
+    async fn vol_format(&self, pool: &str, file: &Path) -> Result<DiskFormat> {
+        self.image_format(file, None, &format!("volume {pool}/{}", file_name(file)))
             .await
-            .map_err(host(format!("volume {pool}/{}", file_name(file))))?;
+    }
+
+    async fn vol_info_at(&self, pool: &str, file: &Path) -> Result<VolInfo> {
+        let what = format!("volume {pool}/{}", file_name(file));
+        let format = self.vol_format(pool, file).await?;
+        let i = host_storage::info(file, format)
+            .await
+            .map_err(host(&what))?;
         Ok(VolInfo {
             pool: pool.to_string(),
             name: file_name(file),
             path: file.to_path_buf(),
             backing: i.backing_path(file).map(|p| p.display().to_string()),
             backing_format: i.backing_filename_format.clone(),
-            format: i.format,
+            format: format.as_str().to_string(),
             virtual_size_bytes: i.virtual_size,
             allocation_bytes: host_storage::allocated_bytes(file),
             used_by: self.users_of(file),
@@ -231,7 +274,24 @@ impl Engine {
         let p = self.pool_row(pool)?;
         let mut out = Vec::new();
         for f in volume_files(&p.path) {
-            out.push(self.vol_info_at(pool, &f).await?);
+            match self.vol_info_at(pool, &f).await {
+                Ok(v) => out.push(v),
+                // A file put in the pool by hand that hv will not guess: listed, not hidden.
+                Err(e) => {
+                    tracing::warn!(pool, file = %f.display(), error = %e, "volume of unknown format");
+                    out.push(VolInfo {
+                        pool: pool.to_string(),
+                        name: file_name(&f),
+                        path: f.clone(),
+                        format: "unknown".into(),
+                        virtual_size_bytes: 0,
+                        allocation_bytes: host_storage::allocated_bytes(&f),
+                        backing: None,
+                        backing_format: None,
+                        used_by: self.users_of(&f),
+                    })
+                }
+            }
         }
         Ok(out)
     }
@@ -296,15 +356,11 @@ impl Engine {
                     ));
                 }
                 let base = self.backing_file(b)?;
-                let bi = host_storage::info(&base, None)
-                    .await
-                    .map_err(host(format!("backing image {b}")))?;
-                let bf = bi.disk_format().ok_or_else(|| {
-                    EngineError::Invalid(format!(
-                        "backing image {b} is {}, which hv does not run",
-                        bi.format
-                    ))
-                })?;
+                let bf = self
+                    .image_format(&base, None, &format!("backing image {b}"))
+                    .await?;
+                self.chain_below(&base, bf, &format!("backing image {b}"))
+                    .await?;
                 host_storage::create(&path, format, req.size.map(|s| s.0), Some((&base, bf)))
                     .await
                     .map_err(host("cannot create the volume"))?;
@@ -321,6 +377,7 @@ impl Engine {
                     .map_err(host("cannot create the volume"))?;
             }
         }
+        self.created(&path, format)?;
         tracing::info!(pool, vol = %req.name, "volume created");
         self.vol_info_at(pool, &path).await
     }
@@ -336,7 +393,9 @@ impl Engine {
                 req.source.display()
             )));
         }
-        let probed = host_storage::info(&req.source, None)
+        // The source is a file the admin names: probing it is their word, not a guest's (and
+        // the copy's format is recorded, so it is never probed again).
+        let probed = host_storage::probe(&req.source)
             .await
             .map_err(host(format!("cannot probe {}", req.source.display())))?;
         let format = match (req.format, probed.disk_format()) {
@@ -356,17 +415,29 @@ impl Engine {
                 )))
             }
         };
-        if format == DiskFormat::Qcow2 && probed.backing_filename.is_some() {
-            return Err(EngineError::Invalid(format!(
-                "{} is an overlay on {}; import the whole chain flattened (qemu-img convert -O qcow2) instead",
-                req.source.display(),
-                probed.backing_filename.unwrap_or_default()
-            )));
+        if format == DiskFormat::Qcow2 {
+            let i = if probed.disk_format() == Some(DiskFormat::Qcow2) {
+                probed
+            } else {
+                host_storage::info(&req.source, DiskFormat::Qcow2)
+                    .await
+                    .map_err(host(format!(
+                        "{} is not a qcow2 image",
+                        req.source.display()
+                    )))?
+            };
+            if let Some(other) = i.backing_filename.clone().or_else(|| i.data_file()) {
+                return Err(EngineError::Invalid(format!(
+                    "{} is an overlay on {other} (or keeps its data there); import the whole chain flattened (qemu-img convert -O qcow2) instead",
+                    req.source.display(),
+                )));
+            }
         }
         if let Err(e) = host_storage::convert(&req.source, format, &dst, format).await {
             let _ = std::fs::remove_file(&dst);
             return Err(host("import failed")(e));
         }
+        self.created(&dst, format)?;
         tracing::info!(pool, vol = %req.name, source = %req.source.display(), "volume imported");
         self.vol_info_at(pool, &dst).await
     }
@@ -380,15 +451,9 @@ impl Engine {
     ) -> Result<VolInfo> {
         let src_path = self.existing_vol(pool, src)?;
         let dst = self.new_vol_path(pool, &name)?;
-        let si = host_storage::info(&src_path, None)
-            .await
-            .map_err(host(format!("volume {pool}/{src}")))?;
-        let sf = si.disk_format().ok_or_else(|| {
-            EngineError::Invalid(format!(
-                "{pool}/{src} is {}, which hv does not run",
-                si.format
-            ))
-        })?;
+        let sf = self.vol_format(pool, &src_path).await?;
+        self.chain_below(&src_path, sf, &format!("volume {pool}/{src}"))
+            .await?;
         let res = if linked {
             host_storage::create(&dst, DiskFormat::Qcow2, None, Some((&src_path, sf))).await
         } else {
@@ -404,6 +469,7 @@ impl Engine {
             let _ = std::fs::remove_file(&dst);
             return Err(host("clone failed")(e));
         }
+        self.created(&dst, if linked { DiskFormat::Qcow2 } else { sf })?;
         self.vol_info_at(pool, &dst).await
     }
 
@@ -416,12 +482,10 @@ impl Engine {
         allow_shrink: bool,
     ) -> Result<VolInfo> {
         let path = self.existing_vol(pool, name)?;
-        let i = host_storage::info(&path, None)
+        let format = self.vol_format(pool, &path).await?;
+        let i = host_storage::info(&path, format)
             .await
             .map_err(host(format!("volume {pool}/{name}")))?;
-        let format = i
-            .disk_format()
-            .ok_or_else(|| EngineError::Invalid(format!("{pool}/{name} is {}", i.format)))?;
         let shrink = size < i.virtual_size;
         if shrink && !allow_shrink {
             return Err(EngineError::Invalid(format!(
@@ -484,6 +548,7 @@ impl Engine {
         }
         std::fs::remove_file(&path)
             .map_err(|e| EngineError::Host(format!("cannot delete {}: {e}", path.display())))?;
+        self.forget_image(&path)?;
         tracing::info!(pool, vol = name, "volume deleted");
         Ok(())
     }
@@ -491,15 +556,16 @@ impl Engine {
     /// A volume (`POOL/NAME`) in any pool whose backing file is `path`.
     pub(crate) async fn overlay_on(&self, path: &Path) -> Result<Option<String>> {
         for p in self.inner.store.load_pools()? {
-            for f in volume_files(&p.path).into_iter().filter(|f| f != path) {
-                if let Ok(i) = host_storage::info(&f, None).await {
-                    if i.backing_path(&f).as_deref() == Some(path) {
-                        return Ok(Some(format!("{}/{}", p.name, file_name(&f))));
-                    }
-                }
+            if let Some(f) = self.recorded_children(&p.path, path).await?.first() {
+                return Ok(Some(format!("{}/{}", p.name, file_name(f))));
             }
         }
         Ok(None)
+    }
+
+    /// Records a file hv just made.
+    fn created(&self, path: &Path, format: DiskFormat) -> Result<()> {
+        self.record_image(path, format, ImageOrigin::Created)
     }
 
     /// Starts replacing `POOL/NAME`'s bytes: a temp file beside the volume that
@@ -520,6 +586,35 @@ impl Engine {
         let tmp = path.with_file_name(format!(".{name}.upload-{}-{n}", std::process::id()));
         Upload::create(&tmp, &path)
             .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", tmp.display())))
+    }
+
+    /// Checks the uploaded bytes against the volume's recorded format, makes them durable and
+    /// puts them in place. A qcow2 upload that names a backing or data file (another file on
+    /// the host) is refused and the volume keeps its bytes; a raw volume takes any bytes and
+    /// stays raw.
+    pub async fn vol_upload_commit(&self, pool: &str, name: &str, up: Upload) -> Result<Replaced> {
+        let path = self.existing_vol(pool, name)?;
+        let format = self.vol_format(pool, &path).await?;
+        if format == DiskFormat::Qcow2 {
+            let i = host_storage::info(up.path(), DiskFormat::Qcow2)
+                .await
+                .map_err(|e| {
+                    EngineError::Invalid(format!(
+                        "{pool}/{name} is a qcow2 volume and the upload is not a qcow2 image: {e}"
+                    ))
+                })?;
+            if let Some(other) = i.backing_filename.clone().or_else(|| i.data_file()) {
+                return Err(EngineError::Invalid(format!(
+                    "the upload to {pool}/{name} is a qcow2 image with a backing or data file ({other}); upload a self-contained image (qemu-img convert -O qcow2 flattens it)"
+                )));
+            }
+        }
+        let replaced = tokio::task::spawn_blocking(move || up.commit())
+            .await
+            .map_err(|e| EngineError::Internal(format!("upload commit: {e}")))?
+            .map_err(|e| EngineError::Host(format!("upload to {pool}/{name}: commit: {e}")))?;
+        self.record_image(&path, format, ImageOrigin::Created)?;
+        Ok(replaced)
     }
 
     /// The file to stream for a download.

@@ -85,6 +85,13 @@ impl Store {
                 name TEXT PRIMARY KEY,
                 path TEXT NOT NULL UNIQUE,
                 autostart INTEGER NOT NULL DEFAULT 0
+            );
+            CREATE TABLE IF NOT EXISTS images (
+                path TEXT PRIMARY KEY,
+                format TEXT NOT NULL,
+                origin TEXT NOT NULL,
+                dev INTEGER NOT NULL,
+                ino INTEGER NOT NULL
             );",
         )?;
         Ok(Store {
@@ -396,6 +403,115 @@ impl Store {
             .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
         Ok(())
     }
+}
+
+/// What hv knows about one image file: the format it was created, imported or adopted as
+/// (never re-guessed from its bytes), who made it, and which file it was (device and inode), so
+/// a file replaced behind hv's back is not taken for the recorded one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRow {
+    pub path: std::path::PathBuf,
+    pub format: model::DiskFormat,
+    pub origin: ImageOrigin,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// How an image came to be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageOrigin {
+    /// hv created the file (volume create, clone, import, `size=` disks).
+    Created,
+    /// hv created it as an external snapshot's overlay.
+    Overlay,
+    /// An existing file that a user named (a path disk, a file put in a pool by hand).
+    Adopted,
+}
+
+impl ImageOrigin {
+    fn as_str(self) -> &'static str {
+        match self {
+            ImageOrigin::Created => "created",
+            ImageOrigin::Overlay => "overlay",
+            ImageOrigin::Adopted => "adopted",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => ImageOrigin::Created,
+            "overlay" => ImageOrigin::Overlay,
+            "adopted" => ImageOrigin::Adopted,
+            _ => return None,
+        })
+    }
+}
+
+impl Store {
+    pub fn image(&self, path: &Path) -> Result<Option<ImageRow>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT path, format, origin, dev, ino FROM images WHERE path = ?1")?;
+        let mut rows = stmt.query_map(params![path.display().to_string()], image_row)?;
+        rows.next().transpose()?.transpose()
+    }
+
+    /// Images recorded under `dir` (directly in it).
+    pub fn images_in(&self, dir: &Path) -> Result<Vec<ImageRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT path, format, origin, dev, ino FROM images")?;
+        let rows = stmt.query_map([], image_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r??;
+            if r.path.parent() == Some(dir) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_image(&self, r: &ImageRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO images (path, format, origin, dev, ino) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                r.path.display().to_string(),
+                r.format.as_str(),
+                r.origin.as_str(),
+                r.dev as i64,
+                r.ino as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_image(&self, path: &Path) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM images WHERE path = ?1",
+            params![path.display().to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ImageRow>> {
+    let path: String = r.get(0)?;
+    let format: String = r.get(1)?;
+    let origin: String = r.get(2)?;
+    let bad = |what: &str, v: &str| {
+        crate::EngineError::Internal(format!(
+            "the image record of {path} has an unknown {what} {v:?}; this hvd is older than the database"
+        ))
+    };
+    let row = (|| {
+        Ok(ImageRow {
+            path: std::path::PathBuf::from(&path),
+            format: format.parse().map_err(|_| bad("format", &format))?,
+            origin: ImageOrigin::parse(&origin).ok_or_else(|| bad("origin", &origin))?,
+            dev: r.get::<_, i64>(3)? as u64,
+            ino: r.get::<_, i64>(4)? as u64,
+        })
+    })();
+    Ok(row)
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {

@@ -45,6 +45,8 @@ pub struct ImageInfo {
     /// Internal snapshots in a qcow2 image.
     #[serde(default)]
     pub snapshots: Vec<InternalSnapshot>,
+    #[serde(default)]
+    pub format_specific: Option<serde_json::Value>,
 }
 
 /// One internal snapshot as `qemu-img info` lists it.
@@ -92,6 +94,12 @@ impl ImageInfo {
     pub fn disk_format(&self) -> Option<DiskFormat> {
         self.format.parse().ok()
     }
+    /// A qcow2 image's external data file (its data lives in another file), if it names one.
+    pub fn data_file(&self) -> Option<String> {
+        self.format_specific.as_ref()?["data"]["data-file"]
+            .as_str()
+            .map(str::to_string)
+    }
     /// The backing file as an absolute path.
     pub fn backing_path(&self, image: &Path) -> Option<PathBuf> {
         let b = self
@@ -125,9 +133,21 @@ fn os<S: AsRef<OsStr>>(s: S) -> OsString {
     s.as_ref().to_os_string()
 }
 
-/// `qemu-img info` with shared locking (`-U`), so it works on images a VM has open. With
-/// `format`, the image is read as that format instead of probed.
-pub async fn info(path: &Path, format: Option<DiskFormat>) -> Result<ImageInfo> {
+/// `qemu-img info` with shared locking (`-U`), so it works on images a VM has open, reading
+/// the image as `format` (never probed). The backing chain is not opened.
+pub async fn info(path: &Path, format: DiskFormat) -> Result<ImageInfo> {
+    info_args(path, Some(format)).await
+}
+
+/// `qemu-img info` that lets qemu-img guess the format from the file's first bytes. Only for a
+/// file hv has no record of and that no guest has written through hv (an import source, or a
+/// file an admin put in place): a guest owns every byte of its disk, so a guessed format of a
+/// guest-written file is the guest's choice.
+pub async fn probe(path: &Path) -> Result<ImageInfo> {
+    info_args(path, None).await
+}
+
+async fn info_args(path: &Path, format: Option<DiskFormat>) -> Result<ImageInfo> {
     let mut args = vec![os("info"), os("--output=json"), os("-U")];
     if let Some(f) = format {
         args.extend([os("-f"), os(f.as_str())]);
@@ -308,7 +328,7 @@ mod tests {
         create(&ov, DiskFormat::Qcow2, None, Some((&base, DiskFormat::Raw)))
             .await
             .unwrap();
-        let i = info(&ov, None).await.unwrap();
+        let i = info(&ov, DiskFormat::Qcow2).await.unwrap();
         assert_eq!((i.format.as_str(), i.virtual_size), ("qcow2", 1 << 20));
         assert_eq!(i.backing_path(&ov), Some(base.clone()));
         assert_eq!(i.backing_filename_format.as_deref(), Some("raw"));
@@ -316,15 +336,19 @@ mod tests {
             .await
             .unwrap();
         snapshot(&ov, SnapshotOp::Create, "s1").await.unwrap();
-        assert_eq!(info(&ov, None).await.unwrap().snapshots[0].name, "s1");
+        assert_eq!(
+            info(&ov, DiskFormat::Qcow2).await.unwrap().snapshots[0].name,
+            "s1"
+        );
         snapshot(&ov, SnapshotOp::Apply, "s1").await.unwrap();
         snapshot(&ov, SnapshotOp::Delete, "s1").await.unwrap();
-        assert!(info(&ov, None).await.unwrap().snapshots.is_empty());
+        assert!(info(&ov, DiskFormat::Qcow2)
+            .await
+            .unwrap()
+            .snapshots
+            .is_empty());
         assert_eq!(
-            info(&ov, Some(DiskFormat::Qcow2))
-                .await
-                .unwrap()
-                .virtual_size,
+            info(&ov, DiskFormat::Qcow2).await.unwrap().virtual_size,
             2 << 20
         );
         let copy = dir.join("copy.qcow2");
@@ -332,14 +356,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            info(&copy, None).await.unwrap().backing_filename,
+            info(&copy, DiskFormat::Qcow2)
+                .await
+                .unwrap()
+                .backing_filename,
             None,
             "a full clone has no backing file"
         );
-        let e = info(&dir.join("missing"), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = probe(&dir.join("missing")).await.unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
         assert!(fs_capacity(&dir).unwrap().capacity_bytes > 0);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -94,6 +94,11 @@ impl Upload {
     ///
     /// The old bytes stay allocated until the returned [`Replaced`] is dropped: freeing a big
     /// file takes a while (tens of ms for 256 MiB), so callers drop it after answering.
+    /// The temp file the bytes go to (checked before `commit`).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn commit(mut self) -> io::Result<Replaced> {
         // Holding the old volume open keeps the rename from freeing its blocks.
         let old = File::open(&self.dst).ok();

@@ -101,6 +101,16 @@ pub struct RunPlan {
     pub loadvm: Option<String>,
     /// The tap made for each NIC (`None` for user-mode NICs), same order as `spec.nics`.
     pub taps: Vec<Option<String>>,
+    /// The layers below each disk's image (same order as `spec.disks`), top-most first. Every
+    /// layer becomes its own `-blockdev`, so QEMU never opens a file the chain's headers name.
+    pub chains: Vec<Vec<Layer>>,
+}
+
+/// One layer of a disk's backing chain, with the format hv knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub path: PathBuf,
+    pub format: DiskFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,8 +194,14 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     let mut buses = Buses::new(spec.machine);
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
-        m.blockdevs
-            .extend(disk_block_nodes(disk, i, overlay.as_deref(), caps.aio)?);
+        let chain = plan.chains.get(i).map(Vec::as_slice).unwrap_or_default();
+        m.blockdevs.extend(disk_block_nodes(
+            disk,
+            i,
+            overlay.as_deref(),
+            chain,
+            caps.aio,
+        )?);
         let (id, node) = disk_ids(disk, i);
         let mut dev = match disk.bus {
             DiskBus::Virtio | DiskBus::Scsi => {
@@ -271,28 +287,66 @@ pub fn disk_ids(disk: &DiskSpec, i: usize) -> (String, String) {
     (id, node)
 }
 
-/// The `-blockdev` (and `blockdev-add`) nodes of a disk, file node first.
+/// The `-blockdev` (and `blockdev-add`) nodes of a disk in the order QEMU needs them: the
+/// bottom layer of `chain` (the layers below the disk's image, top-most first) first, each
+/// layer's file node before its format node, the disk's own nodes last. With an ephemeral
+/// `overlay`, that overlay is the top and the disk's image the first layer below it. Every
+/// qcow2 node names its backing node (or `null`), so QEMU opens no file that a header names.
 pub fn disk_block_nodes(
     disk: &DiskSpec,
     i: usize,
     overlay: Option<&Path>,
+    chain: &[Layer],
     aio: Aio,
-) -> Result<[Value; 2], ArgvError> {
+) -> Result<Vec<Value>, ArgvError> {
     let format = disk.format.ok_or_else(|| ArgvError::UnknownFormat {
         path: disk.path.clone(),
     })?;
+    let mut lower: Vec<Layer> = Vec::new();
     let (path, format) = match overlay {
-        Some(o) => (o, DiskFormat::Qcow2),
+        Some(o) => {
+            lower.push(Layer {
+                path: disk.path.clone(),
+                format,
+            });
+            (o, DiskFormat::Qcow2)
+        }
         None => (disk.path.as_path(), format),
     };
-    Ok(block_nodes(
-        &disk_ids(disk, i).1,
-        path,
-        format,
-        disk.cache,
-        disk.readonly,
-        aio.for_disk(disk)?,
-    ))
+    lower.extend(chain.iter().cloned());
+    let aio = aio.for_disk(disk)?;
+    let node = disk_ids(disk, i).1;
+    let layer_node = |k: usize| format!("{node}-b{k}");
+    let mut out = Vec::new();
+    for (k, layer) in lower.iter().enumerate().rev() {
+        let below = (k + 1 < lower.len()).then(|| layer_node(k + 2));
+        let [mut file, mut fmt] = block_nodes(
+            &layer_node(k + 1),
+            &layer.path,
+            layer.format,
+            disk.cache,
+            true,
+            aio,
+        );
+        // Read-only through its format node; the file node opens read-only and becomes
+        // writable only when a block job (a commit into this layer) asks for it.
+        if let Some(o) = file.as_object_mut() {
+            o.remove("read-only");
+        }
+        set_backing(&mut fmt, layer.format, below);
+        out.extend([file, fmt]);
+    }
+    let [file, mut fmt] = block_nodes(&node, path, format, disk.cache, disk.readonly, aio);
+    set_backing(&mut fmt, format, (!lower.is_empty()).then(|| layer_node(1)));
+    out.extend([file, fmt]);
+    Ok(out)
+}
+
+/// A qcow2 format node's backing: the named node, or none at all (`null`).
+fn set_backing(fmt: &mut Value, format: DiskFormat, below: Option<String>) {
+    if format == DiskFormat::Qcow2 {
+        fmt["backing"] = json!(below);
+    }
 }
 
 fn write_cache(cache: CacheMode) -> Value {
@@ -612,6 +666,7 @@ mod tests {
             paused: false,
             loadvm: None,
             taps: vec![],
+            chains: vec![],
         }
     }
 
@@ -713,6 +768,33 @@ mod tests {
             ..plan()
         };
         check("ephemeral-overlay", &s, &caps(), &plan);
+    }
+
+    /// Issue 9: every layer of a chain is its own node, so QEMU opens nothing a header names.
+    #[test]
+    fn backing_chains_are_explicit_nodes() {
+        let mut s = spec("chain");
+        s.disks
+            .push("path=/p/top.qcow2,format=qcow2".parse().unwrap());
+        s.disks.push("path=/p/eph.raw,format=raw".parse().unwrap());
+        let plan = RunPlan {
+            chains: vec![
+                vec![
+                    Layer {
+                        path: "/p/mid.qcow2".into(),
+                        format: DiskFormat::Qcow2,
+                    },
+                    Layer {
+                        path: "/p/base.raw".into(),
+                        format: DiskFormat::Raw,
+                    },
+                ],
+                vec![],
+            ],
+            overlays: vec![None, Some("/run/hv/7.ov1".into())],
+            ..plan()
+        };
+        check("backing-chain", &s, &caps(), &plan);
     }
 
     #[test]

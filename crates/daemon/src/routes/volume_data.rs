@@ -19,7 +19,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use engine::{Engine, Replaced, Upload};
+use engine::{Engine, Upload};
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
@@ -204,6 +204,13 @@ async fn upload_as(
                     Ok(r) => r,
                     Err(err) => return tracing::error!("the upload task failed: {err}"),
                 };
+                let received = match received {
+                    Ok(up) => e
+                        .vol_upload_commit(&pool, &vol, up)
+                        .await
+                        .map_err(ApiError::from),
+                    Err(err) => Err(err),
+                };
                 let (reply, old) = match received {
                     Ok(old) => {
                         tracing::info!(
@@ -255,10 +262,7 @@ async fn upload_as(
         .await
         .map_err(|err| ApiError(ErrorCode::Internal, format!("upload writer: {err}")))?
         .map_err(|err| io("write", err))?;
-    let old = tokio::task::spawn_blocking(move || up.commit())
-        .await
-        .map_err(|err| ApiError(ErrorCode::Internal, format!("upload commit: {err}")))?
-        .map_err(|err| io("commit", err))?;
+    let old = e.vol_upload_commit(&pool, &vol, up).await?;
     // Freeing the old bytes is not part of the upload.
     tokio::task::spawn_blocking(move || drop(old));
     tracing::info!(pool, vol, "volume uploaded");
@@ -314,13 +318,13 @@ fn set_buffer(sock: &std::os::unix::net::UnixStream, opt: libc::c_int) {
     fdcopy::set_socket_buffer(sock.as_fd(), opt, SOCKET_BUFFER);
 }
 
-/// Moves `len` bytes (`head` first, then the socket's) into the upload and commits it.
+/// Moves `len` bytes (`head` first, then the socket's) into the upload.
 fn receive(
     mut up: Upload,
     sock: &std::os::unix::net::UnixStream,
     head: &[u8],
     len: u64,
-) -> Result<Replaced, ApiError> {
+) -> Result<Upload, ApiError> {
     let io = |what: &str, err: std::io::Error| {
         ApiError(ErrorCode::HostError, format!("upload: {what}: {err}"))
     };
@@ -341,7 +345,7 @@ fn receive(
             ));
         }
     }
-    up.commit().map_err(|err| io("commit", err))
+    Ok(up)
 }
 
 /// Writes the upload's outcome as an HTTP/1.1 response on the raw stream.
