@@ -35,12 +35,15 @@ pub enum PoolCmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Delete a pool (--force also deletes its volumes; never ones a VM uses).
+    /// Delete a pool (--force also deletes its volumes; never ones a VM uses, nor files hv
+    /// did not create).
     Delete {
         name: String,
         #[arg(long)]
         force: bool,
     },
+    /// Forget a pool, keeping its directory and every file in it.
+    Undefine { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,6 +284,10 @@ pub fn pool(c: &Client, cmd: PoolCmd) -> Result<()> {
         PoolCmd::Delete { name, force } => {
             c.pool_delete(&name, force)?;
             println!("pool {name} deleted");
+        }
+        PoolCmd::Undefine { name } => {
+            c.pool_undefine(&name)?;
+            println!("pool {name} undefined; its files stay");
         }
     }
     Ok(())

@@ -615,6 +615,15 @@ impl Client {
         )
         .map(drop)
     }
+    /// Forgets a pool; its directory and files stay.
+    pub fn pool_undefine(&self, name: &str) -> Result<()> {
+        self.call::<serde_json::Value>(
+            "POST",
+            &format!("{}/undefine", paths::pool(name)),
+            None::<&()>,
+        )
+        .map(drop)
+    }
     pub fn vols(&self, pool: &str) -> Result<Vec<api::VolInfo>> {
         Ok(self
             .call::<api::VolList>("GET", &paths::volumes(pool), None::<&()>)?

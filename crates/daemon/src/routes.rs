@@ -152,6 +152,7 @@ pub fn router(engine: Engine) -> Router {
         )
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
+        .route("/v1/pools/{pool}/undefine", post(pool_undefine))
         .route("/v1/pools/{pool}/volumes", get(vol_list).post(vol_create))
         .route("/v1/pools/{pool}/import", post(vol_import))
         .route(
@@ -439,7 +440,15 @@ async fn pool_delete(
     Path(pool): Path<String>,
     Query(q): Query<api::DeletePoolRequest>,
 ) -> Result<StatusCode, ApiError> {
-    e.pool_delete(&pool, q.force)?;
+    e.pool_delete(&pool, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pool_undefine(
+    State(e): State<Engine>,
+    Path(pool): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    e.pool_undefine(&pool).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -50,12 +50,13 @@ fn qemu(e: qmp::QmpError) -> EngineError {
 
 impl Engine {
     /// Refuses a writable image that a running VM other than `except` has open.
-    pub(crate) fn check_not_held(&self, disk: &DiskSpec, except: &str) -> Result<()> {
+    pub(crate) async fn check_not_held(&self, disk: &DiskSpec, except: &str) -> Result<()> {
         if disk.readonly {
             return Ok(());
         }
         let holders: Vec<String> = self
             .running_users_of(&disk.path)
+            .await
             .into_iter()
             .filter(|n| n != except)
             .collect();
@@ -95,7 +96,7 @@ impl Engine {
             e
         };
         let disk = spec.disks[i].clone();
-        self.check_not_held(&disk, name).map_err(undo)?;
+        self.check_not_held(&disk, name).await.map_err(undo)?;
         if live {
             self.plug_disk(&vm, &disk, i).await.map_err(undo)?;
         }

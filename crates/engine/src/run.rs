@@ -297,7 +297,7 @@ impl Engine {
     ) -> Result<()> {
         self.resolve_volumes(&mut spec)?;
         for d in &spec.disks {
-            self.check_not_held(d, &vm.name)?;
+            self.check_not_held(d, &vm.name).await?;
         }
         let paths = self.paths(vm);
         let dir = self.inner.cfg.vm_dir(&vm.name);

@@ -174,40 +174,64 @@ impl Engine {
         vm.lock().spec = stored;
         self.emit(&vm.name, api::EventKind::Updated);
         if state.is_active() {
-            for (switched, d) in plan.iter().enumerate() {
-                let res = async {
-                    let active = self.active_node(vm, &d.target).await?;
-                    let node = format!("hv-{}-{tag}", d.target);
-                    let qmp = vm.qmp()?;
-                    let add = json!({
-                        "driver": "qcow2", "node-name": node, "backing": null,
-                        "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
-                    });
-                    qmp.execute("blockdev-add", Some(add)).await.map_err(qemu)?;
-                    qmp.execute("blockdev-snapshot", Some(json!({ "node": active, "overlay": node }))).await.map_err(qemu)
+            // Every disk switches in one QMP transaction: all of them or none.
+            let switched = self.switch_to_overlays(vm, tag, &plan).await;
+            if let Err(e) = switched {
+                let _ = self
+                    .inner
+                    .store
+                    .delete_snapshot(vm.id, tag, row.parent.as_deref());
+                let _ = self.save_spec_pub(vm, old_spec);
+                for p in &made {
+                    let _ = std::fs::remove_file(p);
+                    let _ = self.forget_image(p);
                 }
-                .await;
-                if let Err(e) = res {
-                    if switched == 0 {
-                        // Nothing switched: undo the records and the files.
-                        let _ = self
-                            .inner
-                            .store
-                            .delete_snapshot(vm.id, tag, row.parent.as_deref());
-                        let _ = self.save_spec_pub(vm, old_spec);
-                        made.iter().for_each(|p| drop(std::fs::remove_file(p)));
-                        return Err(e);
-                    }
-                    // Some disks switched: the rest will use their (empty) overlays from the next
-                    // start; no write is lost either way.
-                    return Err(EngineError::Qemu(format!(
-                        "snapshot {tag} is only partly live ({switched} of {} disks switched): {e}",
-                        plan.len()
-                    )));
-                }
+                return Err(e);
             }
         }
         Ok(row)
+    }
+
+    /// Opens each disk's new overlay in QEMU and puts all of them on top of their disks in
+    /// one `transaction`; on failure the opened overlays are closed again and no disk moved.
+    async fn switch_to_overlays(&self, vm: &Vm, tag: &str, plan: &[ExternalDisk]) -> Result<()> {
+        let qmp = vm.qmp()?;
+        let mut added: Vec<String> = Vec::new();
+        let res = async {
+            let mut actions = Vec::new();
+            for d in plan {
+                let active = self.active_node(vm, &d.target).await?;
+                let node = format!("hv-{}-{tag}", d.target);
+                let add = json!({
+                    "driver": "qcow2", "node-name": node, "backing": null,
+                    "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
+                });
+                qmp.execute("blockdev-add", Some(add)).await.map_err(qemu)?;
+                added.push(node.clone());
+                actions.push(json!({
+                    "type": "blockdev-snapshot",
+                    "data": { "node": active, "overlay": node },
+                }));
+            }
+            qmp.execute("transaction", Some(json!({ "actions": actions })))
+                .await
+                .map_err(qemu)
+        }
+        .await;
+        if res.is_err() {
+            for node in added {
+                let _ = qmp
+                    .execute("blockdev-del", Some(json!({ "node-name": node })))
+                    .await;
+                let _ = qmp
+                    .execute(
+                        "blockdev-del",
+                        Some(json!({ "node-name": format!("{node}-file") })),
+                    )
+                    .await;
+            }
+        }
+        res.map(drop)
     }
 
     /// A fresh overlay on each frozen image; the discarded current overlay is removed when

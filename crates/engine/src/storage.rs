@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use api::{CreatePoolRequest, CreateVolRequest, ImportVolRequest, PoolInfo, VolInfo};
-use model::{DiskFormat, PoolName, VmState, VolName, VolRef};
+use model::{DiskFormat, PoolName, VolName, VolRef};
 
 use crate::error::{EngineError, Result};
 use crate::store::{ImageOrigin, PoolRow};
@@ -148,8 +148,8 @@ impl Engine {
     /// uses one of them. With `force`, its volumes and (when empty) its directory go too, but
     /// only files hv created: a pool holding anything else is refused whole (forget it with
     /// [`pool_undefine`](Self::pool_undefine) instead, which keeps every file).
-    pub fn pool_delete(&self, name: &str, force: bool) -> Result<()> {
-        let p = self.forgettable_pool(name, "deleted")?;
+    pub async fn pool_delete(&self, name: &str, force: bool) -> Result<()> {
+        let p = self.forgettable_pool(name, "deleted").await?;
         let files = volume_files(&p.path);
         if !files.is_empty() && !force {
             return Err(EngineError::Invalid(format!(
@@ -185,15 +185,15 @@ impl Engine {
     }
 
     /// Forgets a pool and keeps its directory and every file in it (`virsh pool-undefine`).
-    pub fn pool_undefine(&self, name: &str) -> Result<()> {
-        self.forgettable_pool(name, "undefined")?;
+    pub async fn pool_undefine(&self, name: &str) -> Result<()> {
+        self.forgettable_pool(name, "undefined").await?;
         self.inner.store.delete_pool(name)?;
         tracing::info!(pool = name, "pool undefined; its files stay");
         Ok(())
     }
 
     /// The pool, if neither it is the default pool nor does a VM use one of its volumes.
-    fn forgettable_pool(&self, name: &str, verb: &str) -> Result<PoolRow> {
+    async fn forgettable_pool(&self, name: &str, verb: &str) -> Result<PoolRow> {
         if name == "default" {
             return Err(EngineError::Invalid(format!(
                 "the default pool cannot be {verb}"
@@ -201,7 +201,7 @@ impl Engine {
         }
         let p = self.pool_row(name)?;
         for f in &volume_files(&p.path) {
-            let users = self.users_of(f);
+            let users = self.all_users_of(f).await;
             if !users.is_empty() {
                 return Err(EngineError::InUse(format!(
                     "pool {name} cannot be {verb}: volume {} is used by VM {}",
@@ -232,17 +232,67 @@ impl Engine {
             .collect()
     }
 
-    /// Running VMs whose disks are `file`.
-    pub(crate) fn running_users_of(&self, file: &Path) -> Vec<String> {
-        let users = self.users_of(file);
-        users
+    /// Running VMs that use `file`: by their definition, or because their QEMU has it open
+    /// now (a `--config`-only detach leaves the image open until the VM stops; a `--live`-only
+    /// attach opens one the definition does not name).
+    pub(crate) async fn running_users_of(&self, file: &Path) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .users_of(file)
             .into_iter()
-            .filter(|n| {
-                self.get(n)
-                    .map(|vm| vm.state() != VmState::Shutoff && vm.state() != VmState::Crashed)
-                    .unwrap_or(false)
-            })
-            .collect()
+            .filter(|n| self.get(n).is_ok_and(|vm| vm.state().is_active()))
+            .collect();
+        for n in self.live_holders(file).await {
+            if !users.contains(&n) {
+                users.push(n);
+            }
+        }
+        users
+    }
+
+    /// VMs whose definition uses `file` or whose QEMU has it open.
+    pub(crate) async fn all_users_of(&self, file: &Path) -> Vec<String> {
+        let mut users = self.users_of(file);
+        for n in self.live_holders(file).await {
+            if !users.contains(&n) {
+                users.push(n);
+            }
+        }
+        users
+    }
+
+    /// Running VMs whose QEMU has `file` open, as QEMU says (`query-named-block-nodes`). A
+    /// running VM whose QMP does not answer counts when its definition names the file.
+    async fn live_holders(&self, file: &Path) -> Vec<String> {
+        let vms: Vec<_> = self
+            .read_vms()
+            .values()
+            .filter(|vm| vm.state().is_active())
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for vm in vms {
+            let open = match vm.qmp() {
+                Ok(q) => q
+                    .execute(
+                        "query-named-block-nodes",
+                        Some(serde_json::json!({ "flat": true })),
+                    )
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let holds =
+                match open {
+                    Some(nodes) => nodes.as_array().into_iter().flatten().any(|n| {
+                        n["drv"] == "file" && n["file"].as_str().map(Path::new) == Some(file)
+                    }),
+                    None => vm.lock().spec.disks.iter().any(|d| d.path == file),
+                };
+            if holds {
+                out.push(vm.name.clone());
+            }
+        }
+        out
     }
 
     /// A volume's recorded format (recorded on first sight for a file put in the pool by hand).
@@ -457,10 +507,11 @@ impl Engine {
         let res = if linked {
             host_storage::create(&dst, DiskFormat::Qcow2, None, Some((&src_path, sf))).await
         } else {
-            if !self.running_users_of(&src_path).is_empty() {
+            let running = self.running_users_of(&src_path).await;
+            if !running.is_empty() {
                 return Err(EngineError::InUse(format!(
                     "{pool}/{src} is in use by running VM {}; a full copy would not be consistent (stop it, or use --linked)",
-                    self.running_users_of(&src_path).join(", ")
+                    running.join(", ")
                 )));
             }
             host_storage::convert(&src_path, sf, &dst, sf).await
@@ -493,7 +544,7 @@ impl Engine {
                 i.virtual_size
             )));
         }
-        let running = self.running_users_of(&path);
+        let running = self.running_users_of(&path).await;
         if let Some(vm_name) = running.first() {
             if shrink {
                 return Err(EngineError::Invalid(format!("{pool}/{name} is in use by running VM {vm_name}; shrink it only while the VM is stopped")));
@@ -534,7 +585,7 @@ impl Engine {
     /// Deletes a volume: refused while a VM uses it or another volume is backed by it.
     pub async fn vol_delete(&self, pool: &str, name: &str) -> Result<()> {
         let path = self.existing_vol(pool, name)?;
-        let users = self.users_of(&path);
+        let users = self.all_users_of(&path).await;
         if !users.is_empty() {
             return Err(EngineError::InUse(format!(
                 "{pool}/{name} is used by VM {}; detach it or undefine the VM first",
@@ -571,9 +622,9 @@ impl Engine {
     /// Starts replacing `POOL/NAME`'s bytes: a temp file beside the volume that
     /// [`Upload::commit`] makes durable and renames over it. Refused while a running VM uses
     /// the volume.
-    pub fn vol_upload_begin(&self, pool: &str, name: &str) -> Result<Upload> {
+    pub async fn vol_upload_begin(&self, pool: &str, name: &str) -> Result<Upload> {
         let path = self.existing_vol(pool, name)?;
-        let running = self.running_users_of(&path);
+        let running = self.running_users_of(&path).await;
         if !running.is_empty() {
             return Err(EngineError::InUse(format!(
                 "{pool}/{name} is in use by running VM {}; stop it before uploading",

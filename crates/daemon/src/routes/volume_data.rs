@@ -181,7 +181,7 @@ async fn upload_as(
                     format!("a raw upload needs a {DATA_LENGTH_HEADER} header (a byte count)"),
                 )
             })?;
-        let up = e.vol_upload_begin(&pool, &vol)?;
+        let up = e.vol_upload_begin(&pool, &vol).await?;
         let on_upgrade = hyper::upgrade::on(&mut req);
         let span = tracing::info_span!("volume data", pool, vol, op = "upload", len);
         tokio::spawn(
@@ -234,7 +234,7 @@ async fn upload_as(
         );
         return Ok(switching(&[]));
     }
-    let mut up = e.vol_upload_begin(&pool, &vol)?;
+    let mut up = e.vol_upload_begin(&pool, &vol).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     // The writer hands the upload back when the body has ended; it is committed only if the
     // body arrived whole (a dropped Upload removes its temp file).
