@@ -51,8 +51,8 @@ fn scope(live: bool, config: bool) -> ScopeRequest {
 fn issue9_external_revert_deletes_only_overlays_hv_made() {
     let h = hvd();
     let c = h.client();
-    vol(&c, "a.qcow2");
-    let ubuntu = vol(&c, "ubuntu-24.04.qcow2");
+    vol(c, "a.qcow2");
+    let ubuntu = vol(c, "ubuntu-24.04.qcow2");
     for (name, d) in [
         ("a", "vol=default/a.qcow2"),
         ("b", "vol=default/ubuntu-24.04.qcow2"),
@@ -167,8 +167,8 @@ fn issue9_pool_delete_never_removes_files_hv_did_not_create() {
 fn issue9_live_disks_snapshot_together_detach_whole_chains_and_stay_in_use() {
     let h = hvd();
     let c = h.client();
-    vol(&c, "a.qcow2");
-    vol(&c, "b.qcow2");
+    vol(c, "a.qcow2");
+    vol(c, "b.qcow2");
     let spec = h
         .tiny_spec(
             "live",
@@ -196,7 +196,7 @@ fn issue9_live_disks_snapshot_together_detach_whole_chains_and_stay_in_use() {
     );
 
     c.disk_detach("live", "vdb", &scope(true, true)).unwrap();
-    vol(&c, "c.qcow2");
+    vol(c, "c.qcow2");
     c.disk_attach(
         "live",
         &AttachDiskRequest {
