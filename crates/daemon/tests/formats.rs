@@ -176,6 +176,28 @@ fn issue9_a_guest_written_qcow2_header_never_changes_a_raw_volume() {
             );
         }
     }
+    // A disk-only snapshot and its revert put qcow2 overlays on g.raw, read as raw below them.
+    for step in ["snapshot", "revert"] {
+        if step == "snapshot" {
+            c.snapshot_create(
+                "byvol",
+                &api::CreateSnapshotRequest {
+                    name: "s1".parse().unwrap(),
+                    description: None,
+                    disk_only: true,
+                },
+            )
+            .unwrap();
+        } else {
+            c.snapshot_revert("byvol", "s1").unwrap();
+        }
+        let argv = c.showcmd("byvol").unwrap().argv.join(" ");
+        assert!(!argv.contains("secret"), "{step}: {argv}");
+        assert!(
+            argv.contains(r#""driver":"raw","file":"hv-vda-b1-file""#),
+            "{step}: g.raw is the raw layer below the overlay: {argv}"
+        );
+    }
     // The overlay VM really boots on that chain: QEMU opens exactly what argv names.
     c.start("overlay", false).unwrap();
     c.destroy("overlay").unwrap();
