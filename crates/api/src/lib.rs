@@ -74,6 +74,9 @@ pub enum ErrorCode {
     /// QEMU refused or failed.
     QemuError,
     Internal,
+    /// The operation was cancelled (`hv operation cancel`, or hvd stopping) before it finished;
+    /// nothing it did is left half-done.
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -89,6 +92,7 @@ impl ErrorCode {
             ErrorCode::HostError => "host_error",
             ErrorCode::QemuError => "qemu_error",
             ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 }
@@ -296,6 +300,52 @@ pub struct HostReport {
     pub accel_reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_version: Option<String>,
+}
+
+/// A mutating request's work, owned by hvd: it finishes (or rolls back) whatever happens to the
+/// connection that asked for it. `GET /v1/operations` lists the running and recent ones.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OperationInfo {
+    pub id: u64,
+    /// What it does (`start`, `snapshot-create`, `vol-import`, ...).
+    pub kind: String,
+    /// The object it works on (`vm/web`, `pool/default/x.qcow2`, `network/lan`).
+    pub target: String,
+    pub status: OperationStatus,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// Whether `POST /v1/operations/{id}/cancel` can stop it.
+    pub cancellable: bool,
+    /// The error of a failed or cancelled operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl fmt::Display for OperationStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OperationStatus::Running => "running",
+            OperationStatus::Succeeded => "succeeded",
+            OperationStatus::Failed => "failed",
+            OperationStatus::Cancelled => "cancelled",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OperationList {
+    pub operations: Vec<OperationInfo>,
 }
 
 /// An event on `GET /v1/events` (one JSON object per line).

@@ -6,6 +6,7 @@ mod disks;
 mod edit;
 mod networks;
 mod nics;
+mod operations;
 mod output;
 mod snapshots;
 mod storage;
@@ -116,6 +117,9 @@ enum Cmd {
     /// Storage pools.
     #[command(subcommand)]
     Pool(storage::PoolCmd),
+    /// Running and recent operations (list, show, cancel).
+    #[command(subcommand)]
+    Operation(operations::OperationCmd),
     /// Volumes in pools.
     #[command(subcommand)]
     Vol(storage::VolCmd),
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Snapshot(cmd) => snapshots::run(&c, cmd)?,
         Cmd::Net(cmd) => networks::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
+        Cmd::Operation(cmd) => operations::run(&c, cmd)?,
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {
             let start = a.start;

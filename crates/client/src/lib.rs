@@ -594,6 +594,23 @@ impl Client {
         )
     }
 
+    // ---- operations ----
+
+    pub fn operations(&self) -> Result<Vec<api::OperationInfo>> {
+        Ok(self
+            .call::<api::OperationList>("GET", "/v1/operations", None::<&()>)?
+            .operations)
+    }
+    pub fn operation(&self, id: u64) -> Result<api::OperationInfo> {
+        self.call("GET", &format!("/v1/operations/{id}"), None::<&()>)
+    }
+    pub fn operation_cancel(&self, id: u64) -> Result<api::OperationInfo> {
+        self.post(
+            &format!("/v1/operations/{id}/cancel"),
+            &serde_json::json!({}),
+        )
+    }
+
     // ---- storage ----
 
     pub fn pools(&self) -> Result<Vec<api::PoolInfo>> {

@@ -82,6 +82,9 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+/// How long a stopping hvd waits for running operations.
+const OPERATIONS_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn run(args: Args) -> Result<()> {
     let _lock = lock_state_dir(&args.state_dir)?;
     let listener = bind_socket(&args.socket)?;
@@ -110,6 +113,12 @@ async fn run(args: Args) -> Result<()> {
             let _ = stop_tx.send(());
             // Long polls and console followers must not hold hvd up.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
+            // Operations are hvd's, not their connections': waits are cancelled, the rest
+            // finish (bounded) so that nothing is left half-done.
+            let left = engine.operations().drain(OPERATIONS_DRAIN).await;
+            if left > 0 {
+                tracing::warn!(left, "operations still running as hvd stops");
+            }
         }
     }
     let _ = std::fs::remove_file(&args.socket);

@@ -100,6 +100,9 @@ pub fn routes() -> Vec<RouteDoc> {
         r("get", "/v1/networks/{net}/reservations", "Fixed DHCP addresses", None, 200, Some(s::<ReservationList>)),
         r("post", "/v1/networks/{net}/reservations", "Reserve an address for a MAC or a VM's NIC (dnsmasq restarted)", Some(s::<AddReservationRequest>), 200, Some(s::<ReservationList>)),
         r("delete", "/v1/networks/{net}/reservations/{key}", "Remove the reservation of a MAC or a VM (by name)", None, 200, Some(s::<ReservationList>)),
+        r("get", "/v1/operations", "Running and recent operations (the work of mutating requests, owned by hvd)", None, 200, Some(s::<OperationList>)),
+        r("get", "/v1/operations/{id}", "One operation", None, 200, Some(s::<OperationInfo>)),
+        r("post", "/v1/operations/{id}/cancel", "Cancel a running operation that can stop without leaving anything half-done", None, 200, Some(s::<OperationInfo>)),
         r("get", "/v1/pools", "List storage pools", None, 200, Some(s::<PoolList>)),
         r("post", "/v1/pools", "Create a directory pool", Some(s::<CreatePoolRequest>), 201, Some(s::<PoolInfo>)),
         r("get", "/v1/pools/{pool}", "One pool with capacity, allocation and available bytes", None, 200, Some(s::<PoolInfo>)),
@@ -139,7 +142,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))

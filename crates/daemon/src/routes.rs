@@ -36,9 +36,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::AlreadyExists | ErrorCode::InvalidState | ErrorCode::InUse => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::AlreadyExists
+        | ErrorCode::InvalidState
+        | ErrorCode::InUse
+        | ErrorCode::Cancelled => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::LOCKED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
@@ -60,6 +61,39 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Runs a mutating request's work as an hvd operation (`engine::Operations`): it finishes, or
+/// rolls itself back, even when the connection that asked for it goes away.
+async fn op<T, Fut>(
+    e: &Engine,
+    kind: &str,
+    target: String,
+    work: impl FnOnce(Engine) -> Fut,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
+{
+    Ok(e.operations()
+        .run(kind, target, engine::Cancel::Never, work(e.clone()))
+        .await?)
+}
+
+/// Like [`op`], for work that only waits after any await and so can be cancelled.
+async fn cancellable_op<T, Fut>(
+    e: &Engine,
+    kind: &str,
+    target: String,
+    work: impl FnOnce(Engine) -> Fut,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
+{
+    Ok(e.operations()
+        .run(kind, target, engine::Cancel::AtAnyAwait, work(e.clone()))
+        .await?)
+}
 
 /// Parses a JSON body with our error format (serde names unknown fields).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -150,6 +184,9 @@ pub fn router(engine: Engine) -> Router {
             "/v1/networks/{net}/reservations/{key}",
             axum::routing::delete(net_reservation_remove),
         )
+        .route("/v1/operations", get(operations))
+        .route("/v1/operations/{id}", get(operation))
+        .route("/v1/operations/{id}/cancel", post(operation_cancel))
         .route(paths::POOLS, get(pools).post(pool_create))
         .route("/v1/pools/{pool}", get(pool_info).delete(pool_delete))
         .route("/v1/pools/{pool}/undefine", post(pool_undefine))
@@ -175,14 +212,28 @@ pub fn router(engine: Engine) -> Router {
 
 async fn host_bridge(State(e): State<Engine>, b: Bytes) -> ApiResult<api::BridgeChange> {
     let req: api::BridgeIfaceRequest = body(&b)?;
-    Ok(Json(e.host_bridge(req).await?))
+    let target = format!("host/{}", req.bridge);
+    Ok(Json(
+        op(&e, "host-bridge", target, move |e| async move {
+            e.host_bridge(req).await
+        })
+        .await?,
+    ))
 }
 
 async fn host_unbridge(
     State(e): State<Engine>,
     Path(bridge): Path<String>,
 ) -> ApiResult<api::BridgeChange> {
-    Ok(Json(e.host_unbridge(&bridge).await?))
+    Ok(Json(
+        op(
+            &e,
+            "host-unbridge",
+            format!("host/{bridge}"),
+            move |e| async move { e.host_unbridge(&bridge).await },
+        )
+        .await?,
+    ))
 }
 
 async fn host_check(State(e): State<Engine>) -> Json<api::HostReport> {
@@ -198,10 +249,12 @@ async fn create(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::VmInfo>), ApiError> {
     let req: CreateVmRequest = body(&b)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(e.define(req.spec, req.start).await?),
-    ))
+    let target = format!("vm/{}", req.spec.name);
+    let info = op(&e, "create", target, move |e| async move {
+        e.define(req.spec, req.start).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn info(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
@@ -214,7 +267,12 @@ async fn update(
     b: Bytes,
 ) -> ApiResult<api::VmInfo> {
     let spec: VmSpec = body(&b)?;
-    Ok(Json(e.update(&name, spec).await?))
+    Ok(Json(
+        op(&e, "edit", format!("vm/{name}"), move |e| async move {
+            e.update(&name, spec).await
+        })
+        .await?,
+    ))
 }
 
 async fn start(
@@ -223,7 +281,12 @@ async fn start(
     b: Bytes,
 ) -> ApiResult<api::VmInfo> {
     let req: StartRequest = body(&b)?;
-    Ok(Json(e.start(&name, req.paused).await?))
+    Ok(Json(
+        op(&e, "start", format!("vm/{name}"), move |e| async move {
+            e.start(&name, req.paused).await
+        })
+        .await?,
+    ))
 }
 
 async fn shutdown(
@@ -233,8 +296,11 @@ async fn shutdown(
 ) -> ApiResult<api::VmInfo> {
     let req: ShutdownRequest = body(&b)?;
     Ok(Json(
-        e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force)
-            .await?,
+        cancellable_op(&e, "shutdown", format!("vm/{name}"), move |e| async move {
+            e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force)
+                .await
+        })
+        .await?,
     ))
 }
 
@@ -245,25 +311,48 @@ async fn reboot(
 ) -> ApiResult<api::VmInfo> {
     let req: ShutdownRequest = body(&b)?;
     Ok(Json(
-        e.reboot(&name, Duration::from_secs(req.timeout_secs), req.force)
-            .await?,
+        op(&e, "reboot", format!("vm/{name}"), move |e| async move {
+            e.reboot(&name, Duration::from_secs(req.timeout_secs), req.force)
+                .await
+        })
+        .await?,
     ))
 }
 
 async fn destroy(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
-    Ok(Json(e.destroy(&name).await?))
+    Ok(Json(
+        op(&e, "destroy", format!("vm/{name}"), move |e| async move {
+            e.destroy(&name).await
+        })
+        .await?,
+    ))
 }
 
 async fn reset(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
-    Ok(Json(e.reset(&name).await?))
+    Ok(Json(
+        op(&e, "reset", format!("vm/{name}"), move |e| async move {
+            e.reset(&name).await
+        })
+        .await?,
+    ))
 }
 
 async fn pause(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
-    Ok(Json(e.pause(&name).await?))
+    Ok(Json(
+        op(&e, "pause", format!("vm/{name}"), move |e| async move {
+            e.pause(&name).await
+        })
+        .await?,
+    ))
 }
 
 async fn resume(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
-    Ok(Json(e.resume(&name).await?))
+    Ok(Json(
+        op(&e, "resume", format!("vm/{name}"), move |e| async move {
+            e.resume(&name).await
+        })
+        .await?,
+    ))
 }
 
 async fn undefine(
@@ -272,8 +361,7 @@ async fn undefine(
     b: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let req: UndefineRequest = body(&b)?;
-    e.undefine(&name, req.remove_storage, req.force).await?;
-    Ok(StatusCode::NO_CONTENT)
+    undefine_op(&e, name, req).await
 }
 
 async fn undefine_delete(
@@ -281,7 +369,18 @@ async fn undefine_delete(
     Path(name): Path<String>,
     Query(req): Query<UndefineRequest>,
 ) -> Result<StatusCode, ApiError> {
-    e.undefine(&name, req.remove_storage, req.force).await?;
+    undefine_op(&e, name, req).await
+}
+
+async fn undefine_op(
+    e: &Engine,
+    name: String,
+    req: UndefineRequest,
+) -> Result<StatusCode, ApiError> {
+    op(e, "undefine", format!("vm/{name}"), move |e| async move {
+        e.undefine(&name, req.remove_storage, req.force).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -417,6 +516,25 @@ async fn console_session(
     let _ = socket.send(Message::Close(None)).await;
 }
 
+// ---- operations ----
+
+async fn operations(State(e): State<Engine>) -> Json<api::OperationList> {
+    Json(api::OperationList {
+        operations: e.operations().list(),
+    })
+}
+
+async fn operation(State(e): State<Engine>, Path(id): Path<u64>) -> ApiResult<api::OperationInfo> {
+    Ok(Json(e.operations().get(id)?))
+}
+
+async fn operation_cancel(
+    State(e): State<Engine>,
+    Path(id): Path<u64>,
+) -> ApiResult<api::OperationInfo> {
+    Ok(Json(e.operations().cancel(id)?))
+}
+
 // ---- storage ----
 
 async fn pools(State(e): State<Engine>) -> ApiResult<api::PoolList> {
@@ -440,7 +558,13 @@ async fn pool_delete(
     Path(pool): Path<String>,
     Query(q): Query<api::DeletePoolRequest>,
 ) -> Result<StatusCode, ApiError> {
-    e.pool_delete(&pool, q.force).await?;
+    op(
+        &e,
+        "pool-delete",
+        format!("pool/{pool}"),
+        move |e| async move { e.pool_delete(&pool, q.force).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -448,7 +572,13 @@ async fn pool_undefine(
     State(e): State<Engine>,
     Path(pool): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    e.pool_undefine(&pool).await?;
+    op(
+        &e,
+        "pool-undefine",
+        format!("pool/{pool}"),
+        move |e| async move { e.pool_undefine(&pool).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -464,7 +594,12 @@ async fn vol_create(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
     let req: api::CreateVolRequest = body(&b)?;
-    Ok((StatusCode::CREATED, Json(e.vol_create(&pool, req).await?)))
+    let target = format!("volume/{pool}/{}", req.name);
+    let info = op(&e, "vol-create", target, move |e| async move {
+        e.vol_create(&pool, req).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn vol_import(
@@ -473,7 +608,12 @@ async fn vol_import(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
     let req: api::ImportVolRequest = body(&b)?;
-    Ok((StatusCode::CREATED, Json(e.vol_import(&pool, req).await?)))
+    let target = format!("volume/{pool}/{}", req.name);
+    let info = op(&e, "vol-import", target, move |e| async move {
+        e.vol_import(&pool, req).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn vol_info(
@@ -487,7 +627,13 @@ async fn vol_delete(
     State(e): State<Engine>,
     Path((pool, vol)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    e.vol_delete(&pool, &vol).await?;
+    op(
+        &e,
+        "vol-delete",
+        format!("volume/{pool}/{vol}"),
+        move |e| async move { e.vol_delete(&pool, &vol).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -497,10 +643,12 @@ async fn vol_clone(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::VolInfo>), ApiError> {
     let req: api::CloneVolRequest = body(&b)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(e.vol_clone(&pool, &vol, req.name, req.linked).await?),
-    ))
+    let target = format!("volume/{pool}/{vol}");
+    let info = op(&e, "vol-clone", target, move |e| async move {
+        e.vol_clone(&pool, &vol, req.name, req.linked).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn vol_resize(
@@ -510,8 +658,16 @@ async fn vol_resize(
 ) -> ApiResult<api::VolInfo> {
     let req: api::ResizeVolRequest = body(&b)?;
     Ok(Json(
-        e.vol_resize(&pool, &vol, req.size.0, req.allow_shrink)
-            .await?,
+        op(
+            &e,
+            "vol-resize",
+            format!("volume/{pool}/{vol}"),
+            move |e| async move {
+                e.vol_resize(&pool, &vol, req.size.0, req.allow_shrink)
+                    .await
+            },
+        )
+        .await?,
     ))
 }
 
@@ -527,7 +683,15 @@ async fn disk_attach(
         live: req.live,
         config: req.config,
     };
-    Ok(Json(e.disk_attach(&name, req.disk, scope).await?))
+    Ok(Json(
+        op(
+            &e,
+            "disk-attach",
+            format!("vm/{name}"),
+            move |e| async move { e.disk_attach(&name, req.disk, scope).await },
+        )
+        .await?,
+    ))
 }
 
 async fn nic_attach(
@@ -540,7 +704,15 @@ async fn nic_attach(
         live: req.live,
         config: req.config,
     };
-    Ok(Json(e.nic_attach(&name, req.nic, scope).await?))
+    Ok(Json(
+        op(
+            &e,
+            "nic-attach",
+            format!("vm/{name}"),
+            move |e| async move { e.nic_attach(&name, req.nic, scope).await },
+        )
+        .await?,
+    ))
 }
 
 async fn nic_detach(
@@ -553,7 +725,15 @@ async fn nic_detach(
         live: req.live,
         config: req.config,
     };
-    Ok(Json(e.nic_detach(&name, &mac, scope).await?))
+    Ok(Json(
+        op(
+            &e,
+            "nic-detach",
+            format!("vm/{name}"),
+            move |e| async move { e.nic_detach(&name, &mac, scope).await },
+        )
+        .await?,
+    ))
 }
 
 async fn disk_detach(
@@ -566,7 +746,15 @@ async fn disk_detach(
         live: req.live,
         config: req.config,
     };
-    Ok(Json(e.disk_detach(&name, &target, scope).await?))
+    Ok(Json(
+        op(
+            &e,
+            "disk-detach",
+            format!("vm/{name}"),
+            move |e| async move { e.disk_detach(&name, &target, scope).await },
+        )
+        .await?,
+    ))
 }
 
 async fn media_insert(
@@ -575,11 +763,27 @@ async fn media_insert(
     b: Bytes,
 ) -> ApiResult<api::VmInfo> {
     let req: api::MediaRequest = body(&b)?;
-    Ok(Json(e.media_insert(&name, &req.source).await?))
+    Ok(Json(
+        op(
+            &e,
+            "media-insert",
+            format!("vm/{name}"),
+            move |e| async move { e.media_insert(&name, &req.source).await },
+        )
+        .await?,
+    ))
 }
 
 async fn media_eject(State(e): State<Engine>, Path(name): Path<String>) -> ApiResult<api::VmInfo> {
-    Ok(Json(e.media_eject(&name).await?))
+    Ok(Json(
+        op(
+            &e,
+            "media-eject",
+            format!("vm/{name}"),
+            move |e| async move { e.media_eject(&name).await },
+        )
+        .await?,
+    ))
 }
 
 // ---- snapshots ----
@@ -599,10 +803,14 @@ async fn snapshot_create(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::SnapshotInfo>), ApiError> {
     let req: api::CreateSnapshotRequest = body(&b)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(e.snapshot_create(&name, req).await?),
-    ))
+    let info = op(
+        &e,
+        "snapshot-create",
+        format!("vm/{name}"),
+        move |e| async move { e.snapshot_create(&name, req).await },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn snapshot_current(
@@ -623,7 +831,13 @@ async fn snapshot_delete(
     State(e): State<Engine>,
     Path((name, snap)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    e.snapshot_delete(&name, &snap).await?;
+    op(
+        &e,
+        "snapshot-delete",
+        format!("vm/{name}"),
+        move |e| async move { e.snapshot_delete(&name, &snap).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -631,7 +845,15 @@ async fn snapshot_revert(
     State(e): State<Engine>,
     Path((name, snap)): Path<(String, String)>,
 ) -> ApiResult<api::SnapshotInfo> {
-    Ok(Json(e.snapshot_revert(&name, &snap).await?))
+    Ok(Json(
+        op(
+            &e,
+            "snapshot-revert",
+            format!("vm/{name}"),
+            move |e| async move { e.snapshot_revert(&name, &snap).await },
+        )
+        .await?,
+    ))
 }
 
 // ---- networks ----
@@ -647,7 +869,12 @@ async fn net_create(
     b: Bytes,
 ) -> Result<(StatusCode, Json<api::NetworkInfo>), ApiError> {
     let spec: model::NetworkSpec = body(&b)?;
-    Ok((StatusCode::CREATED, Json(e.net_create(spec).await?)))
+    let target = format!("network/{}", spec.name);
+    let info = op(&e, "net-create", target, move |e| async move {
+        e.net_create(spec).await
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn net_info(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::NetworkInfo> {
@@ -658,7 +885,13 @@ async fn net_delete(
     State(e): State<Engine>,
     Path(net): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    e.net_delete(&net).await?;
+    op(
+        &e,
+        "net-delete",
+        format!("network/{net}"),
+        move |e| async move { e.net_delete(&net).await },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -666,11 +899,27 @@ async fn net_start(
     State(e): State<Engine>,
     Path(net): Path<String>,
 ) -> ApiResult<api::NetworkInfo> {
-    Ok(Json(e.net_start(&net).await?))
+    Ok(Json(
+        op(
+            &e,
+            "net-start",
+            format!("network/{net}"),
+            move |e| async move { e.net_start(&net).await },
+        )
+        .await?,
+    ))
 }
 
 async fn net_stop(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::NetworkInfo> {
-    Ok(Json(e.net_stop(&net).await?))
+    Ok(Json(
+        op(
+            &e,
+            "net-stop",
+            format!("network/{net}"),
+            move |e| async move { e.net_stop(&net).await },
+        )
+        .await?,
+    ))
 }
 
 async fn net_leases(State(e): State<Engine>, Path(net): Path<String>) -> ApiResult<api::LeaseList> {
@@ -695,7 +944,13 @@ async fn net_forward_add(
 ) -> ApiResult<api::ForwardList> {
     let req: api::AddForwardRequest = body(&b)?;
     Ok(Json(api::ForwardList {
-        forwards: e.net_forward_add(&net, req).await?,
+        forwards: op(
+            &e,
+            "forward-add",
+            format!("network/{net}"),
+            move |e| async move { e.net_forward_add(&net, req).await },
+        )
+        .await?,
     }))
 }
 
@@ -704,7 +959,13 @@ async fn net_forward_remove(
     Path((net, proto, port)): Path<(String, String, u16)>,
 ) -> ApiResult<api::ForwardList> {
     Ok(Json(api::ForwardList {
-        forwards: e.net_forward_remove(&net, &proto, port).await?,
+        forwards: op(
+            &e,
+            "forward-remove",
+            format!("network/{net}"),
+            move |e| async move { e.net_forward_remove(&net, &proto, port).await },
+        )
+        .await?,
     }))
 }
 
@@ -724,7 +985,13 @@ async fn net_reservation_add(
 ) -> ApiResult<api::ReservationList> {
     let req: api::AddReservationRequest = body(&b)?;
     Ok(Json(api::ReservationList {
-        reservations: e.net_reservation_add(&net, req).await?,
+        reservations: op(
+            &e,
+            "reservation-add",
+            format!("network/{net}"),
+            move |e| async move { e.net_reservation_add(&net, req).await },
+        )
+        .await?,
     }))
 }
 
@@ -733,7 +1000,13 @@ async fn net_reservation_remove(
     Path((net, key)): Path<(String, String)>,
 ) -> ApiResult<api::ReservationList> {
     Ok(Json(api::ReservationList {
-        reservations: e.net_reservation_remove(&net, &key).await?,
+        reservations: op(
+            &e,
+            "reservation-remove",
+            format!("network/{net}"),
+            move |e| async move { e.net_reservation_remove(&net, &key).await },
+        )
+        .await?,
     }))
 }
 

@@ -37,6 +37,8 @@ pub enum EngineError {
     Qemu(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Cancelled(String),
 }
 
 impl EngineError {
@@ -53,6 +55,7 @@ impl EngineError {
             EngineError::Host(_) => ErrorCode::HostError,
             EngineError::Qemu(_) => ErrorCode::QemuError,
             EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Cancelled(_) => ErrorCode::Cancelled,
         }
     }
 }

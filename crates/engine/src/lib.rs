@@ -12,6 +12,7 @@ mod hotplug;
 mod images;
 mod network;
 mod nics;
+mod operations;
 mod run;
 mod snapshot;
 mod snapshot_external;
@@ -33,6 +34,7 @@ pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
 pub use host_storage::transfer::{Replaced, Upload};
 pub use hotplug::ChangeScope;
+pub use operations::{Cancel, Operations};
 use store::Store;
 use vm::Vm;
 
@@ -78,6 +80,7 @@ pub(crate) struct Inner {
     /// Set once `-cpu host` was seen to abort on this host.
     kvm_cpu_fallback: std::sync::atomic::AtomicBool,
     boot_id: String,
+    ops: Operations,
 }
 
 /// The engine. Cheap to clone.
@@ -166,6 +169,7 @@ impl Engine {
                 nets: Default::default(),
                 kvm_cpu_fallback: Default::default(),
                 boot_id,
+                ops: Operations::default(),
             }),
         };
         engine.ensure_default_pool()?;
@@ -213,6 +217,11 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Running and recent operations (the work of mutating requests).
+    pub fn operations(&self) -> &Operations {
+        &self.inner.ops
     }
 
     pub fn config(&self) -> &Config {

@@ -800,8 +800,10 @@ impl Engine {
             Some("ACPI power button pressed".into()),
         );
         self.mark_user_stop(vm);
+        // Whichever way this ends without a power-off (an error, a timeout, the operation
+        // cancelled and this future dropped), the VM is running again, not shutting down.
+        let _restore = RestoreRunning { engine: self, vm };
         if let Err(e) = qmp.system_powerdown().await {
-            self.restore_running(vm);
             return Err(EngineError::Qemu(e.to_string()));
         }
         if tokio::time::timeout(timeout, rx.wait_for(|s| !s.is_active()))
@@ -814,7 +816,6 @@ impl Engine {
             tracing::warn!(vm = %vm.name, ?timeout, "guest ignored the power button; forcing power-off");
             return self.destroy_vm(vm).await;
         }
-        self.restore_running(vm);
         Err(EngineError::Timeout(format!(
             "VM {:?} did not shut down within {} s of the ACPI power button and is still running: the guest may have no \
              power-button handler (acpid, systemd-logind) or be busy. Use --force to power it off after the timeout, or hv destroy",
@@ -823,6 +824,7 @@ impl Engine {
         )))
     }
 
+    /// A VM still `shutting-down` goes back to `running` (the guest did not power off).
     fn restore_running(&self, vm: &Vm) {
         if vm.state() == VmState::ShuttingDown {
             vm.lock().rec.user_stopped_boot = None;
@@ -923,6 +925,19 @@ fn transcript_writer(path: &Path) -> Option<qmp::Transcript> {
             let _ = writeln!(f, "{}.{:03} {dir} {line}", ms / 1000, ms % 1000);
         }
     }))
+}
+
+/// Restores `running` when a shutdown ends without the guest powering off (see
+/// [`Engine::restore_running`]), including when the shutdown's future is dropped.
+struct RestoreRunning<'a> {
+    engine: &'a Engine,
+    vm: &'a Vm,
+}
+
+impl Drop for RestoreRunning<'_> {
+    fn drop(&mut self) {
+        self.engine.restore_running(self.vm);
+    }
 }
 
 #[cfg(test)]

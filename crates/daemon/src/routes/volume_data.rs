@@ -205,10 +205,7 @@ async fn upload_as(
                     Err(err) => return tracing::error!("the upload task failed: {err}"),
                 };
                 let received = match received {
-                    Ok(up) => e
-                        .vol_upload_commit(&pool, &vol, up)
-                        .await
-                        .map_err(ApiError::from),
+                    Ok(up) => commit(&e, &pool, &vol, up).await,
                     Err(err) => Err(err),
                 };
                 let (reply, old) = match received {
@@ -262,12 +259,32 @@ async fn upload_as(
         .await
         .map_err(|err| ApiError(ErrorCode::Internal, format!("upload writer: {err}")))?
         .map_err(|err| io("write", err))?;
-    let old = e.vol_upload_commit(&pool, &vol, up).await?;
+    let old = commit(&e, &pool, &vol, up).await?;
     // Freeing the old bytes is not part of the upload.
     tokio::task::spawn_blocking(move || drop(old));
     tracing::info!(pool, vol, "volume uploaded");
     let info: ApiResult<api::VolInfo> = Ok(Json(e.vol_info(&pool, &vol).await?));
     Ok(info.into_response())
+}
+
+/// Puts a received upload in place as an hvd operation: once the bytes are all here, the
+/// commit finishes even if the client goes away (before that, a dropped upload removes its
+/// temp file and the volume keeps its bytes).
+async fn commit(
+    e: &Engine,
+    pool: &str,
+    vol: &str,
+    up: Upload,
+) -> Result<engine::Replaced, ApiError> {
+    let (e2, p, v) = (e.clone(), pool.to_string(), vol.to_string());
+    Ok(e.operations()
+        .run(
+            "vol-upload",
+            format!("volume/{pool}/{vol}"),
+            engine::Cancel::Never,
+            async move { e2.vol_upload_commit(&p, &v, up).await },
+        )
+        .await?)
 }
 
 fn wants_raw(h: &HeaderMap) -> bool {
