@@ -206,3 +206,125 @@ fn issue9_sigterm_lets_a_running_import_finish() {
         "the volume is whole"
     );
 }
+
+/// The client hangs up at several points of snapshot and volume operations on a running VM:
+/// each operation either never began or ran to its end; no snapshot, volume or QEMU is left
+/// half-made, and the VM stays operable.
+#[test]
+fn issue9_hang_ups_during_snapshot_and_volume_operations_leave_nothing_half_done() {
+    let h = hvd();
+    let c = h.client();
+    c.vol_create(
+        "default",
+        &api::CreateVolRequest {
+            name: "d.qcow2".parse().unwrap(),
+            size: Some(model::Size(64 << 20)),
+            format: None,
+            backing: None,
+        },
+    )
+    .unwrap();
+    let spec = h
+        .tiny_spec(
+            "s",
+            VmOpts {
+                disks: vec!["vol=default/d.qcow2".parse().unwrap()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    c.create(spec, true).unwrap();
+    h.wait_ready("s").unwrap();
+    let pid = c.info("s").unwrap().pid.unwrap();
+    let began = |kind: &str, target: &str| {
+        c.operations()
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.kind == kind && o.target == target)
+            .inspect(|o| assert_ne!(o.status, OperationStatus::Failed, "{o:?}"))
+            .count()
+    };
+    for (n, ms) in [0u64, 3, 15, 50].into_iter().enumerate() {
+        let after = Duration::from_millis(ms);
+        let snap = format!("h{n}");
+        let before = began("snapshot-create", "vm/s");
+        send_and_hang_up(
+            &h,
+            "POST",
+            "/v1/vms/s/snapshots",
+            &format!(r#"{{"name":"{snap}"}}"#),
+            after,
+        );
+        until("idle", Duration::from_secs(60), || running_ops(&h) == 0);
+        let listed = c.snapshots("s").unwrap().iter().any(|x| x.name == snap);
+        assert_eq!(
+            listed,
+            began("snapshot-create", "vm/s") > before,
+            "{ms} ms: {snap}"
+        );
+        if listed {
+            send_and_hang_up(
+                &h,
+                "POST",
+                &format!("/v1/vms/s/snapshots/{snap}/revert"),
+                "{}",
+                after,
+            );
+            until("idle", Duration::from_secs(60), || running_ops(&h) == 0);
+            let before = began("snapshot-delete", "vm/s");
+            send_and_hang_up(
+                &h,
+                "DELETE",
+                &format!("/v1/vms/s/snapshots/{snap}"),
+                "",
+                after,
+            );
+            until("idle", Duration::from_secs(60), || running_ops(&h) == 0);
+            let still = c.snapshots("s").unwrap().iter().any(|x| x.name == snap);
+            assert_eq!(
+                still,
+                began("snapshot-delete", "vm/s") == before,
+                "{ms} ms: {snap}"
+            );
+        }
+        let clone = format!("c{n}.qcow2");
+        let target = "volume/default/d.qcow2";
+        let before = began("vol-clone", target);
+        send_and_hang_up(
+            &h,
+            "POST",
+            "/v1/pools/default/volumes/d.qcow2/clone",
+            &format!(r#"{{"name":"{clone}","linked":true}}"#),
+            after,
+        );
+        until("idle", Duration::from_secs(60), || running_ops(&h) == 0);
+        let exists = c.vol_info("default", &clone).is_ok();
+        assert_eq!(
+            exists,
+            began("vol-clone", target) > before,
+            "{ms} ms: {clone}"
+        );
+        assert!(
+            !h.state_dir.join("pools/default").join(&clone).exists() || exists,
+            "no half-made file"
+        );
+        let info = c.info("s").unwrap();
+        assert_eq!(
+            (info.state, info.pid),
+            (VmState::Running, Some(pid)),
+            "{ms} ms"
+        );
+        assert_eq!(h.qemu_pids(), vec![pid]);
+    }
+    // Everything still works the normal way.
+    c.snapshot_create(
+        "s",
+        &api::CreateSnapshotRequest {
+            name: "final".parse().unwrap(),
+            description: None,
+            disk_only: false,
+        },
+    )
+    .unwrap();
+    c.destroy("s").unwrap();
+}
