@@ -652,6 +652,8 @@ impl Engine {
             tokio::spawn(async move { crate::network::remove_taps(&taps).await });
             std::mem::take(&mut st.rec.overlays)
         };
+        // Operations waiting on a QMP event learn now that it will never come.
+        vm.close_qmp_events();
         for p in overlays
             .iter()
             .map(PathBuf::from)

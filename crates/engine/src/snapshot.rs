@@ -99,7 +99,7 @@ impl Engine {
             }
             false
         })
-        .await;
+        .await?;
         if !concluded {
             return Err(EngineError::Timeout(format!(
                 "{command} did not finish within {} s",

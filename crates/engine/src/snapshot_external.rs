@@ -351,7 +351,7 @@ impl Engine {
             if !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
                 status_is(ev, &["ready", "concluded"])
             })
-            .await
+            .await?
             {
                 return Err(timeout());
             }
@@ -367,7 +367,7 @@ impl Engine {
             && !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
                 status_is(ev, &["concluded"])
             })
-            .await
+            .await?
         {
             return Err(timeout());
         }
