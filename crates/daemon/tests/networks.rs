@@ -677,3 +677,49 @@ fn twenty_network_cycles_leave_nothing_behind() {
         .unwrap_or_default();
     assert!(files.is_empty(), "network files left: {files:?}");
 }
+
+/// Issue 9, item 4: the dnsmasq restarted for a reservation change is watched like the first
+/// one, so hvd restarts it when it dies.
+#[test]
+fn dnsmasq_restarted_for_a_reservation_is_still_supervised() {
+    let ns = NetNs::new("dsup").unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    c.net_create(&NetworkSpec {
+        subnet: Some("10.77.15.0/24".into()),
+        ..NetworkSpec::new("sup".parse().unwrap(), NetMode::Nat)
+    })
+    .unwrap();
+    let first = c.net_start("sup").unwrap().dnsmasq_pid.unwrap();
+    c.net_reservation_add(
+        "sup",
+        &api::AddReservationRequest {
+            mac: Some("52:54:00:00:15:01".into()),
+            vm: None,
+            ip: "10.77.15.50".parse().unwrap(),
+            hostname: None,
+        },
+    )
+    .unwrap();
+    let second = c.net_info("sup").unwrap().dnsmasq_pid.unwrap();
+    assert_ne!(first, second, "the reservation restarted dnsmasq");
+    // SAFETY: kill(2) by PID on the dnsmasq of this test's own network namespace.
+    unsafe { libc::kill(second as libc::pid_t, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        let pid = c.net_info("sup").unwrap().dnsmasq_pid;
+        if let Some(p) = pid.filter(|p| *p != second) {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hvd did not restart the dnsmasq it restarted for the reservation: {}",
+            h.hvd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{third}/comm")).unwrap_or_default();
+    assert!(comm.contains("dnsmasq"), "pid {third} is {comm:?}");
+    c.net_stop("sup").unwrap();
+    c.net_delete("sup").unwrap();
+}

@@ -594,7 +594,8 @@ impl Engine {
         change(&mut spec)?;
         let cfg = cfg_from_spec(&spec)?;
         cfg.check_against(&others, false).map_err(invalid)?;
-        if net.active && cfg != net.cfg {
+        let restarted = net.active && cfg != net.cfg;
+        if restarted {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
@@ -602,6 +603,10 @@ impl Engine {
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
         net.cfg = cfg;
+        if restarted {
+            // The new dnsmasq is watched like the first one (the old watch ends with its pid).
+            self.watch_dnsmasq(net);
+        }
         Ok(net.spec.clone())
     }
 
