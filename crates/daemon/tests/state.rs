@@ -62,3 +62,55 @@ fn a_wait_on_a_qmp_event_ends_when_qemu_is_destroyed() {
     assert!(e.to_string().contains("QEMU ended"), "{e}");
     assert_eq!(h.client().info("w").unwrap().state, VmState::Shutoff);
 }
+
+/// Runs `sql` on a stopped hvd's database.
+fn edit_db(h: &TestHvd, sql: &str) {
+    rusqlite::Connection::open(h.state_dir.join("hv.db"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// Issue 9, item 4: a stored row hvd cannot read stops hvd with an error that names the row
+/// and says what to do; it is never skipped (the VM would silently vanish).
+#[test]
+fn hvd_refuses_to_start_on_a_row_it_cannot_read() {
+    let mut h = hvd();
+    let spec = h.tiny_spec("keep", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    let spec = h.tiny_spec("odd", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    h.stop().unwrap();
+    edit_db(
+        &h,
+        "UPDATE vms SET runtime = '{\"pid\": \"twelve\"}' WHERE name = 'odd'",
+    );
+    let e = h.start_again().unwrap_err().to_string();
+    assert!(
+        e.contains("runtime of vms row") && e.contains("\"odd\"") && e.contains("sqlite3"),
+        "{e}"
+    );
+    edit_db(
+        &h,
+        "UPDATE vms SET runtime = '{}', spec = '{\"name\": 5}' WHERE name = 'odd'",
+    );
+    let e = h.start_again().unwrap_err().to_string();
+    assert!(
+        e.contains("spec of vms row") && e.contains("\"odd\""),
+        "{e}"
+    );
+    // A database from a newer hvd is refused too.
+    edit_db(&h, "UPDATE vms SET spec = '{\"name\": \"odd\"}' WHERE name = 'odd'; PRAGMA user_version = 4242;");
+    let e = h.start_again().unwrap_err().to_string();
+    assert!(e.contains("schema version 4242, newer"), "{e}");
+    edit_db(&h, "PRAGMA user_version = 1;");
+    h.start_again().unwrap();
+    let names: Vec<String> = h
+        .client()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["keep", "odd"]);
+}

@@ -37,6 +37,9 @@ pub enum EngineError {
     Qemu(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The database cannot be used as it is (too new, a row that does not read).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl EngineError {
@@ -52,7 +55,7 @@ impl EngineError {
             EngineError::Timeout(_) => ErrorCode::Timeout,
             EngineError::Host(_) => ErrorCode::HostError,
             EngineError::Qemu(_) => ErrorCode::QemuError,
-            EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Internal(_) | EngineError::Store(_) => ErrorCode::Internal,
         }
     }
 }

@@ -151,6 +151,10 @@ impl Engine {
         }
         let store = Store::open(&cfg.state_dir.join("hv.db"))?;
         let rows = store.load_all()?;
+        // Every stored row must read now: an unreadable one stops hvd, it is never skipped.
+        for row in &rows {
+            store.load_snapshots(row.id)?;
+        }
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()
