@@ -114,3 +114,135 @@ fn hvd_refuses_to_start_on_a_row_it_cannot_read() {
         .collect();
     assert_eq!(names, ["keep", "odd"]);
 }
+
+fn boot(h: &TestHvd, name: &str) -> u32 {
+    let spec = h.tiny_spec(name, VmOpts::default()).unwrap();
+    let info = h.client().create(spec, true).unwrap();
+    assert_eq!(info.state, VmState::Running);
+    h.wait_ready(name).unwrap();
+    h.client().info(name).unwrap().pid.unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Issue 9, item 4: hvd died between spawning QEMU and saving its pid (simulated by a
+/// runtime record without the pid), or the VM's row is gone: at its next start hvd adopts the
+/// QEMU of a known VM and stops the one that belongs to no VM. No orphan survives.
+#[test]
+fn qemus_without_a_record_are_adopted_or_stopped_at_startup() {
+    let mut h = hvd();
+    let a = boot(&h, "a");
+    let b = boot(&h, "b");
+    h.kill9().unwrap();
+    edit_db(
+        &h,
+        "UPDATE vms SET runtime = '{}' WHERE name = 'a'; DELETE FROM vms WHERE name = 'b';",
+    );
+    h.start_again().unwrap();
+    let info = h.client().info("a").unwrap();
+    assert_eq!(info.state, VmState::Running, "a is adopted");
+    assert_eq!(info.pid, Some(a));
+    assert!(
+        !alive(b),
+        "the QEMU of the VM that no longer exists is stopped"
+    );
+    // The adopted VM is fully managed: its console and its destroy work.
+    h.run_in_guest("a", "echo adopted-$((40+2))", "adopted-42")
+        .unwrap();
+    h.client().destroy("a").unwrap();
+    assert!(!alive(a));
+    assert!(h.qemu_pids().is_empty(), "{:?}", h.qemu_pids());
+}
+
+/// Issue 9, item 5: a QEMU that does not answer on QMP when hvd re-attaches (stopped with
+/// SIGSTOP) is still supervised: destroy works and its exit is noticed.
+#[test]
+fn reattach_supervises_a_qemu_whose_qmp_does_not_answer() {
+    let mut h = hvd();
+    let pid = boot(&h, "s");
+    h.kill9().unwrap();
+    // SAFETY: kill(2) by PID on the QEMU this test booted.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    h.start_again().unwrap();
+    let info = h.client().info("s").unwrap();
+    assert_eq!(info.state, VmState::Running, "still tracked");
+    let t0 = Instant::now();
+    h.client().destroy("s").unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(h.client().info("s").unwrap().state, VmState::Shutoff);
+    assert!(!alive(pid));
+}
+
+/// Issue 9, item 5: a destroy while the VM is starting kills the QEMU being started, also
+/// when it arrives before QEMU is spawned (here QEMU takes 3 s to come up).
+#[test]
+fn destroy_during_starting_kills_the_qemu_being_started() {
+    let dir = std::env::temp_dir().join(format!("hv-slowqemu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrapper = dir.join("slow-qemu");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n/bin/sleep 3\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let h = TestHvd::start_with_env(
+        env!("CARGO_BIN_EXE_hvd").as_ref(),
+        &[("HV_QEMU", wrapper.to_str().unwrap())],
+    )
+    .unwrap();
+    let spec = h.tiny_spec("d", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    let socket = h.client().socket().to_path_buf();
+    let start = std::thread::spawn(move || client::Client::new(socket).start("d", false));
+    h.wait_state("d", VmState::Starting, T).unwrap();
+    h.client().destroy("d").unwrap();
+    let e = start.join().unwrap().unwrap_err();
+    assert!(
+        e.to_string().contains("destroyed while it was starting"),
+        "{e}"
+    );
+    assert_eq!(h.client().info("d").unwrap().state, VmState::Shutoff);
+    // Past the wrapper's sleep: no QEMU came up after all.
+    let calm = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < calm {
+        assert!(h.qemu_pids().is_empty(), "a QEMU survived the destroy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(h.client().info("d").unwrap().state, VmState::Shutoff);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 9, item 4: when the runtime record cannot be saved (the database is locked by
+/// someone else past hvd's busy timeout), the start fails and its QEMU does not live on.
+#[test]
+fn a_start_whose_record_cannot_be_saved_fails_and_leaves_no_qemu() {
+    let h = hvd();
+    let spec = h.tiny_spec("l", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    let lock = rusqlite::Connection::open(h.state_dir.join("hv.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let e = h.client().start("l", false).unwrap_err();
+    assert!(
+        e.to_string().contains("cannot save the runtime state"),
+        "{e}"
+    );
+    lock.execute_batch("COMMIT").unwrap();
+    assert_eq!(h.client().info("l").unwrap().state, VmState::Shutoff);
+    assert!(h.qemu_pids().is_empty(), "{:?}", h.qemu_pids());
+    // Once the database is writable again, the VM starts.
+    h.client().start("l", false).unwrap();
+    h.wait_ready("l").unwrap();
+}

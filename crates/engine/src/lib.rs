@@ -11,6 +11,7 @@ mod error;
 mod hotplug;
 mod network;
 mod nics;
+mod orphans;
 mod run;
 mod snapshot;
 mod snapshot_external;
@@ -176,14 +177,18 @@ impl Engine {
         engine.ensure_default_network().await?;
         // Networks come up before the API answers (milliseconds each), VMs after.
         engine.autostart_networks().await;
-        let mut reattach = Vec::new();
         for row in rows {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
-            if vm.lock().rec.pid.is_some() {
-                reattach.push(vm.clone());
-            }
             engine.write_vms().insert(vm.name.clone(), vm);
         }
+        // QEMUs an earlier hvd left without a record first, so adopted ones re-attach too.
+        engine.adopt_or_stop_orphans().await;
+        let reattach: Vec<Arc<Vm>> = engine
+            .read_vms()
+            .values()
+            .filter(|vm| vm.lock().rec.pid.is_some())
+            .cloned()
+            .collect();
         for vm in reattach {
             engine.reattach(vm).await;
         }

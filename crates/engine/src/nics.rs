@@ -120,7 +120,7 @@ impl Engine {
         }
         if let Some(t) = tap {
             vm.lock().rec.taps.push(t);
-            self.persist_runtime_pub(vm);
+            self.persist_runtime_pub(vm)?;
         }
         Ok(())
     }
@@ -183,7 +183,7 @@ impl Engine {
             };
             if had {
                 crate::network::remove_taps(&[Some(tap)]).await;
-                self.persist_runtime_pub(&vm);
+                self.persist_runtime_pub(&vm)?;
             }
         }
         if config {

@@ -15,6 +15,10 @@ use crate::error::Result;
 pub struct RuntimeRecord {
     #[serde(default)]
     pub pid: Option<u32>,
+    /// QEMU was spawned but hvd had not finished attaching to it (saved right after spawn, so
+    /// a restarted hvd finds a QEMU that an earlier one was starting).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
     #[serde(default)]
     pub started_at: Option<u64>,
     #[serde(default)]
