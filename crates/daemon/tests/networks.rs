@@ -723,3 +723,46 @@ fn dnsmasq_restarted_for_a_reservation_is_still_supervised() {
     c.net_stop("sup").unwrap();
     c.net_delete("sup").unwrap();
 }
+
+/// Issue 9, item 4: a network that cannot come up at hvd start (the host bridge of an active
+/// bridge-mode network was deleted while hvd was down) is marked failed with the reason and
+/// does not stop hvd; `hv net start` tries again.
+#[test]
+fn a_network_that_cannot_come_up_is_marked_failed_and_hvd_starts() {
+    let ns = NetNs::new("nfail").unwrap();
+    let mut h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let add_brx = || {
+        ns.run(&["ip", "link", "add", "brx", "type", "bridge"])
+            .unwrap();
+        ns.run(&["ip", "link", "set", "brx", "up"]).unwrap();
+    };
+    add_brx();
+    h.client()
+        .net_create(&NetworkSpec {
+            bridge: Some("brx".into()),
+            ..NetworkSpec::new("lan".parse().unwrap(), NetMode::Bridge)
+        })
+        .unwrap();
+    assert!(h.client().net_start("lan").unwrap().active);
+    h.stop().unwrap();
+    ns.run(&["ip", "link", "del", "brx"]).unwrap();
+    h.start_again().unwrap();
+    let c = h.client();
+    let lan = c.net_info("lan").unwrap();
+    assert!(!lan.active, "{lan:?}");
+    let why = lan.error.unwrap_or_default();
+    assert!(why.contains("brx does not exist"), "{why}");
+    assert!(c.net_info("default").unwrap().error.is_none());
+    // Still failed: the start says why, and so does the network.
+    assert!(c.net_start("lan").is_err());
+    assert!(c.net_info("lan").unwrap().error.is_some());
+    add_brx();
+    let lan = c.net_start("lan").unwrap();
+    assert!(lan.active && lan.error.is_none(), "{lan:?}");
+    // And it comes back with hvd as before.
+    h.restart().unwrap();
+    let lan = h.client().net_info("lan").unwrap();
+    assert!(lan.active && lan.error.is_none(), "{lan:?}");
+    h.client().net_stop("lan").unwrap();
+    ns.run(&["ip", "link", "del", "brx"]).unwrap();
+}
