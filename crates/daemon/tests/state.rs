@@ -246,3 +246,57 @@ fn a_start_whose_record_cannot_be_saved_fails_and_leaves_no_qemu() {
     h.client().start("l", false).unwrap();
     h.wait_ready("l").unwrap();
 }
+
+/// The machine type of the QEMU on this host, e.g. `pc-i440fx-7.2`.
+fn versioned(prefix: &str) -> String {
+    let out = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    let mut parts = v.split('.');
+    format!(
+        "{prefix}-{}.{}",
+        parts.next().unwrap(),
+        parts.next().unwrap()
+    )
+}
+
+/// Issue 9, item 4: the machine type is pinned to its versioned name when a VM is defined
+/// (`pc` is still accepted), and a definition stored with a plain `q35` is pinned at its
+/// next start; QEMU runs the pinned machine.
+#[test]
+fn the_machine_type_is_pinned_at_define_and_at_the_next_start() {
+    let mut h = hvd();
+    let mut spec = h.tiny_spec("p", VmOpts::default()).unwrap();
+    spec.machine = "pc".parse().unwrap();
+    let info = h.client().create(spec, false).unwrap();
+    let pc = versioned("pc-i440fx");
+    assert_eq!(info.spec.unwrap().machine.to_string(), pc);
+    let spec = h.tiny_spec("old", VmOpts::default()).unwrap();
+    h.client().create(spec, false).unwrap();
+    h.stop().unwrap();
+    edit_db(
+        &h,
+        "UPDATE vms SET spec = json_set(spec, '$.machine', 'q35') WHERE name = 'old'",
+    );
+    h.start_again().unwrap();
+    let c = h.client();
+    assert_eq!(machine_of(c, "old"), "q35", "not pinned before its start");
+    c.start("old", false).unwrap();
+    let q35 = versioned("pc-q35");
+    assert_eq!(machine_of(c, "old"), q35);
+    let argv = c.showcmd("old").unwrap().argv.join(" ");
+    assert!(argv.contains(&format!("-machine {q35} ")), "{argv}");
+    h.wait_ready("old").unwrap();
+}
+
+/// The machine type in a VM's definition.
+fn machine_of(c: &client::Client, vm: &str) -> String {
+    c.info(vm).unwrap().spec.unwrap().machine.to_string()
+}

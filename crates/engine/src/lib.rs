@@ -285,6 +285,7 @@ impl Engine {
     /// MACs), and starts it when asked. Nothing is left behind when any step fails.
     pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
         spec.validate()?;
+        self.pin_machine(&mut spec).await?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::VmExists(name));
@@ -334,6 +335,7 @@ impl Engine {
             )));
         }
         spec.validate()?;
+        self.pin_machine(&mut spec).await?;
         // Keep MACs the user did not change.
         let old = vm.lock().spec.clone();
         for (i, nic) in spec.nics.iter_mut().enumerate() {
@@ -352,6 +354,17 @@ impl Engine {
         vm.lock().spec = spec;
         self.emit(name, EventKind::Updated);
         Ok(self.info_of(&vm, true))
+    }
+
+    /// Pins an unpinned machine type (`pc`, `q35`) to the machine of this host's QEMU
+    /// (`pc-i440fx-7.2`), so the guest's hardware does not change under it when QEMU is
+    /// upgraded, and RAM snapshots and migrations load into the machine they were made on.
+    pub(crate) async fn pin_machine(&self, spec: &mut VmSpec) -> Result<()> {
+        if spec.machine.version.is_none() {
+            let (major, minor, _) = self.caps().await?.qemu_version;
+            spec.machine = spec.machine.pinned((major, minor));
+        }
+        Ok(())
     }
 
     /// Checks files, creates missing sized disks, records probed formats and generates MACs.

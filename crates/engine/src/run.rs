@@ -300,13 +300,18 @@ impl Engine {
     }
 
     async fn start_locked(&self, vm: &Arc<Vm>, paused: bool) -> Result<()> {
-        let spec = {
+        let mut spec = {
             let st = vm.lock();
             Action::Start
                 .check(st.state)
                 .map_err(invalid_state(vm, Action::Start))?;
             st.spec.clone()
         };
+        // A definition from before machine types were pinned gets pinned at its next start.
+        if spec.machine.version.is_none() {
+            self.pin_machine(&mut spec).await?;
+            self.save_spec_pub(vm, spec.clone())?;
+        }
         let span = tracing::info_span!("start", vm = %vm.name);
         self.launch(vm, spec, paused, None).instrument(span).await
     }
