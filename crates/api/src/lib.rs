@@ -595,6 +595,10 @@ pub struct NetworkInfo {
     pub active: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dnsmasq_pid: Option<u32>,
+    /// Why the network failed to come up (at hvd start or at its last start): it is then
+    /// inactive, and `hv net start` tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// VMs whose NICs are on it.
     #[serde(default)]
     pub used_by: Vec<String>,

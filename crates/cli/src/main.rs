@@ -57,6 +57,8 @@ struct CreateArgs {
     /// Memory, e.g. 512M or 2G.
     #[arg(long, default_value = "512M")]
     memory: Size,
+    /// pc or q35 (hvd pins it to its QEMU's versioned machine, e.g. pc-i440fx-7.2), or a
+    /// versioned machine type.
     #[arg(long, default_value = "pc")]
     machine: Machine,
     #[arg(long, default_value = "auto")]

@@ -132,7 +132,14 @@ fn table(nets: &[api::NetworkInfo]) -> String {
             vec![
                 n.name.clone(),
                 n.mode.to_string(),
-                if n.active { "active" } else { "inactive" }.into(),
+                if n.active {
+                    "active"
+                } else if n.error.is_some() {
+                    "failed"
+                } else {
+                    "inactive"
+                }
+                .into(),
                 n.bridge.clone(),
                 n.subnet.clone().unwrap_or_else(|| "-".into()),
                 n.dhcp_range.clone().unwrap_or_else(|| "-".into()),
@@ -140,7 +147,7 @@ fn table(nets: &[api::NetworkInfo]) -> String {
             ]
         })
         .collect();
-    output::table(
+    let mut out = output::table(
         &[
             "NAME",
             "MODE",
@@ -151,7 +158,16 @@ fn table(nets: &[api::NetworkInfo]) -> String {
             "AUTOSTART",
         ],
         &rows,
-    )
+    );
+    for n in nets {
+        if let Some(e) = &n.error {
+            out.push_str(&format!(
+                "network {} failed: {e} (hv net start {} tries again)\n",
+                n.name, n.name
+            ));
+        }
+    }
+    out
 }
 
 pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
@@ -327,4 +343,34 @@ pub fn run(c: &Client, cmd: NetCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_network_is_listed_as_failed_with_its_reason() {
+        let n = api::NetworkInfo {
+            name: "lan".into(),
+            mode: model::NetMode::Bridge,
+            bridge: "brx".into(),
+            subnet: None,
+            gateway: None,
+            dhcp_range: None,
+            autostart: true,
+            active: false,
+            dnsmasq_pid: None,
+            error: Some("interface brx does not exist".into()),
+            used_by: Vec::new(),
+        };
+        let t = table(&[n]);
+        assert!(t.contains(" failed "), "{t}");
+        assert!(
+            t.contains(
+                "network lan failed: interface brx does not exist (hv net start lan tries again)"
+            ),
+            "{t}"
+        );
+    }
 }

@@ -363,7 +363,7 @@ fn vnc_listens_with_a_password_and_reports_its_port() {
 #[test]
 fn disks_on_every_bus_cdrom_and_q35_run_in_qemu() {
     let h = hvd();
-    for machine in [model::Machine::Pc, model::Machine::Q35] {
+    for machine in [model::Machine::PC, model::Machine::Q35] {
         let name = format!("bus-{machine}");
         let mut spec = h.tiny_spec(&name, VmOpts::default()).unwrap();
         spec.machine = machine;

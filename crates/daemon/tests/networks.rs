@@ -677,3 +677,92 @@ fn twenty_network_cycles_leave_nothing_behind() {
         .unwrap_or_default();
     assert!(files.is_empty(), "network files left: {files:?}");
 }
+
+/// Issue 9, item 4: the dnsmasq restarted for a reservation change is watched like the first
+/// one, so hvd restarts it when it dies.
+#[test]
+fn dnsmasq_restarted_for_a_reservation_is_still_supervised() {
+    let ns = NetNs::new("dsup").unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    c.net_create(&NetworkSpec {
+        subnet: Some("10.77.15.0/24".into()),
+        ..NetworkSpec::new("sup".parse().unwrap(), NetMode::Nat)
+    })
+    .unwrap();
+    let first = c.net_start("sup").unwrap().dnsmasq_pid.unwrap();
+    c.net_reservation_add(
+        "sup",
+        &api::AddReservationRequest {
+            mac: Some("52:54:00:00:15:01".into()),
+            vm: None,
+            ip: "10.77.15.50".parse().unwrap(),
+            hostname: None,
+        },
+    )
+    .unwrap();
+    let second = c.net_info("sup").unwrap().dnsmasq_pid.unwrap();
+    assert_ne!(first, second, "the reservation restarted dnsmasq");
+    // SAFETY: kill(2) by PID on the dnsmasq of this test's own network namespace.
+    unsafe { libc::kill(second as libc::pid_t, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        let pid = c.net_info("sup").unwrap().dnsmasq_pid;
+        if let Some(p) = pid.filter(|p| *p != second) {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hvd did not restart the dnsmasq it restarted for the reservation: {}",
+            h.hvd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{third}/comm")).unwrap_or_default();
+    assert!(comm.contains("dnsmasq"), "pid {third} is {comm:?}");
+    c.net_stop("sup").unwrap();
+    c.net_delete("sup").unwrap();
+}
+
+/// Issue 9, item 4: a network that cannot come up at hvd start (the host bridge of an active
+/// bridge-mode network was deleted while hvd was down) is marked failed with the reason and
+/// does not stop hvd; `hv net start` tries again.
+#[test]
+fn a_network_that_cannot_come_up_is_marked_failed_and_hvd_starts() {
+    let ns = NetNs::new("nfail").unwrap();
+    let mut h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let add_brx = || {
+        ns.run(&["ip", "link", "add", "brx", "type", "bridge"])
+            .unwrap();
+        ns.run(&["ip", "link", "set", "brx", "up"]).unwrap();
+    };
+    add_brx();
+    h.client()
+        .net_create(&NetworkSpec {
+            bridge: Some("brx".into()),
+            ..NetworkSpec::new("lan".parse().unwrap(), NetMode::Bridge)
+        })
+        .unwrap();
+    assert!(h.client().net_start("lan").unwrap().active);
+    h.stop().unwrap();
+    ns.run(&["ip", "link", "del", "brx"]).unwrap();
+    h.start_again().unwrap();
+    let c = h.client();
+    let lan = c.net_info("lan").unwrap();
+    assert!(!lan.active, "{lan:?}");
+    let why = lan.error.unwrap_or_default();
+    assert!(why.contains("brx does not exist"), "{why}");
+    assert!(c.net_info("default").unwrap().error.is_none());
+    // Still failed: the start says why, and so does the network.
+    assert!(c.net_start("lan").is_err());
+    assert!(c.net_info("lan").unwrap().error.is_some());
+    add_brx();
+    let lan = c.net_start("lan").unwrap();
+    assert!(lan.active && lan.error.is_none(), "{lan:?}");
+    // And it comes back with hvd as before.
+    h.restart().unwrap();
+    let lan = h.client().net_info("lan").unwrap();
+    assert!(lan.active && lan.error.is_none(), "{lan:?}");
+    h.client().net_stop("lan").unwrap();
+    ns.run(&["ip", "link", "del", "brx"]).unwrap();
+}

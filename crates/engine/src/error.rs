@@ -39,6 +39,9 @@ pub enum EngineError {
     Internal(String),
     #[error("{0}")]
     Cancelled(String),
+    /// The database cannot be used as it is (too new, a row that does not read).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl EngineError {
@@ -54,7 +57,7 @@ impl EngineError {
             EngineError::Timeout(_) => ErrorCode::Timeout,
             EngineError::Host(_) => ErrorCode::HostError,
             EngineError::Qemu(_) => ErrorCode::QemuError,
-            EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Internal(_) | EngineError::Store(_) => ErrorCode::Internal,
             EngineError::Cancelled(_) => ErrorCode::Cancelled,
         }
     }

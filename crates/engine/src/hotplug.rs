@@ -197,7 +197,7 @@ impl Engine {
             let gone = Vm::wait_qmp_event(&mut events, UNPLUG_TIMEOUT, |ev| {
                 ev.event == "DEVICE_DELETED" && ev.data["device"].as_str() == Some(target)
             })
-            .await;
+            .await?;
             if !gone {
                 return Err(EngineError::Timeout(format!(
                     "the guest of {name} did not release disk {target} within {} s (it needs ACPI hotplug support); nothing was changed",

@@ -13,6 +13,7 @@ mod images;
 mod network;
 mod nics;
 mod operations;
+mod orphans;
 mod run;
 mod snapshot;
 mod snapshot_external;
@@ -155,6 +156,10 @@ impl Engine {
         }
         let store = Store::open(&cfg.state_dir.join("hv.db"))?;
         let rows = store.load_all()?;
+        // Every stored row must read now: an unreadable one stops hvd, it is never skipped.
+        for row in &rows {
+            store.load_snapshots(row.id)?;
+        }
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()
@@ -177,15 +182,19 @@ impl Engine {
         engine.ensure_default_network().await?;
         // Networks come up before the API answers (milliseconds each), VMs after.
         engine.autostart_networks().await;
-        let mut reattach = Vec::new();
         for row in rows {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
-            if vm.lock().rec.pid.is_some() {
-                reattach.push(vm.clone());
-            }
             engine.write_vms().insert(vm.name.clone(), vm);
         }
         engine.record_defined_images()?;
+        // QEMUs an earlier hvd left without a record first, so adopted ones re-attach too.
+        engine.adopt_or_stop_orphans().await;
+        let reattach: Vec<Arc<Vm>> = engine
+            .read_vms()
+            .values()
+            .filter(|vm| vm.lock().rec.pid.is_some())
+            .cloned()
+            .collect();
         for vm in reattach {
             engine.reattach(vm).await;
         }
@@ -287,6 +296,7 @@ impl Engine {
     /// MACs), and starts it when asked. Nothing is left behind when any step fails.
     pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
         spec.validate()?;
+        self.pin_machine(&mut spec).await?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::VmExists(name));
@@ -336,6 +346,7 @@ impl Engine {
             )));
         }
         spec.validate()?;
+        self.pin_machine(&mut spec).await?;
         // Keep MACs the user did not change.
         let old = vm.lock().spec.clone();
         for (i, nic) in spec.nics.iter_mut().enumerate() {
@@ -354,6 +365,17 @@ impl Engine {
         vm.lock().spec = spec;
         self.emit(name, EventKind::Updated);
         Ok(self.info_of(&vm, true))
+    }
+
+    /// Pins an unpinned machine type (`pc`, `q35`) to the machine of this host's QEMU
+    /// (`pc-i440fx-7.2`), so the guest's hardware does not change under it when QEMU is
+    /// upgraded, and RAM snapshots and migrations load into the machine they were made on.
+    pub(crate) async fn pin_machine(&self, spec: &mut VmSpec) -> Result<()> {
+        if spec.machine.version.is_none() {
+            let (major, minor, _) = self.caps().await?.qemu_version;
+            spec.machine = spec.machine.pinned((major, minor));
+        }
+        Ok(())
     }
 
     /// Checks files, creates missing sized disks, records formats (see `images`) and generates

@@ -18,6 +18,8 @@ pub(crate) struct Net {
     pub cfg: NetworkConfig,
     pub active: bool,
     pub dnsmasq: Option<Dnsmasq>,
+    /// Why it failed to come up; it is inactive then, and a start tries again.
+    pub error: Option<String>,
 }
 
 /// The engine's networks plus what `ip_forward` was before hv turned it on.
@@ -105,41 +107,32 @@ impl Engine {
     }
 
     /// Loads the networks and brings back the ones that ran (re-attaching to their dnsmasq).
+    /// A network that cannot come up is marked failed; it does not stop hvd.
     pub(crate) async fn load_networks(&self) -> Result<()> {
         let rows = self.inner.store.load_networks()?;
         let mut nets = self.inner.nets.lock().await;
         for (spec, active) in rows {
-            let dir = self.net_dir(spec.name.as_str());
-            let cfg = match cfg_from_spec(&spec) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(net = %spec.name, error = %e, "skipping a stored network that no longer validates");
-                    continue;
-                }
-            };
+            let cfg = cfg_from_spec(&spec).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "the stored network {} no longer validates ({e}); fix or delete its row in the networks table with sqlite3 (after a backup)",
+                    spec.name
+                ))
+            })?;
             let mut net = Net {
                 spec,
                 cfg,
                 active: false,
                 dnsmasq: None,
+                error: None,
             };
             if active {
-                let status = host_net::network_status(&net.cfg, &dir)
-                    .await
-                    .map_err(host)?;
-                if status.is_complete(&net.cfg) {
-                    net.dnsmasq = Dnsmasq::attach(&dir).map_err(host)?;
-                    net.active = true;
-                } else {
-                    tracing::warn!(net = %net.spec.name, "network was half up; starting it again");
-                    let _ = host_net::stop_network(&net.cfg, &dir, None).await;
-                    let running = host_net::start_network(&net.cfg, &dir)
-                        .await
-                        .map_err(host)?;
-                    net.dnsmasq = running.dnsmasq;
-                    net.active = true;
+                match self.bring_back(&mut net).await {
+                    Ok(()) => self.watch_dnsmasq(&net),
+                    Err(e) => {
+                        tracing::error!(net = %net.spec.name, error = %e, "network cannot come up; marked failed (hv net start retries)");
+                        net.error = Some(e.to_string());
+                    }
                 }
-                self.watch_dnsmasq(&net);
             }
             nets.map.insert(net.spec.name.to_string(), net);
         }
@@ -148,6 +141,27 @@ impl Engine {
             .store
             .get_meta("ip_forward_saved")?
             .map(|v| v == "1");
+        Ok(())
+    }
+
+    /// Re-attaches to a network that ran before hvd restarted, or starts it again when it is
+    /// not all there.
+    async fn bring_back(&self, net: &mut Net) -> Result<()> {
+        let dir = self.net_dir(net.spec.name.as_str());
+        let status = host_net::network_status(&net.cfg, &dir)
+            .await
+            .map_err(host)?;
+        if status.is_complete(&net.cfg) {
+            net.dnsmasq = Dnsmasq::attach(&dir).map_err(host)?;
+        } else {
+            tracing::warn!(net = %net.spec.name, "network was half up; starting it again");
+            let _ = host_net::stop_network(&net.cfg, &dir, None).await;
+            let running = host_net::start_network(&net.cfg, &dir)
+                .await
+                .map_err(host)?;
+            net.dnsmasq = running.dnsmasq;
+        }
+        net.active = true;
         Ok(())
     }
 
@@ -180,6 +194,7 @@ impl Engine {
             cfg,
             active: false,
             dnsmasq: None,
+            error: None,
         };
         let info = self.net_info_of(&net);
         nets.map.insert(name.clone(), net);
@@ -218,6 +233,7 @@ impl Engine {
             autostart: net.spec.autostart,
             active: net.active,
             dnsmasq_pid: net.dnsmasq.as_ref().map(|d| d.pid()),
+            error: net.error.clone(),
             used_by: self.users_of_net(net, false),
         }
     }
@@ -240,7 +256,16 @@ impl Engine {
         Ok(self.net_info_of(net))
     }
 
+    /// Starts a network; a failure is recorded on it (shown until a start succeeds).
     async fn net_start_locked(&self, nets: &mut Nets, name: &str) -> Result<()> {
+        let res = self.net_start_inner(nets, name).await;
+        if let Some(net) = nets.map.get_mut(name) {
+            net.error = res.as_ref().err().map(|e| e.to_string());
+        }
+        res
+    }
+
+    async fn net_start_inner(&self, nets: &mut Nets, name: &str) -> Result<()> {
         let dir = self.net_dir(name);
         let nat_running = nets
             .map
@@ -322,6 +347,10 @@ impl Engine {
                 .map_err(host)?;
             net.active = false;
             self.inner.store.set_network_active(name, false)?;
+        } else if net.error.is_some() {
+            // Failed: it no longer has to come up with hvd.
+            self.inner.store.set_network_active(name, false)?;
+            net.error = None;
         }
         if !nets
             .map
@@ -594,7 +623,8 @@ impl Engine {
         change(&mut spec)?;
         let cfg = cfg_from_spec(&spec)?;
         cfg.check_against(&others, false).map_err(invalid)?;
-        if net.active && cfg != net.cfg {
+        let restarted = net.active && cfg != net.cfg;
+        if restarted {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
@@ -602,6 +632,10 @@ impl Engine {
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
         net.cfg = cfg;
+        if restarted {
+            // The new dnsmasq is watched like the first one (the old watch ends with its pid).
+            self.watch_dnsmasq(net);
+        }
         Ok(net.spec.clone())
     }
 

@@ -120,7 +120,7 @@ impl Engine {
         }
         if let Some(t) = tap {
             vm.lock().rec.taps.push(t);
-            self.persist_runtime_pub(vm);
+            self.persist_runtime_pub(vm)?;
         }
         Ok(())
     }
@@ -160,7 +160,7 @@ impl Engine {
             let gone = Vm::wait_qmp_event(&mut events, UNPLUG_TIMEOUT, |ev| {
                 ev.event == "DEVICE_DELETED" && ev.data["device"].as_str() == Some(id.as_str())
             })
-            .await;
+            .await?;
             if !gone {
                 return Err(EngineError::Timeout(format!(
                     "the guest of {name} did not release NIC {mac} within {} s (it needs ACPI hotplug support); nothing was changed",
@@ -183,7 +183,7 @@ impl Engine {
             };
             if had {
                 crate::network::remove_taps(&[Some(tap)]).await;
-                self.persist_runtime_pub(&vm);
+                self.persist_runtime_pub(&vm)?;
             }
         }
         if config {

@@ -239,15 +239,36 @@ impl Engine {
         self.emit(&vm.name, EventKind::StateChanged { state, reason });
     }
 
-    fn persist_runtime(&self, vm: &Vm) {
+    /// Saves the VM's runtime record; an operation whose record cannot be saved fails.
+    fn persist_runtime(&self, vm: &Vm) -> Result<()> {
         let rec = vm.lock().rec.clone();
-        if let Err(e) = self.inner.store.update_runtime(vm.id, &rec) {
-            tracing::error!(vm = %vm.name, error = %e, "cannot persist runtime state");
-        }
+        self.inner.store.update_runtime(vm.id, &rec).map_err(|e| {
+            EngineError::Internal(format!(
+                "cannot save the runtime state of VM {:?} ({e}); check the state dir's disk and hvd's log",
+                vm.name
+            ))
+        })
     }
 
-    pub(crate) fn persist_runtime_pub(&self, vm: &Vm) {
-        self.persist_runtime(vm);
+    pub(crate) fn persist_runtime_pub(&self, vm: &Vm) -> Result<()> {
+        self.persist_runtime(vm)
+    }
+
+    /// Forgets a QEMU that was spawned but did not become the VM's run (it is dead now).
+    fn forget_start(&self, vm: &Vm) {
+        {
+            let mut st = vm.lock();
+            st.pidfd = None;
+            st.qmp = None;
+            st.rec.pid = None;
+            st.rec.starting = false;
+            st.rec.taps.clear();
+            st.rec.overlays.clear();
+        }
+        vm.close_qmp_events();
+        if let Err(e) = self.persist_runtime(vm) {
+            tracing::error!(vm = %vm.name, error = %e, "cannot record that the start failed");
+        }
     }
 
     fn mark_user_stop(&self, vm: &Vm) {
@@ -263,13 +284,18 @@ impl Engine {
     }
 
     async fn start_locked(&self, vm: &Arc<Vm>, paused: bool) -> Result<()> {
-        let spec = {
+        let mut spec = {
             let st = vm.lock();
             Action::Start
                 .check(st.state)
                 .map_err(invalid_state(vm, Action::Start))?;
             st.spec.clone()
         };
+        // A definition from before machine types were pinned gets pinned at its next start.
+        if spec.machine.version.is_none() {
+            self.pin_machine(&mut spec).await?;
+            self.save_spec_pub(vm, spec.clone())?;
+        }
         let span = tracing::info_span!("start", vm = %vm.name);
         self.launch(vm, spec, paused, None).instrument(span).await
     }
@@ -367,12 +393,13 @@ impl Engine {
                 }
             };
             match self
-                .spawn_and_attach(vm, &spec, &paths, &argv, paused)
+                .spawn_and_attach(vm, &spec, &paths, &argv, (&made, &taps))
                 .await
             {
                 Ok(x) => break (argv, accel, x),
                 Err(e)
                     if attempts == 1
+                        && !vm.lock().stopping
                         && accel.0 == qemu_argv::Accel::Kvm
                         && needs_cpu_fallback(&e.to_string()) =>
                 {
@@ -384,28 +411,41 @@ impl Engine {
                 Err(e) => {
                     cleanup_files(&made);
                     crate::network::remove_taps(&taps).await;
-                    self.set_state(vm, VmState::Shutoff, Some("start failed".into()));
-                    return Err(e);
+                    return Err(self.start_failed(vm, e));
                 }
             }
         };
-        let pid = pidfd.pid;
-        {
+        let destroyed = {
             let mut st = vm.lock();
-            st.qmp = Some(qmp.clone());
-            st.pidfd = Some(pidfd.clone());
-            st.stopping = false;
-            st.rec.pid = Some(pid);
-            st.rec.started_at = Some(now_secs());
-            st.rec.accel = Some(accel.0.as_str().to_string());
-            st.rec.accel_reason = accel.1.clone();
-            st.rec.argv = argv;
-            st.rec.crash = None;
-            st.rec.overlays = made.iter().map(|p| p.display().to_string()).collect();
-            st.rec.user_stopped_boot = None;
-            st.rec.taps = taps.iter().flatten().cloned().collect();
+            if !st.stopping {
+                st.qmp = Some(qmp.clone());
+                st.rec.starting = false;
+                st.rec.accel = Some(accel.0.as_str().to_string());
+                st.rec.accel_reason = accel.1.clone();
+                st.rec.argv = argv;
+                st.rec.user_stopped_boot = None;
+            }
+            st.stopping
+        };
+        let saved = if destroyed {
+            Ok(())
+        } else {
+            self.persist_runtime(vm)
+        };
+        if destroyed || saved.is_err() {
+            // A destroy came while QEMU was starting, or the run cannot be recorded: this
+            // QEMU must not live on.
+            let _ = pidfd.signal(libc::SIGKILL);
+            let mut child = child;
+            let _ = child.wait().await;
+            self.forget_start(vm);
+            cleanup_files(&made);
+            crate::network::remove_taps(&taps).await;
+            let e = saved
+                .err()
+                .unwrap_or_else(|| EngineError::Qemu(String::new()));
+            return Err(self.start_failed(vm, e));
         }
-        self.persist_runtime(vm);
         self.finish_attach(vm, &spec, &qmp).await;
         let state = if paused {
             VmState::Paused
@@ -416,11 +456,26 @@ impl Engine {
         tokio::spawn(self.clone().supervise(
             vm.clone(),
             ProcWatch::Child(child),
-            events,
-            qmp,
+            Some((qmp, events)),
             None,
         ));
         Ok(())
+    }
+
+    /// After a start failed (QEMU is dead): the VM is shut off again. A destroy during the
+    /// start is why it failed, when there was one.
+    fn start_failed(&self, vm: &Vm, e: EngineError) -> EngineError {
+        let destroyed = std::mem::take(&mut vm.lock().stopping);
+        if destroyed {
+            self.set_state(vm, VmState::Shutoff, Some("destroyed".into()));
+            EngineError::Qemu(format!(
+                "VM {:?} was destroyed while it was starting",
+                vm.name
+            ))
+        } else {
+            self.set_state(vm, VmState::Shutoff, Some("start failed".into()));
+            e
+        }
     }
 
     /// Spawns QEMU with its QMP and serial listeners and completes the QMP handshake.
@@ -430,14 +485,13 @@ impl Engine {
         spec: &VmSpec,
         paths: &RunPaths,
         argv: &[String],
-        paused: bool,
+        (made, taps): (&[PathBuf], &[Option<String>]),
     ) -> Result<(
         tokio::process::Child,
         Arc<Qmp>,
         mpsc::UnboundedReceiver<QmpEvent>,
         Arc<PidFd>,
     )> {
-        let _ = paused;
         let qmp_fd = bind_listener(&paths.qmp)?;
         let ser_fd = bind_listener(&paths.serial)?;
         // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.
@@ -458,6 +512,8 @@ impl Engine {
             now_secs(),
             argv.join(" ")
         );
+        // From here on a destroy is for this start (see `start_failed`).
+        vm.lock().stopping = false;
         self.set_state(vm, VmState::Starting, None);
         let args: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
         let mut d = host_exec::spawn_detached(
@@ -471,9 +527,33 @@ impl Engine {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 let _ = d.child.start_kill();
+                let _ = d.child.wait().await;
                 return Err(EngineError::Host(e.to_string()));
             }
         };
+        // Recorded before anything else can fail: a restarted hvd finds this QEMU, and a
+        // destroy from now on kills it.
+        let destroyed = {
+            let mut st = vm.lock();
+            st.pidfd = Some(pidfd.clone());
+            st.rec.pid = Some(d.pid);
+            st.rec.starting = true;
+            st.rec.started_at = Some(now_secs());
+            st.rec.argv = argv.to_vec();
+            st.rec.crash = None;
+            st.rec.overlays = made.iter().map(|p| p.display().to_string()).collect();
+            st.rec.taps = taps.iter().flatten().cloned().collect();
+            st.stopping
+        };
+        let saved = self.persist_runtime(vm);
+        if destroyed || saved.is_err() {
+            let _ = d.child.start_kill();
+            let _ = d.child.wait().await;
+            self.forget_start(vm);
+            return Err(saved
+                .err()
+                .unwrap_or_else(|| EngineError::Qemu(String::new())));
+        }
         let transcript = transcript_writer(&paths.qmp_log);
         let attach = async {
             let s = UnixStream::connect(&paths.qmp)
@@ -492,6 +572,7 @@ impl Engine {
             Err(e) => {
                 let _ = d.child.start_kill();
                 let _ = d.child.wait().await;
+                self.forget_start(vm);
                 let tail = log_tail(&paths.qemu_log, 5)
                     .into_iter()
                     .filter(|l| !l.starts_with("=== hvd"))
@@ -530,34 +611,41 @@ impl Engine {
     }
 
     /// Follows QMP events and waits for QEMU to end; then records how it ended.
+    /// Without QMP (a re-attached QEMU that does not answer) only the exit is followed.
     async fn supervise(
         self,
         vm: Arc<Vm>,
         proc: ProcWatch,
-        mut events: mpsc::UnboundedReceiver<QmpEvent>,
-        qmp: Arc<Qmp>,
+        link: Option<(Arc<Qmp>, mpsc::UnboundedReceiver<QmpEvent>)>,
         mut shutdown: Option<String>,
     ) {
+        let (qmp, mut events) = link.unzip();
         let exit = proc.wait();
         tokio::pin!(exit);
-        let mut events_open = true;
+        let mut events_open = events.is_some();
         let exit = loop {
             tokio::select! {
                 e = &mut exit => break e,
-                ev = events.recv(), if events_open => match ev {
+                ev = async { events.as_mut()?.recv().await }, if events_open => match ev {
                     None => events_open = false,
-                    Some(ev) => self.on_event(&vm, &qmp, ev, &mut shutdown),
+                    Some(ev) => self.on_event(&vm, qmp.as_ref(), ev, &mut shutdown),
                 },
             }
         };
         // Events that raced the exit (a SHUTDOWN just before QEMU went away) still count.
-        while let Ok(ev) = events.try_recv() {
-            self.on_event(&vm, &qmp, ev, &mut shutdown);
+        while let Some(ev) = events.as_mut().and_then(|e| e.try_recv().ok()) {
+            self.on_event(&vm, qmp.as_ref(), ev, &mut shutdown);
         }
         self.finish_run(&vm, exit, shutdown);
     }
 
-    fn on_event(&self, vm: &Arc<Vm>, qmp: &Arc<Qmp>, ev: QmpEvent, shutdown: &mut Option<String>) {
+    fn on_event(
+        &self,
+        vm: &Arc<Vm>,
+        qmp: Option<&Arc<Qmp>>,
+        ev: QmpEvent,
+        shutdown: &mut Option<String>,
+    ) {
         tracing::debug!(vm = %vm.name, event = %ev.event, data = %ev.data, "qmp event");
         vm.publish_qmp_event(&ev);
         match ev.event.as_str() {
@@ -571,10 +659,11 @@ impl Engine {
                 });
                 // -no-shutdown keeps QEMU around (so a restarted hvd can tell a guest power-off
                 // from a crash); now that we have seen it, let QEMU go.
-                let q = qmp.clone();
-                tokio::spawn(async move {
-                    let _ = q.quit().await;
-                });
+                if let Some(q) = qmp.cloned() {
+                    tokio::spawn(async move {
+                        let _ = q.quit().await;
+                    });
+                }
             }
             "STOP" if shutdown.is_none() && vm.state() == VmState::Running => {
                 self.set_state(vm, VmState::Paused, None);
@@ -628,6 +717,7 @@ impl Engine {
             st.vnc = None;
             st.stopping = false;
             st.rec.pid = None;
+            st.rec.starting = false;
             st.rec.crash = crash;
             let taps: Vec<Option<String>> = std::mem::take(&mut st.rec.taps)
                 .into_iter()
@@ -636,6 +726,8 @@ impl Engine {
             tokio::spawn(async move { crate::network::remove_taps(&taps).await });
             std::mem::take(&mut st.rec.overlays)
         };
+        // Operations waiting on a QMP event learn now that it will never come.
+        vm.close_qmp_events();
         for p in overlays
             .iter()
             .map(PathBuf::from)
@@ -643,7 +735,10 @@ impl Engine {
         {
             let _ = std::fs::remove_file(p);
         }
-        self.persist_runtime(vm);
+        // Nobody to fail here: the next start or hvd's re-attach sets the record right.
+        if let Err(e) = self.persist_runtime(vm) {
+            tracing::error!(vm = %vm.name, error = %e, "cannot record that QEMU ended");
+        }
         self.set_state(vm, state, Some(reason));
     }
 
@@ -686,12 +781,16 @@ impl Engine {
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".into(),
                 };
-                tracing::error!(vm = %vm.name, pid, why, "cannot re-attach to QEMU's QMP; leaving it running unmanaged");
+                tracing::error!(vm = %vm.name, pid, why, "cannot re-attach to QEMU's QMP; following its exit only (hv destroy stops it)");
                 vm.lock().pidfd = Some(pidfd.clone());
                 self.set_state(
                     &vm,
                     VmState::Running,
                     Some(format!("QMP unavailable: {why}")),
+                );
+                tokio::spawn(
+                    self.clone()
+                        .supervise(vm, ProcWatch::PidFd(pidfd), None, None),
                 );
                 return;
             }
@@ -729,10 +828,12 @@ impl Engine {
             _ => self.set_state(&vm, VmState::Running, Some("re-attached".into())),
         }
         tracing::info!(vm = %vm.name, pid, status, "re-attached");
-        tokio::spawn(
-            self.clone()
-                .supervise(vm, ProcWatch::PidFd(pidfd), events, qmp, shutdown),
-        );
+        tokio::spawn(self.clone().supervise(
+            vm,
+            ProcWatch::PidFd(pidfd),
+            Some((qmp, events)),
+            shutdown,
+        ));
     }
 
     /// Hard power-off: QMP `quit` (QEMU flushes and exits at once), SIGKILL if that fails.
@@ -747,8 +848,16 @@ impl Engine {
         };
         self.mark_user_stop(vm);
         let mut rx = vm.state_tx.subscribe();
-        if let Some(q) = qmp {
-            let _ = tokio::time::timeout(Duration::from_secs(2), q.quit()).await;
+        match (qmp, &pidfd) {
+            (Some(q), _) => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), q.quit()).await;
+            }
+            // Still starting, or not answering on QMP: nothing to ask, so kill it.
+            (None, Some(p)) => {
+                let _ = p.signal(libc::SIGKILL);
+            }
+            // Not spawned yet: its launcher kills it as soon as it is (see `launch`).
+            (None, None) => {}
         }
         if tokio::time::timeout(QUIT_GRACE, rx.wait_for(|s| !s.is_active()))
             .await
@@ -756,7 +865,7 @@ impl Engine {
         {
             return Ok(());
         }
-        if let Some(p) = pidfd {
+        if let Some(p) = pidfd.or_else(|| vm.lock().pidfd.clone()) {
             tracing::warn!(vm = %vm.name, "QEMU ignored quit; sending SIGKILL");
             let _ = p.signal(libc::SIGKILL);
         }

@@ -99,7 +99,7 @@ impl Engine {
             }
             false
         })
-        .await;
+        .await?;
         if !concluded {
             return Err(EngineError::Timeout(format!(
                 "{command} did not finish within {} s",
@@ -208,9 +208,9 @@ impl Engine {
         current.map(|c| self.snapshot_get(name, &c)).transpose()
     }
 
-    fn set_current(&self, vm: &Vm, snap: Option<String>) {
+    fn set_current(&self, vm: &Vm, snap: Option<String>) -> Result<()> {
         vm.lock().rec.current_snapshot = snap;
-        self.persist_runtime_pub(vm);
+        self.persist_runtime_pub(vm)
     }
 
     /// `hv snapshot create`.
@@ -265,7 +265,7 @@ impl Engine {
                 disks: Vec::new(),
             };
             let row = self.external_create(&vm, &snap, row).await?;
-            self.set_current(&vm, Some(snap.clone()));
+            self.set_current(&vm, Some(snap.clone()))?;
             tracing::info!(vm = name, snapshot = snap, "external snapshot created");
             let rows = self.inner.store.load_snapshots(vm.id)?;
             return Ok(self.snapshot_info(&vm, &rows, &row, false));
@@ -339,7 +339,7 @@ impl Engine {
             disks: Vec::new(),
         };
         self.inner.store.insert_snapshot(vm.id, &row)?;
-        self.set_current(&vm, Some(snap.clone()));
+        self.set_current(&vm, Some(snap.clone()))?;
         tracing::info!(
             vm = name,
             snapshot = snap,
@@ -381,7 +381,7 @@ impl Engine {
                     .map_err(|e| EngineError::Host(e.to_string()))?;
             }
         }
-        self.set_current(&vm, Some(snap.to_string()));
+        self.set_current(&vm, Some(snap.to_string()))?;
         tracing::info!(
             vm = name,
             snapshot = snap,
@@ -467,7 +467,7 @@ impl Engine {
             .store
             .delete_snapshot(vm.id, snap, row.parent.as_deref())?;
         if vm.lock().rec.current_snapshot.as_deref() == Some(snap) {
-            self.set_current(&vm, row.parent.clone());
+            self.set_current(&vm, row.parent.clone())?;
         }
         tracing::info!(vm = name, snapshot = snap, "snapshot deleted");
         Ok(())

@@ -364,7 +364,7 @@ impl Engine {
             if !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
                 status_is(ev, &["ready", "concluded"])
             })
-            .await
+            .await?
             {
                 return Err(timeout());
             }
@@ -380,7 +380,7 @@ impl Engine {
             && !Vm::wait_qmp_event(&mut events, COMMIT_TIMEOUT, |ev| {
                 status_is(ev, &["concluded"])
             })
-            .await
+            .await?
         {
             return Err(timeout());
         }

@@ -15,6 +15,10 @@ use crate::error::Result;
 pub struct RuntimeRecord {
     #[serde(default)]
     pub pid: Option<u32>,
+    /// QEMU was spawned but hvd had not finished attaching to it (saved right after spawn, so
+    /// a restarted hvd finds a QEMU that an earlier one was starting).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
     #[serde(default)]
     pub started_at: Option<u64>,
     #[serde(default)]
@@ -49,51 +53,146 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// The schema, one migration per version: `MIGRATIONS[n]` takes a database from version `n` to
+/// `n + 1` (`PRAGMA user_version`). To change the schema, append one entry; never edit one
+/// that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables hv had before the schema was versioned (hence IF NOT EXISTS).
+    "CREATE TABLE IF NOT EXISTS vms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        runtime TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE IF NOT EXISTS snapshots (
+        vm_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        parent TEXT,
+        created_at INTEGER NOT NULL,
+        vm_state TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        memory INTEGER NOT NULL,
+        description TEXT,
+        spec TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (vm_id, name)
+    );
+    CREATE TABLE IF NOT EXISTS networks (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS pools (
+        name TEXT PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        autostart INTEGER NOT NULL DEFAULT 0
+    );",
+    // 2: the image registry (images.rs): formats recorded, never guessed again.
+    "CREATE TABLE images (
+        path TEXT PRIMARY KEY,
+        format TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL
+    );",
+];
+
+/// How long a write waits for another connection's lock before it fails.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What makes the stored state unusable: hvd refuses to start rather than guess or skip.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path} has schema version {found}, newer than this hvd knows ({known}); run the hvd \
+         that wrote it (or a newer one), or restore a backup this version wrote"
+    )]
+    TooNew {
+        path: String,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "cannot read the stored {what} ({field} of {table} row {key}); hvd does not start rather \
+         than lose it: fix or delete that row with sqlite3 (after a backup of the database), or \
+         run the hvd version that wrote it"
+    )]
+    BadRow {
+        what: &'static str,
+        table: &'static str,
+        key: String,
+        field: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot migrate {path} to schema version {version}")]
+    Migrate {
+        path: String,
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// Decodes one stored JSON column, or says which row cannot be read.
+fn decode<T: serde::de::DeserializeOwned>(
+    json: &str,
+    what: &'static str,
+    table: &'static str,
+    key: impl std::fmt::Display,
+    field: &'static str,
+) -> Result<T> {
+    serde_json::from_str(json).map_err(|source| {
+        StoreError::BadRow {
+            what,
+            table,
+            key: key.to_string(),
+            field,
+            source: source.into(),
+        }
+        .into()
+    })
+}
+
+/// Brings the schema up to the newest version this hvd knows, refusing a newer one.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as u32;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            known,
+        }
+        .into());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i + 1;
+        let err = |source| StoreError::Migrate {
+            path: path.display().to_string(),
+            version,
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as u32)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The writes are tiny and few: each is on disk before the operation says it is done.
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "cache_size", -512)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS vms (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                name TEXT NOT NULL UNIQUE,
-                spec TEXT NOT NULL,
-                runtime TEXT NOT NULL DEFAULT '{}'
-            );
-            CREATE TABLE IF NOT EXISTS snapshots (
-                vm_id INTEGER NOT NULL,
-                name TEXT NOT NULL,
-                parent TEXT,
-                created_at INTEGER NOT NULL,
-                vm_state TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                memory INTEGER NOT NULL,
-                description TEXT,
-                spec TEXT NOT NULL,
-                data TEXT NOT NULL DEFAULT '{}',
-                PRIMARY KEY (vm_id, name)
-            );
-            CREATE TABLE IF NOT EXISTS networks (
-                name TEXT PRIMARY KEY,
-                spec TEXT NOT NULL,
-                active INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS pools (
-                name TEXT PRIMARY KEY,
-                path TEXT NOT NULL UNIQUE,
-                autostart INTEGER NOT NULL DEFAULT 0
-            );
-            CREATE TABLE IF NOT EXISTS images (
-                path TEXT PRIMARY KEY,
-                format TEXT NOT NULL,
-                origin TEXT NOT NULL,
-                dev INTEGER NOT NULL,
-                ino INTEGER NOT NULL
-            );",
-        )?;
+        migrate(&mut conn, path)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -105,27 +204,24 @@ impl Store {
 
     pub fn load_all(&self) -> Result<Vec<Row>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, spec, runtime FROM vms ORDER BY id")?;
+        let mut stmt = conn.prepare("SELECT id, name, spec, runtime FROM vms ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, spec, runtime) = row?;
-            match serde_json::from_str::<VmSpec>(&spec) {
-                Ok(spec) => out.push(Row {
-                    id,
-                    spec,
-                    runtime: serde_json::from_str(&runtime).unwrap_or_default(),
-                }),
-                Err(e) => {
-                    tracing::error!(id, error = %e, "skipping a VM whose stored spec does not parse")
-                }
-            }
+            let (id, name, spec, runtime) = row?;
+            let key = format!("id {id} (VM {name:?})");
+            out.push(Row {
+                id,
+                spec: decode(&spec, "VM definition", "vms", &key, "spec")?,
+                runtime: decode(&runtime, "VM runtime record", "vms", &key, "runtime")?,
+            });
         }
         Ok(out)
     }
@@ -210,19 +306,24 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (name, parent, created_at, vm_state, kind, memory, description, spec, data) = row?;
-            let Ok(spec) = serde_json::from_str::<VmSpec>(&spec) else {
-                continue;
-            };
+            let key = format!("{name:?} of VM id {vm_id}");
+            let vm_state = vm_state.parse().map_err(|e: String| StoreError::BadRow {
+                what: "snapshot",
+                table: "snapshots",
+                key: key.clone(),
+                field: "vm_state",
+                source: e.into(),
+            })?;
             out.push(SnapshotRow {
+                spec: decode(&spec, "snapshot", "snapshots", &key, "spec")?,
+                disks: decode(&data, "snapshot", "snapshots", &key, "data")?,
                 name,
                 parent,
                 created_at: created_at as u64,
-                vm_state: vm_state.parse().unwrap_or(model::VmState::Shutoff),
+                vm_state,
                 kind,
                 memory: memory != 0,
                 description,
-                spec,
-                disks: serde_json::from_str(&data).unwrap_or_default(),
             });
         }
         Ok(out)
@@ -298,17 +399,19 @@ impl Store {
 impl Store {
     pub fn load_networks(&self) -> Result<Vec<(model::NetworkSpec, bool)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT spec, active FROM networks ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut stmt = conn.prepare("SELECT name, spec, active FROM networks ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
-            let (spec, active) = row?;
-            match serde_json::from_str(&spec) {
-                Ok(spec) => out.push((spec, active != 0)),
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping a network whose stored spec does not parse")
-                }
-            }
+            let (name, spec, active) = row?;
+            let spec = decode(&spec, "network", "networks", format!("{name:?}"), "spec")?;
+            out.push((spec, active != 0));
         }
         Ok(out)
     }
@@ -516,4 +619,115 @@ fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ImageRow>> {
 
 fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database under a directory of its own, removed on drop.
+    struct TempDb(std::path::PathBuf);
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn db() -> (TempDb, std::path::PathBuf) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hv-store-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hv.db");
+        (TempDb(dir), path)
+    }
+
+    /// Opens a store on a database that `sql` prepared.
+    fn check(sql: &str) -> (TempDb, std::path::PathBuf, Result<Store>) {
+        let (dir, path) = db();
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        let store = Store::open(&path);
+        (dir, path, store)
+    }
+
+    const SPEC: &str = r#"{"name":"a"}"#;
+
+    #[test]
+    fn an_unversioned_database_is_migrated_and_keeps_its_rows() {
+        let (_dir, path, store) = check(&format!(
+            "{} INSERT INTO vms (name, spec) VALUES ('a', '{SPEC}');",
+            MIGRATIONS[0]
+        ));
+        let store = store.unwrap();
+        let rows = store.load_all().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].spec.name.as_str(), "a");
+        let v: u32 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        // Opening again applies nothing twice.
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().load_all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_database_newer_than_this_hvd_is_refused() {
+        let (_dir, _, store) = check("PRAGMA user_version = 999;");
+        let e = store.err().unwrap().to_string();
+        assert!(e.contains("schema version 999, newer"), "{e}");
+    }
+
+    #[test]
+    fn a_vm_row_that_does_not_read_is_refused_and_named() {
+        for (spec, runtime, field) in [
+            ("{not json", "{}", "spec"),
+            (SPEC, "{\"pid\":\"x\"}", "runtime"),
+        ] {
+            let (_dir, _, store) = check(&format!(
+                "{} INSERT INTO vms (name, spec, runtime) VALUES ('a', '{SPEC}', '{{}}');
+                 INSERT INTO vms (name, spec, runtime) VALUES ('broken', '{spec}', '{runtime}');",
+                MIGRATIONS[0]
+            ));
+            let e = store.unwrap().load_all().err().unwrap().to_string();
+            assert!(
+                e.contains(&format!("{field} of vms row id 2 (VM \"broken\")")),
+                "{e}"
+            );
+            assert!(e.contains("sqlite3"), "says what to do: {e}");
+        }
+    }
+
+    #[test]
+    fn network_and_snapshot_rows_that_do_not_read_are_refused() {
+        let (_dir, _, store) = check(&format!(
+            "{} INSERT INTO networks (name, spec) VALUES ('n', '{{\"mode\":1}}');
+             INSERT INTO snapshots (vm_id, name, created_at, vm_state, kind, memory, spec)
+                VALUES (1, 's', 0, 'running', 'internal', 0, '[]');",
+            MIGRATIONS[0]
+        ));
+        let store = store.unwrap();
+        let e = store.load_networks().err().unwrap().to_string();
+        assert!(e.contains("networks row \"n\""), "{e}");
+        let e = store.load_snapshots(1).err().unwrap().to_string();
+        assert!(e.contains("snapshots row \"s\" of VM id 1"), "{e}");
+    }
+
+    #[test]
+    fn sqlite_waits_for_locks_and_syncs_every_commit() {
+        let (_dir, path) = db();
+        let store = Store::open(&path).unwrap();
+        let conn = store.conn();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let busy: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
+    }
 }

@@ -92,37 +92,59 @@ impl Vm {
         Ok(OpGuard(&self.op))
     }
 
-    /// QMP events from now on.
+    /// QMP events from now on. The stream ends when QEMU ends (at once when it is not running).
     pub fn subscribe_qmp_events(&self) -> tokio::sync::broadcast::Receiver<qmp::QmpEvent> {
         let mut g = self.qmp_events.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lock().qmp.is_none() {
+            // No QEMU to hear from: a receiver whose sender is already gone.
+            return tokio::sync::broadcast::channel(1).0.subscribe();
+        }
         g.get_or_insert_with(|| tokio::sync::broadcast::channel(64).0)
             .subscribe()
     }
 
+    /// Ends every QMP event stream: QEMU is gone (called after `qmp` was cleared).
+    pub fn close_qmp_events(&self) {
+        self.qmp_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
     /// Waits up to `timeout` for an event on `events` (subscribed before the command that
-    /// causes it) that `matches`; false on timeout.
+    /// causes it) that `matches`; false on timeout, an error as soon as QEMU ends (the event
+    /// will never come).
     pub async fn wait_qmp_event(
         events: &mut tokio::sync::broadcast::Receiver<qmp::QmpEvent>,
         timeout: std::time::Duration,
         matches: impl Fn(&qmp::QmpEvent) -> bool,
-    ) -> bool {
+    ) -> Result<bool> {
         use tokio::sync::broadcast::error::RecvError;
-        tokio::time::timeout(timeout, async {
+        let waited = tokio::time::timeout(timeout, async {
             loop {
                 match events.recv().await {
-                    Ok(ev) if matches(&ev) => return,
+                    Ok(ev) if matches(&ev) => return Ok(()),
                     Ok(_) => {}
                     // Events were dropped while we were slow; the one we wait for may still come.
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "QMP event wait fell behind")
                     }
-                    // QEMU is gone: the event will never come.
-                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                    Err(RecvError::Closed) => {
+                        return Err(EngineError::Qemu(
+                            "QEMU ended before the operation finished (destroyed or crashed); \
+                             check the VM with hv info and try again once it runs"
+                                .into(),
+                        ))
+                    }
                 }
             }
         })
-        .await
-        .is_ok()
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Hands a QMP event to whoever subscribed.

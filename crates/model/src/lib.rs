@@ -19,5 +19,6 @@ pub use nic::{Mac, NicSpec};
 pub use size::{parse_size, Size, SizeError};
 pub use spec::{
     assign_targets, Accel, BootDevice, BootOrder, CacheMode, DiskAio, DiskBus, DiskFormat,
-    DiskSpec, GraphicsSpec, KernelBoot, Machine, NicKind, NicModel, SpecError, VmSpec, VncSpec,
+    DiskSpec, GraphicsSpec, KernelBoot, Machine, MachineFamily, NicKind, NicModel, SpecError,
+    VmSpec, VncSpec,
 };

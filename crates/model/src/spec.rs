@@ -123,8 +123,95 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// The QEMU machine type.
-    Machine, "machine", { Pc = "pc", Q35 = "q35" });
+    /// The family of QEMU machine types: i440FX (`pc`) or Q35 (`q35`).
+    MachineFamily, "machine", { Pc = "pc", Q35 = "q35" });
+
+/// The QEMU machine type: a family, and the QEMU version whose machine it is. hvd pins the
+/// version (`pc-i440fx-7.2`, `pc-q35-7.2`) when the VM is defined, or at its next start, so
+/// that the guest's hardware stays the same across QEMU upgrades and RAM snapshots and
+/// migrations load into the machine they were made on. `pc` and `q35` are accepted unpinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Machine {
+    pub family: MachineFamily,
+    /// (major, minor) of the QEMU whose machine this is; `None` until pinned.
+    pub version: Option<(u32, u32)>,
+}
+
+impl Machine {
+    pub const PC: Machine = Machine {
+        family: MachineFamily::Pc,
+        version: None,
+    };
+    pub const Q35: Machine = Machine {
+        family: MachineFamily::Q35,
+        version: None,
+    };
+
+    /// This machine, pinned to QEMU `version` unless it already is.
+    pub fn pinned(self, version: (u32, u32)) -> Machine {
+        Machine {
+            version: self.version.or(Some(version)),
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.family, self.version) {
+            (family, None) => f.write_str(family.as_str()),
+            (MachineFamily::Pc, Some((a, b))) => write!(f, "pc-i440fx-{a}.{b}"),
+            (MachineFamily::Q35, Some((a, b))) => write!(f, "pc-q35-{a}.{b}"),
+        }
+    }
+}
+
+impl FromStr for Machine {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            SpecError::new(
+                "machine",
+                format!(
+                    "unknown machine type {s:?}; use pc, q35, or a versioned one such as pc-i440fx-7.2 or pc-q35-7.2"
+                ),
+            )
+        };
+        let versioned = |rest: &str| -> Result<(u32, u32), SpecError> {
+            let (a, b) = rest.split_once('.').ok_or_else(bad)?;
+            let num = |n: &str| {
+                (!n.is_empty() && n.len() <= 4 && n.bytes().all(|c| c.is_ascii_digit()))
+                    .then(|| n.parse::<u32>().ok())
+                    .flatten()
+                    .ok_or_else(bad)
+            };
+            Ok((num(a)?, num(b)?))
+        };
+        if let Some(rest) = s.strip_prefix("pc-i440fx-") {
+            return Ok(Machine {
+                family: MachineFamily::Pc,
+                version: Some(versioned(rest)?),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("pc-q35-") {
+            return Ok(Machine {
+                family: MachineFamily::Q35,
+                version: Some(versioned(rest)?),
+            });
+        }
+        let family = s.parse::<MachineFamily>().map_err(|_| bad())?;
+        Ok(Machine {
+            family,
+            version: None,
+        })
+    }
+}
+
+text_form!(
+    Machine,
+    Some(r"^(pc|q35|pc-i440fx-[0-9]{1,4}\.[0-9]{1,4}|pc-q35-[0-9]{1,4}\.[0-9]{1,4})$"),
+    "The QEMU machine type: pc or q35, pinned by hvd to a QEMU version (pc-i440fx-7.2, pc-q35-7.2)"
+);
 string_enum!(
     /// Accelerator choice; `auto` means KVM when it runs standard guests, else TCG.
     Accel, "accel", { Auto = "auto", Kvm = "kvm", Tcg = "tcg" });
@@ -194,10 +281,9 @@ string_enum!(
     /// Where a NIC is plugged in.
     NicKind, "type", { User = "user", Network = "network", Bridge = "bridge" });
 
-#[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
 impl Default for Machine {
     fn default() -> Self {
-        Machine::Pc
+        Machine::PC
     }
 }
 #[allow(clippy::derivable_impls)] // the enums come from `string_enum!`
@@ -801,6 +887,40 @@ mod tests {
 
     fn name(s: &str) -> Result<VmName, SpecError> {
         s.parse()
+    }
+
+    #[test]
+    fn machine_types_are_family_or_pinned_and_keep_their_text() {
+        for (text, family, version) in [
+            ("pc", MachineFamily::Pc, None),
+            ("q35", MachineFamily::Q35, None),
+            ("pc-i440fx-7.2", MachineFamily::Pc, Some((7, 2))),
+            ("pc-q35-10.1", MachineFamily::Q35, Some((10, 1))),
+        ] {
+            let m: Machine = text.parse().unwrap();
+            assert_eq!((m.family, m.version), (family, version), "{text}");
+            assert_eq!(m.to_string(), text);
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Machine>(&json).unwrap(), m);
+        }
+        assert_eq!(Machine::PC.pinned((7, 2)).to_string(), "pc-i440fx-7.2");
+        assert_eq!(
+            "pc-q35-6.2".parse::<Machine>().unwrap().pinned((7, 2)),
+            "pc-q35-6.2".parse().unwrap(),
+            "a pinned machine stays pinned"
+        );
+        for bad in [
+            "",
+            "i440fx",
+            "pc-i440fx-7",
+            "pc-q35-7.x",
+            "pc-q35-.2",
+            "pc-i440fx-7.2.1",
+            "microvm",
+        ] {
+            let e = bad.parse::<Machine>().unwrap_err();
+            assert_eq!(e.field, "machine", "{bad}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use model::{
     CacheMode, DiskAio, DiskBus, DiskFormat, DiskSpec, GraphicsSpec, Machine as MachineType,
-    NicKind, NicModel, NicSpec, VmSpec,
+    MachineFamily, NicKind, NicModel, NicSpec, VmSpec,
 };
 use serde_json::{json, Value};
 
@@ -157,7 +157,8 @@ pub struct Machine {
 pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, ArgvError> {
     let mut m = Machine {
         name: spec.name.to_string(),
-        machine_type: spec.machine,
+        // Unpinned (a definition from before hvd pinned them): the machine of this QEMU.
+        machine_type: spec.machine.pinned((caps.version.0, caps.version.1)),
         accel: caps.accel,
         cpu: (caps.accel == Accel::Kvm).then(|| caps.kvm_cpu.clone()),
         memory_mib: spec.memory_mib(),
@@ -191,7 +192,7 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         paused: plan.paused,
         loadvm: plan.loadvm.clone(),
     };
-    let mut buses = Buses::new(spec.machine);
+    let mut buses = Buses::new(spec.machine.family);
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
         let chain = plan.chains.get(i).map(Vec::as_slice).unwrap_or_default();
@@ -235,12 +236,12 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
                 caps.aio,
             ));
         }
-        let mut dev = match spec.machine {
-            MachineType::Pc => {
+        let mut dev = match spec.machine.family {
+            MachineFamily::Pc => {
                 let (bus, unit) = buses.ide_cd()?;
                 json!({ "driver": "ide-cd", "id": CDROM_ID, "bus": bus, "unit": unit })
             }
-            MachineType::Q35 => {
+            MachineFamily::Q35 => {
                 let bus = buses.sata(&mut m.devices)?;
                 json!({ "driver": "ide-cd", "id": CDROM_ID, "bus": bus })
             }
@@ -453,14 +454,14 @@ fn block_nodes(
 
 /// Hands out controller slots and adds controllers when first needed.
 struct Buses {
-    machine: MachineType,
+    machine: MachineFamily,
     sata_next: usize,
     ahci_added: bool,
     scsi_added: bool,
 }
 
 impl Buses {
-    fn new(machine: MachineType) -> Self {
+    fn new(machine: MachineFamily) -> Self {
         Buses {
             machine,
             sata_next: 0,
@@ -472,7 +473,7 @@ impl Buses {
     /// `pc`: the target names the slot (hda, hdb on ide.0; hdd on ide.1, whose unit 0, hdc,
     /// is the CD-ROM's); q35's IDE buses are the built-in AHCI ports, one unit each.
     fn ide(&mut self, target: Option<&str>) -> Result<(String, u32), ArgvError> {
-        if self.machine == MachineType::Q35 {
+        if self.machine == MachineFamily::Q35 {
             let bus = self.sata_slot()?;
             return Ok((bus, 0));
         }
@@ -496,7 +497,7 @@ impl Buses {
                 max: 6,
             });
         }
-        let prefix = if self.machine == MachineType::Q35 {
+        let prefix = if self.machine == MachineFamily::Q35 {
             "ide"
         } else {
             "ahci0"
@@ -507,7 +508,7 @@ impl Buses {
     }
 
     fn sata(&mut self, devices: &mut Vec<Value>) -> Result<String, ArgvError> {
-        if self.machine == MachineType::Pc && !self.ahci_added {
+        if self.machine == MachineFamily::Pc && !self.ahci_added {
             devices.push(json!({ "driver": "ich9-ahci", "id": "ahci0" }));
             self.ahci_added = true;
         }
@@ -540,7 +541,7 @@ impl Machine {
             "-name",
             format!("guest={},debug-threads=on", self.name.replace(',', ",,")),
         );
-        push("-machine", self.machine_type.as_str().to_string());
+        push("-machine", self.machine_type.to_string());
         push("-accel", self.accel.as_str().to_string());
         if let Some(cpu) = &self.cpu {
             push("-cpu", cpu.clone());
@@ -795,6 +796,14 @@ mod tests {
             ..plan()
         };
         check("backing-chain", &s, &caps(), &plan);
+    }
+
+    #[test]
+    fn a_pinned_machine_is_kept_on_a_newer_qemu() {
+        let mut s = spec("old");
+        s.machine = "pc-q35-6.2".parse().unwrap();
+        let argv = render(&build(&s, &caps(), &plan()).unwrap());
+        assert!(argv.contains("-machine pc-q35-6.2\n"), "{argv}");
     }
 
     #[test]

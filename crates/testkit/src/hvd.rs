@@ -33,6 +33,8 @@ pub struct TestHvd {
     hvd_bin: PathBuf,
     /// Run hvd (and so its QEMUs, taps and dnsmasqs) inside this network namespace.
     netns: Option<String>,
+    /// Extra environment for hvd (say `HV_QEMU`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     client: Client,
 }
@@ -50,7 +52,16 @@ impl TestHvd {
         Self::start_with(hvd_bin, Some(netns))
     }
 
+    /// Like [`start`](Self::start), with extra environment variables for hvd.
+    pub fn start_with_env(hvd_bin: &Path, env: &[(&str, &str)]) -> Result<TestHvd> {
+        Self::start_full(hvd_bin, None, env)
+    }
+
     fn start_with(hvd_bin: &Path, netns: Option<&str>) -> Result<TestHvd> {
+        Self::start_full(hvd_bin, netns, &[])
+    }
+
+    fn start_full(hvd_bin: &Path, netns: Option<&str>, env: &[(&str, &str)]) -> Result<TestHvd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short, so runtime socket paths stay far below the 107-byte limit.
         let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
@@ -62,6 +73,10 @@ impl TestHvd {
             dir,
             hvd_bin: hvd_bin.to_path_buf(),
             netns: netns.map(str::to_string),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             client: Client::new(""),
         };
@@ -89,6 +104,7 @@ impl TestHvd {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .env("HV_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
