@@ -100,10 +100,14 @@ fn hvd_refuses_to_start_on_a_row_it_cannot_read() {
         "{e}"
     );
     // A database from a newer hvd is refused too.
+    let version: u32 = rusqlite::Connection::open(h.state_dir.join("hv.db"))
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
     edit_db(&h, "UPDATE vms SET spec = '{\"name\": \"odd\"}' WHERE name = 'odd'; PRAGMA user_version = 4242;");
     let e = h.start_again().unwrap_err().to_string();
     assert!(e.contains("schema version 4242, newer"), "{e}");
-    edit_db(&h, "PRAGMA user_version = 1;");
+    edit_db(&h, &format!("PRAGMA user_version = {version};"));
     h.start_again().unwrap();
     let names: Vec<String> = h
         .client()
