@@ -370,3 +370,32 @@ fn storage_network_and_nic_commands() {
     cli.ok(&["net", "delete", "lan"]);
     assert!(!cli.ok(&["net", "list"]).contains("lan "));
 }
+
+/// Issue 9: the spec `hv edit` writes may hold a VNC password, so its temp file is 0600.
+#[test]
+fn edit_temp_file_is_mode_0600() {
+    let h = TestHvd::start(&hvd_bin()).unwrap();
+    let cli = Cli(&h);
+    cli.ok(&["create", "ed", "--memory", "64M"]);
+    let seen = h.dir.join("mode.txt");
+    let editor = h.dir.join("editor.sh");
+    std::fs::write(
+        &editor,
+        format!("#!/bin/sh\nstat -c %a \"$1\" > {}\n", seen.display()),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&editor)
+        .status()
+        .unwrap();
+    let o = cli.run_env(
+        &["edit", "ed"],
+        &[
+            ("EDITOR", editor.to_str().unwrap()),
+            ("VISUAL", editor.to_str().unwrap()),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "600");
+}
