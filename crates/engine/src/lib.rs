@@ -276,6 +276,7 @@ impl Engine {
     /// MACs), and starts it when asked. Nothing is left behind when any step fails.
     pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
         spec.validate()?;
+        spec.graphics.restore_password(None)?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::VmExists(name));
@@ -325,8 +326,9 @@ impl Engine {
             )));
         }
         spec.validate()?;
-        // Keep MACs the user did not change.
+        // Keep MACs the user did not change, and the VNC password the answers left out.
         let old = vm.lock().spec.clone();
+        spec.graphics.restore_password(Some(&old.graphics))?;
         for (i, nic) in spec.nics.iter_mut().enumerate() {
             if nic.mac.is_none() {
                 nic.mac = old.nics.get(i).and_then(|n| n.mac);
@@ -562,7 +564,7 @@ impl Engine {
                 .clone()
                 .filter(|_| st.state == VmState::Crashed),
             accel_reason: st.rec.accel_reason.clone().filter(|_| active),
-            spec: with_spec.then(|| st.spec.clone()),
+            spec: with_spec.then(|| st.spec.redacted()),
             addresses: Vec::new(),
         }
     }

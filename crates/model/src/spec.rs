@@ -427,8 +427,13 @@ pub struct VncSpec {
     /// TCP port (5900 and up); chosen automatically when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The password (a secret: hvd stores it but never sends it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// In answers (`hv info`, `hv dump`): a password is set; its value is left out. In a spec
+    /// sent back without `password` (`hv edit`, `hv define` of a dump): keep the VM's password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub password_set: bool,
 }
 
 fn default_listen() -> IpAddr {
@@ -456,6 +461,7 @@ impl FromStr for GraphicsSpec {
                     listen: default_listen(),
                     port: None,
                     password: None,
+                    password_set: false,
                 };
                 for (k, v) in it {
                     match k {
@@ -486,6 +492,40 @@ impl FromStr for GraphicsSpec {
 }
 
 impl GraphicsSpec {
+    /// The same display with its password replaced by `password_set` (for API answers).
+    pub fn redacted(&self) -> GraphicsSpec {
+        match self {
+            GraphicsSpec::None => GraphicsSpec::None,
+            GraphicsSpec::Vnc(v) => GraphicsSpec::Vnc(VncSpec {
+                password: None,
+                password_set: v.password_set || v.password.is_some(),
+                ..v.clone()
+            }),
+        }
+    }
+
+    /// Fills in a password left out as `password_set` from `current` (the VM's stored display;
+    /// `None` for a new VM), so the stored spec always holds the value itself.
+    pub fn restore_password(&mut self, current: Option<&GraphicsSpec>) -> Result<(), SpecError> {
+        let GraphicsSpec::Vnc(v) = self else {
+            return Ok(());
+        };
+        if v.password.is_none() && v.password_set {
+            v.password = match current {
+                Some(GraphicsSpec::Vnc(c)) => c.password.clone(),
+                _ => None,
+            };
+            if v.password.is_none() {
+                return Err(SpecError::new(
+                    "graphics",
+                    "the VNC password was left out of this spec (password_set = true) and there is no stored one to keep; give it as password = \"...\"",
+                ));
+            }
+        }
+        v.password_set = false;
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), SpecError> {
         if let GraphicsSpec::Vnc(v) = self {
             if let Some(p) = v.port {
@@ -689,6 +729,14 @@ impl VmSpec {
     }
 
     /// Checks everything that needs no host access.
+    /// The spec as the API shows it: secrets (the VNC password) left out.
+    pub fn redacted(&self) -> VmSpec {
+        VmSpec {
+            graphics: self.graphics.redacted(),
+            ..self.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(SpecError::new(
@@ -888,6 +936,26 @@ mod tests {
         for bad in ["", "x", "cdrom,floppy", "dd", "disk,disk", "a"] {
             assert!(bad.parse::<BootOrder>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vnc_password_is_redacted_and_restored() {
+        let stored: GraphicsSpec = "vnc,password=secret".parse().unwrap();
+        let shown = stored.redacted();
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(
+            !json.contains("secret") && json.contains("password_set"),
+            "{json}"
+        );
+        let mut back: GraphicsSpec = serde_json::from_str(&json).unwrap();
+        back.restore_password(Some(&stored)).unwrap();
+        assert_eq!(back, stored, "an edit keeps the password");
+        let mut fresh: GraphicsSpec = serde_json::from_str(&json).unwrap();
+        let err = fresh.restore_password(None).unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
+        let mut none = GraphicsSpec::None;
+        none.restore_password(Some(&stored)).unwrap();
+        assert_eq!(none, GraphicsSpec::None, "no VNC, no password");
     }
 
     #[test]
