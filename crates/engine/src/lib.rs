@@ -27,7 +27,10 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
-pub use console::{ConsoleHub, ConsoleMsg};
+pub use console::{
+    skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
+    INPUT_CAP as CONSOLE_INPUT_CAP,
+};
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
 pub use host_storage::transfer::{Replaced, Upload};
@@ -607,17 +610,20 @@ impl Engine {
     /// Types into the VM's serial console.
     pub fn console_input(&self, name: &str, data: Vec<u8>) -> Result<()> {
         let vm = self.get(name)?;
-        if vm.console.send_input(data) {
-            Ok(())
-        } else {
-            Err(EngineError::InvalidState {
+        match vm.console.send_input(data) {
+            Ok(()) => Ok(()),
+            Err(console::InputError::Full) => Err(EngineError::Busy {
+                vm: name.into(),
+                op: "console input the guest has not read yet (input dropped)",
+            }),
+            Err(console::InputError::NotConnected) => Err(EngineError::InvalidState {
                 vm: name.into(),
                 source: model::InvalidTransition {
                     action: Action::Start,
                     state: vm.state(),
                     hint: "; its console is not connected (is it running?)",
                 },
-            })
+            }),
         }
     }
 
@@ -674,7 +680,7 @@ async fn wait_console(hub: &ConsoleHub, re: &regex::bytes::Regex) -> String {
         // Matches may straddle chunks: search again from a little before the new data.
         from = work.len().saturating_sub(4096);
         match rx.recv().await {
-            Ok(ConsoleMsg::Data(d)) => work.extend_from_slice(&d),
+            Ok(ConsoleMsg::Data { data, .. }) => work.extend_from_slice(&data),
             Ok(ConsoleMsg::Reset) => {
                 work.clear();
                 from = 0;
