@@ -418,6 +418,62 @@ fn console_input_is_bounded_and_a_slow_client_sees_a_skip_marker() {
     let _ = h.stop();
 }
 
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Issue 9: a guest that prints forever cannot fill the disk: console.log stays near hvd's
+/// `--log-cap` while hvd runs, and what QEMU appended while hvd was down is cut back when a new
+/// hvd re-attaches.
+#[test]
+fn a_console_flood_keeps_the_console_log_under_its_cap() {
+    const CAP: u64 = 256 << 10;
+    // The cap, a check interval (cap / 4) and what sits in the serial socket's buffers.
+    const BOUND: u64 = 1 << 20;
+    let mut h =
+        TestHvd::start_with_args(env!("CARGO_BIN_EXE_hvd").as_ref(), &["--log-cap", "256K"])
+            .expect("hvd starts");
+    boot(&h, "loud", VmOpts::default());
+    let log = h.state_dir.join("vms/loud/console.log");
+    h.type_line(
+        "loud",
+        &format!("while true; do echo {}; done", "0123456789".repeat(10)),
+    )
+    .unwrap();
+    let mut follow = h.client().console_log("loud", true).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut total, mut biggest) = (0u64, 0u64);
+    while total < 3 << 20 {
+        let n = std::io::Read::read(&mut follow, &mut buf).unwrap();
+        assert!(n > 0, "the console log stream ended early");
+        total += n as u64;
+        biggest = biggest.max(file_len(&log));
+    }
+    drop(follow);
+    assert!(
+        biggest <= BOUND,
+        "console.log reached {biggest} bytes (cap {CAP})"
+    );
+
+    // While hvd is down QEMU appends on its own; the next hvd cuts the file back at once.
+    h.stop().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while file_len(&log) < 2 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest stopped printing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.start_again().unwrap();
+    let after = file_len(&log);
+    assert!(
+        after <= BOUND,
+        "console.log is {after} bytes after re-attach (cap {CAP})"
+    );
+    h.client().destroy("loud").unwrap();
+}
+
 #[test]
 fn vnc_listens_with_a_password_and_reports_its_port() {
     let h = hvd();

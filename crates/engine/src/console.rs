@@ -3,7 +3,8 @@
 //!
 //! QEMU itself appends everything the console prints to `console.log` (also while hvd is
 //! down); the hub keeps the last [`SCROLLBACK`] bytes of the current run in memory, seeded from
-//! that file on re-attach, and caps the file at [`LOG_CAP`] bytes.
+//! that file on re-attach, and caps QEMU's logs (see [`crate::logcap`]) when it attaches and
+//! as output arrives.
 //!
 //! Both directions are bounded: input waiting for QEMU is capped at [`INPUT_CAP`] bytes (more is
 //! refused, not queued), and a reader that falls behind the output ring learns how many bytes
@@ -21,8 +22,6 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Bytes of scrollback kept in memory per VM.
 pub const SCROLLBACK: usize = 1 << 20;
-/// The console log file is truncated when it grows past this.
-pub const LOG_CAP: u64 = 8 << 20;
 /// Console input accepted but not yet written to QEMU, at most (a guest that does not read
 /// its serial port makes QEMU stop reading, and input then waits here).
 pub const INPUT_CAP: usize = 1 << 20;
@@ -208,8 +207,15 @@ impl ConsoleHub {
         })
     }
 
-    /// Takes over QEMU's serial socket: reads output into the hub, writes queued input.
-    pub fn attach(self: &std::sync::Arc<Self>, stream: UnixStream, log: PathBuf) {
+    /// Takes over QEMU's serial socket: reads output into the hub, writes queued input. The
+    /// `logs` QEMU appends to (its console log, its stderr) are kept under `cap` bytes: checked
+    /// now (they grew while hvd was down) and after every `cap / 4` bytes (at most 1 MiB) of
+    /// output.
+    pub fn attach(self: &std::sync::Arc<Self>, stream: UnixStream, logs: Vec<PathBuf>, cap: u64) {
+        for log in &logs {
+            crate::logcap::truncate_if_over(log, cap);
+        }
+        let check_every = (cap / 4).clamp(1, 1 << 20) as usize;
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -237,9 +243,11 @@ impl ConsoleHub {
                     Ok(n) => {
                         hub.push(&buf[..n]);
                         since_check += n;
-                        if since_check > (1 << 20) {
+                        if since_check >= check_every {
                             since_check = 0;
-                            cap_log(&log);
+                            for log in &logs {
+                                crate::logcap::truncate_if_over(log, cap);
+                            }
                         }
                     }
                 }
@@ -247,17 +255,6 @@ impl ConsoleHub {
             hub.lock().input = None;
             hub.lock().send(ConsoleMsg::Closed);
         });
-    }
-}
-
-/// QEMU opens the log with O_APPEND, so truncating it in place is safe: later writes land at
-/// the new end. The in-memory scrollback still holds the last [`SCROLLBACK`] bytes.
-fn cap_log(log: &Path) {
-    if std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) > LOG_CAP {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(log) {
-            let _ = f.set_len(0);
-            tracing::info!(log = %log.display(), "console log reached its cap and was truncated");
-        }
     }
 }
 
@@ -327,7 +324,7 @@ mod tests {
         // QEMU's end of the serial socket, never read: input piles up in hvd.
         let (ours, _qemu) = UnixStream::pair().unwrap();
         let log = std::env::temp_dir().join(format!("hv-console-test-{}", std::process::id()));
-        hub.attach(ours, log);
+        hub.attach(ours, vec![log], 1 << 20);
         let chunk = vec![b'x'; 64 << 10];
         let mut accepted = 0usize;
         for _ in 0..1000 {

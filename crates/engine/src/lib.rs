@@ -9,6 +9,7 @@
 mod console;
 mod error;
 mod hotplug;
+pub mod logcap;
 mod network;
 mod nics;
 mod run;
@@ -43,6 +44,8 @@ use vm::Vm;
 pub struct Config {
     pub state_dir: PathBuf,
     pub qemu_binary: String,
+    /// Each log file (console, QEMU, QMP, dnsmasq) is capped at about this many bytes.
+    pub log_cap: u64,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
         Config {
             state_dir,
             qemu_binary: host_probe::QEMU_BINARY.to_string(),
+            log_cap: logcap::DEFAULT_LOG_CAP,
         }
     }
     fn vm_dir(&self, name: &str) -> PathBuf {

@@ -279,6 +279,11 @@ impl Engine {
         let Some(pid) = net.dnsmasq.as_ref().map(|d| d.pid()) else {
             return;
         };
+        // dnsmasq appends (O_APPEND) to its log: capped at each (re)start and re-attach.
+        let log = self
+            .net_dir(net.spec.name.as_str())
+            .join(host_net::LOG_FILE);
+        crate::logcap::truncate_if_over(&log, self.inner.cfg.log_cap);
         let engine = self.clone();
         let name = net.spec.name.to_string();
         tokio::spawn(async move {

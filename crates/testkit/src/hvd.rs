@@ -35,22 +35,29 @@ pub struct TestHvd {
     netns: Option<String>,
     child: Option<Child>,
     client: Client,
+    /// More hvd arguments, kept across restarts.
+    extra_args: Vec<String>,
 }
 
 impl TestHvd {
     /// Starts hvd (`hvd_bin`, usually `env!("CARGO_BIN_EXE_hvd")`) in a fresh directory and
     /// waits until its API answers.
     pub fn start(hvd_bin: &Path) -> Result<TestHvd> {
-        Self::start_with(hvd_bin, None)
+        Self::start_with(hvd_bin, None, &[])
+    }
+
+    /// Like [`start`](Self::start), with more hvd arguments (kept across restarts).
+    pub fn start_with_args(hvd_bin: &Path, args: &[&str]) -> Result<TestHvd> {
+        Self::start_with(hvd_bin, None, args)
     }
 
     /// Like [`start`](Self::start), with hvd inside the network namespace `netns` (which the
     /// test made; see [`NetNs`](crate::NetNs)).
     pub fn start_in_netns(hvd_bin: &Path, netns: &str) -> Result<TestHvd> {
-        Self::start_with(hvd_bin, Some(netns))
+        Self::start_with(hvd_bin, Some(netns), &[])
     }
 
-    fn start_with(hvd_bin: &Path, netns: Option<&str>) -> Result<TestHvd> {
+    fn start_with(hvd_bin: &Path, netns: Option<&str>, args: &[&str]) -> Result<TestHvd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short, so runtime socket paths stay far below the 107-byte limit.
         let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
@@ -64,6 +71,7 @@ impl TestHvd {
             netns: netns.map(str::to_string),
             child: None,
             client: Client::new(""),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         t.client = Client::new(&t.socket);
         t.spawn()?;
@@ -88,6 +96,7 @@ impl TestHvd {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.extra_args)
             .env("HV_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
