@@ -64,12 +64,21 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// Parses a JSON body with our error format (serde names unknown fields).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let slice: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
-    serde_json::from_slice(slice).map_err(|e| {
-        ApiError(
-            ErrorCode::InvalidArgument,
-            format!("invalid request body: {e}"),
-        )
-    })
+    // The error names the field it is about (`spec.graphics.port: invalid value ...`).
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(slice)).map_err(
+        |e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            ApiError(
+                ErrorCode::InvalidArgument,
+                format!("invalid request body: {at}{}", e.inner()),
+            )
+        },
+    )
 }
 
 pub fn router(engine: Engine) -> Router {

@@ -399,6 +399,17 @@ impl Engine {
         name: &str,
         req: api::AddForwardRequest,
     ) -> Result<Vec<model::ForwardSpec>> {
+        if !matches!(req.proto.as_str(), "tcp" | "udp") {
+            return Err(EngineError::Invalid(format!(
+                "proto {:?} cannot be forwarded; use tcp or udp",
+                req.proto
+            )));
+        }
+        if req.host_port == 0 || req.port == Some(0) {
+            return Err(EngineError::Invalid(
+                "port 0 cannot be forwarded; use 1 to 65535".into(),
+            ));
+        }
         let leases = self.net_leases(name).await?;
         let mac = self.nic_mac_on(&req.vm, name)?;
         let lease = leases
@@ -828,7 +839,7 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
     let name = spec.name.as_str();
     let cfg = match spec.mode {
         NetMode::Bridge => NetworkConfig::bridged(name, spec.bridge.as_deref().unwrap_or_default())
-            .map_err(invalid)?,
+            .map_err(|e| EngineError::Invalid(format!("bridge: {e}")))?,
         m => {
             let subnet: Ipv4Cidr = spec
                 .subnet

@@ -332,11 +332,8 @@ impl DiskSpec {
                 "a disk needs path=FILE or vol=POOL/NAME",
             ));
         }
-        if !self.path.as_os_str().is_empty() && !self.path.is_absolute() {
-            return Err(SpecError::new(
-                field,
-                format!("disk path {:?} must be absolute", self.path),
-            ));
+        if !self.path.as_os_str().is_empty() {
+            crate::check_host_path(&field, &self.path)?;
         }
         if self.readonly && self.size.is_some() {
             return Err(SpecError::new(
@@ -537,10 +534,14 @@ impl GraphicsSpec {
                 }
             }
             if let Some(pw) = &v.password {
-                if pw.is_empty() || pw.len() > 8 || pw.contains(',') {
+                if pw.is_empty()
+                    || pw.len() > 8
+                    || pw.contains(',')
+                    || pw.chars().any(char::is_control)
+                {
                     return Err(SpecError::new(
                         "graphics",
-                        "a VNC password has 1 to 8 characters (the VNC protocol uses only 8) and no commas",
+                        "a VNC password has 1 to 8 characters (the VNC protocol uses only 8), no commas and no control characters",
                     ));
                 }
             }
@@ -693,6 +694,8 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_MEMORY: u64 = 4 << 40;
 pub const MAX_DISKS: usize = 16;
 pub const MAX_NICS: usize = 8;
+/// Linux on x86 takes a kernel command line of at most this many bytes (`COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE: usize = 2048;
 
 impl VmSpec {
     /// A spec with defaults for everything but the name.
@@ -760,13 +763,22 @@ impl VmSpec {
         if let Some(k) = &self.kernel {
             for (what, p) in [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())] {
                 if let Some(p) = p {
-                    if !p.is_absolute() {
-                        return Err(SpecError::new(what, format!("path {p:?} must be absolute")));
-                    }
+                    crate::check_host_path(what, p)?;
                 }
             }
-            if k.cmdline.as_deref().is_some_and(|c| c.contains('\0')) {
-                return Err(SpecError::new("cmdline", "contains a NUL byte"));
+            if let Some(c) = &k.cmdline {
+                if let Some(ch) = c.chars().find(|ch| ch.is_control()) {
+                    return Err(SpecError::new(
+                        "cmdline",
+                        format!("contains the control character {ch:?}; use one line of text"),
+                    ));
+                }
+                if c.len() > MAX_CMDLINE {
+                    return Err(SpecError::new(
+                        "cmdline",
+                        format!("is {} bytes; Linux takes at most {MAX_CMDLINE}", c.len()),
+                    ));
+                }
             }
         }
         if self.disks.len() > MAX_DISKS {
@@ -797,6 +809,9 @@ impl VmSpec {
             }
         }
         if let Some(c) = &self.cdrom {
+            if c.is_absolute() {
+                crate::check_host_path("cdrom", c)?;
+            }
             if !c.as_os_str().is_empty() && !c.is_absolute() && self.cdrom_vol().is_none() {
                 return Err(SpecError::new(
                     "cdrom",
