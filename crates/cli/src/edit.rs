@@ -9,7 +9,7 @@ pub fn edit(c: &client::Client, name: &str) -> Result<i32> {
     let original = toml::to_string(&spec)?;
     let dir = std::env::temp_dir();
     let path = dir.join(format!("hv-edit-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, &original).with_context(|| format!("cannot write {}", path.display()))?;
+    write_private(&path, &original).with_context(|| format!("cannot write {}", path.display()))?;
     let _cleanup = Cleanup(path.clone());
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
@@ -52,6 +52,19 @@ pub fn edit(c: &client::Client, name: &str) -> Result<i32> {
             }
         }
     }
+}
+
+/// The spec may hold secrets (a VNC password): the file is the user's alone (mode 0600) and
+/// is created anew, never through a file or link someone else put at that path.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 fn ask(prompt: &str) -> bool {

@@ -24,6 +24,10 @@ struct Args {
     /// The QEMU system emulator to run.
     #[arg(long, env = "HV_QEMU", default_value = "qemu-system-x86_64")]
     qemu: String,
+    /// Cap of each log file: a VM's console.log, qemu.log and qmp.log, a network's dnsmasq.log
+    /// (SIZE: 8M, 512K or bytes). See ARCHITECTURE.md for when each is checked.
+    #[arg(long, env = "HV_LOG_CAP", default_value = "8M")]
+    log_cap: model::Size,
 }
 
 fn init_logging() {
@@ -90,6 +94,7 @@ async fn run(args: Args) -> Result<()> {
     let listener = bind_socket(&args.socket)?;
     let mut cfg = engine::Config::new(args.state_dir.clone());
     cfg.qemu_binary = args.qemu.clone();
+    cfg.log_cap = args.log_cap.0.max(4096);
     let engine = engine::Engine::open(cfg)
         .await
         .context("cannot open the engine")?;

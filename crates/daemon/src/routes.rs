@@ -14,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use engine::{ConsoleMsg, Engine, EngineError};
+use engine::{Engine, EngineError, FeedItem};
 use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -98,12 +98,21 @@ where
 /// Parses a JSON body with our error format (serde names unknown fields).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let slice: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
-    serde_json::from_slice(slice).map_err(|e| {
-        ApiError(
-            ErrorCode::InvalidArgument,
-            format!("invalid request body: {e}"),
-        )
-    })
+    // The error names the field it is about (`spec.graphics.port: invalid value ...`).
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(slice)).map_err(
+        |e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            ApiError(
+                ErrorCode::InvalidArgument,
+                format!("invalid request body: {at}{}", e.inner()),
+            )
+        },
+    )
 }
 
 pub fn router(engine: Engine) -> Router {
@@ -420,19 +429,18 @@ async fn console_log(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let hub = e.console(&name)?;
-    let (snap, rx) = hub.subscribe();
+    let (snap, feed) = hub.subscribe_feed();
     let head =
         futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(snap)) });
     let body = if q.follow {
-        let live = futures_util::stream::unfold(rx, |mut rx| async move {
+        let live = futures_util::stream::unfold(feed, |mut feed| async move {
             loop {
-                match rx.recv().await {
-                    Ok(ConsoleMsg::Data(d)) => return Some((Ok(Bytes::copy_from_slice(&d)), rx)),
-                    Ok(ConsoleMsg::Reset) => continue,
-                    Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => {
-                        return None
+                match feed.recv().await {
+                    FeedItem::Data { skipped, data } => {
+                        return Some((Ok(with_skip_marker(skipped, &data)), feed))
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    FeedItem::Reset => continue,
+                    FeedItem::Closed => return None,
                 }
             }
         });
@@ -473,7 +481,10 @@ async fn console_ws(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let hub = e.console(&name)?;
-    Ok(ws.on_upgrade(move |socket| console_session(e, name, hub, socket)))
+    // A frame larger than the whole input queue could never be taken: refuse it at the door.
+    Ok(ws
+        .max_message_size(engine::CONSOLE_INPUT_CAP)
+        .on_upgrade(move |socket| console_session(e, name, hub, socket)))
 }
 
 async fn console_session(
@@ -482,29 +493,29 @@ async fn console_session(
     hub: std::sync::Arc<engine::ConsoleHub>,
     mut socket: WebSocket,
 ) {
-    let (_, mut rx) = hub.subscribe();
+    let (_, mut feed) = hub.subscribe_feed();
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Ok(ConsoleMsg::Data(d)) => {
-                    if socket.send(Message::Binary(Bytes::copy_from_slice(&d))).await.is_err() {
+            item = feed.recv() => match item {
+                FeedItem::Data { skipped, data } => {
+                    if socket.send(Message::Binary(with_skip_marker(skipped, &data))).await.is_err() {
                         break;
                     }
                 }
-                Ok(ConsoleMsg::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Ok(ConsoleMsg::Closed) | Err(broadcast::error::RecvError::Closed) => {
+                FeedItem::Reset => {}
+                FeedItem::Closed => {
                     let _ = socket.send(Message::Text("\r\n[hv: the VM stopped; console closed]\r\n".into())).await;
                     break;
                 }
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Binary(b))) => {
-                    if e.console_input(&name, b.to_vec()).is_err() {
+                    if !console_input(&e, &name, b.to_vec(), &mut socket).await {
                         break;
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
-                    if e.console_input(&name, t.as_bytes().to_vec()).is_err() {
+                    if !console_input(&e, &name, t.as_bytes().to_vec(), &mut socket).await {
                         break;
                     }
                 }
@@ -533,6 +544,32 @@ async fn operation_cancel(
     Path(id): Path<u64>,
 ) -> ApiResult<api::OperationInfo> {
     Ok(Json(e.operations().cancel(id)?))
+}
+
+/// Output with the marker for what this reader missed in front of it.
+fn with_skip_marker(skipped: u64, data: &[u8]) -> Bytes {
+    if skipped == 0 {
+        return Bytes::copy_from_slice(data);
+    }
+    let mut out = engine::skipped_marker(skipped).into_bytes();
+    out.extend_from_slice(data);
+    Bytes::from(out)
+}
+
+/// Passes input on; input the bounded queue refuses is dropped and the client told so.
+/// False when the session should end.
+async fn console_input(e: &Engine, name: &str, data: Vec<u8>, socket: &mut WebSocket) -> bool {
+    match e.console_input(name, data) {
+        Ok(()) => true,
+        Err(EngineError::Busy { .. }) => {
+            let note = format!(
+                "\r\n[hv: console input dropped: {} bytes already wait for the guest to read them]\r\n",
+                engine::CONSOLE_INPUT_CAP
+            );
+            socket.send(Message::Text(note.into())).await.is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 // ---- storage ----

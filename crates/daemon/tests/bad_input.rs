@@ -199,3 +199,295 @@ fn every_documented_route_is_served() {
     let resp = h.client().send("GET", "/v1/nothing-here", None).unwrap();
     assert_eq!(resp.status, 404);
 }
+
+/// Every file and directory under `dir`, for "nothing was left behind" checks.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.insert(p);
+        }
+    }
+    out
+}
+
+/// Issue 9, item 6: hostile values in every field that reaches a file, argv, dnsmasq or nft
+/// get a 4xx that names the field, and leave no file and no definition behind.
+#[test]
+fn hostile_values_in_every_field_are_refused_and_leave_nothing() {
+    use serde_json::{json, Value};
+    let h = hvd();
+    let c = h.client();
+    let ok = serde_json::to_value(h.tiny_spec("ok", VmOpts::default()).unwrap()).unwrap();
+    let d = h.dir.display().to_string();
+    let long = "x".repeat(5000);
+    // A pool, a network and a VM to hang the nested cases on.
+    c.pool_create(&api::CreatePoolRequest {
+        name: "p".parse().unwrap(),
+        path: h.dir.join("pool"),
+        autostart: false,
+    })
+    .unwrap();
+    c.send(
+        "POST",
+        "/v1/networks",
+        Some(br#"{"name":"n","mode":"isolated","subnet":"10.77.0.0/24"}"#),
+    )
+    .unwrap();
+    c.create(h.tiny_spec("vm", VmOpts::default()).unwrap(), false)
+        .unwrap();
+    let before = (
+        tree(&h.dir),
+        c.list().unwrap().len(),
+        c.nets().unwrap().len(),
+    );
+
+    // Unique names, so that a case that wrongly succeeds does not make the next ones fail
+    // for another reason.
+    let n = std::cell::Cell::new(0);
+    let uniq = |prefix: &str| {
+        n.set(n.get() + 1);
+        format!("{prefix}{}", n.get())
+    };
+    let vm = |edit: &dyn Fn(&mut Value)| {
+        let mut s = ok.clone();
+        s["name"] = json!(uniq("c"));
+        edit(&mut s);
+        json!({ "spec": s })
+    };
+    let mut cases: Vec<(&str, String, Value, &str)> = Vec::new();
+    for name in [
+        "a,b", "a\nb", "a\u{0}b", "../x", "a/b", "a=b", "-x", "", &long, "a b", "é",
+    ] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["name"] = json!(name)),
+            "name",
+        ));
+        cases.push((
+            "POST",
+            "/v1/networks".into(),
+            json!({"name": name, "mode": "isolated"}),
+            "name",
+        ));
+        cases.push((
+            "POST",
+            "/v1/pools".into(),
+            json!({"name": name, "path": format!("{d}/pp")}),
+            "name",
+        ));
+        cases.push((
+            "POST",
+            "/v1/pools/p/volumes".into(),
+            json!({"name": name, "size": "1M"}),
+            "name",
+        ));
+    }
+    for path in [
+        "relative/vmlinuz".to_string(),
+        format!("{d}/../{}/x", d.rsplit('/').next().unwrap()),
+        format!("{d}/a\nb"),
+        format!("{d}/a\u{0}b"),
+        format!("{d}/{long}"),
+        format!("{d}/{}", "x/".repeat(2100)),
+    ] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["kernel"]["path"] = json!(path)),
+            "kernel",
+        ));
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["kernel"]["initrd"] = json!(path)),
+            "initrd",
+        ));
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["disks"] = json!([{"path": path, "size": "16M"}])),
+            "disks[0]",
+        ));
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["cdrom"] = json!(path)),
+            "cdrom",
+        ));
+        cases.push((
+            "POST",
+            "/v1/pools".into(),
+            json!({"name": uniq("q"), "path": path}),
+            "path",
+        ));
+        cases.push((
+            "POST",
+            "/v1/pools/p/import".into(),
+            json!({"name": uniq("i"), "source": path, "format": "raw"}),
+            "source",
+        ));
+    }
+    for cmdline in ["a\u{0}b", "a\nb", "a\u{1b}b", &"x".repeat(2049)] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["kernel"]["cmdline"] = json!(cmdline)),
+            "cmdline",
+        ));
+    }
+    for mac in [
+        "01:00:5e:00:00:01",
+        "52:54:00:zz:00:01",
+        "52:54:00:00:00:01,x",
+        "52:54:00:00:00:01\n",
+        "ff:ff:ff:ff:ff:ff",
+        "00:00:00:00:00:00",
+    ] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["nics"] = json!([{"type": "network", "source": "n", "mac": mac}])),
+            "mac",
+        ));
+        cases.push((
+            "POST",
+            "/v1/networks/n/reservations".into(),
+            json!({"mac": mac, "ip": "10.77.0.9"}),
+            "mac",
+        ));
+    }
+    for net in ["n,x", "n\nx", "../n"] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["nics"] = json!([{"type": "network", "source": net}])),
+            "net",
+        ));
+    }
+    for port in [
+        json!(0),
+        json!(80),
+        json!(65536),
+        json!(-1),
+        json!("5901,x"),
+    ] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["graphics"] = json!({"type": "vnc", "port": port})),
+            "graphics",
+        ));
+    }
+    for pw in ["a,b", "a\nb", "", "123456789"] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| s["graphics"] = json!({"type": "vnc", "password": pw})),
+            "password",
+        ));
+    }
+    for host in ["a,b", "a\nb", "a b", "-a", "a_b", &long, "a..b"] {
+        cases.push((
+            "POST",
+            "/v1/networks/n/reservations".into(),
+            json!({"mac": "52:54:00:00:00:09", "ip": "10.77.0.9", "hostname": host}),
+            "hostname",
+        ));
+    }
+    cases.push((
+        "POST",
+        "/v1/networks/n/reservations".into(),
+        json!({"mac": "52:54:00:00:00:09", "ip": "10.1.2.3"}),
+        "10.1.2.3",
+    ));
+    cases.push((
+        "POST",
+        "/v1/networks/n/reservations".into(),
+        json!({"mac": "52:54:00:00:00:09", "ip": "10.77.0.9\n"}),
+        "ip",
+    ));
+    for subnet in [
+        "10.0.0.0/33",
+        "10.0.0.0/24\n",
+        "10.0.0.0/24,x",
+        "300.0.0.0/24",
+        "10.0.0.1/24",
+    ] {
+        cases.push((
+            "POST",
+            "/v1/networks".into(),
+            json!({"name": uniq("s"), "mode": "isolated", "subnet": subnet}),
+            "subnet",
+        ));
+    }
+    for range in [
+        "10.78.0.9-10.78.0.2",
+        "10.78.0.5-10.79.0.9",
+        "a-b",
+        "10.78.0.5,10.78.0.9",
+        "10.78.0.0-10.78.0.255",
+    ] {
+        cases.push(("POST", "/v1/networks".into(), json!({"name": uniq("s"), "mode": "isolated", "subnet": "10.78.0.0/24", "dhcp_range": range}), "dhcp"));
+    }
+    for bridge in ["br0\n", "br,0", "../br", &long, "br 0"] {
+        cases.push((
+            "POST",
+            "/v1/networks".into(),
+            json!({"name": uniq("s"), "mode": "bridge", "bridge": bridge}),
+            "bridge",
+        ));
+    }
+    for (proto, port) in [
+        ("icmp", json!(80)),
+        ("tcp", json!(0)),
+        ("tcp", json!(70000)),
+        ("tcp\n", json!(80)),
+    ] {
+        cases.push((
+            "POST",
+            "/v1/networks/n/forwards".into(),
+            json!({"proto": proto, "host_port": port, "vm": "vm"}),
+            if proto == "icmp" || proto.contains('\n') {
+                "proto"
+            } else {
+                "port"
+            },
+        ));
+    }
+
+    let mut failures = Vec::new();
+    for (method, path, body, field) in &cases {
+        let resp = c
+            .send(method, path, Some(body.to_string().as_bytes()))
+            .unwrap();
+        let status = resp.status;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut resp.into_reader(), &mut text).unwrap();
+        if !(400..500).contains(&status) || !text.to_lowercase().contains(field) {
+            failures.push(format!("{method} {path} {body}: {status} {text}"));
+        }
+    }
+    let after = (
+        tree(&h.dir),
+        c.list().unwrap().len(),
+        c.nets().unwrap().len(),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases were not refused as they should be:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(before.1, after.1, "no VM is defined");
+    assert_eq!(before.2, after.2, "no network is defined");
+    let new: Vec<_> = after.0.difference(&before.0).collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
+}

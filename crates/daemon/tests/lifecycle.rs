@@ -331,6 +331,149 @@ fn several_consoles_see_output_and_any_can_type() {
     h.wait_state("multi", VmState::Shutoff, T).unwrap();
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Reads console WebSocket frames until their text contains `needle`.
+fn read_ws_until(
+    ws: &mut tungstenite::WebSocket<std::os::unix::net::UnixStream>,
+    needle: &str,
+) -> String {
+    use tungstenite::Message;
+    ws.get_ref().set_read_timeout(Some(T)).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(d)) => seen.extend_from_slice(&d),
+            Ok(Message::Text(t)) => seen.extend_from_slice(t.as_bytes()),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "no {needle:?} in the console stream ({e}); last output: {}",
+                String::from_utf8_lossy(&seen[seen.len().saturating_sub(500)..])
+            ),
+        }
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(at) = text.find(needle) {
+            return text[at.saturating_sub(200)..].to_string();
+        }
+        if seen.len() > 64 << 20 {
+            seen.drain(..32 << 20);
+        }
+    }
+}
+
+/// Issue 9: input for a guest that does not read its console is bounded in hvd (the excess is
+/// refused with a note), and a console client that falls behind sees how much it missed.
+#[test]
+fn console_input_is_bounded_and_a_slow_client_sees_a_skip_marker() {
+    use tungstenite::Message;
+    let mut h = hvd();
+    boot(&h, "flood", VmOpts::default());
+    let hvd_pid = h.hvd_pid().unwrap();
+
+    // A paused guest reads nothing: QEMU stops taking input once the UART FIFO is full.
+    h.client().pause("flood").unwrap();
+    let before = rss_kib(hvd_pid);
+    let mut ws = h.client().console("flood").unwrap();
+    let frame = vec![b'#'; 512 << 10];
+    for _ in 0..64 {
+        ws.send(Message::Binary(frame.clone().into())).unwrap();
+    }
+    let note = read_ws_until(&mut ws, "console input dropped");
+    let grown = rss_kib(hvd_pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "hvd grew by {grown} KiB for 32 MiB of unread input"
+    );
+    assert!(note.contains("wait for the guest"), "{note}");
+    drop(ws);
+    h.client().destroy("flood").unwrap();
+    h.client().start("flood", false).unwrap();
+    h.wait_ready("flood").unwrap();
+
+    // A client that never reads falls behind a guest that prints without end.
+    let mut slow = h.client().console("flood").unwrap();
+    h.type_line(
+        "flood",
+        &format!("while true; do echo {}; done", "0123456789".repeat(10)),
+    )
+    .unwrap();
+    let mut follow = h.client().console_log("flood", true).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0usize;
+    while total < 4 << 20 {
+        let n = std::io::Read::read(&mut follow, &mut buf).unwrap();
+        assert!(n > 0, "the console log stream ended early");
+        total += n;
+    }
+    let marker = read_ws_until(&mut slow, "bytes of console output were skipped]");
+    assert!(marker.contains("\r\n[hv: "), "{marker}");
+    h.client().destroy("flood").unwrap();
+    let _ = h.stop();
+}
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Issue 9: a guest that prints forever cannot fill the disk: console.log stays near hvd's
+/// `--log-cap` while hvd runs, and what QEMU appended while hvd was down is cut back when a new
+/// hvd re-attaches.
+#[test]
+fn a_console_flood_keeps_the_console_log_under_its_cap() {
+    const CAP: u64 = 256 << 10;
+    // The cap, a check interval (cap / 4) and what sits in the serial socket's buffers.
+    const BOUND: u64 = 1 << 20;
+    let mut h =
+        TestHvd::start_with_args(env!("CARGO_BIN_EXE_hvd").as_ref(), &["--log-cap", "256K"])
+            .expect("hvd starts");
+    boot(&h, "loud", VmOpts::default());
+    let log = h.state_dir.join("vms/loud/console.log");
+    h.type_line(
+        "loud",
+        &format!("while true; do echo {}; done", "0123456789".repeat(10)),
+    )
+    .unwrap();
+    let mut follow = h.client().console_log("loud", true).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut total, mut biggest) = (0u64, 0u64);
+    while total < 3 << 20 {
+        let n = std::io::Read::read(&mut follow, &mut buf).unwrap();
+        assert!(n > 0, "the console log stream ended early");
+        total += n as u64;
+        biggest = biggest.max(file_len(&log));
+    }
+    drop(follow);
+    assert!(
+        biggest <= BOUND,
+        "console.log reached {biggest} bytes (cap {CAP})"
+    );
+
+    // While hvd is down QEMU appends on its own; the next hvd cuts the file back at once.
+    h.stop().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while file_len(&log) < 2 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest stopped printing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.start_again().unwrap();
+    let after = file_len(&log);
+    assert!(
+        after <= BOUND,
+        "console.log is {after} bytes after re-attach (cap {CAP})"
+    );
+    h.client().destroy("loud").unwrap();
+}
+
 #[test]
 fn vnc_listens_with_a_password_and_reports_its_port() {
     let h = hvd();

@@ -766,3 +766,112 @@ fn a_network_that_cannot_come_up_is_marked_failed_and_hvd_starts() {
     h.client().net_stop("lan").unwrap();
     ns.run(&["ip", "link", "del", "brx"]).unwrap();
 }
+
+/// Issue 9: per-tap anti-spoofing. A guest that changes its MAC, or takes another VM's
+/// reserved address, reaches neither the gateway nor the other VM and cannot poison the
+/// gateway's ARP entry; a well-behaved guest still reaches both; the guard tables go with the
+/// taps.
+#[test]
+fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
+    let ns = NetNs::new("spoof").unwrap();
+    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client();
+    c.net_create(&NetworkSpec {
+        subnet: Some("10.77.31.0/24".into()),
+        ..NetworkSpec::new("g".parse().unwrap(), NetMode::Nat)
+    })
+    .unwrap();
+    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+        let mut spec = h.tiny_spec(vm, VmOpts::default()).unwrap();
+        spec.nics.push("network=g".parse().unwrap());
+        c.create(spec, false).unwrap();
+        c.net_reservation_add(
+            "g",
+            &api::AddReservationRequest {
+                mac: None,
+                vm: Some(vm.into()),
+                ip: ip.parse().unwrap(),
+                hostname: None,
+            },
+        )
+        .unwrap();
+    }
+    for vm in ["a", "b"] {
+        c.start(vm, false).unwrap();
+    }
+    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+        h.wait_ready(vm).unwrap();
+        h.type_line(vm, DHCP_ROUTE).unwrap();
+        let lease = h
+            .wait_console(vm, r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(lease, format!("HV-LEASE-{ip}-"));
+    }
+    let mut n = 0;
+    // Pings `dst` from `vm`; true when it answers.
+    let mut reaches = |vm: &str, dst: &str| {
+        n += 1;
+        let out = h
+            .run_in_guest(
+                vm,
+                &format!("ping -c 2 -W 3 {dst} >/dev/null && echo R{n}-YES || echo R{n}-NO"),
+                &format!(r"R{n}-(YES|NO)"),
+            )
+            .unwrap();
+        out.ends_with("YES")
+    };
+    assert!(reaches("a", "10.77.31.1"), "a reaches the gateway");
+    assert!(reaches("b", "10.77.31.1"), "b reaches the gateway");
+    assert!(reaches("b", "10.77.31.50"), "b reaches a");
+    let mac_a = c.info("a").unwrap().spec.unwrap().nics[0].mac.unwrap();
+    let mac_b = c.info("b").unwrap().spec.unwrap().nics[0].mac.unwrap();
+
+    // b takes another MAC: cut off.
+    h.type_line(
+        "b",
+        "ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:01; ip link set eth0 up; ip addr add 10.77.31.51/24 dev eth0 2>/dev/null; true",
+    )
+    .unwrap();
+    assert!(
+        !reaches("b", "10.77.31.1"),
+        "a changed MAC reaches the gateway"
+    );
+    assert!(!reaches("b", "10.77.31.50"), "a changed MAC reaches a");
+    h.type_line(
+        "b",
+        &format!("ip link set eth0 down; ip link set eth0 address {mac_b}; ip link set eth0 up; ip addr add 10.77.31.51/24 dev eth0 2>/dev/null; true"),
+    )
+    .unwrap();
+    assert!(reaches("b", "10.77.31.1"), "b's own MAC works again");
+
+    // b claims a's reserved address: cut off, and the gateway still knows a's MAC for it.
+    h.type_line(
+        "b",
+        "ip addr flush dev eth0; ip addr add 10.77.31.50/24 dev eth0",
+    )
+    .unwrap();
+    assert!(
+        !reaches("b", "10.77.31.1"),
+        "a claimed address reaches the gateway"
+    );
+    let neigh = ns
+        .run(&["ip", "neigh", "show", "10.77.31.50", "dev", "hvbr-g"])
+        .unwrap();
+    assert!(
+        !neigh.contains(&mac_b.to_string()),
+        "b poisoned the gateway's ARP entry for a: {neigh}"
+    );
+    assert!(reaches("a", "10.77.31.1"), "a is unharmed");
+    let _ = mac_a;
+
+    // One guard per tap, and they go with the taps.
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert_eq!(tables.matches("hv-guard-").count(), 2, "{tables}");
+    for vm in ["a", "b"] {
+        c.destroy(vm).unwrap();
+    }
+    c.net_stop("g").unwrap();
+    assert_no_hv_links(&ns);
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("hv-"), "{tables}");
+}

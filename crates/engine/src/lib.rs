@@ -10,6 +10,7 @@ mod console;
 mod error;
 mod hotplug;
 mod images;
+pub mod logcap;
 mod network;
 mod nics;
 mod operations;
@@ -30,7 +31,10 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
-pub use console::{ConsoleHub, ConsoleMsg};
+pub use console::{
+    skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
+    INPUT_CAP as CONSOLE_INPUT_CAP,
+};
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
 pub use host_storage::transfer::{Replaced, Upload};
@@ -44,6 +48,8 @@ use vm::Vm;
 pub struct Config {
     pub state_dir: PathBuf,
     pub qemu_binary: String,
+    /// Each log file (console, QEMU, QMP, dnsmasq) is capped at about this many bytes.
+    pub log_cap: u64,
 }
 
 impl Config {
@@ -51,6 +57,7 @@ impl Config {
         Config {
             state_dir,
             qemu_binary: host_probe::QEMU_BINARY.to_string(),
+            log_cap: logcap::DEFAULT_LOG_CAP,
         }
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
@@ -297,6 +304,7 @@ impl Engine {
     pub async fn define(&self, mut spec: VmSpec, start: bool) -> Result<VmInfo> {
         spec.validate()?;
         self.pin_machine(&mut spec).await?;
+        spec.graphics.restore_password(None)?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::VmExists(name));
@@ -347,8 +355,9 @@ impl Engine {
         }
         spec.validate()?;
         self.pin_machine(&mut spec).await?;
-        // Keep MACs the user did not change.
+        // Keep MACs the user did not change, and the VNC password the answers left out.
         let old = vm.lock().spec.clone();
+        spec.graphics.restore_password(Some(&old.graphics))?;
         for (i, nic) in spec.nics.iter_mut().enumerate() {
             if nic.mac.is_none() {
                 nic.mac = old.nics.get(i).and_then(|n| n.mac);
@@ -602,7 +611,7 @@ impl Engine {
                 .clone()
                 .filter(|_| st.state == VmState::Crashed),
             accel_reason: st.rec.accel_reason.clone().filter(|_| active),
-            spec: with_spec.then(|| st.spec.clone()),
+            spec: with_spec.then(|| st.spec.redacted()),
             addresses: Vec::new(),
         }
     }
@@ -645,17 +654,20 @@ impl Engine {
     /// Types into the VM's serial console.
     pub fn console_input(&self, name: &str, data: Vec<u8>) -> Result<()> {
         let vm = self.get(name)?;
-        if vm.console.send_input(data) {
-            Ok(())
-        } else {
-            Err(EngineError::InvalidState {
+        match vm.console.send_input(data) {
+            Ok(()) => Ok(()),
+            Err(console::InputError::Full) => Err(EngineError::Busy {
+                vm: name.into(),
+                op: "console input the guest has not read yet (input dropped)",
+            }),
+            Err(console::InputError::NotConnected) => Err(EngineError::InvalidState {
                 vm: name.into(),
                 source: model::InvalidTransition {
                     action: Action::Start,
                     state: vm.state(),
                     hint: "; its console is not connected (is it running?)",
                 },
-            })
+            }),
         }
     }
 
@@ -712,7 +724,7 @@ async fn wait_console(hub: &ConsoleHub, re: &regex::bytes::Regex) -> String {
         // Matches may straddle chunks: search again from a little before the new data.
         from = work.len().saturating_sub(4096);
         match rx.recv().await {
-            Ok(ConsoleMsg::Data(d)) => work.extend_from_slice(&d),
+            Ok(ConsoleMsg::Data { data, .. }) => work.extend_from_slice(&data),
             Ok(ConsoleMsg::Reset) => {
                 work.clear();
                 from = 0;

@@ -304,6 +304,11 @@ impl Engine {
         let Some(pid) = net.dnsmasq.as_ref().map(|d| d.pid()) else {
             return;
         };
+        // dnsmasq appends (O_APPEND) to its log: capped at each (re)start and re-attach.
+        let log = self
+            .net_dir(net.spec.name.as_str())
+            .join(host_net::LOG_FILE);
+        crate::logcap::truncate_if_over(&log, self.inner.cfg.log_cap);
         let engine = self.clone();
         let name = net.spec.name.to_string();
         tokio::spawn(async move {
@@ -423,6 +428,17 @@ impl Engine {
         name: &str,
         req: api::AddForwardRequest,
     ) -> Result<Vec<model::ForwardSpec>> {
+        if !matches!(req.proto.as_str(), "tcp" | "udp") {
+            return Err(EngineError::Invalid(format!(
+                "proto {:?} cannot be forwarded; use tcp or udp",
+                req.proto
+            )));
+        }
+        if req.host_port == 0 || req.port == Some(0) {
+            return Err(EngineError::Invalid(
+                "port 0 cannot be forwarded; use 1 to 65535".into(),
+            ));
+        }
         let leases = self.net_leases(name).await?;
         let mac = self.nic_mac_on(&req.vm, name)?;
         let lease = leases
@@ -822,22 +838,43 @@ impl Engine {
         i: usize,
         n: &model::NicSpec,
     ) -> Result<Option<String>> {
-        let bridge = match n.kind {
+        // The bridge, and the address a DHCP reservation pins to this NIC (for its guard).
+        let (bridge, reserved) = match n.kind {
             NicKind::User => return Ok(None),
-            NicKind::Bridge => n.source.clone().unwrap_or_default(),
+            NicKind::Bridge => (n.source.clone().unwrap_or_default(), None),
             NicKind::Network => {
                 let name = n.source.clone().unwrap_or_default();
                 let mut nets = self.inner.nets.lock().await;
                 self.net_start_locked(&mut nets, &name).await?;
-                nets.map
-                    .get(&name)
-                    .map(|n| n.cfg.bridge.clone())
-                    .unwrap_or_default()
+                let net = nets.map.get(&name);
+                let reserved = net.and_then(|net| {
+                    let v4 = net.cfg.ipv4.as_ref()?;
+                    v4.reservations
+                        .iter()
+                        .find(|r| Some(r.mac) == n.mac)
+                        .map(|r| r.ip)
+                });
+                (
+                    net.map(|n| n.cfg.bridge.clone()).unwrap_or_default(),
+                    reserved,
+                )
             }
         };
         let tap = host_net::tap_name(vm_id, i as u32);
         let _ = host_net::remove_link(&tap).await;
         host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
+        // Anti-spoofing: the guest sends only as its own MAC (and reserved address).
+        if let Some(mac) = n.mac {
+            let guard = host_net::Guard {
+                tap: tap.clone(),
+                mac,
+                ip: reserved,
+            };
+            if let Err(e) = host_net::apply_guard(&guard).await {
+                let _ = host_net::remove_link(&tap).await;
+                return Err(host(e));
+            }
+        }
         Ok(Some(tap))
     }
 }
@@ -857,7 +894,7 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
     let name = spec.name.as_str();
     let cfg = match spec.mode {
         NetMode::Bridge => NetworkConfig::bridged(name, spec.bridge.as_deref().unwrap_or_default())
-            .map_err(invalid)?,
+            .map_err(|e| EngineError::Invalid(format!("bridge: {e}")))?,
         m => {
             let subnet: Ipv4Cidr = spec
                 .subnet
@@ -907,7 +944,13 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
 /// Removes taps hv made for a VM.
 pub(crate) async fn remove_taps(taps: &[Option<String>]) {
     for t in taps.iter().flatten() {
-        if let Err(e) = host_net::remove_link(t).await {
+        // The tap and its guard go together (the guard matches the tap by name, so the order
+        // does not matter, and doing both at once keeps a VM's end as quick as before).
+        let (guard, link) = tokio::join!(host_net::remove_guard(t), host_net::remove_link(t));
+        if let Err(e) = guard {
+            tracing::warn!(tap = t, error = %e, "cannot remove the tap's guard");
+        }
+        if let Err(e) = link {
             tracing::warn!(tap = t, error = %e, "cannot remove tap");
         }
     }

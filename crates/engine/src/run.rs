@@ -499,6 +499,7 @@ impl Engine {
             EngineError::Host(format!("cannot reset {}: {e}", paths.console_log.display()))
         })?;
         vm.console.reset();
+        crate::logcap::rotate_if_over(&paths.qemu_log, self.inner.cfg.log_cap);
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -554,7 +555,7 @@ impl Engine {
                 .err()
                 .unwrap_or_else(|| EngineError::Qemu(String::new())));
         }
-        let transcript = transcript_writer(&paths.qmp_log);
+        let transcript = transcript_writer(&paths.qmp_log, self.inner.cfg.log_cap);
         let attach = async {
             let s = UnixStream::connect(&paths.qmp)
                 .await
@@ -591,7 +592,11 @@ impl Engine {
     async fn finish_attach(&self, vm: &Arc<Vm>, spec: &VmSpec, qmp: &Qmp) {
         let paths = self.paths(vm);
         match UnixStream::connect(&paths.serial).await {
-            Ok(s) => vm.console.attach(s, paths.console_log.clone()),
+            Ok(s) => vm.console.attach(
+                s,
+                vec![paths.console_log.clone(), paths.qemu_log.clone()],
+                self.inner.cfg.log_cap,
+            ),
             Err(e) => {
                 tracing::warn!(vm = %vm.name, error = %e, "cannot connect to the serial console")
             }
@@ -765,7 +770,7 @@ impl Engine {
             self.finish_run(&vm, Exit::Unknown, None);
             return;
         };
-        let transcript = transcript_writer(&paths.qmp_log);
+        let transcript = transcript_writer(&paths.qmp_log, self.inner.cfg.log_cap);
         let attach = async {
             let s = UnixStream::connect(&qmp_path)
                 .await
@@ -1020,18 +1025,13 @@ impl Engine {
     }
 }
 
-fn transcript_writer(path: &Path) -> Option<qmp::Transcript> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .ok()?;
-    let f = Mutex::new(f);
+fn transcript_writer(path: &Path, cap: u64) -> Option<qmp::Transcript> {
+    let f = Mutex::new(crate::logcap::CappedLog::open(path, cap).ok()?);
     // Milliseconds, so the transcript shows where a slow operation spends its time.
     Some(Box::new(move |dir: char, line: &str| {
         if let Ok(mut f) = f.lock() {
             let ms = crate::now_ms();
-            let _ = writeln!(f, "{}.{:03} {dir} {line}", ms / 1000, ms % 1000);
+            f.write_line(&format!("{}.{:03} {dir} {line}", ms / 1000, ms % 1000));
         }
     }))
 }

@@ -177,7 +177,7 @@ impl Engine {
                 .filter(|r| r.parent.as_deref() == Some(row.name.as_str()))
                 .map(|r| r.name.clone())
                 .collect(),
-            spec: with_spec.then(|| row.spec.clone()),
+            spec: with_spec.then(|| row.spec.redacted()),
         }
     }
 

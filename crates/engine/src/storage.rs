@@ -88,12 +88,7 @@ impl Engine {
 
     pub fn pool_create(&self, req: CreatePoolRequest) -> Result<PoolInfo> {
         let name = req.name.to_string();
-        if !req.path.is_absolute() {
-            return Err(EngineError::Invalid(format!(
-                "pool path {} must be absolute",
-                req.path.display()
-            )));
-        }
+        model::check_host_path("path", &req.path)?;
         let pools = self.inner.store.load_pools()?;
         if pools.iter().any(|p| p.name == name) {
             return Err(EngineError::AlreadyExists(format!(
@@ -436,6 +431,7 @@ impl Engine {
     /// probes as raw is only taken as raw when the caller says so, and images with a backing
     /// file are refused (their chain would point outside the pool).
     pub async fn vol_import(&self, pool: &str, req: ImportVolRequest) -> Result<VolInfo> {
+        model::check_host_path("source", &req.source)?;
         let dst = self.new_vol_path(pool, &req.name)?;
         if !req.source.is_file() {
             return Err(EngineError::Invalid(format!(

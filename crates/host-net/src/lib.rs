@@ -10,7 +10,8 @@
 //!
 //! Host I/O: links ([`create_bridge`], [`create_tap`], [`attach_to_bridge`], [`remove_link`],
 //! [`host_ranges`]), sysctls ([`set_ip_forward`], [`set_route_localnet`]), nft
-//! ([`apply_ruleset`], [`remove_table`], [`forward_blockers`]), [`Dnsmasq`], and whole networks
+//! ([`apply_ruleset`], [`remove_table`], [`forward_blockers`], per-tap anti-spoofing [`apply_guard`] /
+//! [`remove_guard`]), [`Dnsmasq`], and whole networks
 //! ([`start_network`], [`update_network`], [`stop_network`], [`network_status`]) built on the
 //! [`Undo`] guard. [`bridge_interface`] and [`unbridge_interface`] move a host interface's IPv4
 //! addresses and routes onto a new bridge and back, planned as reversible ops ([`plan_bridge`])
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 mod addr;
 mod config;
 mod dnsmasq;
+mod guard;
 mod hostfw;
 mod iface_bridge;
 mod link;
@@ -44,6 +46,7 @@ pub use dnsmasq::{
     parse_leases, read_leases, render_config, Dnsmasq, Lease, CONF_FILE, LEASES_FILE, LEASE_TIME,
     LOG_FILE, PID_FILE,
 };
+pub use guard::{apply_guard, guard_table, remove_guard, render_guard, Guard};
 pub use hostfw::{forward_blockers, parse_forward_blockers, ForwardBlocker};
 pub use iface_bridge::{
     bridge_interface, bridge_interface_failing_after, plan_bridge, plan_unbridge,

@@ -1,7 +1,7 @@
 //! The nftables rules of a network, all in its own table `inet hv-NAME` (see
 //! [`table_name`](crate::table_name)): rendering is pure; applying writes the script next to the
 //! network's other runtime files and loads it with `nft -f`, which replaces the whole table in
-//! one transaction. hv never touches any other table.
+//! one transaction. hv never touches any table but these and the per-tap guards (`guard.rs`).
 //!
 //! NAT: masquerade of the subnet out of every other interface, forward accept between the
 //! bridge and the uplinks (return traffic and DNATed connections only inbound), DNAT port

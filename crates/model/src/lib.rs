@@ -5,6 +5,7 @@
 //! internally consistent; checks that need the host (files exist, images probe) live in the
 //! engine.
 
+mod hostpath;
 mod lifecycle;
 mod names;
 mod network;
@@ -12,6 +13,7 @@ mod nic;
 mod size;
 mod spec;
 
+pub use hostpath::check_host_path;
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};
 pub use network::{ForwardSpec, NetMode, NetworkSpec, ReservationSpec};

@@ -418,11 +418,8 @@ impl DiskSpec {
                 "a disk needs path=FILE or vol=POOL/NAME",
             ));
         }
-        if !self.path.as_os_str().is_empty() && !self.path.is_absolute() {
-            return Err(SpecError::new(
-                field,
-                format!("disk path {:?} must be absolute", self.path),
-            ));
+        if !self.path.as_os_str().is_empty() {
+            crate::check_host_path(&field, &self.path)?;
         }
         if self.readonly && self.size.is_some() {
             return Err(SpecError::new(
@@ -513,8 +510,13 @@ pub struct VncSpec {
     /// TCP port (5900 and up); chosen automatically when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The password (a secret: hvd stores it but never sends it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// In answers (`hv info`, `hv dump`): a password is set; its value is left out. In a spec
+    /// sent back without `password` (`hv edit`, `hv define` of a dump): keep the VM's password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub password_set: bool,
 }
 
 fn default_listen() -> IpAddr {
@@ -542,6 +544,7 @@ impl FromStr for GraphicsSpec {
                     listen: default_listen(),
                     port: None,
                     password: None,
+                    password_set: false,
                 };
                 for (k, v) in it {
                     match k {
@@ -572,6 +575,40 @@ impl FromStr for GraphicsSpec {
 }
 
 impl GraphicsSpec {
+    /// The same display with its password replaced by `password_set` (for API answers).
+    pub fn redacted(&self) -> GraphicsSpec {
+        match self {
+            GraphicsSpec::None => GraphicsSpec::None,
+            GraphicsSpec::Vnc(v) => GraphicsSpec::Vnc(VncSpec {
+                password: None,
+                password_set: v.password_set || v.password.is_some(),
+                ..v.clone()
+            }),
+        }
+    }
+
+    /// Fills in a password left out as `password_set` from `current` (the VM's stored display;
+    /// `None` for a new VM), so the stored spec always holds the value itself.
+    pub fn restore_password(&mut self, current: Option<&GraphicsSpec>) -> Result<(), SpecError> {
+        let GraphicsSpec::Vnc(v) = self else {
+            return Ok(());
+        };
+        if v.password.is_none() && v.password_set {
+            v.password = match current {
+                Some(GraphicsSpec::Vnc(c)) => c.password.clone(),
+                _ => None,
+            };
+            if v.password.is_none() {
+                return Err(SpecError::new(
+                    "graphics",
+                    "the VNC password was left out of this spec (password_set = true) and there is no stored one to keep; give it as password = \"...\"",
+                ));
+            }
+        }
+        v.password_set = false;
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), SpecError> {
         if let GraphicsSpec::Vnc(v) = self {
             if let Some(p) = v.port {
@@ -583,10 +620,14 @@ impl GraphicsSpec {
                 }
             }
             if let Some(pw) = &v.password {
-                if pw.is_empty() || pw.len() > 8 || pw.contains(',') {
+                if pw.is_empty()
+                    || pw.len() > 8
+                    || pw.contains(',')
+                    || pw.chars().any(char::is_control)
+                {
                     return Err(SpecError::new(
                         "graphics",
-                        "a VNC password has 1 to 8 characters (the VNC protocol uses only 8) and no commas",
+                        "a VNC password has 1 to 8 characters (the VNC protocol uses only 8), no commas and no control characters",
                     ));
                 }
             }
@@ -739,6 +780,8 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 pub const MAX_MEMORY: u64 = 4 << 40;
 pub const MAX_DISKS: usize = 16;
 pub const MAX_NICS: usize = 8;
+/// Linux on x86 takes a kernel command line of at most this many bytes (`COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE: usize = 2048;
 
 impl VmSpec {
     /// A spec with defaults for everything but the name.
@@ -775,6 +818,14 @@ impl VmSpec {
     }
 
     /// Checks everything that needs no host access.
+    /// The spec as the API shows it: secrets (the VNC password) left out.
+    pub fn redacted(&self) -> VmSpec {
+        VmSpec {
+            graphics: self.graphics.redacted(),
+            ..self.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(SpecError::new(
@@ -798,13 +849,22 @@ impl VmSpec {
         if let Some(k) = &self.kernel {
             for (what, p) in [("kernel", Some(&k.path)), ("initrd", k.initrd.as_ref())] {
                 if let Some(p) = p {
-                    if !p.is_absolute() {
-                        return Err(SpecError::new(what, format!("path {p:?} must be absolute")));
-                    }
+                    crate::check_host_path(what, p)?;
                 }
             }
-            if k.cmdline.as_deref().is_some_and(|c| c.contains('\0')) {
-                return Err(SpecError::new("cmdline", "contains a NUL byte"));
+            if let Some(c) = &k.cmdline {
+                if let Some(ch) = c.chars().find(|ch| ch.is_control()) {
+                    return Err(SpecError::new(
+                        "cmdline",
+                        format!("contains the control character {ch:?}; use one line of text"),
+                    ));
+                }
+                if c.len() > MAX_CMDLINE {
+                    return Err(SpecError::new(
+                        "cmdline",
+                        format!("is {} bytes; Linux takes at most {MAX_CMDLINE}", c.len()),
+                    ));
+                }
             }
         }
         if self.disks.len() > MAX_DISKS {
@@ -835,6 +895,9 @@ impl VmSpec {
             }
         }
         if let Some(c) = &self.cdrom {
+            if c.is_absolute() {
+                crate::check_host_path("cdrom", c)?;
+            }
             if !c.as_os_str().is_empty() && !c.is_absolute() && self.cdrom_vol().is_none() {
                 return Err(SpecError::new(
                     "cdrom",
@@ -1008,6 +1071,26 @@ mod tests {
         for bad in ["", "x", "cdrom,floppy", "dd", "disk,disk", "a"] {
             assert!(bad.parse::<BootOrder>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vnc_password_is_redacted_and_restored() {
+        let stored: GraphicsSpec = "vnc,password=secret".parse().unwrap();
+        let shown = stored.redacted();
+        let json = serde_json::to_string(&shown).unwrap();
+        assert!(
+            !json.contains("secret") && json.contains("password_set"),
+            "{json}"
+        );
+        let mut back: GraphicsSpec = serde_json::from_str(&json).unwrap();
+        back.restore_password(Some(&stored)).unwrap();
+        assert_eq!(back, stored, "an edit keeps the password");
+        let mut fresh: GraphicsSpec = serde_json::from_str(&json).unwrap();
+        let err = fresh.restore_password(None).unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
+        let mut none = GraphicsSpec::None;
+        none.restore_password(Some(&stored)).unwrap();
+        assert_eq!(none, GraphicsSpec::None, "no VNC, no password");
     }
 
     #[test]

@@ -37,31 +37,43 @@ pub struct TestHvd {
     env: Vec<(String, String)>,
     child: Option<Child>,
     client: Client,
+    /// More hvd arguments, kept across restarts.
+    extra_args: Vec<String>,
 }
 
 impl TestHvd {
     /// Starts hvd (`hvd_bin`, usually `env!("CARGO_BIN_EXE_hvd")`) in a fresh directory and
     /// waits until its API answers.
     pub fn start(hvd_bin: &Path) -> Result<TestHvd> {
-        Self::start_with(hvd_bin, None)
+        Self::start_with(hvd_bin, None, &[])
+    }
+
+    /// Like [`start`](Self::start), with more hvd arguments (kept across restarts).
+    pub fn start_with_args(hvd_bin: &Path, args: &[&str]) -> Result<TestHvd> {
+        Self::start_with(hvd_bin, None, args)
     }
 
     /// Like [`start`](Self::start), with hvd inside the network namespace `netns` (which the
     /// test made; see [`NetNs`](crate::NetNs)).
     pub fn start_in_netns(hvd_bin: &Path, netns: &str) -> Result<TestHvd> {
-        Self::start_with(hvd_bin, Some(netns))
+        Self::start_with(hvd_bin, Some(netns), &[])
     }
 
     /// Like [`start`](Self::start), with extra environment variables for hvd.
     pub fn start_with_env(hvd_bin: &Path, env: &[(&str, &str)]) -> Result<TestHvd> {
-        Self::start_full(hvd_bin, None, env)
+        Self::start_full(hvd_bin, None, env, &[])
     }
 
-    fn start_with(hvd_bin: &Path, netns: Option<&str>) -> Result<TestHvd> {
-        Self::start_full(hvd_bin, netns, &[])
+    fn start_with(hvd_bin: &Path, netns: Option<&str>, args: &[&str]) -> Result<TestHvd> {
+        Self::start_full(hvd_bin, netns, &[], args)
     }
 
-    fn start_full(hvd_bin: &Path, netns: Option<&str>, env: &[(&str, &str)]) -> Result<TestHvd> {
+    fn start_full(
+        hvd_bin: &Path,
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<TestHvd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short, so runtime socket paths stay far below the 107-byte limit.
         let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
@@ -79,6 +91,7 @@ impl TestHvd {
                 .collect(),
             child: None,
             client: Client::new(""),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         t.client = Client::new(&t.socket);
         t.spawn()?;
@@ -103,6 +116,7 @@ impl TestHvd {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.extra_args)
             .env("HV_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
