@@ -189,9 +189,16 @@ fn reattach_supervises_a_qemu_whose_qmp_does_not_answer() {
 /// when it arrives before QEMU is spawned (here QEMU takes 3 s to come up).
 #[test]
 fn destroy_during_starting_kills_the_qemu_being_started() {
-    let dir = std::env::temp_dir().join(format!("hv-slowqemu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wrapper = dir.join("slow-qemu");
+    /// Removes the wrapper's directory, also when the test fails.
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Dir(std::env::temp_dir().join(format!("hv-slowqemu-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let wrapper = dir.0.join("slow-qemu");
     std::fs::write(
         &wrapper,
         "#!/bin/sh\n/bin/sleep 3\nexec /usr/bin/qemu-system-x86_64 \"$@\"\n",
@@ -226,7 +233,6 @@ fn destroy_during_starting_kills_the_qemu_being_started() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(h.client().info("d").unwrap().state, VmState::Shutoff);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 9, item 4: when the runtime record cannot be saved (the database is locked by

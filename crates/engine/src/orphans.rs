@@ -57,7 +57,13 @@ impl Engine {
             match vm {
                 Some(vm) if !owner_alive => {
                     tracing::warn!(vm = name, pid, "adopting a QEMU hvd had no record of");
-                    vm.lock().rec.pid = Some(pid);
+                    let spec = vm.lock().spec.clone();
+                    // Its taps carry the names hv gives this VM's NICs (removed when it ends).
+                    let taps = self.predicted_taps(&vm, &spec).into_iter().flatten();
+                    let mut st = vm.lock();
+                    st.rec.pid = Some(pid);
+                    st.rec.taps = taps.collect();
+                    drop(st);
                     if let Err(e) = self.persist_runtime_pub(&vm) {
                         tracing::error!(vm = name, error = %e, "cannot record the adopted QEMU");
                     }
