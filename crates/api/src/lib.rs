@@ -318,6 +318,9 @@ pub struct OperationInfo {
     pub finished_ms: Option<u64>,
     /// Whether `POST /v1/operations/{id}/cancel` can stop it.
     pub cancellable: bool,
+    /// How far it is, for work that can tell (copies: import, full clone), 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<f64>,
     /// The error of a failed or cancelled operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

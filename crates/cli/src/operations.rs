@@ -64,13 +64,24 @@ fn table(ops: &[api::OperationInfo]) -> String {
                 o.kind.clone(),
                 o.target.clone(),
                 o.status.to_string(),
+                o.progress_percent
+                    .map(|p| format!("{p:.0}%"))
+                    .unwrap_or_else(|| "-".into()),
                 ms,
                 if o.cancellable { "yes" } else { "no" }.into(),
             ]
         })
         .collect();
     output::table(
-        &["ID", "KIND", "TARGET", "STATUS", "TOOK", "CANCELLABLE"],
+        &[
+            "ID",
+            "KIND",
+            "TARGET",
+            "STATUS",
+            "PROGRESS",
+            "TOOK",
+            "CANCELLABLE",
+        ],
         &rows,
     )
 }

@@ -191,8 +191,13 @@ fn issue9_sigterm_lets_a_running_import_finish() {
         req.len()
     )
     .unwrap();
-    until("the import to start", Duration::from_secs(30), || {
-        running_ops(&h) == 1
+    // It is listed, with how far the copy is.
+    until("the import's progress", Duration::from_secs(30), || {
+        h.client().operations().unwrap().iter().any(|o| {
+            o.kind == "vol-import"
+                && o.status == OperationStatus::Running
+                && o.progress_percent.is_some()
+        })
     });
     h.restart().unwrap();
     drop(s);
@@ -205,6 +210,24 @@ fn issue9_sigterm_lets_a_running_import_finish() {
         std::fs::read(&src).unwrap(),
         "the volume is whole"
     );
+    // A full clone reports its progress too, and ends at 100.
+    let c = h.client();
+    c.vol_clone(
+        "default",
+        "big.raw",
+        &api::CloneVolRequest {
+            name: "copy.raw".parse().unwrap(),
+            linked: false,
+        },
+    )
+    .unwrap();
+    let clone = c
+        .operations()
+        .unwrap()
+        .into_iter()
+        .find(|o| o.kind == "vol-clone")
+        .unwrap();
+    assert_eq!(clone.progress_percent, Some(100.0), "{clone:?}");
 }
 
 /// The client hangs up at several points of snapshot and volume operations on a running VM:

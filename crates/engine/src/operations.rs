@@ -77,6 +77,7 @@ impl Operations {
                         created_ms: now_ms(),
                         finished_ms: None,
                         cancellable: cancel == Cancel::AtAnyAwait,
+                        progress_percent: None,
                         error: None,
                     },
                     cancel: tx,
@@ -87,7 +88,11 @@ impl Operations {
         self.running.send_modify(|n| *n += 1);
         let ops = self.clone();
         let kind = kind.to_string();
-        let task = async move {
+        let progress = Progress {
+            ops: self.clone(),
+            id,
+        };
+        let task = CURRENT.scope(progress, async move {
             let result = match cancel {
                 Cancel::Never => work.await,
                 Cancel::AtAnyAwait => tokio::select! {
@@ -99,7 +104,7 @@ impl Operations {
             };
             ops.finish(id, &result);
             result
-        };
+        });
         tokio::spawn(task)
             .await
             .map_err(|e| EngineError::Internal(format!("operation {id} failed: {e}")))?
@@ -191,6 +196,27 @@ impl Operations {
         let left = *rx.borrow();
         left
     }
+}
+
+tokio::task_local! {
+    /// The operation the current task works for.
+    static CURRENT: Progress;
+}
+
+/// Where work reports how far it is.
+#[derive(Clone)]
+struct Progress {
+    ops: Operations,
+    id: u64,
+}
+
+/// Reports the progress (0 to 100) of the operation this task works for, if any.
+pub(crate) fn report_progress(percent: f64) {
+    let _ = CURRENT.try_with(|p| {
+        if let Some(e) = p.ops.lock().ops.get_mut(&p.id) {
+            e.info.progress_percent = Some(percent.clamp(0.0, 100.0));
+        }
+    });
 }
 
 fn not_found(id: u64) -> EngineError {

@@ -479,7 +479,15 @@ impl Engine {
                 )));
             }
         }
-        if let Err(e) = host_storage::convert(&req.source, format, &dst, format).await {
+        let copied = host_storage::convert_with_progress(
+            &req.source,
+            format,
+            &dst,
+            format,
+            &mut crate::operations::report_progress,
+        )
+        .await;
+        if let Err(e) = copied {
             let _ = std::fs::remove_file(&dst);
             return Err(host("import failed")(e));
         }
@@ -510,7 +518,14 @@ impl Engine {
                     running.join(", ")
                 )));
             }
-            host_storage::convert(&src_path, sf, &dst, sf).await
+            host_storage::convert_with_progress(
+                &src_path,
+                sf,
+                &dst,
+                sf,
+                &mut crate::operations::report_progress,
+            )
+            .await
         };
         if let Err(e) = res {
             let _ = std::fs::remove_file(&dst);

@@ -102,6 +102,75 @@ pub async fn run_with_input(
     Ok(Output { stdout, stderr })
 }
 
+/// [`run`], handing each piece of the tool's stdout to `report` as it arrives (a tool's
+/// progress output, such as `qemu-img convert -p`); the returned stdout is all of it.
+pub async fn run_reporting(
+    program: &str,
+    args: &[&OsStr],
+    timeout: Duration,
+    report: &mut (dyn FnMut(&str) + Send),
+) -> Result<Output, ExecError> {
+    use tokio::io::AsyncReadExt;
+    tracing::debug!(program, ?args, "run");
+    let mut c = base_command(OsStr::new(program));
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let spawn_error = |source| ExecError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let fut = async {
+        let mut child = c.spawn()?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let collect_err = async {
+            let mut buf = Vec::new();
+            if let Some(e) = stderr.as_mut() {
+                e.read_to_end(&mut buf).await?;
+            }
+            Ok::<Vec<u8>, io::Error>(buf)
+        };
+        let collect_out = async {
+            let mut all = Vec::new();
+            let mut chunk = vec![0u8; 4096];
+            if let Some(o) = stdout.as_mut() {
+                loop {
+                    let n = o.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    report(&String::from_utf8_lossy(&chunk[..n]));
+                    all.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Ok::<Vec<u8>, io::Error>(all)
+        };
+        let (out, err) = tokio::try_join!(collect_out, collect_err)?;
+        let status = child.wait().await?;
+        Ok::<_, io::Error>((status, out, err))
+    };
+    let (status, out, err) = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ExecError::Timeout {
+            program: program.to_string(),
+            secs: timeout.as_secs(),
+        })?
+        .map_err(spawn_error)?;
+    let stdout = String::from_utf8_lossy(&out).into_owned();
+    let stderr = String::from_utf8_lossy(&err).into_owned();
+    if !status.success() {
+        return Err(ExecError::Failed {
+            program: program.to_string(),
+            status: status.to_string(),
+            stderr: stderr.trim().to_string(),
+        });
+    }
+    Ok(Output { stdout, stderr })
+}
+
 /// Finds an executable on the standard PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     if program.contains('/') {

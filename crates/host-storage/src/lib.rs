@@ -199,6 +199,46 @@ pub async fn convert(
     qemu_img("convert", dst, args).await.map(drop)
 }
 
+/// [`convert`], calling `progress` with the percentage done as `qemu-img convert -p` reports it.
+pub async fn convert_with_progress(
+    src: &Path,
+    src_format: DiskFormat,
+    dst: &Path,
+    dst_format: DiskFormat,
+    progress: &mut (dyn FnMut(f64) + Send),
+) -> Result<()> {
+    let args = [
+        os("convert"),
+        os("-p"),
+        os("-f"),
+        os(src_format.as_str()),
+        os("-O"),
+        os(dst_format.as_str()),
+        os(src),
+        os(dst),
+    ];
+    let refs: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let mut report = |text: &str| {
+        if let Some(p) = last_percent(text) {
+            progress(p);
+        }
+    };
+    host_exec::run_reporting("qemu-img", &refs, TIMEOUT, &mut report)
+        .await
+        .map(drop)
+        .map_err(|e| StorageError::QemuImg {
+            action: "convert",
+            path: dst.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The last `(NN.NN/100%)` in a piece of `qemu-img -p` output.
+fn last_percent(text: &str) -> Option<f64> {
+    text.rsplit('(')
+        .find_map(|part| part.split_once("/100%)")?.0.trim().parse().ok())
+}
+
 /// Resizes an image that no VM has open.
 pub async fn resize(path: &Path, format: DiskFormat, size: u64, shrink: bool) -> Result<()> {
     let mut args = vec![os("resize"), os("-q"), os("-f"), os(format.as_str())];
@@ -296,6 +336,17 @@ pub fn allocated_bytes(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_qemu_img_progress() {
+        assert_eq!(
+            last_percent("    (0.00/100%)\r    (12.50/100%)\r"),
+            Some(12.5)
+        );
+        assert_eq!(last_percent("    (100.00/100%)\n"), Some(100.0));
+        assert_eq!(last_percent("no progress here"), None);
+        assert_eq!(last_percent("(x/100%)"), None);
+    }
 
     #[test]
     fn decodes_recorded_qemu_img_info() {
