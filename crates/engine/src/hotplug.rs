@@ -121,6 +121,8 @@ impl Engine {
         let aio = self.caps().await?.aio;
         let nodes = qemu_argv::disk_block_nodes(disk, i, None, aio)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.grant_disk(vm, &disk.path, disk.format, !disk.readonly)
+            .await?;
         let mut added: Vec<String> = Vec::new();
         let result = async {
             for n in &nodes {
@@ -179,6 +181,7 @@ impl Engine {
         }
         if live {
             let qmp = vm.qmp()?;
+            let files = self.live_chain(&vm, target).await.unwrap_or_default();
             let mut events = vm.subscribe_qmp_events();
             qmp.execute("device_del", Some(json!({ "id": target })))
                 .await
@@ -201,6 +204,7 @@ impl Engine {
                     tracing::warn!(vm = name, node, error = %e, "blockdev-del failed");
                 }
             }
+            self.revoke_closed(&vm, &files).await;
         }
         if config {
             if let Some(p) = pos {
@@ -232,6 +236,7 @@ impl Engine {
                 )));
             }
             let qmp = vm.qmp()?;
+            self.grant(&vm, &path, host_storage::access::Access::Read)?;
             qmp.execute(
                 "blockdev-change-medium",
                 Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),

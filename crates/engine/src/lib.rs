@@ -6,6 +6,7 @@
 //! [`EngineError::Busy`]); no lock is held while waiting on QMP or the guest. A restarted
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
+mod confine;
 mod console;
 mod error;
 mod hotplug;
@@ -27,6 +28,7 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
+pub use confine::DEFAULT_QEMU_UID_BASE;
 pub use console::{ConsoleHub, ConsoleMsg};
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
@@ -40,6 +42,8 @@ use vm::Vm;
 pub struct Config {
     pub state_dir: PathBuf,
     pub qemu_binary: String,
+    /// QEMU of VM `id` runs as uid and gid `qemu_uid_base + id`.
+    pub qemu_uid_base: u32,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
         Config {
             state_dir,
             qemu_binary: host_probe::QEMU_BINARY.to_string(),
+            qemu_uid_base: DEFAULT_QEMU_UID_BASE,
         }
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
@@ -126,7 +131,6 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Engine
 impl Engine {
     /// Opens (or creates) the state dir, loads every VM and re-attaches to running ones.
     pub async fn open(cfg: Config) -> Result<Engine> {
-        use std::os::unix::fs::PermissionsExt;
         for dir in [
             cfg.state_dir.clone(),
             cfg.state_dir.join("vms"),
@@ -135,12 +139,16 @@ impl Engine {
             std::fs::create_dir_all(&dir)
                 .map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
-        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            io_err(format!(
-                "cannot set the mode of {}",
-                cfg.state_dir.display()
-            )),
-        )?;
+        // Private: a VM's QEMU (its own uid) is let through to its own files only, by ACL
+        // entries that last while it runs (see `confine`).
+        for dir in [
+            cfg.state_dir.clone(),
+            cfg.state_dir.join("vms"),
+            cfg.run_dir(),
+        ] {
+            host_storage::access::make_dir_private(&dir)
+                .map_err(|e| EngineError::Host(e.to_string()))?;
+        }
         let probe = cfg.run_dir().join("12345678.qmp");
         if probe.as_os_str().len() > 107 {
             return Err(EngineError::Invalid(format!(
@@ -267,6 +275,7 @@ impl Engine {
     pub async fn host_check(&self) -> HostReport {
         let mut report = host_probe::check_host(&self.inner.cfg.qemu_binary).await;
         report.checks.push(self.firewall_check().await);
+        report.checks.push(self.confinement_check());
         report
     }
 

@@ -29,6 +29,8 @@ pub enum ExecError {
     Timeout { program: String, secs: u64 },
     #[error("cannot watch process {pid}: {source}")]
     Watch { pid: u32, source: io::Error },
+    #[error("refusing to run {program} as uid {uid} gid {gid}: long-running processes get an unprivileged uid and gid, never 0")]
+    Root { program: String, uid: u32, gid: u32 },
 }
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -119,15 +121,39 @@ pub struct Daemonized {
     pub pid: u32,
 }
 
+/// The unprivileged identity a detached process runs as (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The highest capability number any kernel knows today is 40; dropping up to 63 also covers
+/// later ones (unknown numbers answer EINVAL, which is skipped).
+const CAP_SCAN_LAST: libc::c_ulong = 63;
+
 /// Starts `program argv` in a new session with stdin on /dev/null, stdout and stderr appended
 /// to `log`, and each `(fd, target)` in `fds` inherited as fd number `target`.
+///
+/// The process runs as `creds`: no supplementary groups, an empty capability bounding set
+/// (so no capability is ever regained, not even by exec of a setuid binary), and
+/// `PR_SET_NO_NEW_PRIVS`. Files it must reach by name are the caller's business.
 pub fn spawn_detached(
     program: &Path,
     argv: &[OsString],
     fds: Vec<(OwnedFd, RawFd)>,
     log: File,
+    creds: Credentials,
 ) -> Result<Daemonized, ExecError> {
-    tracing::info!(program = %program.display(), argv = ?argv, "spawn");
+    tracing::info!(program = %program.display(), argv = ?argv, uid = creds.uid, gid = creds.gid, "spawn");
+    if creds.uid == 0 || creds.gid == 0 {
+        return Err(ExecError::Root {
+            program: program.display().to_string(),
+            uid: creds.uid,
+            gid: creds.gid,
+        });
+    }
+    let Credentials { uid, gid } = creds;
     let err_log = log.try_clone().map_err(|source| ExecError::Spawn {
         program: program.display().to_string(),
         source,
@@ -138,8 +164,9 @@ pub fn spawn_detached(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err_log));
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, fcntl, dup2, close) on fds it was handed; it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setsid, fcntl, dup2, close on fds it was handed; prctl, setgroups, setresgid, setresuid
+    // with plain integers and a null list); it allocates nothing.
     unsafe {
         c.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -160,6 +187,24 @@ pub fn spawn_detached(
                     return Err(io::Error::last_os_error());
                 }
                 libc::close(moved[i]);
+            }
+            // Drop privileges: the bounding set first (that needs CAP_SETPCAP, which setuid
+            // takes away), then groups, gid and uid (which clears the permitted and effective
+            // sets), then forbid regaining any.
+            for cap in 0..=CAP_SCAN_LAST {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(e);
+                    }
+                }
+            }
+            if libc::setgroups(0, std::ptr::null()) < 0
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+            {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -323,7 +368,17 @@ mod tests {
         let log = File::create(dir.join("log")).unwrap();
         let passed: OwnedFd = File::open("/dev/null").unwrap().into();
         let argv = vec![OsString::from("-c"), OsString::from("ls -l /proc/self/fd/7 >&2; [ -e /proc/self/fd/7 ] && [ $$ = $(cut -d' ' -f6 /proc/self/stat) ] || true; exit 4")];
-        let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![(passed, 7)], log).unwrap();
+        let mut d = spawn_detached(
+            Path::new("/bin/sh"),
+            &argv,
+            vec![(passed, 7)],
+            log,
+            Credentials {
+                uid: 4_242_001,
+                gid: 4_242_001,
+            },
+        )
+        .unwrap();
         let watch = PidFd::open(d.pid).unwrap();
         let status = d.child.wait().await.unwrap();
         watch.exited().await;
@@ -331,5 +386,54 @@ mod tests {
         let text = std::fs::read_to_string(dir.join("log")).unwrap();
         assert!(text.contains("/dev/null"), "fd 7 was not inherited: {text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn detached_child_runs_unprivileged_with_no_capabilities_and_no_new_privs() {
+        let dir = std::env::temp_dir().join(format!("hv-exec-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = File::create(dir.join("log")).unwrap();
+        let argv = vec![
+            OsString::from("-c"),
+            OsString::from("cat /proc/self/status"),
+        ];
+        let creds = Credentials {
+            uid: 4_242_002,
+            gid: 4_242_003,
+        };
+        let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![], log, creds).unwrap();
+        assert_eq!(Exit::from(d.child.wait().await.unwrap()), Exit::Code(0));
+        let status = std::fs::read_to_string(dir.join("log")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for want in [
+            "Uid:\t4242002\t4242002\t4242002\t4242002\n",
+            "Gid:\t4242003\t4242003\t4242003\t4242003\n",
+            "Groups:\t \n",
+            "CapInh:\t0000000000000000\n",
+            "CapPrm:\t0000000000000000\n",
+            "CapEff:\t0000000000000000\n",
+            "CapBnd:\t0000000000000000\n",
+            "CapAmb:\t0000000000000000\n",
+            "NoNewPrivs:\t1\n",
+        ] {
+            assert!(status.contains(want), "{want:?} missing in {status}");
+        }
+    }
+
+    #[test]
+    fn detached_spawn_refuses_root() {
+        let log = File::open("/dev/null").unwrap();
+        for (uid, gid) in [(0, 5), (5, 0)] {
+            let e = spawn_detached(
+                Path::new("/bin/true"),
+                &[],
+                vec![],
+                log.try_clone().unwrap(),
+                Credentials { uid, gid },
+            )
+            .err()
+            .unwrap();
+            assert!(matches!(e, ExecError::Root { .. }), "{e}");
+        }
     }
 }

@@ -271,6 +271,23 @@ impl TestHvd {
         out
     }
 
+    /// Fails unless every QEMU of this hvd runs confined (see
+    /// [`Privileges::check_confined`](crate::confinement::Privileges::check_confined)), each
+    /// under its own uid. Returns the pids checked.
+    pub fn check_qemus_confined(&self) -> Result<Vec<u32>> {
+        let pids = self.qemu_pids();
+        let mut uids = Vec::new();
+        for pid in &pids {
+            let p = crate::confinement::Privileges::of(*pid)?;
+            p.check_confined().with_context(|| format!("QEMU {pid}"))?;
+            if uids.contains(&p.uid()) {
+                bail!("two QEMUs share uid {}", p.uid());
+            }
+            uids.push(p.uid());
+        }
+        Ok(pids)
+    }
+
     fn dump_logs(&self) {
         eprintln!(
             "===== hvd log ({}) =====\n{}",

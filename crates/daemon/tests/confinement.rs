@@ -1,0 +1,165 @@
+//! QEMU confinement (issue 9, item 2): every QEMU runs under its VM's own unprivileged uid
+//! with no capabilities and a seccomp filter, reaches its own files only while it runs, and
+//! cannot open another VM's disk or logs. Checked on real QEMU, by trying as the uid.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::{AttachDiskRequest, CreateVolRequest, DetachDiskRequest};
+use model::{Size, VmState};
+use testkit::confinement::{can_open_as, Privileges};
+use testkit::{TestHvd, VmOpts};
+
+const T: Duration = Duration::from_secs(30);
+
+fn hvd() -> TestHvd {
+    TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts")
+}
+
+fn vol(c: &client::Client, name: &str) -> PathBuf {
+    let req = CreateVolRequest {
+        name: name.parse().unwrap(),
+        size: Some(Size(16 << 20)),
+        format: None,
+        backing: None,
+    };
+    c.vol_create("default", &req).unwrap();
+    c.vol_info("default", name).unwrap().path
+}
+
+/// Does `path` carry a POSIX ACL (hv's grants are ACL entries)?
+fn has_acl(path: &Path) -> bool {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new("system.posix_acl_access").unwrap();
+    // SAFETY: NUL-terminated names; a null buffer of size 0 only asks for the length.
+    unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+fn qemu_of(h: &TestHvd, vm: &str) -> Privileges {
+    Privileges::of(h.client().info(vm).unwrap().pid.unwrap()).unwrap()
+}
+
+fn boot_with(h: &TestHvd, vm: &str, disks: &[&str]) {
+    let opts = VmOpts {
+        disks: disks.iter().map(|d| d.parse().unwrap()).collect(),
+        ..Default::default()
+    };
+    h.client()
+        .create(h.tiny_spec(vm, opts).unwrap(), true)
+        .unwrap();
+    h.wait_ready(vm).unwrap();
+}
+
+#[test]
+fn qemu_runs_unprivileged_and_one_vm_cannot_read_anothers_disk_or_logs() {
+    let h = hvd();
+    let c = h.client();
+    let disk_a = vol(c, "a.qcow2");
+    let disk_b = vol(c, "b.qcow2");
+    let hot = vol(c, "hot.qcow2");
+    boot_with(&h, "a", &["vol=default/a.qcow2"]);
+    boot_with(&h, "b", &["vol=default/b.qcow2"]);
+    assert_eq!(h.check_qemus_confined().unwrap().len(), 2);
+    let (a, b) = (qemu_of(&h, "a"), qemu_of(&h, "b"));
+    assert_ne!(a.uid(), b.uid(), "each VM has its own uid");
+
+    // B's disk stays root's, with nothing for "other": only B's uid is let in.
+    let m = std::fs::metadata(&disk_b).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o007),
+        (0, 0, 0),
+        "{disk_b:?}"
+    );
+    assert!(can_open_as(b.uid(), b.gid(), &disk_b, true).unwrap());
+    assert!(
+        !can_open_as(a.uid(), a.gid(), &disk_b, false).unwrap(),
+        "A's QEMU uid can read B's disk"
+    );
+    assert!(!can_open_as(b.uid(), b.gid(), &disk_a, false).unwrap());
+    for f in ["console.log", "qemu.log", "qmp.log"] {
+        let p = h.state_dir.join("vms/b").join(f);
+        assert!(p.exists(), "{p:?}");
+        assert!(
+            !can_open_as(a.uid(), a.gid(), &p, false).unwrap(),
+            "A's uid can read {p:?}"
+        );
+    }
+    assert!(!can_open_as(a.uid(), a.gid(), &h.state_dir.join("hv.db"), false).unwrap());
+
+    // A hot-plugged disk is reachable by A's QEMU only, and no longer once unplugged.
+    c.disk_attach(
+        "a",
+        &AttachDiskRequest {
+            disk: "vol=default/hot.qcow2,target=vdb".parse().unwrap(),
+            live: None,
+            config: None,
+        },
+    )
+    .unwrap();
+    h.run_in_guest(
+        "a",
+        "for i in $(seq 100); do [ -e /sys/block/vdb ] && break; sleep 0.1; done; echo hot-$(cat /sys/block/vdb/size)-",
+        "hot-32768-",
+    )
+    .unwrap();
+    h.check_qemus_confined().unwrap();
+    assert!(can_open_as(a.uid(), a.gid(), &hot, true).unwrap());
+    assert!(!can_open_as(b.uid(), b.gid(), &hot, false).unwrap());
+    c.disk_detach("a", "vdb", &DetachDiskRequest::default())
+        .unwrap();
+    assert!(
+        !can_open_as(a.uid(), a.gid(), &hot, false).unwrap(),
+        "an unplugged disk stays open to A's uid"
+    );
+    assert!(!has_acl(&hot));
+
+    // Stopped: every grant is taken back.
+    c.destroy("a").unwrap();
+    c.destroy("b").unwrap();
+    let kernel = h.tiny_spec("k", VmOpts::default()).unwrap().kernel.unwrap();
+    for p in [
+        &disk_a,
+        &disk_b,
+        &h.state_dir,
+        &h.state_dir.join("vms"),
+        &h.state_dir.join("vms/a"),
+        &h.state_dir.join("vms/a/console.log"),
+        &kernel.path,
+    ] {
+        assert!(!has_acl(p), "{p:?} still has an ACL");
+    }
+    assert!(!can_open_as(b.uid(), b.gid(), &disk_b, false).unwrap());
+    let mode = std::fs::metadata(&h.state_dir).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state dir is private again");
+}
+
+#[test]
+fn access_is_taken_back_when_qemu_ended_while_hvd_was_down() {
+    let mut h = hvd();
+    let disk = vol(h.client(), "gone.qcow2");
+    boot_with(&h, "gone", &["vol=default/gone.qcow2"]);
+    let q = qemu_of(&h, "gone");
+    q.check_confined().unwrap();
+    // Re-attached: access stays while QEMU runs.
+    h.kill9().unwrap();
+    h.start_again().unwrap();
+    assert_eq!(h.client().info("gone").unwrap().state, VmState::Running);
+    assert!(can_open_as(q.uid(), q.gid(), &disk, true).unwrap());
+    let pid = h.client().info("gone").unwrap().pid.unwrap();
+    h.kill9().unwrap();
+    // SAFETY: kill(2) on the QEMU this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + T;
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.start_again().unwrap();
+    assert_eq!(h.client().info("gone").unwrap().state, VmState::Crashed);
+    assert!(!has_acl(&disk), "the dead QEMU's uid keeps access");
+    assert!(!can_open_as(q.uid(), q.gid(), &disk, false).unwrap());
+}
