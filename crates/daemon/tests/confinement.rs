@@ -65,6 +65,12 @@ fn qemu_runs_unprivileged_and_one_vm_cannot_read_anothers_disk_or_logs() {
     assert_eq!(h.check_qemus_confined().unwrap().len(), 2);
     let (a, b) = (qemu_of(&h, "a"), qemu_of(&h, "b"));
     assert_ne!(a.uid(), b.uid(), "each VM has its own uid");
+    let check = c.host_check().unwrap();
+    let conf = check.checks.iter().find(|c| c.name == "qemu confinement");
+    assert!(
+        conf.is_some_and(|c| c.detail.contains("1879048192 + the VM's id")),
+        "hv host check names the uid range: {check:?}"
+    );
 
     // B's disk stays root's, with nothing for "other": only B's uid is let in.
     let m = std::fs::metadata(&disk_b).unwrap();

@@ -91,9 +91,10 @@ pub struct Engine {
 }
 
 /// io_uring if this QEMU can open a disk with it here (built with it, allowed by the kernel and
-/// by the seccomp sandbox VMs run under), else QEMU's thread pool. QEMU opens its own binary
-/// that way and quits.
-async fn probe_aio(qemu: &str) -> qemu_argv::Aio {
+/// by the seccomp sandbox VMs run under, as the unprivileged uid VMs run as), else QEMU's
+/// thread pool. QEMU opens its own binary that way and quits; it runs as `probe`, the base of
+/// the VMs' ids (no VM has id 0).
+async fn probe_aio(qemu: &str, probe: host_exec::Credentials) -> qemu_argv::Aio {
     use qemu_argv::Aio;
     let Some(bin) = host_exec::which(qemu) else {
         return Aio::Threads;
@@ -101,7 +102,7 @@ async fn probe_aio(qemu: &str) -> qemu_argv::Aio {
     let argv = qemu_argv::aio_probe_argv(&bin, Aio::IoUring);
     let args: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
     let quit = b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"quit\"}\n";
-    match host_exec::run_with_input(qemu, &args, quit, Duration::from_secs(10)).await {
+    match host_exec::run_as(qemu, &args, quit, Duration::from_secs(10), Some(probe)).await {
         Ok(_) => Aio::IoUring,
         Err(e) => {
             tracing::info!(error = %e, "QEMU cannot use io_uring here; disks use its thread pool");
@@ -254,10 +255,11 @@ impl Engine {
 
     pub(crate) async fn caps(&self) -> Result<HostCaps> {
         let qemu = self.inner.cfg.qemu_binary.clone();
+        let probe = self.qemu_ids(0)?;
         self.inner
             .caps
             .get_or_try_init(|| async move {
-                let (v, aio) = tokio::join!(host_probe::tool_version(&qemu), probe_aio(&qemu));
+                let (v, aio) = tokio::join!(host_probe::tool_version(&qemu), probe_aio(&qemu, probe));
                 let v = v.map_err(|e| {
                     EngineError::Host(format!("cannot run QEMU ({qemu}): {e}; install qemu-system-x86 (hv host check tells more)"))
                 })?;

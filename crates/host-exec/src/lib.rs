@@ -60,8 +60,28 @@ pub async fn run_with_input(
     input: &[u8],
     timeout: Duration,
 ) -> Result<Output, ExecError> {
-    tracing::debug!(program, ?args, "run");
+    run_as(program, args, input, timeout, None).await
+}
+
+/// [`run_with_input`], as `creds` when given (dropping privileges as
+/// [`spawn_detached`] does): for probes that must see what an unprivileged QEMU may do.
+pub async fn run_as(
+    program: &str,
+    args: &[&OsStr],
+    input: &[u8],
+    timeout: Duration,
+    creds: Option<Credentials>,
+) -> Result<Output, ExecError> {
+    tracing::debug!(program, ?args, ?creds, "run");
     let mut c = base_command(OsStr::new(program));
+    if let Some(creds) = creds {
+        check_unprivileged(program, creds)?;
+        // SAFETY: the closure runs in the forked child before exec and only makes system
+        // calls with plain integers and a null list (see `drop_privileges`).
+        unsafe {
+            c.pre_exec(move || drop_privileges(creds));
+        }
+    }
     let stdin = if input.is_empty() {
         Stdio::null()
     } else {
@@ -132,6 +152,45 @@ pub struct Credentials {
 /// later ones (unknown numbers answer EINVAL, which is skipped).
 const CAP_SCAN_LAST: libc::c_ulong = 63;
 
+fn check_unprivileged(program: &str, creds: Credentials) -> Result<(), ExecError> {
+    if creds.uid == 0 || creds.gid == 0 {
+        return Err(ExecError::Root {
+            program: program.to_string(),
+            uid: creds.uid,
+            gid: creds.gid,
+        });
+    }
+    Ok(())
+}
+
+/// In a forked child before exec: the capability bounding set first (dropping needs
+/// CAP_SETPCAP, which setuid takes away), then groups, gid and uid (which clears the permitted
+/// and effective sets), then no-new-privs so nothing is ever regained. Only system calls with
+/// plain integers and a null list; nothing is allocated.
+fn drop_privileges(creds: Credentials) -> io::Result<()> {
+    let Credentials { uid, gid } = creds;
+    for cap in 0..=CAP_SCAN_LAST {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes no pointers.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: setgroups with a count of 0 reads no memory; the others take integers.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) < 0
+            || libc::setresgid(gid, gid, gid) < 0
+            || libc::setresuid(uid, uid, uid) < 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+    };
+    if failed {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts `program argv` in a new session with stdin on /dev/null, stdout and stderr appended
 /// to `log`, and each `(fd, target)` in `fds` inherited as fd number `target`.
 ///
@@ -146,14 +205,7 @@ pub fn spawn_detached(
     creds: Credentials,
 ) -> Result<Daemonized, ExecError> {
     tracing::info!(program = %program.display(), argv = ?argv, uid = creds.uid, gid = creds.gid, "spawn");
-    if creds.uid == 0 || creds.gid == 0 {
-        return Err(ExecError::Root {
-            program: program.display().to_string(),
-            uid: creds.uid,
-            gid: creds.gid,
-        });
-    }
-    let Credentials { uid, gid } = creds;
+    check_unprivileged(&program.display().to_string(), creds)?;
     let err_log = log.try_clone().map_err(|source| ExecError::Spawn {
         program: program.display().to_string(),
         source,
@@ -188,25 +240,7 @@ pub fn spawn_detached(
                 }
                 libc::close(moved[i]);
             }
-            // Drop privileges: the bounding set first (that needs CAP_SETPCAP, which setuid
-            // takes away), then groups, gid and uid (which clears the permitted and effective
-            // sets), then forbid regaining any.
-            for cap in 0..=CAP_SCAN_LAST {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EINVAL) {
-                        return Err(e);
-                    }
-                }
-            }
-            if libc::setgroups(0, std::ptr::null()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            drop_privileges(creds)
         });
     }
     let child = c.spawn().map_err(|source| ExecError::Spawn {
@@ -351,6 +385,27 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ExecError::Spawn { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn run_as_runs_a_probe_unprivileged() {
+        let creds = Credentials {
+            uid: 4_242_004,
+            gid: 4_242_005,
+        };
+        let out = run_as(
+            "sh",
+            &[
+                OsStr::new("-c"),
+                OsStr::new("echo $(id -u):$(id -g):$(id -G)"),
+            ],
+            b"",
+            Duration::from_secs(5),
+            Some(creds),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.stdout.trim(), "4242004:4242005:4242005");
     }
 
     #[tokio::test]
