@@ -146,6 +146,8 @@ impl Engine {
                     .execute("blockdev-del", Some(json!({ "node-name": n })))
                     .await;
             }
+            self.revoke_closed(vm, std::slice::from_ref(&disk.path))
+                .await;
             return Err(e);
         }
         Ok(())
@@ -236,13 +238,23 @@ impl Engine {
                 )));
             }
             let qmp = vm.qmp()?;
+            let before = self
+                .live_chain(&vm, qemu_argv::CDROM_ID)
+                .await
+                .unwrap_or_default();
             self.grant(&vm, &path, host_storage::access::Access::Read)?;
-            qmp.execute(
-                "blockdev-change-medium",
-                Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),
-            )
-            .await
-            .map_err(qemu)?;
+            let changed = qmp
+                .execute(
+                    "blockdev-change-medium",
+                    Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),
+                )
+                .await
+                .map_err(qemu);
+            // The medium QEMU let go of (or the one it refused) is not the VM's any more.
+            let mut closed = before;
+            closed.push(path.clone());
+            self.revoke_closed(&vm, &closed).await;
+            changed?;
         }
         self.save_spec(&vm, spec)?;
         Ok(self.info_of(&vm, true))
@@ -259,6 +271,10 @@ impl Engine {
             )));
         }
         if vm.state().is_active() && self.running_has_cdrom(&vm) {
+            let before = self
+                .live_chain(&vm, qemu_argv::CDROM_ID)
+                .await
+                .unwrap_or_default();
             vm.qmp()?
                 .execute(
                     "eject",
@@ -266,6 +282,7 @@ impl Engine {
                 )
                 .await
                 .map_err(qemu)?;
+            self.revoke_closed(&vm, &before).await;
         }
         spec.cdrom = Some(PathBuf::new());
         self.save_spec(&vm, spec)?;
