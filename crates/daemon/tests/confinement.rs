@@ -93,7 +93,28 @@ fn qemu_runs_unprivileged_and_one_vm_cannot_read_anothers_disk_or_logs() {
             "A's uid can read {p:?}"
         );
     }
+    assert!(
+        !can_open_as(
+            a.uid(),
+            a.gid(),
+            &h.state_dir.join("vms/b/console.log"),
+            true
+        )
+        .unwrap(),
+        "A's uid can write B's console log"
+    );
+    assert!(can_open_as(
+        a.uid(),
+        a.gid(),
+        &h.state_dir.join("vms/a/console.log"),
+        true
+    )
+    .unwrap());
     assert!(!can_open_as(a.uid(), a.gid(), &h.state_dir.join("hv.db"), false).unwrap());
+    // The runtime sockets' directory is hvd's alone (QEMU gets its sockets as fds).
+    let run = h.state_dir.join("run");
+    assert_eq!(std::fs::metadata(&run).unwrap().mode() & 0o777, 0o700);
+    assert!(!has_acl(&run));
 
     // A hot-plugged disk is reachable by A's QEMU only, and no longer once unplugged.
     c.disk_attach(
