@@ -464,10 +464,14 @@ impl Engine {
         taps: &[Option<String>],
     ) -> Result<()> {
         use host_storage::access::Access;
-        // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.
-        std::fs::write(&paths.console_log, b"").map_err(|e| {
-            EngineError::Host(format!("cannot reset {}: {e}", paths.console_log.display()))
-        })?;
+        // QEMU appends to it; hvd empties it at each spawn (same file, so the grant stays).
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.console_log)
+            .map_err(|e| {
+                EngineError::Host(format!("cannot open {}: {e}", paths.console_log.display()))
+            })?;
         host_storage::access::make_private(&paths.console_log)
             .map_err(|e| EngineError::Host(e.to_string()))?;
         self.grant(vm, &paths.console_log, Access::ReadWrite)?;
@@ -520,6 +524,10 @@ impl Engine {
         let ids = self.qemu_ids(vm.id)?;
         let qmp_fd = bind_listener(&paths.qmp)?;
         let ser_fd = bind_listener(&paths.serial)?;
+        // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.
+        std::fs::write(&paths.console_log, b"").map_err(|e| {
+            EngineError::Host(format!("cannot reset {}: {e}", paths.console_log.display()))
+        })?;
         vm.console.reset();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
