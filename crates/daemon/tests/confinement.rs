@@ -190,3 +190,23 @@ fn access_is_taken_back_when_qemu_ended_while_hvd_was_down() {
     assert!(!has_acl(&disk), "the dead QEMU's uid keeps access");
     assert!(!can_open_as(q.uid(), q.gid(), &disk, false).unwrap());
 }
+
+#[test]
+fn hvd_refuses_a_qemu_uid_base_of_root_or_without_room_for_vm_ids() {
+    for base in ["0", "4294967295", "many"] {
+        let dir = std::env::temp_dir().join(format!("hvt-base-{}", std::process::id()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvd"))
+            .arg("--qemu-uid-base")
+            .arg(base)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("s"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "base {base}: {err}");
+        assert!(err.contains("--qemu-uid-base"), "base {base}: {err}");
+        assert!(!dir.exists(), "nothing is created for a bad flag");
+    }
+}
