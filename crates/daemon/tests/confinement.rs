@@ -65,10 +65,12 @@ fn qemu_runs_unprivileged_and_one_vm_cannot_read_anothers_disk_or_logs() {
     assert_eq!(h.check_qemus_confined().unwrap().len(), 2);
     let (a, b) = (qemu_of(&h, "a"), qemu_of(&h, "b"));
     assert_ne!(a.uid(), b.uid(), "each VM has its own uid");
+    assert!(a.uid() > h.qemu_uid_base && b.uid() > h.qemu_uid_base);
     let check = c.host_check().unwrap();
     let conf = check.checks.iter().find(|c| c.name == "qemu confinement");
+    let range = format!("{} + the VM's id", h.qemu_uid_base);
     assert!(
-        conf.is_some_and(|c| c.detail.contains("1879048192 + the VM's id")),
+        conf.is_some_and(|c| c.detail.contains(&range)),
         "hv host check names the uid range: {check:?}"
     );
 

@@ -251,7 +251,7 @@ const DHCP_ROUTE: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip ad
 fn assert_qemu_owns_its_taps(ns: &NetNs, h: &TestHvd, vm: &str) {
     h.check_qemus_confined().unwrap();
     let q = Privileges::of(h.client().info(vm).unwrap().pid.unwrap()).unwrap();
-    let prefix = format!("hvtap-{}-", q.uid() - engine::DEFAULT_QEMU_UID_BASE);
+    let prefix = format!("hvtap-{}-", q.uid() - h.qemu_uid_base);
     let script =
         format!("for t in /sys/class/net/{prefix}*; do echo $(cat $t/owner):$(cat $t/group); done");
     let owners = ns.run(&["sh", "-c", &script]).unwrap();

@@ -34,6 +34,9 @@ pub struct TestHvd {
     /// Run hvd (and so its QEMUs, taps and dnsmasqs) inside this network namespace.
     netns: Option<String>,
     child: Option<Child>,
+    /// This hvd's `--qemu-uid-base`: its own range of 256 ids, so QEMUs of hvds that run at
+    /// the same time (whose VM ids all start at 1) never share a uid.
+    pub qemu_uid_base: u32,
     client: Client,
 }
 
@@ -62,6 +65,7 @@ impl TestHvd {
             dir,
             hvd_bin: hvd_bin.to_path_buf(),
             netns: netns.map(str::to_string),
+            qemu_uid_base: 0x7000_0000 + ((std::process::id() % 16_000) * 64 + n % 64) * 256,
             child: None,
             client: Client::new(""),
         };
@@ -88,6 +92,8 @@ impl TestHvd {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--qemu-uid-base")
+            .arg(self.qemu_uid_base.to_string())
             .env("HV_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
