@@ -2,7 +2,9 @@
 //! and long-running QEMU, plus watching and signalling processes by pidfd.
 //!
 //! Every command is an argv (never a shell string), runs with a cleared environment and
-//! `LC_ALL=C`, inherits no file descriptors except the ones asked for, and is logged.
+//! `LC_ALL=C`, inherits no file descriptors except the ones asked for, and is logged. QEMU
+//! (detached, or as a probe) runs under the [`Credentials`] it is given: an unprivileged uid
+//! and gid, no supplementary groups, no capabilities, no new privileges.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -29,7 +31,7 @@ pub enum ExecError {
     Timeout { program: String, secs: u64 },
     #[error("cannot watch process {pid}: {source}")]
     Watch { pid: u32, source: io::Error },
-    #[error("refusing to run {program} as uid {uid} gid {gid}: long-running processes get an unprivileged uid and gid, never 0")]
+    #[error("refusing to run {program} as uid {uid} gid {gid}: a process that drops privileges needs a non-zero uid and gid")]
     Root { program: String, uid: u32, gid: u32 },
 }
 
