@@ -20,11 +20,15 @@ fn hvd() -> TestHvd {
 }
 
 fn vol(c: &client::Client, name: &str) -> PathBuf {
+    vol_on(c, name, None)
+}
+
+fn vol_on(c: &client::Client, name: &str, backing: Option<&str>) -> PathBuf {
     let req = CreateVolRequest {
         name: name.parse().unwrap(),
-        size: Some(Size(16 << 20)),
+        size: backing.is_none().then_some(Size(16 << 20)),
         format: None,
-        backing: None,
+        backing: backing.map(str::to_string),
     };
     c.vol_create("default", &req).unwrap();
     c.vol_info("default", name).unwrap().path
@@ -210,5 +214,42 @@ fn hvd_refuses_a_qemu_uid_base_of_root_or_without_room_for_vm_ids() {
         assert_eq!(out.status.code(), Some(2), "base {base}: {err}");
         assert!(err.contains("--qemu-uid-base"), "base {base}: {err}");
         assert!(!dir.exists(), "nothing is created for a bad flag");
+    }
+}
+
+#[test]
+fn a_shared_base_is_readable_by_each_vm_on_it_and_writable_by_none() {
+    let h = hvd();
+    let c = h.client();
+    let base = vol(c, "base.qcow2");
+    let top_c = vol_on(c, "c.qcow2", Some("default/base.qcow2"));
+    let top_d = vol_on(c, "d.qcow2", Some("default/base.qcow2"));
+    boot_with(&h, "c", &["vol=default/c.qcow2"]);
+    boot_with(&h, "d", &["vol=default/d.qcow2"]);
+    h.check_qemus_confined().unwrap();
+    let (qc, qd) = (qemu_of(&h, "c"), qemu_of(&h, "d"));
+    for q in [&qc, &qd] {
+        assert!(can_open_as(q.uid(), q.gid(), &base, false).unwrap());
+        assert!(
+            !can_open_as(q.uid(), q.gid(), &base, true).unwrap(),
+            "a VM can write the shared base"
+        );
+    }
+    assert!(can_open_as(qc.uid(), qc.gid(), &top_c, true).unwrap());
+    assert!(!can_open_as(qc.uid(), qc.gid(), &top_d, false).unwrap());
+    assert!(!can_open_as(qd.uid(), qd.gid(), &top_c, false).unwrap());
+    // One VM stopping leaves the other's access to the base alone.
+    c.destroy("c").unwrap();
+    assert!(!can_open_as(qc.uid(), qc.gid(), &base, false).unwrap());
+    assert!(can_open_as(qd.uid(), qd.gid(), &base, false).unwrap());
+    h.run_in_guest(
+        "d",
+        "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo read-$?-",
+        "read-0-",
+    )
+    .unwrap();
+    c.destroy("d").unwrap();
+    for p in [&base, &top_c, &top_d] {
+        assert!(!has_acl(p), "{p:?} still has an ACL");
     }
 }
