@@ -16,11 +16,12 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Serializes ACL changes of every hvd on this host.
-pub const LOCK_FILE: &str = "/run/lock/hv-access.lock";
+/// Serializes ACL changes of every hvd on this host. Directly in `/run`, where only root
+/// creates files (not in the world-writable `/run/lock`, where another user could hold it).
+pub const LOCK_FILE: &str = "/run/hv-access.lock";
 
 const XATTR: &str = "system.posix_acl_access";
 const VERSION: u32 = 2;
@@ -274,6 +275,8 @@ fn locked<T>(f: impl FnOnce() -> Result<T, AccessError>) -> Result<T, AccessErro
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(lock)
         .map_err(io_err("open", lock))?;
     // SAFETY: flock on an fd we own, with constant flags; it is released when `file` closes.
