@@ -253,3 +253,38 @@ fn a_shared_base_is_readable_by_each_vm_on_it_and_writable_by_none() {
         assert!(!has_acl(p), "{p:?} still has an ACL");
     }
 }
+
+#[test]
+fn a_backing_link_forged_to_another_vms_disk_is_refused_at_start() {
+    let h = hvd();
+    let c = h.client();
+    let disk_a = vol(c, "a.qcow2");
+    let disk_b = vol(c, "b.qcow2");
+    let spec = |vm: &str, disk: &str| {
+        let opts = VmOpts {
+            disks: vec![disk.parse().unwrap()],
+            ..Default::default()
+        };
+        h.tiny_spec(vm, opts).unwrap()
+    };
+    c.create(spec("a", "vol=default/a.qcow2"), false).unwrap();
+    c.create(spec("b", "vol=default/b.qcow2"), false).unwrap();
+    // What A's QEMU could write into its own image's header while it runs.
+    let out = std::process::Command::new("qemu-img")
+        .args(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&disk_b)
+        .arg(&disk_a)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let e = c.start("a", false).unwrap_err();
+    assert!(
+        e.to_string().contains("belongs to VM b"),
+        "A started on a chain through B's disk: {e}"
+    );
+    assert_eq!(c.info("a").unwrap().state, VmState::Shutoff);
+    assert!(h.qemu_pids().is_empty());
+    for p in [&disk_a, &disk_b, &h.state_dir] {
+        assert!(!has_acl(p), "{p:?} keeps a grant of the refused start");
+    }
+}

@@ -8,6 +8,7 @@
 //! taps are owned by the VM's uid and gid.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use host_exec::Credentials;
 use host_storage::access::{self, Access};
@@ -79,10 +80,41 @@ impl Engine {
         Ok(())
     }
 
+    /// VMs other than `vm` that have `file` as a disk or CD-ROM, or as a layer of one of their
+    /// external snapshots.
+    fn other_owners(&self, vm: &Vm, file: &Path) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .users_of(file)
+            .into_iter()
+            .filter(|n| *n != vm.name)
+            .collect();
+        let others: Vec<Arc<Vm>> = self
+            .read_vms()
+            .values()
+            .filter(|v| v.id != vm.id)
+            .cloned()
+            .collect();
+        for v in others {
+            let rows = self.inner.store.load_snapshots(v.id).unwrap_or_default();
+            let has = rows
+                .iter()
+                .flat_map(|r| &r.disks)
+                .any(|d| d.image == file || d.overlay == file);
+            if has && !out.contains(&v.name) {
+                out.push(v.name.clone());
+            }
+        }
+        out
+    }
+
     /// Lets the VM's QEMU open a disk image (read-write when `writable`) and read every layer
     /// of its backing chain. Images become private (no access for "other") on the way. The
     /// chain is followed only with known formats: a layer whose format the layer above does not
     /// record is granted as the last one.
+    ///
+    /// A writable image's header is QEMU's to write, so a compromised QEMU could point its
+    /// backing link anywhere before the next start: a backing layer must be a regular file
+    /// that is no other VM's disk, CD-ROM or snapshot layer.
     pub(crate) async fn grant_disk(
         &self,
         vm: &Vm,
@@ -103,6 +135,23 @@ impl Engine {
                     "the backing chain of {} is deeper than {MAX_CHAIN} layers; flatten it with qemu-img convert",
                     path.display()
                 )));
+            }
+            if depth > 0 {
+                let above = path.display();
+                if !std::fs::metadata(&layer).is_ok_and(|m| m.is_file()) {
+                    return Err(EngineError::Invalid(format!(
+                        "the backing file {} of {above} is not a regular file; hv gives a VM's QEMU regular image files only",
+                        layer.display()
+                    )));
+                }
+                let owners = self.other_owners(vm, &layer);
+                if !owners.is_empty() {
+                    return Err(EngineError::Invalid(format!(
+                        "the backing chain of {above} reaches {}, which belongs to VM {}; hv does not let one VM's QEMU read another VM's disk (the image may have been rewritten to point there); give this VM its own copy (hv vol clone without --linked)",
+                        layer.display(),
+                        owners.join(", ")
+                    )));
+                }
             }
             access::make_private(&layer).map_err(denied)?;
             self.grant(vm, &layer, if depth == 0 { access } else { Access::Read })?;

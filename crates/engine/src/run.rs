@@ -476,16 +476,15 @@ impl Engine {
             .map_err(|e| EngineError::Host(e.to_string()))?;
         self.grant(vm, &paths.console_log, Access::ReadWrite)?;
         for (i, d) in spec.disks.iter().enumerate() {
-            match overlays.get(i).cloned().flatten() {
-                Some(o) => {
-                    self.grant_disk(vm, &o, Some(DiskFormat::Qcow2), true)
-                        .await?
-                }
-                None => {
-                    let writable = !d.readonly && !spec.ephemeral;
-                    self.grant_disk(vm, &d.path, d.format, writable).await?
-                }
+            // An ephemeral overlay is hvd's, just made on the disk: granted on its own, and
+            // the disk (read-only below it) with its chain.
+            if let Some(o) = overlays.get(i).cloned().flatten() {
+                host_storage::access::make_private(&o)
+                    .map_err(|e| EngineError::Host(e.to_string()))?;
+                self.grant(vm, &o, Access::ReadWrite)?;
             }
+            let writable = !d.readonly && !spec.ephemeral;
+            self.grant_disk(vm, &d.path, d.format, writable).await?;
         }
         let read_only = spec
             .kernel
