@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -255,7 +255,7 @@ fn a_shared_base_is_readable_by_each_vm_on_it_and_writable_by_none() {
 }
 
 #[test]
-fn a_backing_link_forged_to_another_vms_disk_is_refused_at_start() {
+fn a_backing_link_forged_to_a_host_file_or_another_vms_disk_is_refused_at_start() {
     let h = hvd();
     let c = h.client();
     let disk_a = vol(c, "a.qcow2");
@@ -270,13 +270,26 @@ fn a_backing_link_forged_to_another_vms_disk_is_refused_at_start() {
     c.create(spec("a", "vol=default/a.qcow2"), false).unwrap();
     c.create(spec("b", "vol=default/b.qcow2"), false).unwrap();
     // What A's QEMU could write into its own image's header while it runs.
-    let out = std::process::Command::new("qemu-img")
-        .args(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&disk_b)
-        .arg(&disk_a)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let forge = |backing: &Path, format: &str| {
+        let out = std::process::Command::new("qemu-img")
+            .args(["rebase", "-u", "-f", "qcow2", "-F", format, "-b"])
+            .arg(backing)
+            .arg(&disk_a)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Any host file: refused, and left as it was.
+    let secret = h.dir.join("secret.txt");
+    std::fs::write(&secret, "host data").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    forge(&secret, "raw");
+    let e = c.start("a", false).unwrap_err();
+    assert!(e.to_string().contains("neither in a pool"), "{e}");
+    assert_eq!(std::fs::metadata(&secret).unwrap().mode() & 0o777, 0o644);
+    assert!(!has_acl(&secret));
+    // Another VM's disk, in the same pool: refused.
+    forge(&disk_b, "qcow2");
     let e = c.start("a", false).unwrap_err();
     assert!(
         e.to_string().contains("belongs to VM b"),

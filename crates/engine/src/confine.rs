@@ -108,13 +108,13 @@ impl Engine {
     }
 
     /// Lets the VM's QEMU open a disk image (read-write when `writable`) and read every layer
-    /// of its backing chain. Images become private (no access for "other") on the way. The
+    /// of its backing chain. The image becomes private (no access for "other"). The
     /// chain is followed only with known formats: a layer whose format the layer above does not
     /// record is granted as the last one.
     ///
     /// A writable image's header is QEMU's to write, so a compromised QEMU could point its
-    /// backing link anywhere before the next start: a backing layer must be a regular file
-    /// that is no other VM's disk, CD-ROM or snapshot layer.
+    /// backing link anywhere before the next start: a backing layer must be a regular file in a
+    /// pool or next to the layer above it, and no other VM's disk, CD-ROM or snapshot layer.
     pub(crate) async fn grant_disk(
         &self,
         vm: &Vm,
@@ -127,7 +127,15 @@ impl Engine {
         } else {
             Access::Read
         };
+        let pools: Vec<PathBuf> = self
+            .inner
+            .store
+            .load_pools()?
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
         let mut layer: PathBuf = path.to_path_buf();
+        let mut above_dir: Option<PathBuf> = None;
         let mut format = format;
         for depth in 0.. {
             if depth > MAX_CHAIN {
@@ -138,6 +146,13 @@ impl Engine {
             }
             if depth > 0 {
                 let above = path.display();
+                let dir = layer.parent().map(Path::to_path_buf);
+                if dir != above_dir && !pools.iter().any(|p| Some(p) == dir.as_ref()) {
+                    return Err(EngineError::Invalid(format!(
+                        "the backing file {} of {above} is neither in a pool nor next to the image above it; hv gives a VM's QEMU only images there (the image may have been rewritten to point elsewhere); move the backing file into a pool and rebase onto it",
+                        layer.display()
+                    )));
+                }
                 if !std::fs::metadata(&layer).is_ok_and(|m| m.is_file()) {
                     return Err(EngineError::Invalid(format!(
                         "the backing file {} of {above} is not a regular file; hv gives a VM's QEMU regular image files only",
@@ -153,8 +168,14 @@ impl Engine {
                     )));
                 }
             }
-            access::make_private(&layer).map_err(denied)?;
-            self.grant(vm, &layer, if depth == 0 { access } else { Access::Read })?;
+            if depth == 0 {
+                access::make_private(&layer).map_err(denied)?;
+                self.grant(vm, &layer, access)?;
+            } else {
+                // Only read access below: a backing layer's own modes are its owner's business.
+                self.grant(vm, &layer, Access::Read)?;
+            }
+            above_dir = layer.parent().map(Path::to_path_buf);
             let Some(fmt) = format.filter(|f| *f == DiskFormat::Qcow2) else {
                 break;
             };
