@@ -80,6 +80,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The images hv's records give `vm`: its disks and the layers of its external snapshots.
+    pub(crate) fn own_images(&self, vm: &Vm) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = vm
+            .lock()
+            .spec
+            .disks
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        let rows = self.inner.store.load_snapshots(vm.id).unwrap_or_default();
+        for d in rows.iter().flat_map(|r| &r.disks) {
+            out.extend([d.image.clone(), d.overlay.clone()]);
+        }
+        out
+    }
+
     /// VMs other than `vm` that have `file` as a disk or CD-ROM, or as a layer of one of their
     /// external snapshots.
     fn other_owners(&self, vm: &Vm, file: &Path) -> Vec<String> {

@@ -344,10 +344,14 @@ impl Engine {
         let is_active = top == active;
         let qmp = vm.qmp()?;
         // QEMU reopens `base` read-write, and the image above `upper` to rewrite its backing
-        // link: every layer of this disk from the top down to `base` becomes writable for the
-        // VM's uid (they are this VM's; `base` has no other layer on it).
+        // link: the layers of this disk from the top down to `base` become writable for the
+        // VM's uid (they are this VM's; `base` has no other layer on it). QEMU's own answer
+        // only orders them: a file is granted only when hv's records make it this VM's.
+        let known = self.own_images(vm);
         for file in self.live_chain(vm, target).await? {
-            self.grant(vm, &file, host_storage::access::Access::ReadWrite)?;
+            if known.contains(&file) {
+                self.grant(vm, &file, host_storage::access::Access::ReadWrite)?;
+            }
             if file == base {
                 break;
             }
