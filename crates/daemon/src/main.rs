@@ -28,6 +28,11 @@ struct Args {
     /// (SIZE: 8M, 512K or bytes). See ARCHITECTURE.md for when each is checked.
     #[arg(long, env = "HV_LOG_CAP", default_value = "8M")]
     log_cap: model::Size,
+    /// The QEMU of VM ID runs as uid and gid BASE + ID (never root); pick a range no account
+    /// or user namespace uses.
+    #[arg(long, env = "HV_QEMU_UID_BASE", default_value_t = engine::DEFAULT_QEMU_UID_BASE,
+          value_parser = clap::value_parser!(u32).range(1..=0x7fff_0000))]
+    qemu_uid_base: u32,
 }
 
 fn init_logging() {
@@ -90,11 +95,16 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
 const OPERATIONS_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn run(args: Args) -> Result<()> {
+    // Everything hvd (and the tools it runs, such as qemu-img) creates is private: VMs' QEMUs
+    // run as other uids and must reach only what is granted to them.
+    // SAFETY: umask(2) takes a mode and cannot fail.
+    unsafe { libc::umask(0o077) };
     let _lock = lock_state_dir(&args.state_dir)?;
     let listener = bind_socket(&args.socket)?;
     let mut cfg = engine::Config::new(args.state_dir.clone());
     cfg.qemu_binary = args.qemu.clone();
     cfg.log_cap = args.log_cap.0.max(4096);
+    cfg.qemu_uid_base = args.qemu_uid_base;
     let engine = engine::Engine::open(cfg)
         .await
         .context("cannot open the engine")?;

@@ -18,6 +18,7 @@ fn boot(h: &TestHvd, name: &str, opts: VmOpts) {
     let info = h.client().create(spec, true).unwrap();
     assert_eq!(info.state, VmState::Running);
     h.wait_ready(name).unwrap();
+    h.check_qemus_confined().unwrap();
 }
 
 #[test]

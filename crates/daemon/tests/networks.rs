@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use api::ErrorCode;
 use model::{NetMode, NetworkSpec, VmState};
+use testkit::confinement::Privileges;
 use testkit::{NetNs, TestHvd, VmOpts};
 
 const DHCP_SCRIPT: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && echo HV-LEASE-$ip\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; for t in 1 2 3; do udhcpc -i eth0 -n -q -t 6 -T 2 -s /tmp/dh.sh 2>/dev/null && break; done; echo DHCP-DONE-$((1))"#;
@@ -245,11 +246,28 @@ fn nat_network_gives_leases_and_tears_down_completely() {
 /// A guest DHCP client that configures the address and default route, then prints them.
 const DHCP_ROUTE: &str = r#"printf '#!/bin/sh\n[ "$1" = bound ] || exit 0\nip addr add $ip/$mask dev $interface\n[ -n "$router" ] && ip route add default via $router\necho HV-LEASE-$ip-\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh; ip link set eth0 up; for t in 1 2 3; do udhcpc -i eth0 -n -q -t 6 -T 2 -s /tmp/dh.sh 2>/dev/null && break; done; echo DHCP-DONE-$((1))"#;
 
-fn boot_on(h: &TestHvd, vm: &str, net: &str) -> String {
+/// Every QEMU runs confined, and `vm`'s taps (`hvtap-ID-N`; its QEMU runs as uid and gid
+/// base + ID) are owned by its QEMU's uid and gid.
+fn assert_qemu_owns_its_taps(ns: &NetNs, h: &TestHvd, vm: &str) {
+    h.check_qemus_confined().unwrap();
+    let q = Privileges::of(h.client().info(vm).unwrap().pid.unwrap()).unwrap();
+    let prefix = format!("hvtap-{}-", q.uid() - h.qemu_uid_base);
+    let script =
+        format!("for t in /sys/class/net/{prefix}*; do echo $(cat $t/owner):$(cat $t/group); done");
+    let owners = ns.run(&["sh", "-c", &script]).unwrap();
+    let want = format!("{}:{}", q.uid(), q.gid());
+    assert!(
+        !owners.trim().is_empty() && owners.lines().all(|l| l == want),
+        "taps {prefix}* of {vm} are owned by {owners:?}, not {want}"
+    );
+}
+
+fn boot_on(ns: &NetNs, h: &TestHvd, vm: &str, net: &str) -> String {
     let mut spec = h.tiny_spec(vm, VmOpts::default()).unwrap();
     spec.nics.push(format!("network={net}").parse().unwrap());
     h.client().create(spec, true).unwrap();
     h.wait_ready(vm).unwrap();
+    assert_qemu_owns_its_taps(ns, h, vm);
     h.type_line(vm, DHCP_ROUTE).unwrap();
     let m = h
         .wait_console(vm, r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
@@ -297,8 +315,8 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
         .unwrap();
     c.net_create(&spec("iso", NetMode::Isolated, "10.77.9.0/24"))
         .unwrap();
-    let a = boot_on(&h, "a", "lan");
-    let b = boot_on(&h, "b", "lan");
+    let a = boot_on(&ns, &h, "a", "lan");
+    let b = boot_on(&ns, &h, "b", "lan");
     assert_ne!(a, b);
     h.run_in_guest(
         "a",
@@ -363,7 +381,7 @@ fn nat_masquerades_to_the_outside_and_isolated_stays_inside() {
         fetch(&outside, "http://198.51.100.1:8022/").is_err(),
         "the forward is gone"
     );
-    let c_ip = boot_on(&h, "c", "iso");
+    let c_ip = boot_on(&ns, &h, "c", "iso");
     assert!(c_ip.starts_with("10.77.9."));
     h.run_in_guest(
         "c",
@@ -416,6 +434,7 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
         .wait_console("hn", r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
         .unwrap();
     assert!(ip.starts_with("HV-LEASE-10.77.11."), "{ip}");
+    assert_qemu_owns_its_taps(&ns, &h, "hn");
     let links = ns.run(&["ip", "-o", "link"]).unwrap();
     assert!(
         links.contains("hvtap-") && links.contains("master hvbr-lan"),
@@ -583,7 +602,7 @@ fn an_uplink_becomes_a_bridge_and_a_bridge_mode_vm_gets_a_lease_from_the_lan() {
         ..NetworkSpec::new("ext".parse().unwrap(), NetMode::Bridge)
     })
     .unwrap();
-    let ip = boot_on(&h, "b", "ext");
+    let ip = boot_on(&ns, &h, "b", "ext");
     assert!(ip.starts_with("10.77.12.1"), "{ip}");
     let held = std::fs::read_to_string(&leases).unwrap();
     assert!(held.contains(&ip), "the LAN's dnsmasq leased it: {held}");

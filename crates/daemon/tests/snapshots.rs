@@ -88,6 +88,8 @@ fn live_internal_snapshot_restores_disk_and_ram_in_place() {
         (VmState::Running, pid),
         "revert happens in place, QEMU keeps running"
     );
+    // All of it as QEMU's unprivileged uid (issue 9).
+    h.check_qemus_confined().unwrap();
     assert_eq!(read_back(&h, "live", "a"), "got-disk-A-ram-A-a-end");
     assert_eq!(
         c.snapshot_create("live", &snap("s1")).unwrap_err().code(),
@@ -104,6 +106,7 @@ fn live_internal_snapshot_restores_disk_and_ram_in_place() {
     c.snapshot_revert("live", "s1").unwrap();
     assert_eq!(c.info("live").unwrap().state, VmState::Running);
     assert_eq!(read_back(&h, "live", "c"), "got-disk-A-ram-A-c-end");
+    h.check_qemus_confined().unwrap();
 }
 
 #[test]
@@ -316,6 +319,8 @@ fn external_snapshots_live_offline_revert_and_merging_delete() {
     assert!(read_back(&h, "ext", "g").starts_with("got-disk-J-"));
     c.snapshot_delete("ext", "e5").unwrap();
     assert!(read_back(&h, "ext", "h").starts_with("got-disk-J-"));
+    // Live overlays and merges, all as QEMU's unprivileged uid (issue 9).
+    h.check_qemus_confined().unwrap();
     let disk = c.info("ext").unwrap().spec.unwrap().disks[0].path.clone();
     assert_eq!(disk, current, "the merged layers are gone from the spec");
     let left: Vec<_> = std::fs::read_dir(&h.dir)

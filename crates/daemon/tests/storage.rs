@@ -5,6 +5,7 @@ use api::{
     ResizeVolRequest,
 };
 use model::{DiskFormat, Size};
+use testkit::confinement::{can_open_as, Privileges};
 use testkit::{TestHvd, VmOpts};
 
 fn hvd() -> TestHvd {
@@ -634,8 +635,18 @@ fn media_insert_and_eject_are_seen_in_the_guest() {
     c.media_insert("media", "default/cd.iso").unwrap();
     assert_eq!(read("2048", "in"), "sr0-2048-in");
     assert_eq!(c.vol_info("default", "cd.iso").unwrap().used_by, ["media"]);
+    // QEMU (its own uid) reads the medium while it is in, and not after the eject.
+    let q = Privileges::of(c.info("media").unwrap().pid.unwrap()).unwrap();
+    q.check_confined().unwrap();
+    let iso = c.vol_info("default", "cd.iso").unwrap().path;
+    assert!(can_open_as(q.uid(), q.gid(), &iso, false).unwrap());
+    assert!(
+        !can_open_as(q.uid(), q.gid(), &iso, true).unwrap(),
+        "media are read-only"
+    );
     c.media_eject("media").unwrap();
     assert_eq!(read("0", "out"), "sr0-0-out");
+    assert!(!can_open_as(q.uid(), q.gid(), &iso, false).unwrap());
     // A VM started without a drive cannot get media live: a clear error, nothing changed.
     c.create(h.tiny_spec("nodrive", VmOpts::default()).unwrap(), true)
         .unwrap();

@@ -128,6 +128,8 @@ impl Engine {
             .await?;
         let nodes = qemu_argv::disk_block_nodes(disk, i, None, &chain, aio)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.grant_disk(vm, &disk.path, disk.format, !disk.readonly)
+            .await?;
         let mut added: Vec<String> = Vec::new();
         let result = async {
             for n in &nodes {
@@ -151,6 +153,8 @@ impl Engine {
                     .execute("blockdev-del", Some(json!({ "node-name": n })))
                     .await;
             }
+            self.revoke_closed(vm, std::slice::from_ref(&disk.path))
+                .await;
             return Err(e);
         }
         Ok(())
@@ -190,6 +194,7 @@ impl Engine {
             // on overlays above the nodes it was started with.
             let top = self.active_node(&vm, target).await?;
             let nodes = self.chain_nodes(&vm, &top).await?;
+            let files = self.live_chain(&vm, target).await.unwrap_or_default();
             let mut events = vm.subscribe_qmp_events();
             qmp.execute("device_del", Some(json!({ "id": target })))
                 .await
@@ -212,6 +217,7 @@ impl Engine {
                     tracing::warn!(vm = name, node, error = %e, "blockdev-del failed");
                 }
             }
+            self.revoke_closed(&vm, &files).await;
         }
         if config {
             if let Some(p) = pos {
@@ -283,12 +289,23 @@ impl Engine {
                 )));
             }
             let qmp = vm.qmp()?;
-            qmp.execute(
-                "blockdev-change-medium",
-                Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),
-            )
-            .await
-            .map_err(qemu)?;
+            let before = self
+                .live_chain(&vm, qemu_argv::CDROM_ID)
+                .await
+                .unwrap_or_default();
+            self.grant(&vm, &path, host_storage::access::Access::Read)?;
+            let changed = qmp
+                .execute(
+                    "blockdev-change-medium",
+                    Some(json!({ "id": qemu_argv::CDROM_ID, "filename": path, "format": "raw", "read-only-mode": "read-only" })),
+                )
+                .await
+                .map_err(qemu);
+            // The medium QEMU let go of (or the one it refused) is not the VM's any more.
+            let mut closed = before;
+            closed.push(path.clone());
+            self.revoke_closed(&vm, &closed).await;
+            changed?;
         }
         self.save_spec(&vm, spec)?;
         Ok(self.info_of(&vm, true))
@@ -305,6 +322,10 @@ impl Engine {
             )));
         }
         if vm.state().is_active() && self.running_has_cdrom(&vm) {
+            let before = self
+                .live_chain(&vm, qemu_argv::CDROM_ID)
+                .await
+                .unwrap_or_default();
             vm.qmp()?
                 .execute(
                     "eject",
@@ -312,6 +333,7 @@ impl Engine {
                 )
                 .await
                 .map_err(qemu)?;
+            self.revoke_closed(&vm, &before).await;
         }
         spec.cdrom = Some(PathBuf::new());
         self.save_spec(&vm, spec)?;

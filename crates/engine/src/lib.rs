@@ -6,6 +6,7 @@
 //! [`EngineError::Busy`]); no lock is held while waiting on QMP or the guest. A restarted
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
+mod confine;
 mod console;
 mod error;
 mod hotplug;
@@ -31,6 +32,7 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
+pub use confine::DEFAULT_QEMU_UID_BASE;
 pub use console::{
     skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
     INPUT_CAP as CONSOLE_INPUT_CAP,
@@ -50,6 +52,8 @@ pub struct Config {
     pub qemu_binary: String,
     /// Each log file (console, QEMU, QMP, dnsmasq) is capped at about this many bytes.
     pub log_cap: u64,
+    /// QEMU of VM `id` runs as uid and gid `qemu_uid_base + id`.
+    pub qemu_uid_base: u32,
 }
 
 impl Config {
@@ -58,6 +62,7 @@ impl Config {
             state_dir,
             qemu_binary: host_probe::QEMU_BINARY.to_string(),
             log_cap: logcap::DEFAULT_LOG_CAP,
+            qemu_uid_base: DEFAULT_QEMU_UID_BASE,
         }
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
@@ -98,9 +103,10 @@ pub struct Engine {
 }
 
 /// io_uring if this QEMU can open a disk with it here (built with it, allowed by the kernel and
-/// by the seccomp sandbox VMs run under), else QEMU's thread pool. QEMU opens its own binary
-/// that way and quits.
-async fn probe_aio(qemu: &str) -> qemu_argv::Aio {
+/// by the seccomp sandbox VMs run under, as the unprivileged uid VMs run as), else QEMU's
+/// thread pool. QEMU opens its own binary that way and quits; it runs as `probe`, the base of
+/// the VMs' ids (no VM has id 0).
+async fn probe_aio(qemu: &str, probe: host_exec::Credentials) -> qemu_argv::Aio {
     use qemu_argv::Aio;
     let Some(bin) = host_exec::which(qemu) else {
         return Aio::Threads;
@@ -108,7 +114,7 @@ async fn probe_aio(qemu: &str) -> qemu_argv::Aio {
     let argv = qemu_argv::aio_probe_argv(&bin, Aio::IoUring);
     let args: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
     let quit = b"{\"execute\": \"qmp_capabilities\"}\n{\"execute\": \"quit\"}\n";
-    match host_exec::run_with_input(qemu, &args, quit, Duration::from_secs(10)).await {
+    match host_exec::run_as(qemu, &args, quit, Duration::from_secs(10), Some(probe)).await {
         Ok(_) => Aio::IoUring,
         Err(e) => {
             tracing::info!(error = %e, "QEMU cannot use io_uring here; disks use its thread pool");
@@ -138,7 +144,6 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Engine
 impl Engine {
     /// Opens (or creates) the state dir, loads every VM and re-attaches to running ones.
     pub async fn open(cfg: Config) -> Result<Engine> {
-        use std::os::unix::fs::PermissionsExt;
         for dir in [
             cfg.state_dir.clone(),
             cfg.state_dir.join("vms"),
@@ -147,12 +152,16 @@ impl Engine {
             std::fs::create_dir_all(&dir)
                 .map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
-        std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            io_err(format!(
-                "cannot set the mode of {}",
-                cfg.state_dir.display()
-            )),
-        )?;
+        // Private: a VM's QEMU (its own uid) is let through to its own files only, by ACL
+        // entries that last while it runs (see `confine`).
+        for dir in [
+            cfg.state_dir.clone(),
+            cfg.state_dir.join("vms"),
+            cfg.run_dir(),
+        ] {
+            host_storage::access::make_dir_private(&dir)
+                .map_err(|e| EngineError::Host(e.to_string()))?;
+        }
         let probe = cfg.run_dir().join("12345678.qmp");
         if probe.as_os_str().len() > 107 {
             return Err(EngineError::Invalid(format!(
@@ -273,10 +282,11 @@ impl Engine {
 
     pub(crate) async fn caps(&self) -> Result<HostCaps> {
         let qemu = self.inner.cfg.qemu_binary.clone();
+        let probe = self.qemu_ids(0)?;
         self.inner
             .caps
             .get_or_try_init(|| async move {
-                let (v, aio) = tokio::join!(host_probe::tool_version(&qemu), probe_aio(&qemu));
+                let (v, aio) = tokio::join!(host_probe::tool_version(&qemu), probe_aio(&qemu, probe));
                 let v = v.map_err(|e| {
                     EngineError::Host(format!("cannot run QEMU ({qemu}): {e}; install qemu-system-x86 (hv host check tells more)"))
                 })?;
@@ -294,6 +304,7 @@ impl Engine {
     pub async fn host_check(&self) -> HostReport {
         let mut report = host_probe::check_host(&self.inner.cfg.qemu_binary).await;
         report.checks.push(self.firewall_check().await);
+        report.checks.push(self.confinement_check());
         report
     }
 

@@ -861,8 +861,13 @@ impl Engine {
             }
         };
         let tap = host_net::tap_name(vm_id, i as u32);
+        let ids = self.qemu_ids(vm_id)?;
+        let owner = host_net::TapOwner {
+            uid: ids.uid,
+            gid: ids.gid,
+        };
         let _ = host_net::remove_link(&tap).await;
-        host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
+        host_net::create_tap(&tap, Some(&bridge), Some(owner)).map_err(host)?;
         // Anti-spoofing: the guest sends only as its own MAC (and reserved address).
         if let Some(mac) = n.mac {
             let guard = host_net::Guard {

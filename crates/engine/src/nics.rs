@@ -95,6 +95,16 @@ impl Engine {
             })
             .unwrap_or(0);
         let tap = self.make_tap(vm.id, n, nic).await?;
+        if tap.is_some() {
+            if let Err(e) = self.grant(
+                vm,
+                std::path::Path::new("/dev/net/tun"),
+                host_storage::access::Access::ReadWrite,
+            ) {
+                crate::network::remove_taps(&[tap]).await;
+                return Err(e);
+            }
+        }
         let backend = qemu_argv::nic_backend(nic, n, tap.as_deref())
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let netdev = backend["id"].clone();

@@ -329,6 +329,8 @@ impl Engine {
         let dir = self.inner.cfg.vm_dir(&vm.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| EngineError::Host(format!("cannot create {}: {e}", dir.display())))?;
+        host_storage::access::make_dir_private(&dir)
+            .map_err(|e| EngineError::Host(e.to_string()))?;
         for (what, p) in spec
             .kernel
             .iter()
@@ -376,6 +378,15 @@ impl Engine {
                 return Err(e);
             }
         };
+        if let Err(e) = self
+            .grant_for_start(vm, &spec, &paths, &overlays, &taps)
+            .await
+        {
+            self.revoke_all(vm);
+            cleanup_files(&made);
+            crate::network::remove_taps(&taps).await;
+            return Err(e);
+        }
         // With KVM, `-cpu host` aborts on some nested hosts (QEMU cannot set MSR 0x10a,
         // IA32_ARCH_CAPABILITIES): retry once without that feature and remember it.
         let mut attempts = 0;
@@ -387,6 +398,7 @@ impl Engine {
             {
                 Ok(x) => x,
                 Err(e) => {
+                    self.revoke_all(vm);
                     cleanup_files(&made);
                     crate::network::remove_taps(&taps).await;
                     return Err(e);
@@ -409,6 +421,7 @@ impl Engine {
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(e) => {
+                    self.revoke_all(vm);
                     cleanup_files(&made);
                     crate::network::remove_taps(&taps).await;
                     return Err(self.start_failed(vm, e));
@@ -478,6 +491,59 @@ impl Engine {
         }
     }
 
+    /// Gives the VM's QEMU uid what it opens by name: disks (and their chains), ephemeral
+    /// overlays, CD-ROM, kernel and initrd, the console log, `/dev/kvm` with KVM and
+    /// `/dev/net/tun` with taps (each only where "other" lacks access).
+    async fn grant_for_start(
+        &self,
+        vm: &Vm,
+        spec: &VmSpec,
+        paths: &RunPaths,
+        overlays: &[Option<PathBuf>],
+        taps: &[Option<String>],
+    ) -> Result<()> {
+        use host_storage::access::Access;
+        // QEMU appends to it; hvd empties it at each spawn (same file, so the grant stays).
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.console_log)
+            .map_err(|e| {
+                EngineError::Host(format!("cannot open {}: {e}", paths.console_log.display()))
+            })?;
+        host_storage::access::make_private(&paths.console_log)
+            .map_err(|e| EngineError::Host(e.to_string()))?;
+        self.grant(vm, &paths.console_log, Access::ReadWrite)?;
+        for (i, d) in spec.disks.iter().enumerate() {
+            // An ephemeral overlay is hvd's, just made on the disk: granted on its own, and
+            // the disk (read-only below it) with its chain.
+            if let Some(o) = overlays.get(i).cloned().flatten() {
+                host_storage::access::make_private(&o)
+                    .map_err(|e| EngineError::Host(e.to_string()))?;
+                self.grant(vm, &o, Access::ReadWrite)?;
+            }
+            let writable = !d.readonly && !spec.ephemeral;
+            self.grant_disk(vm, &d.path, d.format, writable).await?;
+        }
+        let read_only = spec
+            .kernel
+            .iter()
+            .flat_map(|k| [Some(&k.path), k.initrd.as_ref()])
+            .chain([spec.cdrom.as_ref().filter(|c| !c.as_os_str().is_empty())])
+            .flatten();
+        for p in read_only {
+            self.grant(vm, p, Access::Read)?;
+        }
+        let caps = self.caps().await?;
+        if self.resolve_accel(&caps, spec.accel)?.0 == qemu_argv::Accel::Kvm {
+            self.grant(vm, Path::new("/dev/kvm"), Access::ReadWrite)?;
+        }
+        if taps.iter().any(Option::is_some) {
+            self.grant(vm, Path::new("/dev/net/tun"), Access::ReadWrite)?;
+        }
+        Ok(())
+    }
+
     /// Spawns QEMU with its QMP and serial listeners and completes the QMP handshake.
     async fn spawn_and_attach(
         &self,
@@ -492,6 +558,7 @@ impl Engine {
         mpsc::UnboundedReceiver<QmpEvent>,
         Arc<PidFd>,
     )> {
+        let ids = self.qemu_ids(vm.id)?;
         let qmp_fd = bind_listener(&paths.qmp)?;
         let ser_fd = bind_listener(&paths.serial)?;
         // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.
@@ -522,6 +589,7 @@ impl Engine {
             &args,
             vec![(qmp_fd, 3), (ser_fd, 4)],
             log,
+            ids,
         )
         .map_err(|e| EngineError::Host(e.to_string()))?;
         let pidfd = match PidFd::open(d.pid) {
@@ -740,6 +808,7 @@ impl Engine {
         {
             let _ = std::fs::remove_file(p);
         }
+        self.revoke_all(vm);
         // Nobody to fail here: the next start or hvd's re-attach sets the record right.
         if let Err(e) = self.persist_runtime(vm) {
             tracing::error!(vm = %vm.name, error = %e, "cannot record that QEMU ended");

@@ -75,6 +75,28 @@ impl Engine {
             .ok_or_else(|| EngineError::Qemu(format!("QEMU has no disk {target}")))
     }
 
+    /// The image files of disk `target` in the running QEMU, from the top layer down.
+    pub(crate) async fn live_chain(&self, vm: &Vm, target: &str) -> Result<Vec<PathBuf>> {
+        let blocks = vm.qmp()?.execute("query-block", None).await.map_err(qemu)?;
+        let prefix = format!("/machine/peripheral/{target}/");
+        let mut image = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| {
+                b["qdev"]
+                    .as_str()
+                    .is_some_and(|q| q == target || q.starts_with(&prefix))
+            })
+            .map(|b| &b["inserted"]["image"]);
+        let mut out = Vec::new();
+        while let Some(file) = image.and_then(|i| i["filename"].as_str()) {
+            out.push(PathBuf::from(file));
+            image = image.map(|i| &i["backing-image"]);
+        }
+        Ok(out)
+    }
+
     /// Creates the overlays, records the snapshot and the new spec in one transaction, and
     /// only then (for a running VM) switches QEMU over. A crash anywhere leaves no lost write:
     /// at worst the frozen image took a few more writes before QEMU switched.
@@ -202,6 +224,9 @@ impl Engine {
             for d in plan {
                 let active = self.active_node(vm, &d.target).await?;
                 let node = format!("hv-{}-{tag}", d.target);
+                host_storage::access::make_private(&d.overlay)
+                    .map_err(|e| EngineError::Host(e.to_string()))?;
+                self.grant(vm, &d.overlay, host_storage::access::Access::ReadWrite)?;
                 let add = json!({
                     "driver": "qcow2", "node-name": node, "backing": null,
                     "file": { "driver": "file", "filename": d.overlay, "node-name": format!("{node}-file") },
@@ -332,6 +357,19 @@ impl Engine {
         let active = self.active_node(vm, target).await?;
         let is_active = top == active;
         let qmp = vm.qmp()?;
+        // QEMU reopens `base` read-write, and the image above `upper` to rewrite its backing
+        // link: the layers of this disk from the top down to `base` become writable for the
+        // VM's uid (they are this VM's; `base` has no other layer on it). QEMU's own answer
+        // only orders them: a file is granted only when hv's records make it this VM's.
+        let known = self.own_images(vm);
+        for file in self.live_chain(vm, target).await? {
+            if known.contains(&file) {
+                self.grant(vm, &file, host_storage::access::Access::ReadWrite)?;
+            }
+            if file == base {
+                break;
+            }
+        }
         let id = format!(
             "hv-commit-{target}-{}-{}",
             std::process::id(),

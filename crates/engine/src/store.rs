@@ -38,6 +38,9 @@ pub struct RuntimeRecord {
     /// Taps hv made for this run's NICs (removed when QEMU ends).
     #[serde(default)]
     pub taps: Vec<String>,
+    /// Paths this run's QEMU uid was given access to (taken back when QEMU ends).
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// The boot id of the host when a user last stopped the VM: autostart skips it in that boot.
     #[serde(default)]
     pub user_stopped_boot: Option<String>,

@@ -2,7 +2,9 @@
 //! and long-running QEMU, plus watching and signalling processes by pidfd.
 //!
 //! Every command is an argv (never a shell string), runs with a cleared environment and
-//! `LC_ALL=C`, inherits no file descriptors except the ones asked for, and is logged.
+//! `LC_ALL=C`, inherits no file descriptors except the ones asked for, and is logged. QEMU
+//! (detached, or as a probe) runs under the [`Credentials`] it is given: an unprivileged uid
+//! and gid, no supplementary groups, no capabilities, no new privileges.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -29,6 +31,8 @@ pub enum ExecError {
     Timeout { program: String, secs: u64 },
     #[error("cannot watch process {pid}: {source}")]
     Watch { pid: u32, source: io::Error },
+    #[error("refusing to run {program} as uid {uid} gid {gid}: a process that drops privileges needs a non-zero uid and gid")]
+    Root { program: String, uid: u32, gid: u32 },
 }
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -58,8 +62,28 @@ pub async fn run_with_input(
     input: &[u8],
     timeout: Duration,
 ) -> Result<Output, ExecError> {
-    tracing::debug!(program, ?args, "run");
+    run_as(program, args, input, timeout, None).await
+}
+
+/// [`run_with_input`], as `creds` when given (dropping privileges as
+/// [`spawn_detached`] does): for probes that must see what an unprivileged QEMU may do.
+pub async fn run_as(
+    program: &str,
+    args: &[&OsStr],
+    input: &[u8],
+    timeout: Duration,
+    creds: Option<Credentials>,
+) -> Result<Output, ExecError> {
+    tracing::debug!(program, ?args, ?creds, "run");
     let mut c = base_command(OsStr::new(program));
+    if let Some(creds) = creds {
+        check_unprivileged(program, creds)?;
+        // SAFETY: the closure runs in the forked child before exec and only makes system
+        // calls with plain integers and a null list (see `drop_privileges`).
+        unsafe {
+            c.pre_exec(move || drop_privileges(creds));
+        }
+    }
     let stdin = if input.is_empty() {
         Stdio::null()
     } else {
@@ -188,15 +212,71 @@ pub struct Daemonized {
     pub pid: u32,
 }
 
+/// The unprivileged identity a detached process runs as (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The highest capability number any kernel knows today is 40; dropping up to 63 also covers
+/// later ones (unknown numbers answer EINVAL, which is skipped).
+const CAP_SCAN_LAST: libc::c_ulong = 63;
+
+fn check_unprivileged(program: &str, creds: Credentials) -> Result<(), ExecError> {
+    if creds.uid == 0 || creds.gid == 0 {
+        return Err(ExecError::Root {
+            program: program.to_string(),
+            uid: creds.uid,
+            gid: creds.gid,
+        });
+    }
+    Ok(())
+}
+
+/// In a forked child before exec: the capability bounding set first (dropping needs
+/// CAP_SETPCAP, which setuid takes away), then groups, gid and uid (which clears the permitted
+/// and effective sets), then no-new-privs so nothing is ever regained. Only system calls with
+/// plain integers and a null list; nothing is allocated.
+fn drop_privileges(creds: Credentials) -> io::Result<()> {
+    let Credentials { uid, gid } = creds;
+    for cap in 0..=CAP_SCAN_LAST {
+        // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes no pointers.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: setgroups with a count of 0 reads no memory; the others take integers.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) < 0
+            || libc::setresgid(gid, gid, gid) < 0
+            || libc::setresuid(uid, uid, uid) < 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+    };
+    if failed {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts `program argv` in a new session with stdin on /dev/null, stdout and stderr appended
 /// to `log`, and each `(fd, target)` in `fds` inherited as fd number `target`.
+///
+/// The process runs as `creds`: no supplementary groups, an empty capability bounding set
+/// (so no capability is ever regained, not even by exec of a setuid binary), and
+/// `PR_SET_NO_NEW_PRIVS`. Files it must reach by name are the caller's business.
 pub fn spawn_detached(
     program: &Path,
     argv: &[OsString],
     fds: Vec<(OwnedFd, RawFd)>,
     log: File,
+    creds: Credentials,
 ) -> Result<Daemonized, ExecError> {
-    tracing::info!(program = %program.display(), argv = ?argv, "spawn");
+    tracing::info!(program = %program.display(), argv = ?argv, uid = creds.uid, gid = creds.gid, "spawn");
+    check_unprivileged(&program.display().to_string(), creds)?;
     let err_log = log.try_clone().map_err(|source| ExecError::Spawn {
         program: program.display().to_string(),
         source,
@@ -207,8 +287,9 @@ pub fn spawn_detached(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err_log));
     let raw: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect();
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, fcntl, dup2, close) on fds it was handed; it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setsid, fcntl, dup2, close on fds it was handed; prctl, setgroups, setresgid, setresuid
+    // with plain integers and a null list); it allocates nothing.
     unsafe {
         c.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -230,7 +311,7 @@ pub fn spawn_detached(
                 }
                 libc::close(moved[i]);
             }
-            Ok(())
+            drop_privileges(creds)
         });
     }
     let child = c.spawn().map_err(|source| ExecError::Spawn {
@@ -378,6 +459,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn run_as_runs_a_probe_unprivileged() {
+        let creds = Credentials {
+            uid: 4_242_004,
+            gid: 4_242_005,
+        };
+        let out = run_as(
+            "sh",
+            &[
+                OsStr::new("-c"),
+                OsStr::new("echo $(id -u):$(id -g):$(id -G)"),
+            ],
+            b"",
+            Duration::from_secs(5),
+            Some(creds),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.stdout.trim(), "4242004:4242005:4242005");
+    }
+
+    #[tokio::test]
     async fn run_with_input_feeds_stdin() {
         let out = run_with_input("cat", &[], b"to qemu\n", Duration::from_secs(5))
             .await
@@ -392,7 +494,17 @@ mod tests {
         let log = File::create(dir.join("log")).unwrap();
         let passed: OwnedFd = File::open("/dev/null").unwrap().into();
         let argv = vec![OsString::from("-c"), OsString::from("ls -l /proc/self/fd/7 >&2; [ -e /proc/self/fd/7 ] && [ $$ = $(cut -d' ' -f6 /proc/self/stat) ] || true; exit 4")];
-        let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![(passed, 7)], log).unwrap();
+        let mut d = spawn_detached(
+            Path::new("/bin/sh"),
+            &argv,
+            vec![(passed, 7)],
+            log,
+            Credentials {
+                uid: 4_242_001,
+                gid: 4_242_001,
+            },
+        )
+        .unwrap();
         let watch = PidFd::open(d.pid).unwrap();
         let status = d.child.wait().await.unwrap();
         watch.exited().await;
@@ -400,5 +512,54 @@ mod tests {
         let text = std::fs::read_to_string(dir.join("log")).unwrap();
         assert!(text.contains("/dev/null"), "fd 7 was not inherited: {text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn detached_child_runs_unprivileged_with_no_capabilities_and_no_new_privs() {
+        let dir = std::env::temp_dir().join(format!("hv-exec-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = File::create(dir.join("log")).unwrap();
+        let argv = vec![
+            OsString::from("-c"),
+            OsString::from("cat /proc/self/status"),
+        ];
+        let creds = Credentials {
+            uid: 4_242_002,
+            gid: 4_242_003,
+        };
+        let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![], log, creds).unwrap();
+        assert_eq!(Exit::from(d.child.wait().await.unwrap()), Exit::Code(0));
+        let status = std::fs::read_to_string(dir.join("log")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for want in [
+            "Uid:\t4242002\t4242002\t4242002\t4242002\n",
+            "Gid:\t4242003\t4242003\t4242003\t4242003\n",
+            "Groups:\t \n",
+            "CapInh:\t0000000000000000\n",
+            "CapPrm:\t0000000000000000\n",
+            "CapEff:\t0000000000000000\n",
+            "CapBnd:\t0000000000000000\n",
+            "CapAmb:\t0000000000000000\n",
+            "NoNewPrivs:\t1\n",
+        ] {
+            assert!(status.contains(want), "{want:?} missing in {status}");
+        }
+    }
+
+    #[test]
+    fn detached_spawn_refuses_root() {
+        let log = File::open("/dev/null").unwrap();
+        for (uid, gid) in [(0, 5), (5, 0)] {
+            let e = spawn_detached(
+                Path::new("/bin/true"),
+                &[],
+                vec![],
+                log.try_clone().unwrap(),
+                Credentials { uid, gid },
+            )
+            .err()
+            .unwrap();
+            assert!(matches!(e, ExecError::Root { .. }), "{e}");
+        }
     }
 }

@@ -55,6 +55,7 @@ pub use iface_bridge::{
 pub use link::{
     add_address, attach_to_bridge, create_bridge, create_tap, delete_link, host_ranges, ip_forward,
     link_info, list_links, remove_link, route_localnet, set_ip_forward, set_route_localnet,
+    TapOwner,
 };
 pub use names::{
     bridge_mac, bridge_name, check_hostname, check_ifname, check_net_name, hostname_for,

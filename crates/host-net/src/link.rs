@@ -4,7 +4,10 @@
 //! Taps are persistent (`TUNSETPERSIST`) and owned by no process: QEMU opens them by name with
 //! `-netdev tap,ifname=TAP,script=no,downscript=no` (also for hot-plug via QMP `netdev_add`),
 //! a tap outlives hvd restarts together with its QEMU, and hvd deletes it when the VM stops or
-//! the NIC is detached. All calls act on the network namespace of the calling thread.
+//! the NIC is detached. A tap can be given an owner uid and gid (`TUNSETOWNER`/`TUNSETGROUP`):
+//! then a process with exactly those ids may attach to it without `CAP_NET_ADMIN`, which is
+//! how an unprivileged QEMU opens its VM's taps and no other. All calls act on the network
+//! namespace of the calling thread.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -70,10 +73,23 @@ pub fn add_address(link: &str, addr: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), N
         .map_err(nl(format!("add {addr}/{} to {link}", subnet.prefix())))
 }
 
-/// Creates the persistent tap `name`, sets it up and, when given, makes it a port of `bridge`.
-/// Nothing is left behind when a step fails. Fails with [`NetError::Exists`] when the name is
-/// taken (also by an earlier tap: delete leftovers first with [`delete_link`]).
-pub fn create_tap(name: &str, bridge: Option<&str>) -> Result<(), NetError> {
+/// Who may attach to a tap without `CAP_NET_ADMIN`: a process whose effective uid is `uid`
+/// and that is in group `gid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Creates the persistent tap `name` (owned by `owner` when given), sets it up and, when
+/// given, makes it a port of `bridge`. Nothing is left behind when a step fails. Fails with
+/// [`NetError::Exists`] when the name is taken (also by an earlier tap: delete leftovers first
+/// with [`delete_link`]).
+pub fn create_tap(
+    name: &str,
+    bridge: Option<&str>,
+    owner: Option<TapOwner>,
+) -> Result<(), NetError> {
     check_ifname(name)?;
     let mut n = open()?;
     if n.link(name)
@@ -86,7 +102,7 @@ pub fn create_tap(name: &str, bridge: Option<&str>) -> Result<(), NetError> {
         Some(b) => Some(index_of(&mut n, b)?),
         None => None,
     };
-    make_persistent_tap(name)?;
+    make_persistent_tap(name, owner)?;
     let mut attach = || -> Result<(), NetError> {
         let index = index_of(&mut n, name)?;
         if let Some(m) = master {
@@ -114,7 +130,7 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-fn make_persistent_tap(name: &str) -> Result<(), NetError> {
+fn make_persistent_tap(name: &str, owner: Option<TapOwner>) -> Result<(), NetError> {
     let tap_err = |op: &'static str| {
         move |error: io::Error| NetError::Tap {
             op,
@@ -142,6 +158,23 @@ fn make_persistent_tap(name: &str) -> Result<(), NetError> {
     // SAFETY: TUNSETPERSIST takes an integer argument, no memory.
     if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
         return Err(tap_err("make persistent")(io::Error::last_os_error()));
+    }
+    if let Some(o) = owner {
+        let set = |request, id: u32, op| {
+            // SAFETY: TUNSETOWNER and TUNSETGROUP take an integer argument, no memory.
+            if unsafe { libc::ioctl(tun.as_raw_fd(), request, id as libc::c_ulong) } < 0 {
+                return Err(tap_err(op)(io::Error::last_os_error()));
+            }
+            Ok(())
+        };
+        // The device stays (persistent): undo it if the owner cannot be set.
+        let owned = set(libc::TUNSETOWNER, o.uid, "set the owner uid of")
+            .and_then(|()| set(libc::TUNSETGROUP, o.gid, "set the owner group of"));
+        if let Err(e) = owned {
+            // SAFETY: TUNSETPERSIST takes an integer argument, no memory.
+            unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong) };
+            return Err(e);
+        }
     }
     Ok(())
 }

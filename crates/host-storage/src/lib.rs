@@ -1,7 +1,9 @@
 //! Disk images on the host: `qemu-img` (which owns every image format; hv never writes qcow2
 //! itself) with `--output=json` decoded into structs and explicit formats everywhere, and
-//! filesystem capacity for pools.
+//! filesystem capacity for pools, and access for the unprivileged uid a VM's QEMU runs as
+//! (`access`).
 
+pub mod access;
 pub mod transfer;
 
 use std::ffi::{OsStr, OsString};

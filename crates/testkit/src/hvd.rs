@@ -36,6 +36,9 @@ pub struct TestHvd {
     /// Extra environment for hvd (say `HV_QEMU`).
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// This hvd's `--qemu-uid-base`: its own range of 256 ids, so QEMUs of hvds that run at
+    /// the same time (whose VM ids all start at 1) never share a uid.
+    pub qemu_uid_base: u32,
     client: Client,
     /// More hvd arguments, kept across restarts.
     extra_args: Vec<String>,
@@ -89,6 +92,7 @@ impl TestHvd {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            qemu_uid_base: 0x7000_0000 + ((std::process::id() % 16_000) * 64 + n % 64) * 256,
             child: None,
             client: Client::new(""),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
@@ -117,6 +121,8 @@ impl TestHvd {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(&self.extra_args)
+            .arg("--qemu-uid-base")
+            .arg(self.qemu_uid_base.to_string())
             .env("HV_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -299,6 +305,23 @@ impl TestHvd {
             }
         }
         out
+    }
+
+    /// Fails unless every QEMU of this hvd runs confined (see
+    /// [`Privileges::check_confined`](crate::confinement::Privileges::check_confined)), each
+    /// under its own uid. Returns the pids checked.
+    pub fn check_qemus_confined(&self) -> Result<Vec<u32>> {
+        let pids = self.qemu_pids();
+        let mut uids = Vec::new();
+        for pid in &pids {
+            let p = crate::confinement::Privileges::of(*pid)?;
+            p.check_confined().with_context(|| format!("QEMU {pid}"))?;
+            if uids.contains(&p.uid()) {
+                bail!("two QEMUs share uid {}", p.uid());
+            }
+            uids.push(p.uid());
+        }
+        Ok(pids)
     }
 
     fn dump_logs(&self) {

@@ -3,6 +3,7 @@
 //! through the API (console typing, deadline waits). Everything a test starts is stopped by
 //! PID when the test ends, also when it fails, and the logs are dumped on failure.
 
+pub mod confinement;
 pub mod golden;
 pub mod guest;
 mod hvd;

@@ -59,7 +59,7 @@ fn bridge_and_tap_are_made_as_specified() {
         assert!(matches!(create_bridge(br), Err(NetError::Exists { .. })));
 
         let tap = tap_name(1, 0);
-        create_tap(&tap, Some(br)).unwrap();
+        create_tap(&tap, Some(br), None).unwrap();
         assert_eq!(
             sys(&tap, "tun_flags"),
             "0x1802",
@@ -73,11 +73,27 @@ fn bridge_and_tap_are_made_as_specified() {
             "a joining port must not change the bridge's MAC"
         );
         assert!(matches!(
-            create_tap(&tap, Some(br)),
+            create_tap(&tap, Some(br), None),
             Err(NetError::Exists { .. })
         ));
         qemu_opens_tap(&tap);
-        let e = create_tap("hvtap-1-1", Some("nosuch")).unwrap_err();
+        assert_eq!(
+            (sys(&tap, "owner"), sys(&tap, "group")),
+            ("-1".into(), "-1".into())
+        );
+        let owned = tap_name(1, 2);
+        let owner = TapOwner {
+            uid: 4_242_101,
+            gid: 4_242_102,
+        };
+        create_tap(&owned, Some(br), Some(owner)).unwrap();
+        assert_eq!(
+            (sys(&owned, "owner"), sys(&owned, "group")),
+            ("4242101".into(), "4242102".into()),
+            "an owned tap is attachable by its VM's uid and gid only"
+        );
+        delete_link(&owned).unwrap();
+        let e = create_tap("hvtap-1-1", Some("nosuch"), None).unwrap_err();
         assert!(matches!(e, NetError::NoLink { .. }), "{e}");
         assert!(
             link_info("hvtap-1-1").unwrap().is_none(),
@@ -372,7 +388,7 @@ fn bridge_mode_uses_the_existing_bridge_only() {
             sh(&["ip", "link", "add", "br-lan", "type", "bridge"]);
             let run = start_network(&cfg, &dir).await.unwrap();
             assert!(run.dnsmasq.is_none());
-            create_tap("hvtap-5-0", Some("br-lan")).unwrap();
+            create_tap("hvtap-5-0", Some("br-lan"), None).unwrap();
             let br = link_info("br-lan").unwrap().unwrap();
             assert_eq!(
                 link_info("hvtap-5-0").unwrap().unwrap().master,
