@@ -421,6 +421,11 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
         links.contains("hvtap-") && links.contains("master hvbr-lan"),
         "{links}"
     );
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(
+        tables.contains("bridge hv-guard-hvtap-"),
+        "a hot-plugged tap has its guard: {tables}"
+    );
     // Refusals: a MAC another VM has, an unknown network, a live change to a stopped VM, an
     // unknown or malformed MAC.
     let mut other = h.tiny_spec("other", VmOpts::default()).unwrap();
@@ -484,6 +489,11 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
     .unwrap();
     let links = ns.run(&["ip", "-o", "link"]).unwrap();
     assert!(!links.contains("hvtap-"), "{links}");
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(
+        !tables.contains("hv-guard-"),
+        "the guard goes with its tap: {tables}"
+    );
     // The live-only NIC is not in the definition: by default (live and config) it is not
     // found; live only, it goes.
     assert_eq!(
