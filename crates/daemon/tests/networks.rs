@@ -702,10 +702,13 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         ..NetworkSpec::new("g".parse().unwrap(), NetMode::Nat)
     })
     .unwrap();
-    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+    for vm in ["a", "b", "c"] {
         let mut spec = h.tiny_spec(vm, VmOpts::default()).unwrap();
         spec.nics.push("network=g".parse().unwrap());
         c.create(spec, false).unwrap();
+    }
+    // a and b have reserved addresses, c takes one from the pool.
+    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
         c.net_reservation_add(
             "g",
             &api::AddReservationRequest {
@@ -717,16 +720,23 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         )
         .unwrap();
     }
-    for vm in ["a", "b"] {
+    for vm in ["a", "b", "c"] {
         c.start(vm, false).unwrap();
     }
-    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+    for (vm, ip) in [
+        ("a", "10.77.31.50"),
+        ("b", "10.77.31.51"),
+        ("c", "10.77.31."),
+    ] {
         h.wait_ready(vm).unwrap();
         h.type_line(vm, DHCP_ROUTE).unwrap();
         let lease = h
             .wait_console(vm, r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
             .unwrap();
-        assert_eq!(lease, format!("HV-LEASE-{ip}-"));
+        assert!(
+            lease.starts_with(&format!("HV-LEASE-{ip}")),
+            "{vm}: {lease}"
+        );
     }
     let mut n = 0;
     // Pings `dst` from `vm`; true when it answers.
@@ -783,12 +793,24 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         "b poisoned the gateway's ARP entry for a: {neigh}"
     );
     assert!(reaches("a", "10.77.31.1"), "a is unharmed");
+
+    // c, with no reservation of its own, cannot take a's either.
+    assert!(reaches("c", "10.77.31.1"), "c reaches the gateway");
+    h.type_line(
+        "c",
+        "ip addr flush dev eth0; ip addr add 10.77.31.50/24 dev eth0",
+    )
+    .unwrap();
+    assert!(
+        !reaches("c", "10.77.31.1"),
+        "an unreserved guest on a reserved address reaches the gateway"
+    );
     let _ = mac_a;
 
     // One guard per tap, and they go with the taps.
     let tables = ns.run(&["nft", "list", "tables"]).unwrap();
-    assert_eq!(tables.matches("hv-guard-").count(), 2, "{tables}");
-    for vm in ["a", "b"] {
+    assert_eq!(tables.matches("hv-guard-").count(), 3, "{tables}");
+    for vm in ["a", "b", "c"] {
         c.destroy(vm).unwrap();
     }
     c.net_stop("g").unwrap();

@@ -804,25 +804,22 @@ impl Engine {
         i: usize,
         n: &model::NicSpec,
     ) -> Result<Option<String>> {
-        // The bridge, and the address a DHCP reservation pins to this NIC (for its guard).
-        let (bridge, reserved) = match n.kind {
+        // The bridge, and the network's DHCP reservations (for the tap's guard).
+        let (bridge, reservations) = match n.kind {
             NicKind::User => return Ok(None),
-            NicKind::Bridge => (n.source.clone().unwrap_or_default(), None),
+            NicKind::Bridge => (n.source.clone().unwrap_or_default(), Vec::new()),
             NicKind::Network => {
                 let name = n.source.clone().unwrap_or_default();
                 let mut nets = self.inner.nets.lock().await;
                 self.net_start_locked(&mut nets, &name).await?;
                 let net = nets.map.get(&name);
-                let reserved = net.and_then(|net| {
-                    let v4 = net.cfg.ipv4.as_ref()?;
-                    v4.reservations
-                        .iter()
-                        .find(|r| Some(r.mac) == n.mac)
-                        .map(|r| r.ip)
-                });
+                let reservations = net
+                    .and_then(|net| net.cfg.ipv4.as_ref())
+                    .map(|v4| v4.reservations.clone())
+                    .unwrap_or_default();
                 (
                     net.map(|n| n.cfg.bridge.clone()).unwrap_or_default(),
-                    reserved,
+                    reservations,
                 )
             }
         };
@@ -831,10 +828,12 @@ impl Engine {
         host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
         // Anti-spoofing: the guest sends only as its own MAC (and reserved address).
         if let Some(mac) = n.mac {
+            let (own, others): (Vec<_>, Vec<_>) = reservations.iter().partition(|r| r.mac == mac);
             let guard = host_net::Guard {
                 tap: tap.clone(),
                 mac,
-                ip: reserved,
+                ip: own.first().map(|r| r.ip),
+                reserved_for_others: others.iter().map(|r| r.ip).collect(),
             };
             if let Err(e) = host_net::apply_guard(&guard).await {
                 let _ = host_net::remove_link(&tap).await;

@@ -3,7 +3,8 @@
 //! frame the guest sends, to the host (the gateway) as well as to other guests. Frames from
 //! the tap must carry the NIC's MAC (Ethernet source and ARP sender), may not be VLAN-tagged,
 //! and, when a DHCP reservation pins an address to the NIC, IPv4 packets and ARP must come
-//! from that address (or from 0.0.0.0, for DHCP and ARP probes).
+//! from that address (or from 0.0.0.0, for DHCP and ARP probes); a NIC without one may not
+//! use the addresses reserved for others (as they were when the tap was made).
 //!
 //! The table is made right after the tap and deleted right before it, so nothing stays
 //! behind; rendering is pure (goldens in `tests/data/guard-*.nft`).
@@ -28,7 +29,10 @@ pub fn guard_table(tap: &str) -> String {
 pub struct Guard {
     pub tap: String,
     pub mac: Mac,
+    /// The address reserved for this NIC.
     pub ip: Option<Ipv4Addr>,
+    /// For a NIC without one: the addresses reserved for other NICs on its network.
+    pub reserved_for_others: Vec<Ipv4Addr>,
 }
 
 /// The guard table in nft syntax, created anew (`create` fails if it exists; see
@@ -61,6 +65,18 @@ pub fn render_guard(g: &Guard) -> String {
         let _ = writeln!(
             w,
             "\t\tiifname \"{tap}\" ether type ip ip saddr != {{ {ip}, 0.0.0.0 }} drop"
+        );
+    } else if !g.reserved_for_others.is_empty() {
+        let set = g
+            .reserved_for_others
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(w, "\t\tiifname \"{tap}\" arp saddr ip {{ {set} }} drop");
+        let _ = writeln!(
+            w,
+            "\t\tiifname \"{tap}\" ether type ip ip saddr {{ {set} }} drop"
         );
     }
     let _ = writeln!(w, "\t}}");
@@ -115,6 +131,7 @@ mod tests {
                 tap: "hvtap-3-0".into(),
                 mac: "52:54:00:12:34:56".parse().unwrap(),
                 ip: None,
+                reserved_for_others: vec![],
             },
         );
     }
@@ -127,6 +144,23 @@ mod tests {
                 tap: "hvtap-3-1".into(),
                 mac: "52:54:00:12:34:57".parse().unwrap(),
                 ip: Some("10.128.5.50".parse().unwrap()),
+                reserved_for_others: vec!["10.128.5.51".parse().unwrap()],
+            },
+        );
+    }
+
+    #[test]
+    fn guard_golden_unreserved_among_reservations() {
+        check(
+            "unreserved",
+            &Guard {
+                tap: "hvtap-4-0".into(),
+                mac: "52:54:00:12:34:58".parse().unwrap(),
+                ip: None,
+                reserved_for_others: vec![
+                    "10.128.5.50".parse().unwrap(),
+                    "10.128.5.51".parse().unwrap(),
+                ],
             },
         );
     }
