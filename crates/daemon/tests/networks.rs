@@ -805,6 +805,28 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         !reaches("c", "10.77.31.1"),
         "an unreserved guest on a reserved address reaches the gateway"
     );
+
+    // A reservation made while the guests run applies to their guards at once.
+    h.type_line(
+        "c",
+        "ip addr flush dev eth0; ip addr add 10.77.31.70/24 dev eth0",
+    )
+    .unwrap();
+    assert!(reaches("c", "10.77.31.1"), "10.77.31.70 is free for c");
+    c.net_reservation_add(
+        "g",
+        &api::AddReservationRequest {
+            mac: Some("52:54:00:00:77:70".into()),
+            vm: None,
+            ip: "10.77.31.70".parse().unwrap(),
+            hostname: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        !reaches("c", "10.77.31.1"),
+        "an address reserved while c runs still works for c"
+    );
     let _ = mac_a;
 
     // One guard per tap, and they go with the taps.

@@ -18,6 +18,9 @@ pub(crate) struct Net {
     pub cfg: NetworkConfig,
     pub active: bool,
     pub dnsmasq: Option<Dnsmasq>,
+    /// The taps on this network with an anti-spoofing guard, and their NIC's MAC: their guards
+    /// follow reservation changes.
+    pub guards: std::collections::BTreeMap<String, model::Mac>,
 }
 
 /// The engine's networks plus what `ip_forward` was before hv turned it on.
@@ -122,6 +125,7 @@ impl Engine {
                 cfg,
                 active: false,
                 dnsmasq: None,
+                guards: Default::default(),
             };
             if active {
                 let status = host_net::network_status(&net.cfg, &dir)
@@ -180,6 +184,7 @@ impl Engine {
             cfg,
             active: false,
             dnsmasq: None,
+            guards: Default::default(),
         };
         let info = self.net_info_of(&net);
         nets.map.insert(name.clone(), net);
@@ -614,6 +619,7 @@ impl Engine {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
+            refresh_guards(net, &cfg).await;
         }
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
@@ -804,40 +810,29 @@ impl Engine {
         i: usize,
         n: &model::NicSpec,
     ) -> Result<Option<String>> {
-        // The bridge, and the network's DHCP reservations (for the tap's guard).
-        let (bridge, reservations) = match n.kind {
+        let tap = host_net::tap_name(vm_id, i as u32);
+        match n.kind {
             NicKind::User => return Ok(None),
-            NicKind::Bridge => (n.source.clone().unwrap_or_default(), Vec::new()),
+            NicKind::Bridge => {
+                plug_tap(&tap, n.source.as_deref().unwrap_or_default(), n.mac, &[]).await?
+            }
             NicKind::Network => {
                 let name = n.source.clone().unwrap_or_default();
                 let mut nets = self.inner.nets.lock().await;
                 self.net_start_locked(&mut nets, &name).await?;
-                let net = nets.map.get(&name);
+                // Held until the guard is recorded, so a reservation change cannot slip
+                // between reading the reservations and recording the guard.
+                let net = nets.get_mut(&name)?;
                 let reservations = net
-                    .and_then(|net| net.cfg.ipv4.as_ref())
+                    .cfg
+                    .ipv4
+                    .as_ref()
                     .map(|v4| v4.reservations.clone())
                     .unwrap_or_default();
-                (
-                    net.map(|n| n.cfg.bridge.clone()).unwrap_or_default(),
-                    reservations,
-                )
-            }
-        };
-        let tap = host_net::tap_name(vm_id, i as u32);
-        let _ = host_net::remove_link(&tap).await;
-        host_net::create_tap(&tap, Some(&bridge)).map_err(host)?;
-        // Anti-spoofing: the guest sends only as its own MAC (and reserved address).
-        if let Some(mac) = n.mac {
-            let (own, others): (Vec<_>, Vec<_>) = reservations.iter().partition(|r| r.mac == mac);
-            let guard = host_net::Guard {
-                tap: tap.clone(),
-                mac,
-                ip: own.first().map(|r| r.ip),
-                reserved_for_others: others.iter().map(|r| r.ip).collect(),
-            };
-            if let Err(e) = host_net::apply_guard(&guard).await {
-                let _ = host_net::remove_link(&tap).await;
-                return Err(host(e));
+                plug_tap(&tap, &net.cfg.bridge, n.mac, &reservations).await?;
+                if let Some(mac) = n.mac {
+                    net.guards.insert(tap.clone(), mac);
+                }
             }
         }
         Ok(Some(tap))
@@ -904,6 +899,61 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
     };
     cfg.validate().map_err(invalid)?;
     Ok(cfg)
+}
+
+/// The anti-spoofing guard of a tap for the NIC with `mac`, given its network's reservations:
+/// its own reserved address, or else the ones reserved for others.
+fn guard_for(
+    tap: &str,
+    mac: model::Mac,
+    reservations: &[host_net::Reservation],
+) -> host_net::Guard {
+    let (own, others): (Vec<_>, Vec<_>) = reservations.iter().partition(|r| r.mac == mac);
+    host_net::Guard {
+        tap: tap.to_string(),
+        mac,
+        ip: own.first().map(|r| r.ip),
+        reserved_for_others: others.iter().map(|r| r.ip).collect(),
+    }
+}
+
+/// Creates a tap on `bridge` with its anti-spoofing guard; nothing is left when either fails.
+async fn plug_tap(
+    tap: &str,
+    bridge: &str,
+    mac: Option<model::Mac>,
+    reservations: &[host_net::Reservation],
+) -> Result<()> {
+    let _ = host_net::remove_link(tap).await;
+    host_net::create_tap(tap, Some(bridge)).map_err(host)?;
+    if let Some(mac) = mac {
+        if let Err(e) = host_net::apply_guard(&guard_for(tap, mac, reservations)).await {
+            let _ = host_net::remove_link(tap).await;
+            return Err(host(e));
+        }
+    }
+    Ok(())
+}
+
+/// Brings the guards of a running network's taps up to date with its reservations; forgets
+/// taps that are gone (their guards went with them).
+async fn refresh_guards(net: &mut Net, cfg: &NetworkConfig) {
+    let reservations = cfg
+        .ipv4
+        .as_ref()
+        .map(|v4| v4.reservations.clone())
+        .unwrap_or_default();
+    let mut gone = Vec::new();
+    for (tap, mac) in &net.guards {
+        match host_net::replace_guard(&guard_for(tap, *mac, &reservations)).await {
+            Ok(true) => {}
+            Ok(false) => gone.push(tap.clone()),
+            Err(e) => tracing::warn!(tap, error = %e, "cannot update the tap's guard"),
+        }
+    }
+    for tap in gone {
+        net.guards.remove(&tap);
+    }
 }
 
 /// Removes taps hv made for a VM.
