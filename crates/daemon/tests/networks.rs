@@ -695,8 +695,8 @@ fn twenty_network_cycles_leave_nothing_behind() {
 #[test]
 fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     let ns = NetNs::new("spoof").unwrap();
-    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
-    let c = h.client();
+    let mut h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client().clone();
     c.net_create(&NetworkSpec {
         subnet: Some("10.77.31.0/24".into()),
         ..NetworkSpec::new("g".parse().unwrap(), NetMode::Nat)
@@ -741,10 +741,11 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     // dnsmasq logs problems, not every transaction a guest asks for.
     let dns_log = std::fs::read_to_string(h.state_dir.join("nets/g/dnsmasq.log")).unwrap();
     assert!(!dns_log.contains("DHCPACK"), "{dns_log}");
-    let mut n = 0;
+    let n = std::cell::Cell::new(0);
     // Pings `dst` from `vm`; true when it answers.
-    let mut reaches = |vm: &str, dst: &str| {
-        n += 1;
+    let reaches = |h: &TestHvd, vm: &str, dst: &str| {
+        n.set(n.get() + 1);
+        let n = n.get();
         let out = h
             .run_in_guest(
                 vm,
@@ -754,9 +755,9 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
             .unwrap();
         out.ends_with("YES")
     };
-    assert!(reaches("a", "10.77.31.1"), "a reaches the gateway");
-    assert!(reaches("b", "10.77.31.1"), "b reaches the gateway");
-    assert!(reaches("b", "10.77.31.50"), "b reaches a");
+    assert!(reaches(&h, "a", "10.77.31.1"), "a reaches the gateway");
+    assert!(reaches(&h, "b", "10.77.31.1"), "b reaches the gateway");
+    assert!(reaches(&h, "b", "10.77.31.50"), "b reaches a");
     let mac_a = c.info("a").unwrap().spec.unwrap().nics[0].mac.unwrap();
     let mac_b = c.info("b").unwrap().spec.unwrap().nics[0].mac.unwrap();
 
@@ -767,16 +768,16 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     )
     .unwrap();
     assert!(
-        !reaches("b", "10.77.31.1"),
+        !reaches(&h, "b", "10.77.31.1"),
         "a changed MAC reaches the gateway"
     );
-    assert!(!reaches("b", "10.77.31.50"), "a changed MAC reaches a");
+    assert!(!reaches(&h, "b", "10.77.31.50"), "a changed MAC reaches a");
     h.type_line(
         "b",
         &format!("ip link set eth0 down; ip link set eth0 address {mac_b}; ip link set eth0 up; ip addr add 10.77.31.51/24 dev eth0 2>/dev/null; true"),
     )
     .unwrap();
-    assert!(reaches("b", "10.77.31.1"), "b's own MAC works again");
+    assert!(reaches(&h, "b", "10.77.31.1"), "b's own MAC works again");
 
     // b claims a's reserved address: cut off, and the gateway still knows a's MAC for it.
     h.type_line(
@@ -785,7 +786,7 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     )
     .unwrap();
     assert!(
-        !reaches("b", "10.77.31.1"),
+        !reaches(&h, "b", "10.77.31.1"),
         "a claimed address reaches the gateway"
     );
     let neigh = ns
@@ -795,27 +796,29 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         !neigh.contains(&mac_b.to_string()),
         "b poisoned the gateway's ARP entry for a: {neigh}"
     );
-    assert!(reaches("a", "10.77.31.1"), "a is unharmed");
+    assert!(reaches(&h, "a", "10.77.31.1"), "a is unharmed");
 
     // c, with no reservation of its own, cannot take a's either.
-    assert!(reaches("c", "10.77.31.1"), "c reaches the gateway");
+    assert!(reaches(&h, "c", "10.77.31.1"), "c reaches the gateway");
     h.type_line(
         "c",
         "ip addr flush dev eth0; ip addr add 10.77.31.50/24 dev eth0",
     )
     .unwrap();
     assert!(
-        !reaches("c", "10.77.31.1"),
+        !reaches(&h, "c", "10.77.31.1"),
         "an unreserved guest on a reserved address reaches the gateway"
     );
 
-    // A reservation made while the guests run applies to their guards at once.
+    // A reservation made while the guests run applies to their guards at once, also to
+    // guests an earlier hvd started.
+    h.restart().unwrap();
     h.type_line(
         "c",
         "ip addr flush dev eth0; ip addr add 10.77.31.70/24 dev eth0",
     )
     .unwrap();
-    assert!(reaches("c", "10.77.31.1"), "10.77.31.70 is free for c");
+    assert!(reaches(&h, "c", "10.77.31.1"), "10.77.31.70 is free for c");
     c.net_reservation_add(
         "g",
         &api::AddReservationRequest {
@@ -827,7 +830,7 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     )
     .unwrap();
     assert!(
-        !reaches("c", "10.77.31.1"),
+        !reaches(&h, "c", "10.77.31.1"),
         "an address reserved while c runs still works for c"
     );
     let _ = mac_a;

@@ -18,9 +18,6 @@ pub(crate) struct Net {
     pub cfg: NetworkConfig,
     pub active: bool,
     pub dnsmasq: Option<Dnsmasq>,
-    /// The taps on this network with an anti-spoofing guard, and their NIC's MAC: their guards
-    /// follow reservation changes.
-    pub guards: std::collections::BTreeMap<String, model::Mac>,
 }
 
 /// The engine's networks plus what `ip_forward` was before hv turned it on.
@@ -125,7 +122,6 @@ impl Engine {
                 cfg,
                 active: false,
                 dnsmasq: None,
-                guards: Default::default(),
             };
             if active {
                 let status = host_net::network_status(&net.cfg, &dir)
@@ -184,7 +180,6 @@ impl Engine {
             cfg,
             active: false,
             dnsmasq: None,
-            guards: Default::default(),
         };
         let info = self.net_info_of(&net);
         nets.map.insert(name.clone(), net);
@@ -619,7 +614,7 @@ impl Engine {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
-            refresh_guards(net, &cfg).await;
+            refresh_guards(&cfg).await;
         }
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
@@ -820,8 +815,8 @@ impl Engine {
                 let name = n.source.clone().unwrap_or_default();
                 let mut nets = self.inner.nets.lock().await;
                 self.net_start_locked(&mut nets, &name).await?;
-                // Held until the guard is recorded, so a reservation change cannot slip
-                // between reading the reservations and recording the guard.
+                // Held until the guard is loaded, so a reservation change (which updates the
+                // guards under this lock) cannot slip in between.
                 let net = nets.get_mut(&name)?;
                 let reservations = net
                     .cfg
@@ -830,9 +825,6 @@ impl Engine {
                     .map(|v4| v4.reservations.clone())
                     .unwrap_or_default();
                 plug_tap(&tap, &net.cfg.bridge, n.mac, &reservations).await?;
-                if let Some(mac) = n.mac {
-                    net.guards.insert(tap.clone(), mac);
-                }
             }
         }
         Ok(Some(tap))
@@ -935,24 +927,26 @@ async fn plug_tap(
     Ok(())
 }
 
-/// Brings the guards of a running network's taps up to date with its reservations; forgets
-/// taps that are gone (their guards went with them).
-async fn refresh_guards(net: &mut Net, cfg: &NetworkConfig) {
+/// Brings the guards of a running network's taps up to date with its reservations. The taps
+/// and their MACs are read back from the kernel, so this also covers VMs an earlier hvd
+/// started.
+async fn refresh_guards(cfg: &NetworkConfig) {
     let reservations = cfg
         .ipv4
         .as_ref()
         .map(|v4| v4.reservations.clone())
         .unwrap_or_default();
-    let mut gone = Vec::new();
-    for (tap, mac) in &net.guards {
-        match host_net::replace_guard(&guard_for(tap, *mac, &reservations)).await {
-            Ok(true) => {}
-            Ok(false) => gone.push(tap.clone()),
-            Err(e) => tracing::warn!(tap, error = %e, "cannot update the tap's guard"),
+    let guards = match host_net::guards_on(&cfg.bridge).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(net = %cfg.name, error = %e, "cannot list the taps' guards");
+            return;
         }
-    }
-    for tap in gone {
-        net.guards.remove(&tap);
+    };
+    for (tap, mac) in guards {
+        if let Err(e) = host_net::replace_guard(&guard_for(&tap, mac, &reservations)).await {
+            tracing::warn!(tap, error = %e, "cannot update the tap's guard");
+        }
     }
 }
 

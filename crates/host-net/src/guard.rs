@@ -117,6 +117,38 @@ pub async fn replace_guard(g: &Guard) -> Result<bool, NetError> {
         .is_ok())
 }
 
+/// The MAC a guard listing (`nft list table bridge hv-guard-TAP`) lets through.
+pub fn parse_guard_mac(listing: &str) -> Option<Mac> {
+    let (_, rest) = listing.split_once("ether saddr != ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The guarded taps that are ports of `bridge` now, with their MACs, read back from the
+/// kernel (so they survive an hvd restart).
+pub async fn guards_on(bridge: &str) -> Result<Vec<(String, Mac)>, NetError> {
+    let Some(br) = crate::link_info(bridge)? else {
+        return Ok(Vec::new());
+    };
+    let tables = nft(&["list", "tables", "bridge"]).await?;
+    let mut out = Vec::new();
+    for t in tables
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table bridge "))
+    {
+        let Some(tap) = t.strip_prefix("hv-guard-") else {
+            continue;
+        };
+        if crate::link_info(tap)?.and_then(|l| l.master) != Some(br.index) {
+            continue;
+        }
+        let listing = nft(&["list", "table", "bridge", t]).await?;
+        if let Some(mac) = parse_guard_mac(&listing) {
+            out.push((tap.to_string(), mac));
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes the guard of a tap if it exists.
 pub async fn remove_guard(tap: &str) -> Result<(), NetError> {
     let t = guard_table(tap);
@@ -137,6 +169,18 @@ mod tests {
             .join("tests/data")
             .join(format!("guard-{name}.nft"));
         testkit::golden::assert_golden(&path, &render_guard(g));
+    }
+
+    #[test]
+    fn the_mac_is_read_back_from_a_guard_listing() {
+        let g = Guard {
+            tap: "hvtap-3-1".into(),
+            mac: "52:54:00:12:34:57".parse().unwrap(),
+            ip: Some("10.128.5.50".parse().unwrap()),
+            reserved_for_others: vec![],
+        };
+        assert_eq!(parse_guard_mac(&render_guard(&g)), Some(g.mac));
+        assert_eq!(parse_guard_mac("table bridge x {\n}"), None);
     }
 
     #[test]
