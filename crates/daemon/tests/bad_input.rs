@@ -241,6 +241,16 @@ fn hostile_values_in_every_field_are_refused_and_leave_nothing() {
     .unwrap();
     c.create(h.tiny_spec("vm", VmOpts::default()).unwrap(), false)
         .unwrap();
+    c.vol_create(
+        "p",
+        &api::CreateVolRequest {
+            name: "base.qcow2".parse().unwrap(),
+            size: Some(model::Size(16 << 20)),
+            format: None,
+            backing: None,
+        },
+    )
+    .unwrap();
     let before = (
         tree(&h.dir),
         c.list().unwrap().len(),
@@ -462,6 +472,45 @@ fn hostile_values_in_every_field_are_refused_and_leave_nothing() {
         ));
     }
 
+    for name in ["../s", "a,b", "a\nb", "", &long] {
+        cases.push((
+            "POST",
+            "/v1/vms/vm/snapshots".into(),
+            json!({ "name": name }),
+            "name",
+        ));
+        cases.push((
+            "POST",
+            "/v1/pools/p/volumes/base.qcow2/clone".into(),
+            json!({ "name": name }),
+            "name",
+        ));
+    }
+    for target in ["vd,a", "vda\n", "../vda", "hdz", "vdaa"] {
+        cases.push((
+            "POST",
+            "/v1/vms".into(),
+            vm(&|s| {
+                s["disks"] =
+                    json!([{"path": format!("{d}/t.qcow2"), "size": "16M", "target": target}])
+            }),
+            "target",
+        ));
+    }
+    for backing in [
+        "relative.qcow2",
+        "/tmp/../etc/x",
+        "/tmp/a\nb",
+        "p/../x",
+        "p/a\nb",
+    ] {
+        cases.push((
+            "POST",
+            "/v1/pools/p/volumes".into(),
+            json!({ "name": uniq("o"), "backing": backing }),
+            "backing",
+        ));
+    }
     let mut failures = Vec::new();
     for (method, path, body, field) in &cases {
         let resp = c

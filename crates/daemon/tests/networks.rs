@@ -440,6 +440,11 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
         links.contains("hvtap-") && links.contains("master hvbr-lan"),
         "{links}"
     );
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(
+        tables.contains("bridge hv-guard-hvtap-"),
+        "a hot-plugged tap has its guard: {tables}"
+    );
     // Refusals: a MAC another VM has, an unknown network, a live change to a stopped VM, an
     // unknown or malformed MAC.
     let mut other = h.tiny_spec("other", VmOpts::default()).unwrap();
@@ -503,6 +508,11 @@ fn nics_hot_attach_and_detach_are_seen_in_the_guest() {
     .unwrap();
     let links = ns.run(&["ip", "-o", "link"]).unwrap();
     assert!(!links.contains("hvtap-"), "{links}");
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(
+        !tables.contains("hv-guard-"),
+        "the guard goes with its tap: {tables}"
+    );
     // The live-only NIC is not in the definition: by default (live and config) it is not
     // found; live only, it goes.
     assert_eq!(
@@ -793,17 +803,20 @@ fn a_network_that_cannot_come_up_is_marked_failed_and_hvd_starts() {
 #[test]
 fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     let ns = NetNs::new("spoof").unwrap();
-    let h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
-    let c = h.client();
+    let mut h = TestHvd::start_in_netns(env!("CARGO_BIN_EXE_hvd").as_ref(), &ns.name).unwrap();
+    let c = h.client().clone();
     c.net_create(&NetworkSpec {
         subnet: Some("10.77.31.0/24".into()),
         ..NetworkSpec::new("g".parse().unwrap(), NetMode::Nat)
     })
     .unwrap();
-    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+    for vm in ["a", "b", "c"] {
         let mut spec = h.tiny_spec(vm, VmOpts::default()).unwrap();
         spec.nics.push("network=g".parse().unwrap());
         c.create(spec, false).unwrap();
+    }
+    // a and b have reserved addresses, c takes one from the pool.
+    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
         c.net_reservation_add(
             "g",
             &api::AddReservationRequest {
@@ -815,21 +828,32 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         )
         .unwrap();
     }
-    for vm in ["a", "b"] {
+    for vm in ["a", "b", "c"] {
         c.start(vm, false).unwrap();
     }
-    for (vm, ip) in [("a", "10.77.31.50"), ("b", "10.77.31.51")] {
+    for (vm, ip) in [
+        ("a", "10.77.31.50"),
+        ("b", "10.77.31.51"),
+        ("c", "10.77.31."),
+    ] {
         h.wait_ready(vm).unwrap();
         h.type_line(vm, DHCP_ROUTE).unwrap();
         let lease = h
             .wait_console(vm, r"HV-LEASE-[0-9.]+-", Duration::from_secs(60))
             .unwrap();
-        assert_eq!(lease, format!("HV-LEASE-{ip}-"));
+        assert!(
+            lease.starts_with(&format!("HV-LEASE-{ip}")),
+            "{vm}: {lease}"
+        );
     }
-    let mut n = 0;
+    // dnsmasq logs problems, not every transaction a guest asks for.
+    let dns_log = std::fs::read_to_string(h.state_dir.join("nets/g/dnsmasq.log")).unwrap();
+    assert!(!dns_log.contains("DHCPACK"), "{dns_log}");
+    let n = std::cell::Cell::new(0);
     // Pings `dst` from `vm`; true when it answers.
-    let mut reaches = |vm: &str, dst: &str| {
-        n += 1;
+    let reaches = |h: &TestHvd, vm: &str, dst: &str| {
+        n.set(n.get() + 1);
+        let n = n.get();
         let out = h
             .run_in_guest(
                 vm,
@@ -839,9 +863,9 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
             .unwrap();
         out.ends_with("YES")
     };
-    assert!(reaches("a", "10.77.31.1"), "a reaches the gateway");
-    assert!(reaches("b", "10.77.31.1"), "b reaches the gateway");
-    assert!(reaches("b", "10.77.31.50"), "b reaches a");
+    assert!(reaches(&h, "a", "10.77.31.1"), "a reaches the gateway");
+    assert!(reaches(&h, "b", "10.77.31.1"), "b reaches the gateway");
+    assert!(reaches(&h, "b", "10.77.31.50"), "b reaches a");
     let mac_a = c.info("a").unwrap().spec.unwrap().nics[0].mac.unwrap();
     let mac_b = c.info("b").unwrap().spec.unwrap().nics[0].mac.unwrap();
 
@@ -852,16 +876,16 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     )
     .unwrap();
     assert!(
-        !reaches("b", "10.77.31.1"),
+        !reaches(&h, "b", "10.77.31.1"),
         "a changed MAC reaches the gateway"
     );
-    assert!(!reaches("b", "10.77.31.50"), "a changed MAC reaches a");
+    assert!(!reaches(&h, "b", "10.77.31.50"), "a changed MAC reaches a");
     h.type_line(
         "b",
         &format!("ip link set eth0 down; ip link set eth0 address {mac_b}; ip link set eth0 up; ip addr add 10.77.31.51/24 dev eth0 2>/dev/null; true"),
     )
     .unwrap();
-    assert!(reaches("b", "10.77.31.1"), "b's own MAC works again");
+    assert!(reaches(&h, "b", "10.77.31.1"), "b's own MAC works again");
 
     // b claims a's reserved address: cut off, and the gateway still knows a's MAC for it.
     h.type_line(
@@ -870,7 +894,7 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     )
     .unwrap();
     assert!(
-        !reaches("b", "10.77.31.1"),
+        !reaches(&h, "b", "10.77.31.1"),
         "a claimed address reaches the gateway"
     );
     let neigh = ns
@@ -880,13 +904,49 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
         !neigh.contains(&mac_b.to_string()),
         "b poisoned the gateway's ARP entry for a: {neigh}"
     );
-    assert!(reaches("a", "10.77.31.1"), "a is unharmed");
+    assert!(reaches(&h, "a", "10.77.31.1"), "a is unharmed");
+
+    // c, with no reservation of its own, cannot take a's either.
+    assert!(reaches(&h, "c", "10.77.31.1"), "c reaches the gateway");
+    h.type_line(
+        "c",
+        "ip addr flush dev eth0; ip addr add 10.77.31.50/24 dev eth0",
+    )
+    .unwrap();
+    assert!(
+        !reaches(&h, "c", "10.77.31.1"),
+        "an unreserved guest on a reserved address reaches the gateway"
+    );
+
+    // A reservation made while the guests run applies to their guards at once, also to
+    // guests an earlier hvd started.
+    h.restart().unwrap();
+    h.type_line(
+        "c",
+        "ip addr flush dev eth0; ip addr add 10.77.31.70/24 dev eth0",
+    )
+    .unwrap();
+    assert!(reaches(&h, "c", "10.77.31.1"), "10.77.31.70 is free for c");
+    c.net_reservation_add(
+        "g",
+        &api::AddReservationRequest {
+            mac: Some("52:54:00:00:77:70".into()),
+            vm: None,
+            ip: "10.77.31.70".parse().unwrap(),
+            hostname: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        !reaches(&h, "c", "10.77.31.1"),
+        "an address reserved while c runs still works for c"
+    );
     let _ = mac_a;
 
     // One guard per tap, and they go with the taps.
     let tables = ns.run(&["nft", "list", "tables"]).unwrap();
-    assert_eq!(tables.matches("hv-guard-").count(), 2, "{tables}");
-    for vm in ["a", "b"] {
+    assert_eq!(tables.matches("hv-guard-").count(), 3, "{tables}");
+    for vm in ["a", "b", "c"] {
         c.destroy(vm).unwrap();
     }
     c.net_stop("g").unwrap();

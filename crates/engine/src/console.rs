@@ -173,19 +173,19 @@ impl ConsoleHub {
 
     /// The scrollback plus a receiver for everything after it, taken atomically.
     pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<ConsoleMsg>) {
+        let (snap, feed) = self.subscribe_feed();
+        (snap, feed.rx)
+    }
+
+    /// Like [`Self::subscribe`], with a feed that reports output it had to skip.
+    pub fn subscribe_feed(&self) -> (Vec<u8>, ConsoleFeed) {
         let mut g = self.lock();
         let rx =
             g.tx.get_or_insert_with(|| broadcast::channel(RING).0)
                 .subscribe();
         let (a, b) = g.buf.as_slices();
-        (([a, b]).concat(), rx)
-    }
-
-    /// Like [`Self::subscribe`], with a feed that reports output it had to skip.
-    pub fn subscribe_feed(&self) -> (Vec<u8>, ConsoleFeed) {
-        let seen = self.lock().total;
-        let (snap, rx) = self.subscribe();
-        (snap, ConsoleFeed { rx, seen })
+        let snap = [a, b].concat();
+        (snap, ConsoleFeed { rx, seen: g.total })
     }
 
     /// Types into the console. Fails when no QEMU console is connected, or when

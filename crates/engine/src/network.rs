@@ -644,6 +644,7 @@ impl Engine {
             host_net::update_network(&cfg, &dir, &mut net.dnsmasq)
                 .await
                 .map_err(host)?;
+            refresh_guards(&cfg).await;
         }
         self.inner.store.update_network(&spec)?;
         net.spec = spec;
@@ -838,46 +839,42 @@ impl Engine {
         i: usize,
         n: &model::NicSpec,
     ) -> Result<Option<String>> {
-        // The bridge, and the address a DHCP reservation pins to this NIC (for its guard).
-        let (bridge, reserved) = match n.kind {
-            NicKind::User => return Ok(None),
-            NicKind::Bridge => (n.source.clone().unwrap_or_default(), None),
-            NicKind::Network => {
-                let name = n.source.clone().unwrap_or_default();
-                let mut nets = self.inner.nets.lock().await;
-                self.net_start_locked(&mut nets, &name).await?;
-                let net = nets.map.get(&name);
-                let reserved = net.and_then(|net| {
-                    let v4 = net.cfg.ipv4.as_ref()?;
-                    v4.reservations
-                        .iter()
-                        .find(|r| Some(r.mac) == n.mac)
-                        .map(|r| r.ip)
-                });
-                (
-                    net.map(|n| n.cfg.bridge.clone()).unwrap_or_default(),
-                    reserved,
-                )
-            }
-        };
         let tap = host_net::tap_name(vm_id, i as u32);
+        if n.kind == NicKind::User {
+            return Ok(None);
+        }
+        // The VM's QEMU (its own uid) attaches to the tap without CAP_NET_ADMIN.
         let ids = self.qemu_ids(vm_id)?;
         let owner = host_net::TapOwner {
             uid: ids.uid,
             gid: ids.gid,
         };
-        let _ = host_net::remove_link(&tap).await;
-        host_net::create_tap(&tap, Some(&bridge), Some(owner)).map_err(host)?;
-        // Anti-spoofing: the guest sends only as its own MAC (and reserved address).
-        if let Some(mac) = n.mac {
-            let guard = host_net::Guard {
-                tap: tap.clone(),
-                mac,
-                ip: reserved,
-            };
-            if let Err(e) = host_net::apply_guard(&guard).await {
-                let _ = host_net::remove_link(&tap).await;
-                return Err(host(e));
+        match n.kind {
+            NicKind::User => return Ok(None),
+            NicKind::Bridge => {
+                plug_tap(
+                    &tap,
+                    n.source.as_deref().unwrap_or_default(),
+                    owner,
+                    n.mac,
+                    &[],
+                )
+                .await?
+            }
+            NicKind::Network => {
+                let name = n.source.clone().unwrap_or_default();
+                let mut nets = self.inner.nets.lock().await;
+                self.net_start_locked(&mut nets, &name).await?;
+                // Held until the guard is loaded, so a reservation change (which updates the
+                // guards under this lock) cannot slip in between.
+                let net = nets.get_mut(&name)?;
+                let reservations = net
+                    .cfg
+                    .ipv4
+                    .as_ref()
+                    .map(|v4| v4.reservations.clone())
+                    .unwrap_or_default();
+                plug_tap(&tap, &net.cfg.bridge, owner, n.mac, &reservations).await?;
             }
         }
         Ok(Some(tap))
@@ -944,6 +941,64 @@ fn cfg_from_spec(spec: &NetworkSpec) -> Result<NetworkConfig> {
     };
     cfg.validate().map_err(invalid)?;
     Ok(cfg)
+}
+
+/// The anti-spoofing guard of a tap for the NIC with `mac`, given its network's reservations:
+/// its own reserved address, or else the ones reserved for others.
+fn guard_for(
+    tap: &str,
+    mac: model::Mac,
+    reservations: &[host_net::Reservation],
+) -> host_net::Guard {
+    let (own, others): (Vec<_>, Vec<_>) = reservations.iter().partition(|r| r.mac == mac);
+    host_net::Guard {
+        tap: tap.to_string(),
+        mac,
+        ip: own.first().map(|r| r.ip),
+        reserved_for_others: others.iter().map(|r| r.ip).collect(),
+    }
+}
+
+/// Creates a tap on `bridge` with its anti-spoofing guard; nothing is left when either fails.
+async fn plug_tap(
+    tap: &str,
+    bridge: &str,
+    owner: host_net::TapOwner,
+    mac: Option<model::Mac>,
+    reservations: &[host_net::Reservation],
+) -> Result<()> {
+    let _ = host_net::remove_link(tap).await;
+    host_net::create_tap(tap, Some(bridge), Some(owner)).map_err(host)?;
+    if let Some(mac) = mac {
+        if let Err(e) = host_net::apply_guard(&guard_for(tap, mac, reservations)).await {
+            let _ = host_net::remove_link(tap).await;
+            return Err(host(e));
+        }
+    }
+    Ok(())
+}
+
+/// Brings the guards of a running network's taps up to date with its reservations. The taps
+/// and their MACs are read back from the kernel, so this also covers VMs an earlier hvd
+/// started.
+async fn refresh_guards(cfg: &NetworkConfig) {
+    let reservations = cfg
+        .ipv4
+        .as_ref()
+        .map(|v4| v4.reservations.clone())
+        .unwrap_or_default();
+    let guards = match host_net::guards_on(&cfg.bridge).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(net = %cfg.name, error = %e, "cannot list the taps' guards");
+            return;
+        }
+    };
+    for (tap, mac) in guards {
+        if let Err(e) = host_net::replace_guard(&guard_for(&tap, mac, &reservations)).await {
+            tracing::warn!(tap, error = %e, "cannot update the tap's guard");
+        }
+    }
 }
 
 /// Removes taps hv made for a VM.

@@ -378,9 +378,13 @@ impl Engine {
     /// Resolves `POOL/NAME` or an absolute path to an existing image.
     fn backing_file(&self, backing: &str) -> Result<PathBuf> {
         let p = if backing.starts_with('/') {
+            model::check_host_path("backing", Path::new(backing))?;
             PathBuf::from(backing)
         } else {
-            self.vol_path(&backing.parse::<VolRef>()?)?
+            let vol = backing
+                .parse::<VolRef>()
+                .map_err(|e| model::SpecError::new("backing", e.message))?;
+            self.vol_path(&vol)?
         };
         if !p.is_file() {
             return Err(EngineError::Invalid(format!(

@@ -65,6 +65,9 @@ pub fn render_config(cfg: &NetworkConfig, dir: &Path) -> Result<Option<String>, 
     let _ = writeln!(w, "user=nobody");
     let _ = writeln!(w, "pid-file={}", conf_path(dir, PID_FILE)?);
     let _ = writeln!(w, "log-facility={}", conf_path(dir, LOG_FILE)?);
+    // A guest decides how many DHCP requests it sends: log problems, not every transaction
+    // (the log is capped only when dnsmasq starts; the lease file has the addresses).
+    let _ = writeln!(w, "quiet-dhcp");
     let _ = writeln!(w, "no-hosts");
     if cfg.mode == Mode::Isolated {
         // Nothing outside is reachable: answer only the network's own names.

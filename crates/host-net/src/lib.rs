@@ -46,7 +46,10 @@ pub use dnsmasq::{
     parse_leases, read_leases, render_config, Dnsmasq, Lease, CONF_FILE, LEASES_FILE, LEASE_TIME,
     LOG_FILE, PID_FILE,
 };
-pub use guard::{apply_guard, guard_table, remove_guard, render_guard, Guard};
+pub use guard::{
+    apply_guard, guard_table, guards_on, parse_guard_mac, remove_guard, render_guard,
+    replace_guard, Guard,
+};
 pub use hostfw::{forward_blockers, parse_forward_blockers, ForwardBlocker};
 pub use iface_bridge::{
     bridge_interface, bridge_interface_failing_after, plan_bridge, plan_unbridge,
