@@ -198,7 +198,12 @@ fn issue9_a_guest_written_qcow2_header_never_changes_a_raw_volume() {
             "{step}: g.raw is the raw layer below the overlay: {argv}"
         );
     }
-    // The overlay VM really boots on that chain: QEMU opens exactly what argv names.
+    // The overlay VM really boots on that chain: QEMU opens exactly what argv names. (Not while
+    // g.raw is another VM's writable disk: no VM's QEMU may read another's disk.)
+    let e = c.start("overlay", false).unwrap_err();
+    assert!(e.to_string().contains("belongs to VM"), "{e}");
+    c.undefine("byvol", false, false).unwrap();
+    c.undefine("bypath", false, false).unwrap();
     c.start("overlay", false).unwrap();
     c.destroy("overlay").unwrap();
     assert_eq!(
