@@ -311,3 +311,49 @@ fn issue9_a_path_disk_is_never_guessed_into_a_chain() {
     let argv = c.showcmd("p").unwrap().argv.join(" ");
     assert!(!argv.contains("secret"), "{argv}");
 }
+
+/// A VM's QEMU can write its own image's header, so a compromised one could point its disk's
+/// backing link at another volume of the pool (one no VM uses) and read it from its next
+/// start. hv follows only the links it made.
+#[test]
+fn issue9_a_backing_link_rewritten_behind_hvs_back_is_refused() {
+    let h = hvd();
+    let c = h.client();
+    let d = c
+        .vol_create("default", &vol_req("d.qcow2", Some(16 << 20), None))
+        .unwrap();
+    let victim = c
+        .vol_create(
+            "default",
+            &vol_req("victim.raw", Some(1 << 20), Some(DiskFormat::Raw)),
+        )
+        .unwrap();
+    let spec = h
+        .tiny_spec(
+            "v",
+            VmOpts {
+                disks: vec!["vol=default/d.qcow2".parse::<DiskSpec>().unwrap()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    c.create(spec, false).unwrap();
+    c.showcmd("v").unwrap();
+    let rebase = |backing: &str| {
+        let mut cmd = std::process::Command::new("qemu-img");
+        cmd.args(["rebase", "-u", "-f", "qcow2", "-b", backing]);
+        if !backing.is_empty() {
+            cmd.args(["-F", "raw"]);
+        }
+        assert!(cmd.arg(&d.path).status().unwrap().success());
+    };
+    rebase(victim.path.to_str().unwrap());
+    let e = c.start("v", false).unwrap_err();
+    assert!(e.to_string().contains("behind hv's back"), "{e}");
+    assert!(h.qemu_pids().is_empty(), "no QEMU was started");
+    assert!(c.showcmd("v").is_err());
+    // Put back as hv made it, the disk starts again.
+    rebase("");
+    c.start("v", false).unwrap();
+    c.destroy("v").unwrap();
+}

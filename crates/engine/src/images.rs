@@ -10,8 +10,10 @@
 //! - An unrecorded file is one no guest has written through hv: an admin's path disk or a file
 //!   put in a pool by hand. It is probed once, taken only as raw or as a qcow2 that names no
 //!   backing or data file, and recorded. Anything else needs an explicit format.
-//! - A recorded qcow2's header was written by qemu-img or QEMU for hv, so its backing link is
-//!   trusted; a chain is followed only when every layer's format is known (recorded, or named
+//! - Each image's backing link is recorded as hv made it (an overlay, a linked clone, a rebase
+//!   after a merge) or, for a file hv adopts, as its header said then. A VM's QEMU can write its
+//!   image's header, so a header whose link differs from the record is refused, never
+//!   followed. A chain is followed only when every layer's format is known (recorded, or named
 //!   in the header above it) and never into a layer recorded as another format.
 //! - A record names the file's device and inode: a file replaced behind hv's back is not the
 //!   recorded one.
@@ -53,12 +55,13 @@ impl Engine {
         Ok(None)
     }
 
-    /// Records `path` (which must exist) as `format`.
+    /// Records `path` (which must exist) as `format`, with the backing file hv made it on.
     pub(crate) fn record_image(
         &self,
         path: &Path,
         format: DiskFormat,
         origin: ImageOrigin,
+        backing: Option<&Path>,
     ) -> Result<()> {
         let (dev, ino) = file_id(path).ok_or_else(|| {
             EngineError::Host(format!(
@@ -72,7 +75,18 @@ impl Engine {
             origin,
             dev,
             ino,
+            backing: Some(backing.map(Path::to_path_buf)),
         })
+    }
+
+    /// Records that hv pointed `path` at another backing file (a rebase, or QEMU's own after a
+    /// merge hv asked for).
+    pub(crate) fn set_backing(&self, path: &Path, backing: &Path) -> Result<()> {
+        if let Some(mut row) = self.image_record(path)? {
+            row.backing = Some(Some(backing.to_path_buf()));
+            self.inner.store.put_image(&row)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn forget_image(&self, path: &Path) -> Result<()> {
@@ -100,8 +114,9 @@ impl Engine {
         }
         if let Some(g) = given {
             // The admin says what the file is: check that it opens as that and record it.
-            self.chain_below(path, g, what).await?;
-            self.record_image(path, g, ImageOrigin::Adopted)?;
+            let chain = self.chain_below(path, g, what).await?;
+            let backing = chain.first().map(|l| l.path.as_path());
+            self.record_image(path, g, ImageOrigin::Adopted, backing)?;
             return Ok(g);
         }
         let i = host_storage::probe(path).await.map_err(host)?;
@@ -128,7 +143,7 @@ impl Engine {
                 )))
             }
         };
-        self.record_image(path, format, ImageOrigin::Adopted)?;
+        self.record_image(path, format, ImageOrigin::Adopted, None)?;
         Ok(format)
     }
 
@@ -151,6 +166,24 @@ impl Engine {
                     "{what}: {} keeps its data in another file ({df}); hv does not run such images",
                     cur.display()
                 )));
+            }
+            // The link hv made must be the one the header has: a VM's QEMU writes that header.
+            if let Some(rec) = self.image_record(&cur)? {
+                if let Some(made) = &rec.backing {
+                    let now = i.backing_path(&cur);
+                    if now.as_ref() != made.as_ref() {
+                        let show = |p: Option<&PathBuf>| {
+                            p.map(|p| p.display().to_string())
+                                .unwrap_or_else(|| "none".into())
+                        };
+                        return Err(EngineError::Invalid(format!(
+                            "{what}: the backing link in {}'s header is {}, but hv made it {}: the image was changed behind hv's back (its VM's QEMU can write it); refusing to follow it. Restore the link with qemu-img rebase -u, or copy the image with qemu-img convert",
+                            cur.display(),
+                            show(now.as_ref()),
+                            show(made.as_ref())
+                        )));
+                    }
+                }
             }
             let Some(backing) = i.backing_path(&cur) else {
                 break;
@@ -207,8 +240,9 @@ impl Engine {
         Ok(chain)
     }
 
-    /// Recorded qcow2 images in `dir` whose backing file is `image` (read from their headers,
-    /// which hv wrote; unrecorded files are never opened as qcow2 to ask).
+    /// Recorded qcow2 images in `dir` whose backing file is `image`, by the links hv recorded
+    /// (a header is read only for a record from before links were kept; unrecorded files are
+    /// never opened as qcow2 to ask).
     pub(crate) async fn recorded_children(&self, dir: &Path, image: &Path) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for r in self.inner.store.images_in(dir)? {
@@ -218,10 +252,14 @@ impl Engine {
             if file_id(&r.path) != Some((r.dev, r.ino)) {
                 continue;
             }
-            if let Ok(i) = host_storage::info(&r.path, DiskFormat::Qcow2).await {
-                if i.backing_path(&r.path).as_deref() == Some(image) {
-                    out.push(r.path);
-                }
+            let on_image = match &r.backing {
+                Some(link) => link.as_deref() == Some(image),
+                None => host_storage::info(&r.path, DiskFormat::Qcow2)
+                    .await
+                    .is_ok_and(|i| i.backing_path(&r.path).as_deref() == Some(image)),
+            };
+            if on_image {
+                out.push(r.path);
             }
         }
         out.sort();
@@ -231,7 +269,7 @@ impl Engine {
     /// Records the formats every VM definition and snapshot already names (once per start):
     /// a state dir from before the registry keeps its disks' formats, and no guest-written
     /// disk is ever probed.
-    pub(crate) fn record_defined_images(&self) -> Result<()> {
+    pub(crate) async fn record_defined_images(&self) -> Result<()> {
         let vms: Vec<_> = self.read_vms().values().cloned().collect();
         for vm in vms {
             let spec = vm.lock().spec.clone();
@@ -246,7 +284,15 @@ impl Engine {
             }
             for (path, format) in known {
                 if path.is_file() && self.image_record(&path)?.is_none() {
-                    self.record_image(&path, format, ImageOrigin::Adopted)?;
+                    // Its link as it is now: the first record of an image hv ran before.
+                    let backing = match format {
+                        DiskFormat::Qcow2 => host_storage::info(&path, format)
+                            .await
+                            .ok()
+                            .and_then(|i| i.backing_path(&path)),
+                        DiskFormat::Raw => None,
+                    };
+                    self.record_image(&path, format, ImageOrigin::Adopted, backing.as_deref())?;
                 }
             }
         }

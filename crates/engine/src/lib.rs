@@ -202,7 +202,7 @@ impl Engine {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
             engine.write_vms().insert(vm.name.clone(), vm);
         }
-        engine.record_defined_images()?;
+        engine.record_defined_images().await?;
         // QEMUs an earlier hvd left without a record first, so adopted ones re-attach too.
         engine.adopt_or_stop_orphans().await;
         let reattach: Vec<Arc<Vm>> = engine
@@ -450,7 +450,7 @@ impl Engine {
                     }
                     run::create_image(&d.path, fmt, size.0).await?;
                     created.push(d.path.clone());
-                    self.record_image(&d.path, fmt, store::ImageOrigin::Created)?;
+                    self.record_image(&d.path, fmt, store::ImageOrigin::Created, None)?;
                 } else {
                     return Err(EngineError::Invalid(format!(
                         "disks[{i}]: {} does not exist; add size=SIZE to create it",

@@ -160,7 +160,12 @@ impl Engine {
             }
             .await;
             let created = created.and_then(|()| {
-                self.record_image(&d.overlay, DiskFormat::Qcow2, ImageOrigin::Overlay)
+                self.record_image(
+                    &d.overlay,
+                    DiskFormat::Qcow2,
+                    ImageOrigin::Overlay,
+                    Some(&d.image),
+                )
             });
             if let Err(e) = created {
                 made.iter().for_each(|p| drop(std::fs::remove_file(p)));
@@ -288,7 +293,12 @@ impl Engine {
             host_storage::create_overlay_unsafe(&fresh, &d.image, d.image_format, size)
                 .await
                 .map_err(host)?;
-            self.record_image(&fresh, DiskFormat::Qcow2, ImageOrigin::Overlay)?;
+            self.record_image(
+                &fresh,
+                DiskFormat::Qcow2,
+                ImageOrigin::Overlay,
+                Some(&d.image),
+            )?;
             if let Some(disk) = spec
                 .disks
                 .iter_mut()
@@ -472,9 +482,18 @@ impl Engine {
                 host_storage::commit(upper).await.map_err(host)?;
             }
             for grandchild in self.children_of(upper).await? {
-                host_storage::rebase_unsafe(&grandchild, &d.image, d.image_format)
+                // QEMU already pointed a layer of its live chain at the image below; any other
+                // layer on the merged one is rebased here.
+                let now = host_storage::info(&grandchild, DiskFormat::Qcow2)
                     .await
-                    .map_err(host)?;
+                    .map_err(host)?
+                    .backing_path(&grandchild);
+                if now.as_deref() != Some(d.image.as_path()) {
+                    host_storage::rebase_unsafe(&grandchild, &d.image, d.image_format)
+                        .await
+                        .map_err(host)?;
+                }
+                self.set_backing(&grandchild, &d.image)?;
             }
             // Whatever referred to the merged layer now refers to the image below it.
             for r in rows.iter().filter(|r| r.name != row.name) {

@@ -397,7 +397,7 @@ impl Engine {
     pub async fn vol_create(&self, pool: &str, req: CreateVolRequest) -> Result<VolInfo> {
         let path = self.new_vol_path(pool, &req.name)?;
         let format = req.format.unwrap_or(DiskFormat::Qcow2);
-        match &req.backing {
+        let base = match &req.backing {
             Some(b) => {
                 if format != DiskFormat::Qcow2 {
                     return Err(EngineError::Invalid(
@@ -413,6 +413,7 @@ impl Engine {
                 host_storage::create(&path, format, req.size.map(|s| s.0), Some((&base, bf)))
                     .await
                     .map_err(host("cannot create the volume"))?;
+                Some(base)
             }
             None => {
                 let size = req.size.ok_or_else(|| {
@@ -424,9 +425,10 @@ impl Engine {
                 host_storage::create(&path, format, Some(size.0), None)
                     .await
                     .map_err(host("cannot create the volume"))?;
+                None
             }
-        }
-        self.created(&path, format)?;
+        };
+        self.created(&path, format, base.as_deref())?;
         tracing::info!(pool, vol = %req.name, "volume created");
         self.vol_info_at(pool, &path).await
     }
@@ -495,7 +497,7 @@ impl Engine {
             let _ = std::fs::remove_file(&dst);
             return Err(host("import failed")(e));
         }
-        self.created(&dst, format)?;
+        self.created(&dst, format, None)?;
         tracing::info!(pool, vol = %req.name, source = %req.source.display(), "volume imported");
         self.vol_info_at(pool, &dst).await
     }
@@ -535,7 +537,11 @@ impl Engine {
             let _ = std::fs::remove_file(&dst);
             return Err(host("clone failed")(e));
         }
-        self.created(&dst, if linked { DiskFormat::Qcow2 } else { sf })?;
+        if linked {
+            self.created(&dst, DiskFormat::Qcow2, Some(&src_path))?;
+        } else {
+            self.created(&dst, sf, None)?;
+        }
         self.vol_info_at(pool, &dst).await
     }
 
@@ -630,8 +636,8 @@ impl Engine {
     }
 
     /// Records a file hv just made.
-    fn created(&self, path: &Path, format: DiskFormat) -> Result<()> {
-        self.record_image(path, format, ImageOrigin::Created)
+    fn created(&self, path: &Path, format: DiskFormat, backing: Option<&Path>) -> Result<()> {
+        self.record_image(path, format, ImageOrigin::Created, backing)
     }
 
     /// Starts replacing `POOL/NAME`'s bytes: a temp file beside the volume that
@@ -679,7 +685,7 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Internal(format!("upload commit: {e}")))?
             .map_err(|e| EngineError::Host(format!("upload to {pool}/{name}: commit: {e}")))?;
-        self.record_image(&path, format, ImageOrigin::Created)?;
+        self.record_image(&path, format, ImageOrigin::Created, None)?;
         Ok(replaced)
     }
 

@@ -99,6 +99,8 @@ const MIGRATIONS: &[&str] = &[
         dev INTEGER NOT NULL,
         ino INTEGER NOT NULL
     );",
+    // 3: each image's backing link as hv made it ('' none; NULL not known, from before).
+    "ALTER TABLE images ADD COLUMN backing TEXT;",
 ];
 
 /// How long a write waits for another connection's lock before it fails.
@@ -521,6 +523,9 @@ pub struct ImageRow {
     pub origin: ImageOrigin,
     pub dev: u64,
     pub ino: u64,
+    /// The backing file hv made it with or last pointed it at: `Some(None)` for none, `None`
+    /// where a record from before hv kept links does not know.
+    pub backing: Option<Option<std::path::PathBuf>>,
 }
 
 /// How an image came to be recorded.
@@ -555,8 +560,9 @@ impl ImageOrigin {
 impl Store {
     pub fn image(&self, path: &Path) -> Result<Option<ImageRow>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT path, format, origin, dev, ino FROM images WHERE path = ?1")?;
+        let mut stmt = conn.prepare(
+            "SELECT path, format, origin, dev, ino, backing FROM images WHERE path = ?1",
+        )?;
         let mut rows = stmt.query_map(params![path.display().to_string()], image_row)?;
         rows.next().transpose()?.transpose()
     }
@@ -564,7 +570,8 @@ impl Store {
     /// Images recorded under `dir` (directly in it).
     pub fn images_in(&self, dir: &Path) -> Result<Vec<ImageRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT path, format, origin, dev, ino FROM images")?;
+        let mut stmt =
+            conn.prepare("SELECT path, format, origin, dev, ino, backing FROM images")?;
         let rows = stmt.query_map([], image_row)?;
         let mut out = Vec::new();
         for r in rows {
@@ -578,13 +585,17 @@ impl Store {
 
     pub fn put_image(&self, r: &ImageRow) -> Result<()> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO images (path, format, origin, dev, ino) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO images (path, format, origin, dev, ino, backing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 r.path.display().to_string(),
                 r.format.as_str(),
                 r.origin.as_str(),
                 r.dev as i64,
-                r.ino as i64
+                r.ino as i64,
+                r.backing.as_ref().map(|b| b
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default())
             ],
         )?;
         Ok(())
@@ -615,6 +626,9 @@ fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ImageRow>> {
             origin: ImageOrigin::parse(&origin).ok_or_else(|| bad("origin", &origin))?,
             dev: r.get::<_, i64>(3)? as u64,
             ino: r.get::<_, i64>(4)? as u64,
+            backing: r
+                .get::<_, Option<String>>(5)?
+                .map(|b| (!b.is_empty()).then(|| std::path::PathBuf::from(b))),
         })
     })();
     Ok(row)
