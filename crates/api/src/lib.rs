@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use model::{DiskFormat, PoolName, Size, VmSpec, VmState, VolName};
 use serde::{Deserialize, Serialize};
 
+mod access;
+pub use access::*;
+
 /// The API version prefix.
 pub const API_VERSION: &str = "v1";
 
@@ -77,6 +80,10 @@ pub enum ErrorCode {
     /// The operation was cancelled (`hv operation cancel`, or hvd stopping) before it finished;
     /// nothing it did is left half-done.
     Cancelled,
+    /// No credentials, or an unknown, expired or revoked token (HTTP 401).
+    Unauthenticated,
+    /// The caller lacks the right for this action (HTTP 403).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -93,6 +100,8 @@ impl ErrorCode {
             ErrorCode::QemuError => "qemu_error",
             ErrorCode::Internal => "internal",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

@@ -41,6 +41,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InUse
         | ErrorCode::Cancelled => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::LOCKED,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR

@@ -6,6 +6,7 @@
 //! [`EngineError::Busy`]); no lock is held while waiting on QMP or the guest. A restarted
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
+mod access;
 mod console;
 mod error;
 mod hotplug;
@@ -29,6 +30,7 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
+pub use access::{Access, AuditEntry, TokenOwner};
 pub use console::{ConsoleHub, ConsoleMsg};
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
@@ -51,6 +53,10 @@ impl Config {
             state_dir,
             qemu_binary: host_probe::QEMU_BINARY.to_string(),
         }
+    }
+    /// hv's SQLite database (VMs, and the tables of [`Access`]).
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("hv.db")
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("vms").join(name)
@@ -153,7 +159,7 @@ impl Engine {
                 probe.as_os_str().len()
             )));
         }
-        let store = Store::open(&cfg.state_dir.join("hv.db"))?;
+        let store = Store::open(&cfg.db_path())?;
         let rows = store.load_all()?;
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
