@@ -119,6 +119,18 @@ pub fn routes() -> Vec<RouteDoc> {
         r("put", "/v1/pools/{pool}/volumes/{vol}/data", "Upload the volume's bytes as an application/octet-stream body, replacing them atomically once durable", None, 200, Some(s::<VolInfo>)),
         raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/stream", "Download as a raw stream: needs Upgrade: hv-volume-data; a 101 whose hv-data-length header counts the raw bytes that follow", None, 101, None)),
         r("put", "/v1/pools/{pool}/volumes/{vol}/stream", "Upload as a raw stream: needs Upgrade: hv-volume-data and an hv-data-length header; raw bytes after the 101, answered by an HTTP/1.1 response (VolInfo or an error) on the same connection once durable", None, 200, Some(s::<VolInfo>)),
+        r("get", "/v1/host/cert", "The HTTPS listener's certificate and its SHA-256 fingerprint", None, 200, Some(s::<HostCert>)),
+        r("get", "/v1/users", "List users with their grants", None, 200, Some(s::<UserList>)),
+        r("post", "/v1/users", "Add a user (the password is stored as an Argon2id hash)", Some(s::<CreateUserRequest>), 201, Some(s::<UserInfo>)),
+        r("get", "/v1/users/{user}", "One user with their grants", None, 200, Some(s::<UserInfo>)),
+        r("delete", "/v1/users/{user}", "Remove a user, their grants and tokens", None, 204, None),
+        r("post", "/v1/users/{user}/password", "Set a user's password", Some(s::<PasswordRequest>), 204, None),
+        r("post", "/v1/users/{user}/grants", "Grant a role on all VMs or on a VM name glob", Some(s::<GrantInfo>), 200, Some(s::<UserInfo>)),
+        r("post", "/v1/users/{user}/grants/revoke", "Revoke a grant", Some(s::<GrantInfo>), 200, Some(s::<UserInfo>)),
+        r("get", "/v1/tokens", "List API tokens (never their secrets)", None, 200, Some(s::<TokenList>)),
+        r("post", "/v1/tokens", "Make an API token; the answer is the only time its secret is shown", Some(s::<CreateTokenRequest>), 201, Some(s::<TokenCreated>)),
+        r("delete", "/v1/tokens/{id}", "Revoke a token (at once)", None, 200, Some(s::<TokenInfo>)),
+        r("get", "/v1/audit", "The audit log, oldest first (query: user, vm, since_ms); append-only", None, 200, Some(s::<AuditList>)),
     ]
 }
 
@@ -142,7 +154,7 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
@@ -178,7 +190,7 @@ pub fn document() -> Value {
         .collect();
     json!({
         "openapi": "3.0.3",
-        "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket. Change log: docs/api-changelog.md." },
+        "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket and, with --listen, over HTTPS (Authorization: Bearer TOKEN). Missing or bad credentials answer 401 (unauthenticated), missing rights 403 (forbidden), VMs the caller may not see 404. Change log: docs/api-changelog.md." },
         "paths": paths,
         "components": { "schemas": schemas },
     })
