@@ -248,6 +248,25 @@ impl Action {
     }
 }
 
+impl Action {
+    /// Whether the action only reads (not audited); everything else changes something or
+    /// reaches into a VM (console sessions) and is audited.
+    pub fn is_read(self) -> bool {
+        use Action::*;
+        matches!(
+            self,
+            Authenticated
+                | VmAudit
+                | VmConsole
+                | HostAudit
+                | NetworkAudit
+                | StorageAudit
+                | AuditRead
+                | OperationRead
+        )
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -452,7 +452,8 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
             Decision::Allow => {}
             d => {
                 let (code, msg) = match (d, on) {
-                    (Decision::Hidden, Object::Vm(name)) => (
+                    // A VM's name is not hidden by refusing to create it.
+                    (Decision::Hidden, Object::Vm(name)) if !matches!(rule.on, On::NewVm) => (
                         ErrorCode::NotFound,
                         engine::EngineError::NoSuchVm(name.clone()).to_string(),
                     ),
@@ -465,7 +466,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                         format!("{} may not {action} on {on}", principal.audit_name()),
                     ),
                 };
-                if method != Method::GET {
+                if !action.is_read() {
                     let denied = Caller {
                         principal: Arc::new(principal.clone()),
                         access: g.access.clone(),
@@ -487,7 +488,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
         audited: Default::default(),
     };
     let req = Request::from_parts(parts, body.unwrap_or_else(Body::empty));
-    let mutating = method != Method::GET;
+    let mutating = !rule.action.is_read();
     let what = format!("{method} {matched}");
     let c = caller.clone();
     let resp = CALLER.scope(caller, next.run(req)).await;

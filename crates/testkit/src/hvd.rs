@@ -33,6 +33,8 @@ pub struct TestHvd {
     hvd_bin: PathBuf,
     /// Run hvd (and so its QEMUs, taps and dnsmasqs) inside this network namespace.
     netns: Option<String>,
+    /// More hvd arguments (e.g. `--listen`).
+    args: Vec<String>,
     child: Option<Child>,
     client: Client,
 }
@@ -50,7 +52,16 @@ impl TestHvd {
         Self::start_with(hvd_bin, Some(netns))
     }
 
+    /// Like [`start`](Self::start), with more hvd arguments (e.g. `--listen 127.0.0.1:PORT`).
+    pub fn start_with_args(hvd_bin: &Path, args: &[&str]) -> Result<TestHvd> {
+        Self::start_full(hvd_bin, None, args)
+    }
+
     fn start_with(hvd_bin: &Path, netns: Option<&str>) -> Result<TestHvd> {
+        Self::start_full(hvd_bin, netns, &[])
+    }
+
+    fn start_full(hvd_bin: &Path, netns: Option<&str>, args: &[&str]) -> Result<TestHvd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Short, so runtime socket paths stay far below the 107-byte limit.
         let dir = PathBuf::from(format!("/tmp/hvt-{}-{n}", std::process::id()));
@@ -62,6 +73,7 @@ impl TestHvd {
             dir,
             hvd_bin: hvd_bin.to_path_buf(),
             netns: netns.map(str::to_string),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             client: Client::new(""),
         };
@@ -88,6 +100,7 @@ impl TestHvd {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.args)
             .env("HV_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

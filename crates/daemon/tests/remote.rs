@@ -1,0 +1,458 @@
+//! Issue 10: hvd over HTTPS with users, tokens, per-VM roles and an audit log, driven by real
+//! TLS clients (curl, verifying hvd's minted CA) against a real hvd.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use model::VmState;
+use testkit::{TestHvd, VmOpts};
+
+/// A free TCP port on loopback (the listener is closed before hvd binds it).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct Remote {
+    h: TestHvd,
+    base: String,
+    ca: PathBuf,
+}
+
+fn remote() -> Remote {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let h = TestHvd::start_with_args(env!("CARGO_BIN_EXE_hvd").as_ref(), &["--listen", &listen])
+        .expect("hvd starts");
+    let ca = h.state_dir.join("tls/ca.pem");
+    Remote {
+        base: format!("https://localhost:{port}"),
+        ca,
+        h,
+    }
+}
+
+/// One curl answer: its HTTP status (0 when no HTTP exchange happened) and body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+    curl_exit: i32,
+}
+
+impl Remote {
+    /// Calls the API with curl, verifying the server against hvd's CA. The token travels in a
+    /// header file, not in argv.
+    fn curl(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        extra: &[&str],
+    ) -> Reply {
+        let out = self.h.dir.join("curl.out");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "30", "--cacert"])
+            .arg(&self.ca)
+            .args(["-X", method, "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}"])
+            .args(extra);
+        if let Some(t) = token {
+            let hdr = self.h.dir.join("auth.hdr");
+            std::fs::write(&hdr, format!("Authorization: Bearer {t}\n")).expect("header file");
+            cmd.arg("-H").arg(format!("@{}", hdr.display()));
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let _ = std::fs::remove_file(&out);
+        let o = cmd
+            .arg(format!("{}{path}", self.base))
+            .output()
+            .expect("curl runs");
+        Reply {
+            status: String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0),
+            body: std::fs::read_to_string(&out).unwrap_or_default(),
+            curl_exit: o.status.code().unwrap_or(-1),
+        }
+    }
+
+    /// Makes a user with grants and a token, over the Unix socket as root.
+    fn user(
+        &self,
+        name: &str,
+        grants: &[(&str, Option<&str>)],
+        expires_secs: Option<u64>,
+    ) -> String {
+        let c = self.h.client();
+        c.user_add(&api::CreateUserRequest {
+            name: name.into(),
+            password: None,
+        })
+        .expect("user add");
+        for (role, vm) in grants {
+            c.user_grant(
+                name,
+                &api::GrantInfo {
+                    role: role.to_string(),
+                    vm: vm.map(str::to_string),
+                },
+            )
+            .expect("grant");
+        }
+        c.token_create(&api::CreateTokenRequest {
+            user: name.into(),
+            expires_secs,
+            description: Some("test".into()),
+        })
+        .expect("token")
+        .token
+    }
+}
+
+/// Every route in the OpenAPI document, with its placeholders filled in.
+fn documented_routes(h: &TestHvd) -> Vec<(String, String)> {
+    let doc: serde_json::Value = h
+        .client()
+        .call("GET", "/v1/openapi.json", None::<&()>)
+        .expect("openapi");
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("ops").keys() {
+            let p = path
+                .replace("{name}", "web-1")
+                .replace("{pool}", "default")
+                .replace("{vol}", "no-such-vol")
+                .replace("{target}", "vdz")
+                .replace("{snap}", "no-such-snap")
+                .replace("{net}", "no-such-net")
+                .replace("{proto}", "tcp")
+                .replace("{port}", "80")
+                .replace("{key}", "no-such-vm")
+                .replace("{mac}", "52:54:00:00:00:01")
+                .replace("{bridge}", "no-such-br")
+                .replace("{user}", "nobody")
+                .replace("{id}", "999999");
+            out.push((method.to_uppercase(), p));
+        }
+    }
+    assert!(out.len() > 60, "the document lists every route");
+    out
+}
+
+#[test]
+fn every_route_needs_credentials_and_a_viewer_may_change_nothing() {
+    let r = remote();
+    r.h.client()
+        .create(
+            r.h.tiny_spec("web-1", VmOpts::default()).expect("spec"),
+            false,
+        )
+        .expect("define");
+    let viewer = r.user("vera", &[("viewer", None)], None);
+    for (method, path) in documented_routes(&r.h) {
+        let anon = r.curl(None, &method, &path, Some("{}"), &[]);
+        assert_eq!(
+            anon.status, 401,
+            "{method} {path} without credentials: {anon:?}"
+        );
+        assert!(
+            anon.body.contains("\"unauthenticated\""),
+            "{method} {path}: {anon:?}"
+        );
+        let bad = r.curl(Some("hvt_00"), &method, &path, Some("{}"), &[]);
+        assert_eq!(
+            bad.status, 401,
+            "{method} {path} with an unknown token: {bad:?}"
+        );
+        // POST .../wait only reads (it takes its arguments as a body).
+        if method != "GET" && !path.ends_with("/wait") {
+            let v = r.curl(Some(&viewer), &method, &path, Some("{}"), &[]);
+            assert_eq!(v.status, 403, "{method} {path} as a viewer: {v:?}");
+            assert!(v.body.contains("\"forbidden\""), "{method} {path}: {v:?}");
+        }
+    }
+    // The viewer still sees what viewers may see, and nothing changed.
+    let list = r.curl(Some(&viewer), "GET", "/v1/vms", None, &[]);
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(list.body.contains("\"web-1\""), "{list:?}");
+    assert_eq!(
+        r.h.client().info("web-1").expect("info").state,
+        VmState::Shutoff
+    );
+    // Refusals of mutating calls are audited; the token is in no log.
+    let audit =
+        r.h.client()
+            .audit(&api::AuditQuery {
+                user: Some("vera".into()),
+                ..Default::default()
+            })
+            .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.object == "vm/web-1" && a.result == "forbidden"),
+        "{audit:?}"
+    );
+    assert!(
+        !r.h.hvd_log().contains(&viewer),
+        "the token leaked into hvd's log"
+    );
+}
+
+#[test]
+fn an_operator_of_web_globs_starts_web_1_and_cannot_see_db_1() {
+    let r = remote();
+    let c = r.h.client();
+    for vm in ["web-1", "db-1"] {
+        c.create(r.h.tiny_spec(vm, VmOpts::default()).expect("spec"), false)
+            .expect("define");
+    }
+    let op = r.user("otto", &[("operator", Some("web-*"))], None);
+    let list = r.curl(Some(&op), "GET", "/v1/vms", None, &[]);
+    assert_eq!(list.status, 200, "{list:?}");
+    let vms: api::VmList = serde_json::from_str(&list.body).expect("list");
+    let names: Vec<&str> = vms.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["web-1"], "db-1 is not listed");
+    for (method, path) in [
+        ("GET", "/v1/vms/db-1"),
+        ("POST", "/v1/vms/db-1/start"),
+        ("GET", "/v1/vms/db-1/console/log"),
+    ] {
+        let a = r.curl(Some(&op), method, path, Some("{}"), &[]);
+        assert_eq!(a.status, 404, "{method} {path}: {a:?}");
+        assert!(a.body.contains("does not exist"), "{a:?}");
+    }
+    // Same answer as for a VM that really does not exist.
+    let missing = r.curl(Some(&op), "GET", "/v1/vms/web-404", None, &[]);
+    assert_eq!(missing.status, 404, "{missing:?}");
+    // Operators power VMs but do not reconfigure them.
+    let cfg = r.curl(
+        Some(&op),
+        "POST",
+        "/v1/vms/web-1/autostart",
+        Some(r#"{"enabled":true}"#),
+        &[],
+    );
+    assert_eq!(cfg.status, 403, "{cfg:?}");
+    let start = r.curl(Some(&op), "POST", "/v1/vms/web-1/start", Some("{}"), &[]);
+    assert_eq!(start.status, 200, "{start:?}");
+    r.h.wait_state("web-1", VmState::Running, Duration::from_secs(60))
+        .expect("web-1 runs");
+    assert_eq!(c.info("db-1").expect("info").state, VmState::Shutoff);
+    // The start is in the audit log with who, from where, and its operation id.
+    let audit = c
+        .audit(&api::AuditQuery {
+            vm: Some("web-1".into()),
+            ..Default::default()
+        })
+        .expect("audit");
+    let rec = audit
+        .iter()
+        .find(|a| a.principal == "otto" && a.action == "VM.PowerMgmt start")
+        .unwrap_or_else(|| panic!("no audit record of the start: {audit:?}"));
+    assert_eq!(rec.result, "ok");
+    assert!(rec.source.starts_with("127.0.0.1:"), "{rec:?}");
+    assert!(rec.operation_id.is_some(), "{rec:?}");
+    let op_id = rec.operation_id.expect("id");
+    assert_eq!(c.operation(op_id).expect("operation").target, "vm/web-1");
+    c.destroy("web-1").expect("destroy");
+}
+
+#[test]
+fn only_an_admin_of_all_vms_may_name_host_paths() {
+    let r = remote();
+    let c = r.h.client();
+    let ada = r.user("ada", &[("admin", Some("web-*"))], None);
+    let host_disk =
+        serde_json::json!({ "spec": { "name": "web-2", "disks": [ { "path": "/etc/shadow" } ] } });
+    let a = r.curl(
+        Some(&ada),
+        "POST",
+        "/v1/vms",
+        Some(&host_disk.to_string()),
+        &[],
+    );
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(a.body.contains("host paths"), "{a:?}");
+    assert!(c.info("web-2").is_err(), "nothing was defined");
+    // Pool volumes are fine, and VMs outside the glob cannot be created.
+    c.vol_create(
+        "default",
+        &serde_json::from_value(serde_json::json!({ "name": "w2.qcow2", "size": "16M" }))
+            .expect("req"),
+    )
+    .expect("volume");
+    let vol_disk = serde_json::json!({ "spec": { "name": "web-2", "disks": [ { "vol": "default/w2.qcow2" } ] } });
+    let ok = r.curl(
+        Some(&ada),
+        "POST",
+        "/v1/vms",
+        Some(&vol_disk.to_string()),
+        &[],
+    );
+    assert_eq!(ok.status, 201, "{ok:?}");
+    let other = serde_json::json!({ "spec": { "name": "db-2" } });
+    let no = r.curl(Some(&ada), "POST", "/v1/vms", Some(&other.to_string()), &[]);
+    assert_eq!(no.status, 403, "{no:?}");
+    // Attaching a host file or inserting host media is refused the same way.
+    let attach = r.curl(
+        Some(&ada),
+        "POST",
+        "/v1/vms/web-2/disks",
+        Some(r#"{"disk":{"path":"/etc/passwd"}}"#),
+        &[],
+    );
+    assert_eq!(attach.status, 403, "{attach:?}");
+    let media = r.curl(
+        Some(&ada),
+        "POST",
+        "/v1/vms/web-2/media",
+        Some(r#"{"source":"/etc/passwd"}"#),
+        &[],
+    );
+    assert_eq!(media.status, 403, "{media:?}");
+    let spec = c.info("web-2").expect("info").spec.expect("spec");
+    assert_eq!(spec.disks.len(), 1);
+    // Root on the socket may.
+    let spec = r.h.tiny_spec("web-3", VmOpts::default()).expect("spec");
+    c.create(spec, false).expect("root defines with host paths");
+}
+
+#[test]
+fn revoked_and_expired_tokens_are_refused_at_once() {
+    let r = remote();
+    let c = r.h.client();
+    let t = r.user("rita", &[("viewer", None)], None);
+    assert_eq!(r.curl(Some(&t), "GET", "/v1/vms", None, &[]).status, 200);
+    let id = c
+        .tokens()
+        .expect("tokens")
+        .into_iter()
+        .find(|x| x.user == "rita")
+        .expect("listed")
+        .id;
+    let listed = serde_json::to_string(&c.tokens().expect("tokens")).expect("json");
+    assert!(!listed.contains(&t), "token lists never show secrets");
+    c.token_revoke(&id).expect("revoke");
+    let after = r.curl(Some(&t), "GET", "/v1/vms", None, &[]);
+    assert_eq!(after.status, 401, "{after:?}");
+
+    let created = Instant::now();
+    let short = c
+        .token_create(&api::CreateTokenRequest {
+            user: "rita".into(),
+            expires_secs: Some(1),
+            description: None,
+        })
+        .expect("token")
+        .token;
+    assert_eq!(
+        r.curl(Some(&short), "GET", "/v1/vms", None, &[]).status,
+        200
+    );
+    // Wait out its lifetime (a deadline, not a poll).
+    let expiry = created + Duration::from_millis(1100);
+    std::thread::sleep(expiry.saturating_duration_since(Instant::now()));
+    let late = r.curl(Some(&short), "GET", "/v1/vms", None, &[]);
+    assert_eq!(late.status, 401, "{late:?}");
+
+    // A removed user's tokens die with them.
+    let t2 = c
+        .token_create(&api::CreateTokenRequest {
+            user: "rita".into(),
+            expires_secs: None,
+            description: None,
+        })
+        .expect("token")
+        .token;
+    c.user_remove("rita").expect("remove");
+    assert_eq!(r.curl(Some(&t2), "GET", "/v1/vms", None, &[]).status, 401);
+}
+
+#[test]
+fn tls_1_1_is_refused_and_1_2_and_1_3_succeed() {
+    let r = remote();
+    let t = r.user("tess", &[("viewer", None)], None);
+    let old = r.curl(
+        Some(&t),
+        "GET",
+        "/v1/ping",
+        None,
+        &["--tlsv1.1", "--tls-max", "1.1"],
+    );
+    assert_eq!(old.status, 0, "no HTTP exchange over TLS 1.1: {old:?}");
+    assert_ne!(old.curl_exit, 0, "{old:?}");
+    for v in ["1.2", "1.3"] {
+        let flag = format!("--tlsv{v}");
+        let ok = r.curl(Some(&t), "GET", "/v1/ping", None, &[&flag, "--tls-max", v]);
+        assert_eq!(ok.status, 200, "TLS {v}: {ok:?}");
+    }
+    // The certificate curl verified is the one hv host cert reports.
+    let cert = r.h.client().host_cert().expect("cert");
+    let fp = fingerprint_of(&r.h.state_dir.join("tls/server.pem"));
+    assert_eq!(cert.fingerprint, fp);
+}
+
+/// The SHA-256 fingerprint of a PEM file's first certificate, computed by openssl.
+fn fingerprint_of(pem: &Path) -> String {
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pem)
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let hex = text
+        .trim()
+        .rsplit('=')
+        .next()
+        .expect("fingerprint")
+        .replace(':', "")
+        .to_lowercase();
+    format!("SHA256:{hex}")
+}
+
+#[test]
+fn the_unix_socket_is_for_root_and_the_admin_group_only() {
+    // Root's calls over the socket work as before and are audited under its uid.
+    let r = remote();
+    let c = r.h.client();
+    c.create(
+        r.h.tiny_spec("s-1", VmOpts::default()).expect("spec"),
+        false,
+    )
+    .expect("define");
+    let audit = c.audit(&api::AuditQuery::default()).expect("audit");
+    assert!(
+        audit.iter().any(|a| a.principal == "uid:0"
+            && a.source == "unix"
+            && a.object == "vm/s-1"
+            && a.operation_id.is_some()),
+        "{audit:?}"
+    );
+    // Another uid is refused, even when the socket lets it connect.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&r.h.socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-s",
+            "--unix-socket",
+        ])
+        .arg(&r.h.socket)
+        .args(["-w", " %{http_code}", "http://hv/v1/vms"])
+        .output()
+        .expect("setpriv runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.ends_with(" 403"), "{out}");
+    assert!(out.contains("uid 65534 may not use"), "{out}");
+}
