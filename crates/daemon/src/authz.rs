@@ -331,6 +331,30 @@ fn audit_label(object: &Object, matched: &str, params: &HashMap<String, String>)
     }
 }
 
+/// Records a refused attempt to change something without valid credentials (never the token).
+fn audit_unauthenticated(g: &Guard, req: &Request, addr: std::net::SocketAddr, why: &str) {
+    let Some(matched) = req.extensions().get::<MatchedPath>() else {
+        return;
+    };
+    let Some(rule) = rule_of(req.method(), matched.as_str()) else {
+        return;
+    };
+    if rule.action.is_read() {
+        return;
+    }
+    let entry = AuditEntry {
+        principal: format!("({why})"),
+        source: addr.to_string(),
+        object: req.uri().path().to_string(),
+        action: format!("{} {} {}", rule.action, req.method(), matched.as_str()),
+        result: ErrorCode::Unauthenticated.as_str().to_string(),
+        operation_id: None,
+    };
+    if let Err(e) = g.access.audit(&entry) {
+        tracing::error!(error = %e, "cannot append to the audit log");
+    }
+}
+
 /// Authenticates the caller, authorizes the route, and runs it with [`CALLER`] set.
 pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let Some(peer) = req.extensions().get::<Peer>().cloned() else {
@@ -349,9 +373,13 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| {
+                    let (scheme, token) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+                })
                 .map(str::trim);
             let Some(token) = token else {
+                audit_unauthenticated(&g, &req, addr, "no token");
                 return refuse(
                     ErrorCode::Unauthenticated,
                     "this API needs Authorization: Bearer TOKEN (an admin makes one with hv token create USER)",
@@ -366,6 +394,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                     source: addr.to_string(),
                 },
                 Ok(None) => {
+                    audit_unauthenticated(&g, &req, addr, "bad token");
                     return refuse(
                         ErrorCode::Unauthenticated,
                         "the token is unknown, expired or revoked; ask an admin for a new one (hv token create)",

@@ -192,7 +192,11 @@ pub fn document() -> Value {
         "openapi": "3.0.3",
         "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket and, with --listen, over HTTPS (Authorization: Bearer TOKEN). Missing or bad credentials answer 401 (unauthenticated), missing rights 403 (forbidden), VMs the caller may not see 404. Change log: docs/api-changelog.md." },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "security": [ { "bearer": [] } ],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "A token from hv token create (HTTPS listener; the Unix socket authenticates by uid)" } },
+        },
     })
 }
 

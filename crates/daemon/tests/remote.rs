@@ -456,3 +456,59 @@ fn the_unix_socket_is_for_root_and_the_admin_group_only() {
     assert!(out.ends_with(" 403"), "{out}");
     assert!(out.contains("uid 65534 may not use"), "{out}");
 }
+
+/// `curl` over the Unix socket as another uid, gid and supplementary groups.
+fn curl_as(socket: &Path, uid: u32, gid: u32, groups: Option<u32>) -> (i32, String) {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    match groups {
+        Some(g) => cmd.arg(format!("--groups={g}")),
+        None => cmd.arg("--clear-groups"),
+    };
+    let o = cmd
+        .args(["curl", "-s", "--unix-socket"])
+        .arg(socket)
+        .args(["-w", " %{http_code}", "http://hv/v1/vms"])
+        .output()
+        .expect("setpriv runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn admin_group_members_use_the_socket_like_root() {
+    // nogroup (65534) stands in for an admin group: it exists on every Debian host.
+    let h = TestHvd::start_with_args(
+        env!("CARGO_BIN_EXE_hvd").as_ref(),
+        &["--admin-group", "nogroup"],
+    )
+    .expect("hvd starts");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&h.socket).expect("socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534);
+    // Primary group, then supplementary group.
+    let (_, out) = curl_as(&h.socket, 65534, 65534, None);
+    assert!(out.ends_with(" 200"), "{out}");
+    let (_, out) = curl_as(&h.socket, 65534, 100, Some(65534));
+    assert!(out.ends_with(" 200"), "{out}");
+    // Anyone else cannot even connect.
+    let (code, out) = curl_as(&h.socket, 65534, 100, None);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.ends_with(" 200"), "{out}");
+    h.client()
+        .create(h.tiny_spec("g-1", VmOpts::default()).expect("spec"), false)
+        .expect("root still works");
+    let bad = TestHvd::start_with_args(
+        env!("CARGO_BIN_EXE_hvd").as_ref(),
+        &["--admin-group", "no-such-group-hv"],
+    );
+    let err = format!("{:#}", bad.err().expect("refused"));
+    assert!(
+        err.contains("there is no group \"no-such-group-hv\""),
+        "{err}"
+    );
+}
