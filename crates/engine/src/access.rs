@@ -103,7 +103,7 @@ impl Access {
     /// Opens the access tables in hv's database, creating them when missing.
     pub fn open(db: &Path) -> Result<Access> {
         let conn = Connection::open(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // rusqlite waits up to 5 s for the other connection (the VM store's) to finish a write.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         init(&conn)?;
@@ -557,6 +557,23 @@ mod tests {
             Err(api::ErrorCode::AlreadyExists)
         );
         assert!(a.token_create("nobody", None, None).is_err());
+    }
+
+    #[test]
+    fn vm_writes_wait_for_an_access_write_instead_of_failing() {
+        let (d, a) = open();
+        let store = crate::store::Store::open(&d.0.join("hv.db")).expect("store");
+        let conn = a.conn();
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO users (name, created_ms) VALUES ('x', 0);",
+        )
+        .expect("hold the write lock");
+        let writer = std::thread::spawn(move || store.set_meta("k", "v"));
+        // Hold the lock for a while, as a slow audit append would.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        conn.execute_batch("COMMIT").expect("commit");
+        let r = writer.join().expect("writer thread");
+        assert!(r.is_ok(), "the VM store gave up instead of waiting: {r:?}");
     }
 
     #[test]
