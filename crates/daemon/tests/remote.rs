@@ -266,6 +266,23 @@ fn an_operator_of_web_globs_starts_web_1_and_cannot_see_db_1() {
 }
 
 #[test]
+fn a_percent_encoded_vm_name_is_checked_as_the_name_it_decodes_to() {
+    let r = remote();
+    r.h.client()
+        .create(
+            r.h.tiny_spec("web--1", VmOpts::default()).expect("spec"),
+            false,
+        )
+        .expect("define");
+    // "web-%2D1" matches this glob as raw text, but names web--1, which does not.
+    let eve = r.user("eve", &[("viewer", Some("web-*D1"))], None);
+    let a = r.curl(Some(&eve), "GET", "/v1/vms/web-%2D1", None, &[]);
+    assert_eq!(a.status, 404, "{a:?}");
+    let a = r.curl(Some(&eve), "GET", "/v1/vms/web--1", None, &[]);
+    assert_eq!(a.status, 404, "{a:?}");
+}
+
+#[test]
 fn only_an_admin_of_all_vms_may_name_host_paths() {
     let r = remote();
     let c = r.h.client();
