@@ -225,22 +225,30 @@ struct Tls {
     listeners: Vec<tokio::net::TcpListener>,
 }
 
-/// How long a TLS client may take to finish its handshake.
+/// How long a TLS client may take to finish its handshake, and then each request's headers.
 const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Open HTTPS connections at most; more wait in the kernel's accept queue.
+const MAX_TLS_CONNECTIONS: usize = 512;
+
+/// A TLS connection ready to serve, with its place among [`MAX_TLS_CONNECTIONS`].
+type TlsConn = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// Accepts TCP connections and hands over the ones whose TLS handshake succeeds.
-fn accept_tls(
-    tls: Tls,
-    out: tokio::sync::mpsc::Sender<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-) {
+fn accept_tls(tls: Tls, out: tokio::sync::mpsc::Sender<TlsConn>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
     for listener in tls.listeners {
+        let slots = slots.clone();
         let acceptor = tls.acceptor.clone();
         let out = out.clone();
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, addr) = tokio::select! {
                     c = listener.accept() => match c {
                         Ok(c) => c,
@@ -258,7 +266,7 @@ fn accept_tls(
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = out.send((stream, addr)).await;
+                            let _ = out.send((stream, addr, slot)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
@@ -287,6 +295,12 @@ async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Upload bodies arrive in reads of up to this much (hyper's default is about 400 KiB).
     http.max_buf_size(4 << 20);
+    // Remote clients must send their headers in time, and not too many of them.
+    let mut https = http.clone();
+    https
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(TLS_HANDSHAKE)
+        .max_headers(64);
     let (tls_tx, mut tls_rx) = tokio::sync::mpsc::channel(64);
     accept_tls(tls, tls_tx);
     loop {
@@ -300,7 +314,7 @@ async fn serve(
                             continue;
                         }
                     };
-                    spawn_connection(&mut conns, &http, io, peer, &app, &stopping);
+                    spawn_connection(&mut conns, &http, io, peer, &app, &stopping, None);
                 }
                 Err(e) => {
                     // Out of fds, most likely: back off instead of spinning.
@@ -308,8 +322,8 @@ async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             },
-            Some((io, addr)) = tls_rx.recv() => {
-                spawn_connection(&mut conns, &http, io, authz::Peer::Tls { addr }, &app, &stopping);
+            Some((io, addr, slot)) = tls_rx.recv() => {
+                spawn_connection(&mut conns, &https, io, authz::Peer::Tls { addr }, &app, &stopping, Some(slot));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {},
             _ = &mut stop => break,
@@ -328,6 +342,7 @@ fn spawn_connection<I>(
     peer: authz::Peer,
     app: &axum::Router,
     stopping: &tokio::sync::watch::Receiver<bool>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -342,6 +357,7 @@ fn spawn_connection<I>(
         .with_upgrades();
     let mut stopping = stopping.clone();
     conns.spawn(async move {
+        let _slot = slot;
         let mut conn = std::pin::pin!(conn);
         let r = tokio::select! {
             r = conn.as_mut() => r,

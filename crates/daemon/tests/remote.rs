@@ -411,6 +411,14 @@ fn tls_1_1_is_refused_and_1_2_and_1_3_succeed() {
         let ok = r.curl(Some(&t), "GET", "/v1/ping", None, &[&flag, "--tls-max", v]);
         assert_eq!(ok.status, 200, "TLS {v}: {ok:?}");
     }
+    // Header floods are cut off.
+    let many: Vec<String> = (0..80).map(|i| format!("X-Pad-{i}: x")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for h in &many {
+        args.extend(["-H", h.as_str()]);
+    }
+    let flood = r.curl(Some(&t), "GET", "/v1/ping", None, &args);
+    assert_eq!(flood.status, 431, "{flood:?}");
     // The certificate curl verified is the one hv host cert reports.
     let cert = r.h.client().host_cert().expect("cert");
     let fp = fingerprint_of(&r.h.state_dir.join("tls/server.pem"));
