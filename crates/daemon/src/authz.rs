@@ -331,6 +331,29 @@ fn audit_label(object: &Object, matched: &str, params: &HashMap<String, String>)
     }
 }
 
+/// The `Origin` of a WebSocket upgrade when it is not this server (`Host`). Browsers send
+/// `Origin` with every WebSocket; a page elsewhere must not drive a console with the user's
+/// credentials. Clients that send no `Origin` (the CLI) are not browsers.
+fn foreign_origin(h: &header::HeaderMap) -> Option<String> {
+    let upgrade = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let origin = h.get(header::ORIGIN)?.to_str().unwrap_or("(not text)");
+    if !upgrade {
+        return None;
+    }
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or("");
+    (origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host)).then(|| origin.to_string())
+}
+
 /// Records a refused attempt to change something without valid credentials (never the token).
 fn audit_unauthenticated(g: &Guard, req: &Request, addr: std::net::SocketAddr, why: &str) {
     let Some(matched) = req.extensions().get::<MatchedPath>() else {
@@ -413,6 +436,12 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
         return next.run(req).await;
     };
     let method = req.method().clone();
+    if let Some(origin) = foreign_origin(req.headers()) {
+        return refuse(
+            ErrorCode::Forbidden,
+            format!("a WebSocket from origin {origin} is refused: only pages served by this hvd may open one"),
+        );
+    }
     let local_admin = matches!(principal.who, auth::Who::LocalAdmin { .. });
     let Some(rule) = rule_of(&method, &matched) else {
         if !local_admin {
@@ -567,6 +596,43 @@ mod tests {
                 "{m} {p} has a rule but is not in the OpenAPI route list"
             );
         }
+    }
+
+    #[test]
+    fn websockets_from_other_origins_are_foreign() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = header::HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(
+                    header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    header::HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            m
+        };
+        let ws = [("upgrade", "websocket"), ("host", "hv.example:8443")];
+        let with = |origin: &str| {
+            let mut v = ws.to_vec();
+            v.push(("origin", origin));
+            foreign_origin(&h(&v))
+        };
+        assert_eq!(with("https://hv.example:8443"), None);
+        assert_eq!(with("https://HV.example:8443"), None);
+        assert_eq!(
+            with("https://evil.example"),
+            Some("https://evil.example".into())
+        );
+        assert_eq!(
+            with("https://hv.example:8444"),
+            Some("https://hv.example:8444".into())
+        );
+        assert_eq!(with("null"), Some("null".into()));
+        assert_eq!(foreign_origin(&h(&ws)), None, "no Origin: not a browser");
+        assert_eq!(
+            foreign_origin(&h(&[("host", "a"), ("origin", "https://b")])),
+            None,
+            "not a WebSocket"
+        );
     }
 
     #[test]

@@ -246,6 +246,29 @@ fn an_operator_of_web_globs_starts_web_1_and_cannot_see_db_1() {
     r.h.wait_state("web-1", VmState::Running, Duration::from_secs(60))
         .expect("web-1 runs");
     assert_eq!(c.info("db-1").expect("info").state, VmState::Shutoff);
+    // Its console opens from hvd's own origin (or a non-browser), not from another site.
+    let ws = |origin: &str| {
+        let o = format!("Origin: {origin}");
+        let mut h = vec![
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "--max-time",
+            "2",
+        ];
+        h.extend(["-H", o.as_str()]);
+        r.curl(Some(&op), "GET", "/v1/vms/web-1/console", None, &h)
+    };
+    let evil = ws("https://evil.example");
+    assert_eq!(evil.status, 403, "{evil:?}");
+    assert!(evil.body.contains("origin"), "{evil:?}");
+    let own = ws(&r.base);
+    assert_eq!(own.status, 101, "{own:?}");
     // The start is in the audit log with who, from where, and its operation id.
     let audit = c
         .audit(&api::AuditQuery {
@@ -536,4 +559,93 @@ fn admin_group_members_use_the_socket_like_root() {
         err.contains("there is no group \"no-such-group-hv\""),
         "{err}"
     );
+}
+
+/// Waits (bounded) until `f` holds; false on timeout.
+fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+#[test]
+fn events_and_operations_show_only_the_vms_a_caller_may_see() {
+    let r = remote();
+    let c = r.h.client();
+    let ivy = r.user("ivy", &[("viewer", Some("web-*"))], None);
+    let hdr = r.h.dir.join("ivy.hdr");
+    std::fs::write(&hdr, format!("Authorization: Bearer {ivy}\n")).expect("header file");
+    let out = r.h.dir.join("events.out");
+    let mut curl = Command::new("curl")
+        .args(["-s", "-N", "--cacert"])
+        .arg(&r.ca)
+        .arg("-H")
+        .arg(format!("@{}", hdr.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("{}/v1/events", r.base))
+        .spawn()
+        .expect("curl runs");
+    let seen = |vm: &str| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&format!("\"vm\":\"{vm}\""))
+    };
+    // Define web VMs until one shows up: then the stream is live.
+    let mut live = false;
+    for i in 0..20 {
+        let name = format!("web-a{i}");
+        c.create(
+            r.h.tiny_spec(&name, VmOpts::default()).expect("spec"),
+            false,
+        )
+        .expect("define");
+        if until(Duration::from_secs(1), || seen(&name)) {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the event stream never showed a web VM");
+    for vm in ["db-9", "web-9"] {
+        c.create(r.h.tiny_spec(vm, VmOpts::default()).expect("spec"), false)
+            .expect("define");
+    }
+    let got_web = until(Duration::from_secs(10), || seen("web-9"));
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert!(got_web, "web-9's event arrived");
+    assert!(!seen("db-9"), "db-9's event is hidden from ivy");
+
+    let ops = r.curl(Some(&ivy), "GET", "/v1/operations", None, &[]);
+    assert_eq!(ops.status, 200, "{ops:?}");
+    let ops: api::OperationList = serde_json::from_str(&ops.body).expect("operations");
+    assert!(
+        ops.operations.iter().any(|o| o.target == "vm/web-9"),
+        "{ops:?}"
+    );
+    assert!(
+        ops.operations
+            .iter()
+            .all(|o| o.target.starts_with("vm/web-")),
+        "{ops:?}"
+    );
+    let db_op = c
+        .operations()
+        .expect("operations")
+        .into_iter()
+        .find(|o| o.target == "vm/db-9")
+        .expect("root sees db-9's operation");
+    let one = r.curl(
+        Some(&ivy),
+        "GET",
+        &format!("/v1/operations/{}", db_op.id),
+        None,
+        &[],
+    );
+    assert_eq!(one.status, 404, "{one:?}");
 }
