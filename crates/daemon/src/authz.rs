@@ -467,13 +467,22 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
     let object = match rule.on {
         On::Global => Object::Global,
         On::Vm => Object::Vm(params.get("name").cloned().unwrap_or_default()),
-        On::Operation => params
-            .get("id")
-            .and_then(|id| id.parse::<u64>().ok())
-            .and_then(|id| g.engine.operations().get(id).ok())
-            .and_then(|op| op.target.strip_prefix("vm/").map(str::to_string))
-            .map(Object::Vm)
-            .unwrap_or(Object::Global),
+        On::Operation => {
+            let target = params
+                .get("id")
+                .and_then(|id| id.parse::<u64>().ok())
+                .and_then(|id| g.engine.operations().get(id).ok())
+                .map(|op| op.target);
+            match target.as_deref().map(|t| t.strip_prefix("vm/")) {
+                Some(Some(vm)) => Object::Vm(vm.to_string()),
+                // An operation on the host, a network or a pool shows only to those who see them.
+                Some(None) => {
+                    checks.push((Action::HostAudit, Object::Global));
+                    Object::Global
+                }
+                None => Object::Global,
+            }
+        }
         On::NewVm | On::VmWithPaths => {
             let bytes = match axum::body::to_bytes(
                 body.take().unwrap_or_else(Body::empty),

@@ -200,6 +200,21 @@ fn every_route_needs_credentials_and_a_viewer_may_change_nothing() {
             .any(|a| a.object == "vm/web-1" && a.result == "forbidden"),
         "{audit:?}"
     );
+    // Attempts without valid credentials are audited too, and no token is in the log.
+    let all =
+        r.h.client()
+            .audit(&api::AuditQuery::default())
+            .expect("audit");
+    assert!(
+        all.iter().any(|a| a.principal == "(bad token)"
+            && a.object == "/v1/vms/web-1/start"
+            && a.result == "unauthenticated"),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().all(|a| !format!("{a:?}").contains(&viewer)),
+        "the token is in the audit log"
+    );
     assert!(
         !r.h.hvd_log().contains(&viewer),
         "the token leaked into hvd's log"
@@ -648,4 +663,27 @@ fn events_and_operations_show_only_the_vms_a_caller_may_see() {
         &[],
     );
     assert_eq!(one.status, 404, "{one:?}");
+    // Nor the operations on networks and pools, which only admins of all VMs see.
+    c.vol_create(
+        "default",
+        &serde_json::from_value(
+            serde_json::json!({ "name": "x.raw", "size": "1M", "format": "raw" }),
+        )
+        .expect("req"),
+    )
+    .expect("volume");
+    let vol_op = c
+        .operations()
+        .expect("operations")
+        .into_iter()
+        .find(|o| o.target.starts_with("volume/"))
+        .expect("the volume's operation");
+    let one = r.curl(
+        Some(&ivy),
+        "GET",
+        &format!("/v1/operations/{}", vol_op.id),
+        None,
+        &[],
+    );
+    assert_eq!(one.status, 403, "{one:?}");
 }
