@@ -389,6 +389,23 @@ fn user_token_audit_and_host_cert_commands() {
         .expect("password");
     let o = child.wait_with_output().expect("hv ends");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let passwd = |input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+            .arg("--socket")
+            .arg(&h.socket)
+            .args(["user", "passwd", "alice"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hv runs");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input).expect("write");
+        child.wait_with_output().expect("hv ends")
+    };
+    assert!(passwd(b"battery staple\n").status.success());
+    let empty = passwd(b"\n");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("the password on stdin is empty"));
     cli.ok(&["user", "grant", "alice", "operator", "--vm", "web-*"]);
     cli.ok(&["user", "grant", "alice", "viewer"]);
     let list = cli.ok(&["user", "list"]);
