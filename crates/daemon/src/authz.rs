@@ -258,26 +258,28 @@ fn refuse(code: ErrorCode, msg: impl Into<String>) -> Response {
 /// Bodies the guard reads to find a route's object (specs, disks, media) are small JSON.
 const MAX_INSPECTED_BODY: usize = 4 << 20;
 
+/// The host files a spec names (disks that are not pool volumes, kernel, initrd, CD-ROM).
+fn spec_host_paths(spec: &model::VmSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in &spec.disks {
+        if d.vol.is_none() && !d.path.as_os_str().is_empty() {
+            out.push(d.path.display().to_string());
+        }
+    }
+    if let Some(k) = &spec.kernel {
+        out.push(k.path.display().to_string());
+        out.extend(k.initrd.iter().map(|i| i.display().to_string()));
+    }
+    if spec.cdrom.is_some() && spec.cdrom_vol().is_none() {
+        out.extend(spec.cdrom.iter().map(|c| c.display().to_string()));
+    }
+    out
+}
+
 /// Host paths a request body names, for the routes whose rule is [`On::NewVm`] or
 /// [`On::VmWithPaths`]. An unreadable body names none: the handler refuses it.
 fn host_paths(path: &str, body: &[u8]) -> Vec<String> {
-    let spec_paths = |spec: &model::VmSpec| {
-        let mut out = Vec::new();
-        for d in &spec.disks {
-            if d.vol.is_none() && !d.path.as_os_str().is_empty() {
-                out.push(d.path.display().to_string());
-            }
-        }
-        if let Some(k) = &spec.kernel {
-            out.push(k.path.display().to_string());
-        }
-        if spec.cdrom.is_some() && spec.cdrom_vol().is_none() {
-            if let Some(c) = &spec.cdrom {
-                out.push(c.display().to_string());
-            }
-        }
-        out
-    };
+    let spec_paths = spec_host_paths;
     if path == "/v1/vms" {
         serde_json::from_slice::<api::CreateVmRequest>(body)
             .map(|r| spec_paths(&r.spec))
@@ -498,9 +500,20 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                     )
                 }
             };
-            for p in host_paths(&matched, &bytes) {
+            // Paths the VM already has (an admin of all VMs gave them) may stay.
+            let kept: Vec<String> = params
+                .get("name")
+                .and_then(|n| g.engine.info(n).ok())
+                .and_then(|i| i.spec)
+                .map(|s| spec_host_paths(&s))
+                .unwrap_or_default();
+            let new_paths: Vec<String> = host_paths(&matched, &bytes)
+                .into_iter()
+                .filter(|p| !kept.contains(p))
+                .collect();
+            if !new_paths.is_empty() {
+                tracing::debug!(paths = ?new_paths, "request names new host paths");
                 checks.push((Action::HostPaths, Object::Global));
-                tracing::debug!(path = %p, "request names a host path");
             }
             let object = if matches!(rule.on, On::NewVm) {
                 serde_json::from_slice::<api::CreateVmRequest>(&bytes)

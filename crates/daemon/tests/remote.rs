@@ -375,9 +375,41 @@ fn only_an_admin_of_all_vms_may_name_host_paths() {
     assert_eq!(media.status, 403, "{media:?}");
     let spec = c.info("web-2").expect("info").spec.expect("spec");
     assert_eq!(spec.disks.len(), 1);
-    // Root on the socket may.
+    // Root on the socket may; the glob admin may then edit that VM, keeping its paths but
+    // adding none.
     let spec = r.h.tiny_spec("web-3", VmOpts::default()).expect("spec");
-    c.create(spec, false).expect("root defines with host paths");
+    let mut spec = c
+        .create(spec, false)
+        .expect("root defines with host paths")
+        .spec
+        .expect("spec");
+    spec.vcpus = 2;
+    let same = r.curl(
+        Some(&ada),
+        "PUT",
+        "/v1/vms/web-3",
+        Some(&serde_json::to_string(&spec).expect("json")),
+        &[],
+    );
+    assert_eq!(same.status, 200, "{same:?}");
+    spec.disks.push("path=/etc/shadow".parse().expect("disk"));
+    let more = r.curl(
+        Some(&ada),
+        "PUT",
+        "/v1/vms/web-3",
+        Some(&serde_json::to_string(&spec).expect("json")),
+        &[],
+    );
+    assert_eq!(more.status, 403, "{more:?}");
+    assert_eq!(
+        c.info("web-3")
+            .expect("info")
+            .spec
+            .expect("spec")
+            .disks
+            .len(),
+        0
+    );
 }
 
 #[test]
