@@ -128,3 +128,12 @@ pub struct HostCert {
     /// The server certificate, PEM.
     pub pem: String,
 }
+
+/// `POST /v1/login`: a user name and password for a token that lasts `TokenCreated.info`'s
+/// lifetime (12 hours).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}

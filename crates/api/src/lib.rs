@@ -84,6 +84,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The caller lacks the right for this action (HTTP 403).
     Forbidden,
+    /// Too many failed logins for this user or from this address: wait (HTTP 429).
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -102,6 +104,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }

@@ -76,7 +76,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
         match action {
-            Authenticated | OperationRead | VmAudit | VmConsole => true,
+            Login | Authenticated | OperationRead | VmAudit | VmConsole => true,
             VmConsoleInput | VmPowerMgmt | VmMedia | VmSnapshot | OperationCancel => {
                 self >= Role::Operator
             }
@@ -182,6 +182,8 @@ pub fn glob_match(glob: &str, name: &str) -> bool {
 /// What a route does, named as operators know rights (after Proxmox's privileges).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// Anyone, before authentication: logging in (checked by password, rate-limited).
+    Login,
     /// Any authenticated caller (ping, the API document).
     Authenticated,
     /// See a VM: list, info, showcmd, snapshots, console log, waits, its events.
@@ -223,6 +225,7 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         use Action::*;
         match self {
+            Login => "Login",
             Authenticated => "Authenticated",
             VmAudit => "VM.Audit",
             VmConsole => "VM.Console",
@@ -255,7 +258,8 @@ impl Action {
         use Action::*;
         matches!(
             self,
-            Authenticated
+            Login
+                | Authenticated
                 | VmAudit
                 | VmConsole
                 | HostAudit
@@ -306,6 +310,9 @@ pub enum Decision {
 pub fn decide(grants: &[Grant], action: Action, object: &Object) -> Decision {
     let holds = |a: Action| grants.iter().any(|g| g.covers(object) && g.role.allows(a));
     // Any grant at all lets a user reach the API and its own operations.
+    if action == Action::Login {
+        return Decision::Allow;
+    }
     if matches!(action, Action::Authenticated | Action::OperationRead)
         && matches!(object, Object::Global)
     {
@@ -321,6 +328,36 @@ pub fn decide(grants: &[Grant], action: Action, object: &Object) -> Decision {
         Decision::Hidden
     } else {
         Decision::Forbidden
+    }
+}
+
+/// Failed logins of one key (a user name, or a source address) and the backoff they earned:
+/// [`Backoff::FREE`] failures are free, then each further attempt must wait twice as long
+/// after the last failure as the one before (1 s, 2 s, 4 s ... up to [`Backoff::MAX_MS`]).
+/// Pure: the caller passes the time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    pub failures: u32,
+    pub last_failure_ms: u64,
+}
+
+impl Backoff {
+    pub const FREE: u32 = 5;
+    pub const MAX_MS: u64 = 15 * 60 * 1000;
+
+    /// How long from `now_ms` until the next attempt may be checked (0: now).
+    pub fn wait_ms(&self, now_ms: u64) -> u64 {
+        if self.failures < Self::FREE {
+            return 0;
+        }
+        let step = (self.failures - Self::FREE).min(20);
+        let delay = (1000u64 << step).min(Self::MAX_MS);
+        (self.last_failure_ms + delay).saturating_sub(now_ms)
+    }
+
+    pub fn fail(&mut self, now_ms: u64) {
+        self.failures = self.failures.saturating_add(1);
+        self.last_failure_ms = now_ms;
     }
 }
 
@@ -386,6 +423,26 @@ mod tests {
                 "{grants:?} {action} {object}"
             );
         }
+    }
+
+    #[test]
+    fn failed_logins_earn_a_doubling_backoff() {
+        let mut b = Backoff::default();
+        for _ in 0..Backoff::FREE {
+            assert_eq!(b.wait_ms(1_000), 0);
+            b.fail(1_000);
+        }
+        assert_eq!(b.wait_ms(1_000), 1_000, "the sixth attempt waits 1 s");
+        assert_eq!(b.wait_ms(2_000), 0);
+        b.fail(2_000);
+        assert_eq!(b.wait_ms(2_000), 2_000);
+        b.fail(4_000);
+        assert_eq!(b.wait_ms(4_500), 3_500);
+        for _ in 0..40 {
+            b.fail(10_000);
+        }
+        assert_eq!(b.wait_ms(10_000), Backoff::MAX_MS);
+        assert_eq!(decide(&[], Action::Login, &Object::Global), Decision::Allow);
     }
 
     #[test]

@@ -17,6 +17,59 @@ use crate::routes::{body, ApiError};
 pub struct AccessState {
     pub access: Arc<Access>,
     pub cert: Arc<api::HostCert>,
+    pub logins: Arc<Logins>,
+}
+
+/// How long a login's token lasts.
+const LOGIN_TOKEN_SECS: u64 = 12 * 3600;
+
+/// Failed logins per user name and per source address (in memory: a restart forgives).
+#[derive(Default)]
+pub struct Logins {
+    keys: std::sync::Mutex<std::collections::HashMap<String, auth::Backoff>>,
+}
+
+/// Entries kept before old, forgiven ones are dropped.
+const LOGIN_KEYS: usize = 10_000;
+
+impl Logins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, auth::Backoff>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the caller must wait before this attempt is checked (0: not at all).
+    fn wait_ms(&self, keys: &[String], now: u64) -> u64 {
+        let g = self.lock();
+        keys.iter()
+            .filter_map(|k| g.get(k))
+            .map(|b| b.wait_ms(now))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn fail(&self, keys: &[String], now: u64) {
+        let mut g = self.lock();
+        if g.len() > LOGIN_KEYS {
+            g.retain(|_, b| now.saturating_sub(b.last_failure_ms) < auth::Backoff::MAX_MS);
+        }
+        for k in keys {
+            g.entry(k.clone()).or_default().fail(now);
+        }
+    }
+
+    fn succeed(&self, keys: &[String]) {
+        let mut g = self.lock();
+        for k in keys {
+            g.remove(k);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -24,6 +77,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub fn router(state: AccessState) -> Router {
     Router::new()
         .route("/v1/host/cert", get(host_cert))
+        .route("/v1/login", post(login))
         .route("/v1/users", get(users).post(user_add))
         .route("/v1/users/{user}", get(user).delete(user_remove))
         .route("/v1/users/{user}/password", post(passwd))
@@ -37,6 +91,65 @@ pub fn router(state: AccessState) -> Router {
 
 async fn host_cert(State(s): State<AccessState>) -> Json<api::HostCert> {
     Json((*s.cert).clone())
+}
+
+/// Trades a user name and password for a token, with a backoff per user and per source
+/// address after repeated failures. Every attempt is audited (never the password).
+async fn login(
+    State(s): State<AccessState>,
+    axum::Extension(peer): axum::Extension<crate::authz::Peer>,
+    b: Bytes,
+) -> Result<Json<api::TokenCreated>, ApiError> {
+    let req: api::LoginRequest = body(&b)?;
+    let (source, source_key) = match peer {
+        crate::authz::Peer::Tls { addr } => (addr.to_string(), format!("ip:{}", addr.ip())),
+        crate::authz::Peer::Unix { uid, .. } => ("unix".to_string(), format!("uid:{uid}")),
+    };
+    let keys = [format!("user:{}", req.user), source_key];
+    let audit = |result: &str| {
+        let entry = engine::AuditEntry {
+            principal: req.user.clone(),
+            source: source.clone(),
+            object: format!("user/{}", req.user),
+            action: "Login".into(),
+            result: result.into(),
+            operation_id: None,
+        };
+        if let Err(e) = s.access.audit(&entry) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    };
+    let now = now_ms();
+    let wait = s.logins.wait_ms(&keys, now);
+    if wait > 0 {
+        audit(ErrorCode::TooManyAttempts.as_str());
+        return Err(ApiError(
+            ErrorCode::TooManyAttempts,
+            format!(
+                "too many failed logins for this user or from this address; try again in {} s",
+                wait.div_ceil(1000)
+            ),
+        ));
+    }
+    let access = s.access.clone();
+    let (user, password) = (req.user.clone(), req.password.clone());
+    let ok = blocking(move || access.check_password(&user, &password)).await?;
+    if !ok {
+        s.logins.fail(&keys, now_ms());
+        audit(ErrorCode::Unauthenticated.as_str());
+        return Err(ApiError(
+            ErrorCode::Unauthenticated,
+            "wrong user name or password".into(),
+        ));
+    }
+    s.logins.succeed(&keys);
+    let t = s.access.token_create(
+        &req.user,
+        Some(LOGIN_TOKEN_SECS),
+        Some(format!("login from {source}")),
+    )?;
+    audit("ok");
+    Ok(Json(t))
 }
 
 async fn users(State(s): State<AccessState>) -> ApiResult<api::UserList> {

@@ -183,6 +183,7 @@ async fn run(args: Args) -> Result<()> {
         .merge(access_routes::router(access_routes::AccessState {
             access,
             cert: std::sync::Arc::new(cert.info.clone()),
+            logins: Default::default(),
         }))
         .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
     let tls = Tls {

@@ -120,6 +120,7 @@ pub fn routes() -> Vec<RouteDoc> {
         raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/stream", "Download as a raw stream: needs Upgrade: hv-volume-data; a 101 whose hv-data-length header counts the raw bytes that follow", None, 101, None)),
         r("put", "/v1/pools/{pool}/volumes/{vol}/stream", "Upload as a raw stream: needs Upgrade: hv-volume-data and an hv-data-length header; raw bytes after the 101, answered by an HTTP/1.1 response (VolInfo or an error) on the same connection once durable", None, 200, Some(s::<VolInfo>)),
         r("get", "/v1/host/cert", "The HTTPS listener's certificate and its SHA-256 fingerprint", None, 200, Some(s::<HostCert>)),
+        r("post", "/v1/login", "Trade a user name and password for a 12-hour token (no credentials needed; failures back off per user and address)", Some(s::<LoginRequest>), 200, Some(s::<TokenCreated>)),
         r("get", "/v1/users", "List users with their grants", None, 200, Some(s::<UserList>)),
         r("post", "/v1/users", "Add a user (the password is stored as an Argon2id hash)", Some(s::<CreateUserRequest>), 201, Some(s::<UserInfo>)),
         r("get", "/v1/users/{user}", "One user with their grants", None, 200, Some(s::<UserInfo>)),
@@ -161,6 +162,10 @@ pub fn document() -> Value {
             .collect();
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
+        }
+        if route.path == "/v1/login" {
+            // The one route that needs no credentials: it hands them out.
+            op.insert("security".into(), json!([]));
         }
         if let Some(req) = route.request {
             op.insert("requestBody".into(), json!({ "required": false, "content": { "application/json": { "schema": req(&mut g) } } }));

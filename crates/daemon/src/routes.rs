@@ -43,6 +43,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Busy => StatusCode::LOCKED,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR

@@ -198,6 +198,8 @@ impl Access {
             )
             .optional()?;
         let Some(Some(stored)) = stored else {
+            // As slow as a real check, so that timing does not tell which users exist.
+            let _ = hash_password(password);
             return Ok(false);
         };
         let parsed = PasswordHash::new(&stored)
