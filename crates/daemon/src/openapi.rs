@@ -135,6 +135,30 @@ pub fn routes() -> Vec<RouteDoc> {
     ]
 }
 
+/// A name: what hv accepts for VMs, pools, networks and snapshots.
+const NAME: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+const MAC: &str = "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$";
+
+/// The schema of a path parameter, as strict as hvd is.
+fn param_schema(path: &str, param: &str) -> Value {
+    match param {
+        "name" | "pool" | "net" | "snap" => json!({ "type": "string", "pattern": NAME }),
+        "vol" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$" }),
+        "user" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$" }),
+        "mac" => json!({ "type": "string", "pattern": MAC }),
+        "key" => json!({ "type": "string", "pattern": format!("({MAC})|({NAME})") }),
+        "proto" => json!({ "type": "string", "enum": ["tcp", "udp"] }),
+        "port" => json!({ "type": "integer", "minimum": 1, "maximum": 65535 }),
+        "id" if path.starts_with("/v1/tokens") => {
+            json!({ "type": "string", "pattern": "^[0-9a-f]{12}$" })
+        }
+        "id" => json!({ "type": "integer", "format": "uint64", "minimum": 0 }),
+        "target" => json!({ "type": "string", "pattern": "^[a-z]{1,8}$" }),
+        "bridge" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$" }),
+        _ => json!({ "type": "string" }),
+    }
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let mut g = SchemaSettings::openapi3().into_generator();
@@ -158,7 +182,7 @@ pub fn document() -> Value {
         let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
-            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": param_schema(route.path, p) }))
             .collect();
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
@@ -168,7 +192,7 @@ pub fn document() -> Value {
             op.insert("security".into(), json!([]));
         }
         if let Some(req) = route.request {
-            op.insert("requestBody".into(), json!({ "required": false, "content": { "application/json": { "schema": req(&mut g) } } }));
+            op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": req(&mut g) } } }));
         }
         let (status, body) = route.response;
         let mut ok = json!({ "description": route.summary });
