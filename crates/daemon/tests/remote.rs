@@ -798,3 +798,92 @@ fn twenty_wrong_passwords_earn_a_backoff_and_every_attempt_is_audited() {
         "the source address is backing off too: {unknown:?}"
     );
 }
+
+/// Makes a self-signed certificate for localhost with openssl, as a user would bring one.
+fn openssl_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (cert, key)
+}
+
+#[test]
+fn a_user_supplied_certificate_is_served_and_bad_ones_are_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("hv-usercert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = openssl_cert(&dir, "mine");
+    let (_, other_key) = openssl_cert(&dir, "other");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hvd: &Path = env!("CARGO_BIN_EXE_hvd").as_ref();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let h = TestHvd::start_with_args(
+        hvd,
+        &["--listen", &listen, "--tls-cert", &c, "--tls-key", &k],
+    )
+    .expect("hvd starts");
+    assert_eq!(
+        h.client().host_cert().expect("cert").fingerprint,
+        fingerprint_of(&cert)
+    );
+    assert!(
+        !h.state_dir.join("tls").exists(),
+        "hvd mints nothing when given a certificate"
+    );
+    let r = Remote {
+        base: format!("https://localhost:{port}"),
+        ca: cert.clone(),
+        h,
+    };
+    let anon = r.curl(None, "GET", "/v1/ping", None, &[]);
+    assert_eq!(
+        anon.status, 401,
+        "curl verified the user's certificate: {anon:?}"
+    );
+    // Another port is taken: hvd says so and does not start.
+    let taken = TestHvd::start_with_args(hvd, &["--listen", &listen]);
+    let err = format!("{:#}", taken.err().expect("refused"));
+    assert!(err.contains(&format!("cannot listen on {listen}")), "{err}");
+    // A key that is not the certificate's.
+    let ok = other_key.display().to_string();
+    let bad = TestHvd::start_with_args(
+        hvd,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &ok,
+        ],
+    );
+    let err = format!("{:#}", bad.err().expect("refused"));
+    assert!(err.contains("are not a certificate and its key"), "{err}");
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+}
