@@ -437,22 +437,25 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     let after = r.curl(Some(&t), "GET", "/v1/vms", None, &[]);
     assert_eq!(after.status, 401, "{after:?}");
 
-    let created = Instant::now();
     let short = c
         .token_create(&api::CreateTokenRequest {
             user: "rita".into(),
             expires_secs: Some(1),
             description: None,
         })
-        .expect("token")
-        .token;
+        .expect("token");
     assert_eq!(
-        r.curl(Some(&short), "GET", "/v1/vms", None, &[]).status,
+        r.curl(Some(&short.token), "GET", "/v1/vms", None, &[])
+            .status,
         200
     );
-    // Wait out its lifetime (a deadline, not a poll).
-    let expiry = created + Duration::from_millis(1100);
-    std::thread::sleep(expiry.saturating_duration_since(Instant::now()));
+    // Wait out its lifetime (until the deadline hvd gave it, not a poll).
+    let expires =
+        std::time::UNIX_EPOCH + Duration::from_millis(short.info.expires_ms.expect("expires") + 50);
+    if let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+    let short = short.token;
     let late = r.curl(Some(&short), "GET", "/v1/vms", None, &[]);
     assert_eq!(late.status, 401, "{late:?}");
 
