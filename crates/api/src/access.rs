@@ -137,3 +137,13 @@ pub struct LoginRequest {
     pub user: String,
     pub password: String,
 }
+
+/// The answer to `POST /v1/session` (a browser login): the session itself travels in an
+/// `hv_session` cookie (`Secure; HttpOnly; SameSite=Strict`) that scripts cannot read; changes
+/// made with it must also send `X-HV-CSRF: csrf`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SessionInfo {
+    pub user: String,
+    pub csrf: String,
+    pub expires_ms: u64,
+}

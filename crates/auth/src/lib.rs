@@ -76,7 +76,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
         match action {
-            Login | Authenticated | OperationRead | VmAudit | VmConsole => true,
+            Login | Authenticated | Logout | OperationRead | VmAudit | VmConsole => true,
             VmConsoleInput | VmPowerMgmt | VmMedia | VmSnapshot | OperationCancel => {
                 self >= Role::Operator
             }
@@ -186,6 +186,8 @@ pub enum Action {
     Login,
     /// Any authenticated caller (ping, the API document).
     Authenticated,
+    /// End one's own session (any authenticated caller; audited).
+    Logout,
     /// See a VM: list, info, showcmd, snapshots, console log, waits, its events.
     VmAudit,
     /// Watch a VM's console.
@@ -227,6 +229,7 @@ impl Action {
         match self {
             Login => "Login",
             Authenticated => "Authenticated",
+            Logout => "Logout",
             VmAudit => "VM.Audit",
             VmConsole => "VM.Console",
             VmConsoleInput => "VM.Console.Input",
@@ -310,7 +313,7 @@ pub enum Decision {
 pub fn decide(grants: &[Grant], action: Action, object: &Object) -> Decision {
     let holds = |a: Action| grants.iter().any(|g| g.covers(object) && g.role.allows(a));
     // Any grant at all lets a user reach the API and its own operations.
-    if action == Action::Login {
+    if matches!(action, Action::Login | Action::Logout) {
         return Decision::Allow;
     }
     if matches!(action, Action::Authenticated | Action::OperationRead)

@@ -78,6 +78,7 @@ pub fn router(state: AccessState) -> Router {
     Router::new()
         .route("/v1/host/cert", get(host_cert))
         .route("/v1/login", post(login))
+        .route("/v1/session", post(session_create).delete(session_delete))
         .route("/v1/users", get(users).post(user_add))
         .route("/v1/users/{user}", get(user).delete(user_remove))
         .route("/v1/users/{user}/password", post(passwd))
@@ -93,14 +94,13 @@ async fn host_cert(State(s): State<AccessState>) -> Json<api::HostCert> {
     Json((*s.cert).clone())
 }
 
-/// Trades a user name and password for a token, with a backoff per user and per source
-/// address after repeated failures. Every attempt is audited (never the password).
-async fn login(
-    State(s): State<AccessState>,
-    axum::Extension(peer): axum::Extension<crate::authz::Peer>,
-    b: Bytes,
-) -> Result<Json<api::TokenCreated>, ApiError> {
-    let req: api::LoginRequest = body(&b)?;
+/// Checks a login attempt, with a backoff per user and per source address after repeated
+/// failures. Every attempt is audited (never the password). Answers the caller's source.
+async fn check_login(
+    s: &AccessState,
+    peer: &crate::authz::Peer,
+    req: &api::LoginRequest,
+) -> Result<String, ApiError> {
     let (source, source_key) = match peer {
         crate::authz::Peer::Tls { addr } => (addr.to_string(), format!("ip:{}", addr.ip())),
         crate::authz::Peer::Unix { uid, .. } => ("unix".to_string(), format!("uid:{uid}")),
@@ -143,13 +143,73 @@ async fn login(
         ));
     }
     s.logins.succeed(&keys);
-    let t = s.access.token_create(
+    audit("ok");
+    Ok(source)
+}
+
+/// Trades a user name and password for a token (for scripts and the remote CLI).
+async fn login(
+    State(s): State<AccessState>,
+    axum::Extension(peer): axum::Extension<crate::authz::Peer>,
+    b: Bytes,
+) -> Result<Json<api::TokenCreated>, ApiError> {
+    let req: api::LoginRequest = body(&b)?;
+    let source = check_login(&s, &peer, &req).await?;
+    Ok(Json(s.access.token_create(
         &req.user,
         Some(LOGIN_TOKEN_SECS),
         Some(format!("login from {source}")),
+    )?))
+}
+
+/// A browser login: the token goes into an HttpOnly cookie, the answer holds its CSRF value.
+async fn session_create(
+    State(s): State<AccessState>,
+    axum::Extension(peer): axum::Extension<crate::authz::Peer>,
+    b: Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let req: api::LoginRequest = body(&b)?;
+    let source = check_login(&s, &peer, &req).await?;
+    let t = s.access.token_create(
+        &req.user,
+        Some(LOGIN_TOKEN_SECS),
+        Some(format!("browser session from {source}")),
     )?;
-    audit("ok");
-    Ok(Json(t))
+    let cookie = format!(
+        "{}={}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={LOGIN_TOKEN_SECS}",
+        crate::authz::SESSION_COOKIE,
+        t.token
+    );
+    let info = api::SessionInfo {
+        user: t.info.user,
+        csrf: crate::authz::csrf_of(&t.token),
+        expires_ms: t.info.expires_ms.unwrap_or(0),
+    };
+    Ok(([(axum::http::header::SET_COOKIE, cookie)], Json(info)).into_response())
+}
+
+/// Logs out: revokes the session's (or the bearer token's) token and clears the cookie.
+async fn session_delete(
+    State(s): State<AccessState>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Some(id) = crate::authz::current().and_then(|c| c.token_id) else {
+        return Err(ApiError(
+            ErrorCode::InvalidArgument,
+            "this caller has no session or token to end".into(),
+        ));
+    };
+    s.access.token_revoke(&id)?;
+    let clear = format!(
+        "{}=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        crate::authz::SESSION_COOKIE
+    );
+    Ok((
+        [(axum::http::header::SET_COOKIE, clear)],
+        StatusCode::NO_CONTENT,
+    )
+        .into_response())
 }
 
 async fn users(State(s): State<AccessState>) -> ApiResult<api::UserList> {

@@ -42,6 +42,8 @@ pub struct Guard {
 #[derive(Clone)]
 pub struct Caller {
     pub principal: Arc<Principal>,
+    /// The token (or session) the caller authenticated with, if any.
+    pub token_id: Option<String>,
     access: Arc<Access>,
     action: Action,
     /// What the audit log names as the object (`vm/web-1`, `network/lan`, `user/alice`).
@@ -156,6 +158,8 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("get", "/v1/host/check", rule(HostAudit, Global)),
         ("get", "/v1/host/cert", rule(Authenticated, Global)),
         ("post", "/v1/login", rule(Login, Global)),
+        ("post", "/v1/session", rule(Login, Global)),
+        ("delete", "/v1/session", rule(Logout, Global)),
         ("post", "/v1/host/bridges", rule(HostAdmin, Global)),
         ("delete", "/v1/host/bridges/{bridge}", rule(HostAdmin, Global)),
         ("get", "/v1/events", rule(Authenticated, Global)),
@@ -337,11 +341,14 @@ fn audit_label(object: &Object, matched: &str, params: &HashMap<String, String>)
 /// The `Origin` of a WebSocket upgrade when it is not this server (`Host`). Browsers send
 /// `Origin` with every WebSocket; a page elsewhere must not drive a console with the user's
 /// credentials. Clients that send no `Origin` (the CLI) are not browsers.
-fn foreign_origin(h: &header::HeaderMap) -> Option<String> {
-    let upgrade = h
-        .get(header::UPGRADE)
+fn is_websocket(h: &header::HeaderMap) -> bool {
+    h.get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn foreign_origin(h: &header::HeaderMap) -> Option<String> {
+    let upgrade = is_websocket(h);
     let origin = h.get(header::ORIGIN)?.to_str().unwrap_or("(not text)");
     if !upgrade {
         return None;
@@ -355,6 +362,55 @@ fn foreign_origin(h: &header::HeaderMap) -> Option<String> {
         .or_else(|| origin.strip_prefix("http://"))
         .unwrap_or("");
     (origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host)).then(|| origin.to_string())
+}
+
+/// The session cookie's name (`Secure; HttpOnly; SameSite=Strict`).
+pub const SESSION_COOKIE: &str = "hv_session";
+/// The header a session's changes must carry (its value comes with the session).
+pub const CSRF_HEADER: &str = "x-hv-csrf";
+
+/// The CSRF value of a session: derived from its token, so nothing more is stored, and
+/// unguessable without it.
+pub fn csrf_of(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("hv-csrf\0{token}").as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn csrf_ok(h: &header::HeaderMap, token: &str) -> bool {
+    let want = csrf_of(token);
+    h.get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|got| {
+            got.len() == want.len()
+                && got
+                    .bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
+/// The session token in a `Cookie` header.
+fn session_cookie(h: &header::HeaderMap) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Whether a request's route only reads (by its declared right; unknown routes do not).
+fn req_is_read(req: &Request) -> bool {
+    req.extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| rule_of(req.method(), m.as_str()))
+        .is_some_and(|r| r.action.is_read())
 }
 
 /// Records a refused attempt to change something without valid credentials (never the token).
@@ -395,6 +451,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
     if login {
         return next.run(req).await;
     }
+    let mut token_id = None;
     let principal = match peer {
         Peer::Unix { uid, admin: true } => Principal::local(uid),
         Peer::Unix { uid, admin: false } => {
@@ -404,7 +461,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
             )
         }
         Peer::Tls { addr } => {
-            let token = req
+            let bearer = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -412,28 +469,52 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                     let (scheme, token) = v.split_once(' ')?;
                     scheme.eq_ignore_ascii_case("bearer").then_some(token)
                 })
-                .map(str::trim);
-            let Some(token) = token else {
-                audit_unauthenticated(&g, &req, addr, "no token");
-                return refuse(
-                    ErrorCode::Unauthenticated,
-                    "this API needs Authorization: Bearer TOKEN (an admin makes one with hv token create USER)",
-                );
+                .map(|t| t.trim().to_string());
+            let cookie = session_cookie(req.headers());
+            let (token, by_cookie) = match (bearer, cookie) {
+                (Some(t), _) => (t, false),
+                (None, Some(t)) => (t, true),
+                (None, None) => {
+                    audit_unauthenticated(&g, &req, addr, "no token");
+                    return refuse(
+                        ErrorCode::Unauthenticated,
+                        "this API needs Authorization: Bearer TOKEN (an admin makes one with hv token create USER) or a session (POST /v1/session)",
+                    );
+                }
             };
-            match g.access.check_token(token) {
-                Ok(Some(owner)) => Principal {
-                    who: auth::Who::User {
-                        name: owner.user,
-                        grants: owner.grants,
-                    },
-                    source: addr.to_string(),
-                },
+            match g.access.check_token(&token) {
+                Ok(Some(owner)) => {
+                    // A browser sends its cookie with any request, also one another site
+                    // triggers: changes need the session's CSRF header as well.
+                    // WebSockets cannot carry that header: their Origin must be this server.
+                    let ws = is_websocket(req.headers());
+                    if by_cookie && ws && req.headers().get(header::ORIGIN).is_none() {
+                        return refuse(
+                            ErrorCode::Forbidden,
+                            "a WebSocket with a session cookie needs an Origin header",
+                        );
+                    }
+                    if by_cookie && !ws && !req_is_read(&req) && !csrf_ok(req.headers(), &token) {
+                        return refuse(
+                            ErrorCode::Forbidden,
+                            format!("a change with a session cookie needs the {CSRF_HEADER} header from POST /v1/session"),
+                        );
+                    }
+                    token_id = Some(owner.token_id);
+                    Principal {
+                        who: auth::Who::User {
+                            name: owner.user,
+                            grants: owner.grants,
+                        },
+                        source: addr.to_string(),
+                    }
+                }
                 Ok(None) => {
                     audit_unauthenticated(&g, &req, addr, "bad token");
                     return refuse(
                         ErrorCode::Unauthenticated,
-                        "the token is unknown, expired or revoked; ask an admin for a new one (hv token create)",
-                    )
+                        "the token or session is unknown, expired or revoked; log in again, or ask an admin for a new token (hv token create)",
+                    );
                 }
                 Err(e) => return ApiError::from(e).into_response(),
             }
@@ -559,6 +640,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
                 if !action.is_read() {
                     let denied = Caller {
                         principal: Arc::new(principal.clone()),
+                        token_id: None,
                         access: g.access.clone(),
                         action: *action,
                         object: audit_label(on, &matched, &params),
@@ -572,6 +654,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
     }
     let caller = Caller {
         principal: Arc::new(principal),
+        token_id,
         access: g.access.clone(),
         action: rule.action,
         object: audit_label(&object, &matched, &params),

@@ -121,6 +121,8 @@ pub fn routes() -> Vec<RouteDoc> {
         r("put", "/v1/pools/{pool}/volumes/{vol}/stream", "Upload as a raw stream: needs Upgrade: hv-volume-data and an hv-data-length header; raw bytes after the 101, answered by an HTTP/1.1 response (VolInfo or an error) on the same connection once durable", None, 200, Some(s::<VolInfo>)),
         r("get", "/v1/host/cert", "The HTTPS listener's certificate and its SHA-256 fingerprint", None, 200, Some(s::<HostCert>)),
         r("post", "/v1/login", "Trade a user name and password for a 12-hour token (no credentials needed; failures back off per user and address)", Some(s::<LoginRequest>), 200, Some(s::<TokenCreated>)),
+        r("post", "/v1/session", "Browser login: sets an hv_session cookie (Secure, HttpOnly, SameSite=Strict); changes made with it need the X-HV-CSRF header it answers", Some(s::<LoginRequest>), 200, Some(s::<SessionInfo>)),
+        r("delete", "/v1/session", "Log out: revoke the caller's session (or token) and clear the cookie", None, 204, None),
         r("get", "/v1/users", "List users with their grants", None, 200, Some(s::<UserList>)),
         r("post", "/v1/users", "Add a user (the password is stored as an Argon2id hash)", Some(s::<CreateUserRequest>), 201, Some(s::<UserInfo>)),
         r("get", "/v1/users/{user}", "One user with their grants", None, 200, Some(s::<UserInfo>)),
@@ -187,7 +189,7 @@ pub fn document() -> Value {
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
         }
-        if route.path == "/v1/login" {
+        if route.path == "/v1/login" || (route.path == "/v1/session" && route.method == "post") {
             // The one route that needs no credentials: it hands them out.
             op.insert("security".into(), json!([]));
         }

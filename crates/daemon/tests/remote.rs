@@ -157,8 +157,8 @@ fn every_route_needs_credentials_and_a_viewer_may_change_nothing() {
         .expect("define");
     let viewer = r.user("vera", &[("viewer", None)], None);
     for (method, path) in documented_routes(&r.h) {
-        if path == "/v1/login" {
-            // The one route without credentials: it hands them out (see the login test).
+        if path == "/v1/login" || (path == "/v1/session" && method == "POST") {
+            // The routes without credentials: they hand them out (see the login tests).
             let anon = r.curl(None, &method, &path, Some("{}"), &[]);
             assert_eq!(anon.status, 400, "{anon:?}");
             continue;
@@ -177,8 +177,8 @@ fn every_route_needs_credentials_and_a_viewer_may_change_nothing() {
             bad.status, 401,
             "{method} {path} with an unknown token: {bad:?}"
         );
-        // POST .../wait only reads (it takes its arguments as a body).
-        if method != "GET" && !path.ends_with("/wait") {
+        // POST .../wait only reads (it takes its arguments as a body); anyone may log out.
+        if method != "GET" && !path.ends_with("/wait") && path != "/v1/session" {
             let v = r.curl(Some(&viewer), &method, &path, Some("{}"), &[]);
             assert_eq!(v.status, 403, "{method} {path} as a viewer: {v:?}");
             assert!(v.body.contains("\"forbidden\""), "{method} {path}: {v:?}");
@@ -889,4 +889,133 @@ fn a_user_supplied_certificate_is_served_and_bad_ones_are_refused_at_start() {
     assert!(err.contains("are not a certificate and its key"), "{err}");
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_browser_session_is_an_httponly_cookie_and_its_changes_need_the_csrf_header() {
+    let r = remote();
+    let c = r.h.client();
+    c.create(
+        r.h.tiny_spec("web-1", VmOpts::default()).expect("spec"),
+        false,
+    )
+    .expect("define");
+    c.user_add(&api::CreateUserRequest {
+        name: "bea".into(),
+        password: Some("pw of bea".into()),
+    })
+    .expect("user");
+    c.user_grant(
+        "bea",
+        &api::GrantInfo {
+            role: "operator".into(),
+            vm: None,
+        },
+    )
+    .expect("grant");
+    let jar = r.h.dir.join("cookies.txt");
+    let jar_s = jar.display().to_string();
+    let headers = r.h.dir.join("login.headers");
+    let headers_s = headers.display().to_string();
+    let body = serde_json::json!({ "user": "bea", "password": "pw of bea" }).to_string();
+    let login = r.curl(
+        None,
+        "POST",
+        "/v1/session",
+        Some(&body),
+        &["-c", &jar_s, "-D", &headers_s],
+    );
+    assert_eq!(login.status, 200, "{login:?}");
+    let session: api::SessionInfo = serde_json::from_str(&login.body).expect("session");
+    let set_cookie = std::fs::read_to_string(&headers).expect("headers");
+    let line = set_cookie
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: hv_session=")
+        })
+        .unwrap_or_else(|| panic!("no session cookie: {set_cookie}"));
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(line.contains(attr), "{line}");
+    }
+    assert!(
+        !login.body.contains("hvt_"),
+        "scripts never see the session token: {login:?}"
+    );
+    let with = |method: &str, path: &str, csrf: Option<&str>| {
+        let mut args = vec!["-b", jar_s.as_str()];
+        let h = csrf.map(|v| format!("X-HV-CSRF: {v}"));
+        if let Some(h) = &h {
+            args.extend(["-H", h.as_str()]);
+        }
+        r.curl(None, method, path, Some("{}"), &args)
+    };
+    assert_eq!(
+        with("GET", "/v1/vms", None).status,
+        200,
+        "reads need no CSRF header"
+    );
+    let forged = with("POST", "/v1/vms/web-1/pause", None);
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(
+        forged.body.contains("X-HV-CSRF") || forged.body.contains("x-hv-csrf"),
+        "{forged:?}"
+    );
+    let wrong = with(
+        "POST",
+        "/v1/vms/web-1/pause",
+        Some("0123456789abcdef0123456789abcdef"),
+    );
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    // With the header the change is authorized (and then refused by the VM's state).
+    let real = with("POST", "/v1/vms/web-1/pause", Some(&session.csrf));
+    assert_eq!(real.status, 409, "{real:?}");
+    assert!(real.body.contains("invalid_state"), "{real:?}");
+    // A console WebSocket cannot send that header: its Origin must be hvd's own instead.
+    let ws = |origin: Option<&str>| {
+        let o = origin.map(|o| format!("Origin: {o}"));
+        let mut h = vec![
+            "-b",
+            jar_s.as_str(),
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "--max-time",
+            "2",
+        ];
+        if let Some(o) = &o {
+            h.extend(["-H", o.as_str()]);
+        }
+        r.curl(None, "GET", "/v1/vms/web-1/console", None, &h)
+    };
+    assert_eq!(ws(None).status, 403, "a cookie WebSocket without Origin");
+    assert_eq!(ws(Some("https://evil.example")).status, 403);
+    let own = ws(Some(&r.base));
+    assert_ne!(own.status, 403, "{own:?}");
+    assert_ne!(own.status, 401, "{own:?}");
+    // Logging out ends the session at once.
+    let out = with("DELETE", "/v1/session", Some(&session.csrf));
+    assert_eq!(out.status, 204, "{out:?}");
+    assert_eq!(with("GET", "/v1/vms", None).status, 401);
+    let audit = c
+        .audit(&api::AuditQuery {
+            user: Some("bea".into()),
+            ..Default::default()
+        })
+        .expect("audit");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "Login" && a.result == "ok"),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.action.starts_with("Logout")),
+        "{audit:?}"
+    );
 }
