@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use model::{DiskFormat, PoolName, Size, VmSpec, VmState, VolName};
 use serde::{Deserialize, Serialize};
 
+mod access;
+pub use access::*;
+
 /// The API version prefix.
 pub const API_VERSION: &str = "v1";
 
@@ -77,6 +80,12 @@ pub enum ErrorCode {
     /// The operation was cancelled (`hv operation cancel`, or hvd stopping) before it finished;
     /// nothing it did is left half-done.
     Cancelled,
+    /// No credentials, or an unknown, expired or revoked token (HTTP 401).
+    Unauthenticated,
+    /// The caller lacks the right for this action (HTTP 403).
+    Forbidden,
+    /// Too many failed logins for this user or from this address: wait (HTTP 429).
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -93,6 +102,9 @@ impl ErrorCode {
             ErrorCode::QemuError => "qemu_error",
             ErrorCode::Internal => "internal",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 }

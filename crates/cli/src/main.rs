@@ -1,6 +1,7 @@
 //! `hv`, the command-line client. It only talks to hvd's API (through the `client` crate):
 //! every command is one or two API calls plus formatting.
 
+mod access;
 mod console;
 mod disks;
 mod edit;
@@ -47,6 +48,12 @@ enum HostCmd {
     Bridge { iface: String, bridge: String },
     /// Give BRIDGE's addresses and routes back to its one port and delete it.
     Unbridge { bridge: String },
+    /// The HTTPS listener's certificate fingerprint (SHA256:...), for pinning.
+    Cert {
+        /// Print the certificate (PEM) as well.
+        #[arg(long)]
+        pem: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +129,24 @@ enum Cmd {
     /// Running and recent operations (list, show, cancel).
     #[command(subcommand)]
     Operation(operations::OperationCmd),
+    /// Users of the HTTPS API and their grants.
+    #[command(subcommand)]
+    User(access::UserCmd),
+    /// API tokens (create, list, revoke).
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// The audit log: who did what, from where, with what result.
+    Audit {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        vm: Option<String>,
+        /// A duration ago (1h, 2d) or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Volumes in pools.
     #[command(subcommand)]
     Vol(storage::VolCmd),
@@ -331,6 +356,21 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Net(cmd) => networks::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Operation(cmd) => operations::run(&c, cmd)?,
+        Cmd::User(cmd) => access::user(&c, cmd)?,
+        Cmd::Token(cmd) => access::token(&c, cmd)?,
+        Cmd::Audit {
+            user,
+            vm,
+            since,
+            format,
+        } => access::audit(&c, user, vm, since, format)?,
+        Cmd::Host(HostCmd::Cert { pem }) => {
+            let cert = c.host_cert()?;
+            println!("{}", cert.fingerprint);
+            if pem {
+                print!("{}", cert.pem);
+            }
+        }
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
         Cmd::Create(a) => {
             let start = a.start;

@@ -519,3 +519,115 @@ fn vnc_password_is_in_no_answer_argv_or_log() {
     cli.ok(&["define", file.to_str().unwrap()]);
     assert_eq!(cli.ok(&["dump", "v"]), dump);
 }
+
+#[test]
+fn user_token_audit_and_host_cert_commands() {
+    let h = TestHvd::start(&hvd_bin()).expect("hvd");
+    let cli = Cli(&h);
+    // The password goes through stdin, never argv.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["user", "add", "alice", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hv runs");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"correct horse\n")
+        .expect("password");
+    let o = child.wait_with_output().expect("hv ends");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let passwd = |input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hv"))
+            .arg("--socket")
+            .arg(&h.socket)
+            .args(["user", "passwd", "alice"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hv runs");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), input).expect("write");
+        child.wait_with_output().expect("hv ends")
+    };
+    assert!(passwd(b"battery staple\n").status.success());
+    let empty = passwd(b"\n");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("the password on stdin is empty"));
+    cli.ok(&["user", "grant", "alice", "operator", "--vm", "web-*"]);
+    cli.ok(&["user", "grant", "alice", "viewer"]);
+    let list = cli.ok(&["user", "list"]);
+    assert!(
+        list.contains("alice") && list.contains("operator:web-*") && list.contains("viewer:*"),
+        "{list}"
+    );
+    cli.ok(&["user", "revoke", "alice", "viewer"]);
+    cli.fails(
+        &["user", "grant", "alice", "root"],
+        1,
+        "unknown role \"root\"",
+    );
+    cli.fails(
+        &["user", "grant", "alice", "viewer", "--vm", "a/b"],
+        1,
+        "invalid VM glob",
+    );
+    cli.fails(
+        &["user", "grant", "bob", "viewer"],
+        1,
+        "user \"bob\" does not exist",
+    );
+    cli.fails(
+        &["token", "create", "alice", "--expires", "3y"],
+        1,
+        "unit must be",
+    );
+
+    let o = cli.run(&[
+        "token",
+        "create",
+        "alice",
+        "--expires",
+        "30d",
+        "--description",
+        "ci",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        token.starts_with("hvt_"),
+        "only the token on stdout: {token}"
+    );
+    let tokens = cli.ok(&["token", "list", "--format", "json"]);
+    assert!(!tokens.contains(&token), "listing never shows the secret");
+    let tokens: Vec<serde_json::Value> = serde_json::from_str(&tokens).expect("json");
+    let id = tokens[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(tokens[0]["description"], "ci");
+    cli.ok(&["token", "revoke", &id]);
+    cli.fails(&["token", "revoke", &id], 1, "does not exist");
+
+    let cert = cli.ok(&["host", "cert"]);
+    assert!(
+        cert.trim().starts_with("SHA256:") && cert.trim().len() == 7 + 64,
+        "{cert}"
+    );
+
+    let audit = cli.ok(&[
+        "audit", "--user", "uid:0", "--since", "1h", "--format", "json",
+    ]);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&audit).expect("json");
+    assert!(
+        records.iter().any(|r| r["object"] == "user/alice"
+            && r["action"].as_str().unwrap_or("").contains("grants")),
+        "{audit}"
+    );
+    assert!(!audit.contains("correct horse") && !audit.contains(&token));
+    let table = cli.ok(&["audit"]);
+    assert!(
+        table.starts_with("TIME") && table.contains("uid:0"),
+        "{table}"
+    );
+    cli.ok(&["user", "remove", "alice"]);
+    assert!(!cli.ok(&["user", "list"]).contains("alice"));
+}

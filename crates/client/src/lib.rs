@@ -594,6 +594,68 @@ impl Client {
         )
     }
 
+    // ---- users, tokens, audit ----
+
+    pub fn host_cert(&self) -> Result<api::HostCert> {
+        self.call("GET", "/v1/host/cert", None::<&()>)
+    }
+    pub fn users(&self) -> Result<Vec<api::UserInfo>> {
+        Ok(self
+            .call::<api::UserList>("GET", "/v1/users", None::<&()>)?
+            .users)
+    }
+    pub fn user_add(&self, req: &api::CreateUserRequest) -> Result<api::UserInfo> {
+        self.post("/v1/users", req)
+    }
+    pub fn user_remove(&self, name: &str) -> Result<()> {
+        self.call::<serde_json::Value>("DELETE", &format!("/v1/users/{name}"), None::<&()>)
+            .map(|_| ())
+    }
+    pub fn user_passwd(&self, name: &str, password: &str) -> Result<()> {
+        let req = api::PasswordRequest {
+            password: password.to_string(),
+        };
+        self.call::<serde_json::Value>("POST", &format!("/v1/users/{name}/password"), Some(&req))
+            .map(|_| ())
+    }
+    pub fn user_grant(&self, name: &str, grant: &api::GrantInfo) -> Result<api::UserInfo> {
+        self.post(&format!("/v1/users/{name}/grants"), grant)
+    }
+    pub fn user_revoke(&self, name: &str, grant: &api::GrantInfo) -> Result<api::UserInfo> {
+        self.post(&format!("/v1/users/{name}/grants/revoke"), grant)
+    }
+    pub fn tokens(&self) -> Result<Vec<api::TokenInfo>> {
+        Ok(self
+            .call::<api::TokenList>("GET", "/v1/tokens", None::<&()>)?
+            .tokens)
+    }
+    pub fn token_create(&self, req: &api::CreateTokenRequest) -> Result<api::TokenCreated> {
+        self.post("/v1/tokens", req)
+    }
+    pub fn token_revoke(&self, id: &str) -> Result<api::TokenInfo> {
+        self.call("DELETE", &format!("/v1/tokens/{id}"), None::<&()>)
+    }
+    pub fn audit(&self, q: &api::AuditQuery) -> Result<Vec<api::AuditRecord>> {
+        let mut query = Vec::new();
+        if let Some(u) = &q.user {
+            query.push(format!("user={}", pct(u)));
+        }
+        if let Some(v) = &q.vm {
+            query.push(format!("vm={}", pct(v)));
+        }
+        if let Some(s) = q.since_ms {
+            query.push(format!("since_ms={s}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/audit".to_string()
+        } else {
+            format!("/v1/audit?{}", query.join("&"))
+        };
+        Ok(self
+            .call::<api::AuditList>("GET", &path, None::<&()>)?
+            .records)
+    }
+
     // ---- operations ----
 
     pub fn operations(&self) -> Result<Vec<api::OperationInfo>> {
@@ -715,6 +777,18 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("console handshake: {e}")))?;
         Ok(ws)
     }
+}
+
+/// Percent-encodes a query value (names are ASCII; anything else is encoded).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

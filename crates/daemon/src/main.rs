@@ -1,8 +1,11 @@
 //! `hvd`, the hv daemon: serves the REST/JSON API on a Unix socket and hands every request to
 //! the engine. This binary is thin: argument parsing, logging, the socket, signals, routes.
 
+mod access_routes;
+mod authz;
 mod openapi;
 mod routes;
+mod tls;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +36,59 @@ struct Args {
     #[arg(long, env = "HV_QEMU_UID_BASE", default_value_t = engine::DEFAULT_QEMU_UID_BASE,
           value_parser = clap::value_parser!(u32).range(1..=0x7fff_0000))]
     qemu_uid_base: u32,
+    /// Members of this group may use the Unix socket as administrators, like root (the socket
+    /// is then mode 0660 and owned by the group).
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Also serve the API over HTTPS on ADDR:PORT (repeatable). Callers authenticate with
+    /// `Authorization: Bearer TOKEN` (hv token create).
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddr>,
+    /// The server certificate chain (PEM) for --listen; default: one hvd mints with its own CA
+    /// at first start (in STATE_DIR/tls).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// The gid of a group named in /etc/group.
+fn group_gid(name: &str) -> Result<u32> {
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let (n, _, gid) = (f.next()?, f.next()?, f.next()?);
+            (n == name).then(|| gid.parse().ok()).flatten()
+        })
+        .next()
+        .with_context(|| format!("there is no group {name:?} (see /etc/group); create it or pick another --admin-group"))
+}
+
+/// Whether a process's uid, gid or supplementary groups make it an administrator.
+fn is_admin(cred: &tokio::net::unix::UCred, admin_gid: Option<u32>) -> bool {
+    if cred.uid() == 0 {
+        return true;
+    }
+    let Some(admin) = admin_gid else {
+        return false;
+    };
+    if cred.gid() == admin {
+        return true;
+    }
+    let Some(pid) = cred.pid() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|g| g.parse() == Ok(admin)))
+        })
+        .unwrap_or(false)
 }
 
 fn init_logging() {
@@ -100,7 +156,28 @@ async fn run(args: Args) -> Result<()> {
     // SAFETY: umask(2) takes a mode and cannot fail.
     unsafe { libc::umask(0o077) };
     let _lock = lock_state_dir(&args.state_dir)?;
+    let admin_gid = args.admin_group.as_deref().map(group_gid).transpose()?;
     let listener = bind_socket(&args.socket)?;
+    if let Some(gid) = admin_gid {
+        std::os::unix::fs::chown(&args.socket, Some(0), Some(gid))
+            .with_context(|| format!("cannot give {} to the admin group", args.socket.display()))?;
+        std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("cannot set the mode of {}", args.socket.display()))?;
+    }
+    let cert = tls::load(
+        &args.state_dir,
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        &args.listen,
+    )?;
+    let mut tcp = Vec::new();
+    for addr in &args.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}; is another server using it?"))?;
+        tracing::info!(listen = %l.local_addr()?, fingerprint = %cert.info.fingerprint, "serving HTTPS");
+        tcp.push(l);
+    }
     let mut cfg = engine::Config::new(args.state_dir.clone());
     cfg.qemu_binary = args.qemu.clone();
     cfg.log_cap = args.log_cap.0.max(4096);
@@ -109,12 +186,30 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("cannot open the engine")?;
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "hvd ready");
-    let app = routes::router(engine.clone());
+    let access = std::sync::Arc::new(
+        engine::Access::open(&engine.config().db_path())
+            .context("cannot open the user database")?,
+    );
+    let guard = authz::Guard {
+        engine: engine.clone(),
+        access: access.clone(),
+    };
+    let app = routes::router(engine.clone())
+        .merge(access_routes::router(access_routes::AccessState {
+            access,
+            cert: std::sync::Arc::new(cert.info.clone()),
+            logins: Default::default(),
+        }))
+        .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
+    let tls = Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),
+        listeners: tcp,
+    };
     let auto = engine.clone();
     tokio::spawn(async move { auto.autostart().await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = serve(listener, app, stop_rx);
+    let server = serve(listener, admin_gid, tls, app, stop_rx);
     tokio::pin!(server);
     tokio::select! {
         () = &mut server => {},
@@ -140,13 +235,74 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Serves HTTP/1.1 connections until `stop` fires, then waits for the open ones to finish.
+/// The HTTPS side: an acceptor and its listeners.
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    listeners: Vec<tokio::net::TcpListener>,
+}
+
+/// How long a TLS client may take to finish its handshake, and then each request's headers.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Open HTTPS connections at most; more wait in the kernel's accept queue.
+const MAX_TLS_CONNECTIONS: usize = 512;
+
+/// A TLS connection ready to serve, with its place among [`MAX_TLS_CONNECTIONS`].
+type TlsConn = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Accepts TCP connections and hands over the ones whose TLS handshake succeeds.
+fn accept_tls(tls: Tls, out: tokio::sync::mpsc::Sender<TlsConn>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    for listener in tls.listeners {
+        let slots = slots.clone();
+        let acceptor = tls.acceptor.clone();
+        let out = out.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, addr) = tokio::select! {
+                    c = listener.accept() => match c {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!("cannot accept a connection: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    () = out.closed() => return,
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let out = out.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = out.send((stream, addr, slot)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 connections (Unix socket and TLS) until `stop` fires, then waits for the
+/// open ones to finish. Each request carries its connection's [`authz::Peer`].
 ///
-/// hyper is driven directly rather than through `axum::serve` so that an upgraded connection
-/// is still a `TokioIo<UnixStream>` the volume data routes can take over (see
+/// hyper is driven directly rather than through `axum::serve` so that an upgraded Unix
+/// connection is still a `TokioIo<UnixStream>` the volume data routes can take over (see
 /// `routes::volume_data`), and so that request bodies are read in large pieces.
 async fn serve(
     listener: tokio::net::UnixListener,
+    admin_gid: Option<u32>,
+    tls: Tls,
     app: axum::Router,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -155,42 +311,81 @@ async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Upload bodies arrive in reads of up to this much (hyper's default is about 400 KiB).
     http.max_buf_size(4 << 20);
+    // Remote clients must send their headers in time, and not too many of them.
+    let mut https = http.clone();
+    https
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(TLS_HANDSHAKE)
+        .max_headers(64);
+    let (tls_tx, mut tls_rx) = tokio::sync::mpsc::channel(64);
+    accept_tls(tls, tls_tx);
     loop {
-        let io = tokio::select! {
+        tokio::select! {
             conn = listener.accept() => match conn {
-                Ok((io, _)) => io,
+                Ok((io, _)) => {
+                    let peer = match io.peer_cred() {
+                        Ok(cred) => authz::Peer::Unix { uid: cred.uid(), admin: is_admin(&cred, admin_gid) },
+                        Err(e) => {
+                            tracing::warn!("cannot tell who connected: {e}");
+                            continue;
+                        }
+                    };
+                    spawn_connection(&mut conns, &http, io, peer, &app, &stopping, None);
+                }
                 Err(e) => {
                     // Out of fds, most likely: back off instead of spinning.
                     tracing::error!("cannot accept a connection: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            _ = &mut stop => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-            .with_upgrades();
-        let mut stopping = stopping.clone();
-        conns.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let r = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = r {
-                tracing::debug!("connection ended: {e}");
+            Some((io, addr, slot)) = tls_rx.recv() => {
+                spawn_connection(&mut conns, &https, io, authz::Peer::Tls { addr }, &app, &stopping, Some(slot));
             }
-        });
+            Some(_) = conns.join_next(), if !conns.is_empty() => {},
+            _ = &mut stop => break,
+        }
     }
     drop(listener);
+    drop(tls_rx);
     let _ = stopping_tx.send(true);
     while conns.join_next().await.is_some() {}
+}
+
+fn spawn_connection<I>(
+    conns: &mut tokio::task::JoinSet<()>,
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    peer: authz::Peer,
+    app: &axum::Router,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            hyper::service::Service::call(&svc, req)
+        });
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut stopping = stopping.clone();
+    conns.spawn(async move {
+        let _slot = slot;
+        let mut conn = std::pin::pin!(conn);
+        let r = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!("connection ended: {e}");
+        }
+    });
 }
 
 fn main() {

@@ -119,7 +119,46 @@ pub fn routes() -> Vec<RouteDoc> {
         r("put", "/v1/pools/{pool}/volumes/{vol}/data", "Upload the volume's bytes as an application/octet-stream body, replacing them atomically once durable", None, 200, Some(s::<VolInfo>)),
         raw("application/octet-stream", r("get", "/v1/pools/{pool}/volumes/{vol}/stream", "Download as a raw stream: needs Upgrade: hv-volume-data; a 101 whose hv-data-length header counts the raw bytes that follow", None, 101, None)),
         r("put", "/v1/pools/{pool}/volumes/{vol}/stream", "Upload as a raw stream: needs Upgrade: hv-volume-data and an hv-data-length header; raw bytes after the 101, answered by an HTTP/1.1 response (VolInfo or an error) on the same connection once durable", None, 200, Some(s::<VolInfo>)),
+        r("get", "/v1/host/cert", "The HTTPS listener's certificate and its SHA-256 fingerprint", None, 200, Some(s::<HostCert>)),
+        r("post", "/v1/login", "Trade a user name and password for a 12-hour token (no credentials needed; failures back off per user and address)", Some(s::<LoginRequest>), 200, Some(s::<TokenCreated>)),
+        r("post", "/v1/session", "Browser login: sets an hv_session cookie (Secure, HttpOnly, SameSite=Strict); changes made with it need the X-HV-CSRF header it answers", Some(s::<LoginRequest>), 200, Some(s::<SessionInfo>)),
+        r("delete", "/v1/session", "Log out: revoke the caller's session (or token) and clear the cookie", None, 204, None),
+        r("get", "/v1/users", "List users with their grants", None, 200, Some(s::<UserList>)),
+        r("post", "/v1/users", "Add a user (the password is stored as an Argon2id hash)", Some(s::<CreateUserRequest>), 201, Some(s::<UserInfo>)),
+        r("get", "/v1/users/{user}", "One user with their grants", None, 200, Some(s::<UserInfo>)),
+        r("delete", "/v1/users/{user}", "Remove a user, their grants and tokens", None, 204, None),
+        r("post", "/v1/users/{user}/password", "Set a user's password", Some(s::<PasswordRequest>), 204, None),
+        r("post", "/v1/users/{user}/grants", "Grant a role on all VMs or on a VM name glob", Some(s::<GrantInfo>), 200, Some(s::<UserInfo>)),
+        r("post", "/v1/users/{user}/grants/revoke", "Revoke a grant", Some(s::<GrantInfo>), 200, Some(s::<UserInfo>)),
+        r("get", "/v1/tokens", "List API tokens (never their secrets)", None, 200, Some(s::<TokenList>)),
+        r("post", "/v1/tokens", "Make an API token; the answer is the only time its secret is shown", Some(s::<CreateTokenRequest>), 201, Some(s::<TokenCreated>)),
+        r("delete", "/v1/tokens/{id}", "Revoke a token (at once)", None, 200, Some(s::<TokenInfo>)),
+        r("get", "/v1/audit", "The audit log, oldest first (query: user, vm, since_ms); append-only", None, 200, Some(s::<AuditList>)),
     ]
+}
+
+/// A name: what hv accepts for VMs, pools, networks and snapshots.
+const NAME: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+const MAC: &str = "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$";
+
+/// The schema of a path parameter, as strict as hvd is.
+fn param_schema(path: &str, param: &str) -> Value {
+    match param {
+        "name" | "pool" | "net" | "snap" => json!({ "type": "string", "pattern": NAME }),
+        "vol" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$" }),
+        "user" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$" }),
+        "mac" => json!({ "type": "string", "pattern": MAC }),
+        "key" => json!({ "type": "string", "pattern": format!("({MAC})|({NAME})") }),
+        "proto" => json!({ "type": "string", "enum": ["tcp", "udp"] }),
+        "port" => json!({ "type": "integer", "minimum": 1, "maximum": 65535 }),
+        "id" if path.starts_with("/v1/tokens") => {
+            json!({ "type": "string", "pattern": "^[0-9a-f]{12}$" })
+        }
+        "id" => json!({ "type": "integer", "format": "uint64", "minimum": 0 }),
+        "target" => json!({ "type": "string", "pattern": "^[a-z]{1,8}$" }),
+        "bridge" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$" }),
+        _ => json!({ "type": "string" }),
+    }
 }
 
 /// The whole document.
@@ -142,16 +181,20 @@ pub fn document() -> Value {
                     .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id"]
+        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
             .iter()
             .filter(|p| route.path.contains(&format!("{{{p}}}")))
-            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": param_schema(route.path, p) }))
             .collect();
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
         }
+        if route.path == "/v1/login" || (route.path == "/v1/session" && route.method == "post") {
+            // The one route that needs no credentials: it hands them out.
+            op.insert("security".into(), json!([]));
+        }
         if let Some(req) = route.request {
-            op.insert("requestBody".into(), json!({ "required": false, "content": { "application/json": { "schema": req(&mut g) } } }));
+            op.insert("requestBody".into(), json!({ "required": true, "content": { "application/json": { "schema": req(&mut g) } } }));
         }
         let (status, body) = route.response;
         let mut ok = json!({ "description": route.summary });
@@ -178,9 +221,13 @@ pub fn document() -> Value {
         .collect();
     json!({
         "openapi": "3.0.3",
-        "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket. Change log: docs/api-changelog.md." },
+        "info": { "title": "hv API", "version": "1.0", "description": "hvd's REST/JSON API on its Unix socket and, with --listen, over HTTPS (Authorization: Bearer TOKEN). Missing or bad credentials answer 401 (unauthenticated), missing rights 403 (forbidden), VMs the caller may not see 404. Change log: docs/api-changelog.md." },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "security": [ { "bearer": [] } ],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "A token from hv token create (HTTPS listener; the Unix socket authenticates by uid)" } },
+        },
     })
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 mod volume_data;
 
 /// An error on its way to the client.
-pub struct ApiError(ErrorCode, String);
+pub struct ApiError(pub ErrorCode, pub String);
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
@@ -41,6 +41,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InUse
         | ErrorCode::Cancelled => StatusCode::CONFLICT,
         ErrorCode::Busy => StatusCode::LOCKED,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -74,8 +77,19 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
 {
+    let audit = crate::authz::current().map(|c| c.audit_operation(kind, &target));
     Ok(e.operations()
-        .run(kind, target, engine::Cancel::Never, work(e.clone()))
+        .run_then(
+            kind,
+            target,
+            engine::Cancel::Never,
+            work(e.clone()),
+            move |id, r| {
+                if let Some(audit) = audit {
+                    audit(id, r)
+                }
+            },
+        )
         .await?)
 }
 
@@ -90,13 +104,24 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
 {
+    let audit = crate::authz::current().map(|c| c.audit_operation(kind, &target));
     Ok(e.operations()
-        .run(kind, target, engine::Cancel::AtAnyAwait, work(e.clone()))
+        .run_then(
+            kind,
+            target,
+            engine::Cancel::AtAnyAwait,
+            work(e.clone()),
+            move |id, r| {
+                if let Some(audit) = audit {
+                    audit(id, r)
+                }
+            },
+        )
         .await?)
 }
 
 /// Parses a JSON body with our error format (serde names unknown fields).
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let slice: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
     // The error names the field it is about (`spec.graphics.port: invalid value ...`).
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(slice)).map_err(
@@ -249,8 +274,12 @@ async fn host_check(State(e): State<Engine>) -> Json<api::HostReport> {
     Json(e.host_check().await)
 }
 
+/// The VMs the caller may see.
 async fn list(State(e): State<Engine>) -> Json<VmList> {
-    Json(VmList { vms: e.list() })
+    let caller = crate::authz::current();
+    let mut vms = e.list();
+    vms.retain(|vm| caller.as_ref().is_some_and(|c| c.sees(&vm.name)));
+    Json(VmList { vms })
 }
 
 async fn create(
@@ -451,16 +480,18 @@ async fn console_log(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
-/// Newline-delimited JSON events.
+/// Newline-delimited JSON events of the VMs the caller may see.
 async fn events(State(e): State<Engine>) -> Response {
     let rx = e.subscribe_events();
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+    let caller = crate::authz::current();
+    let s = futures_util::stream::unfold((rx, caller), |(mut rx, caller)| async move {
         loop {
             match rx.recv().await {
+                Ok(ev) if !caller.as_ref().is_some_and(|c| c.sees(&ev.vm)) => continue,
                 Ok(ev) => {
                     let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                     line.push(b'\n');
-                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), rx));
+                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), (rx, caller)));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -529,10 +560,12 @@ async fn console_session(
 
 // ---- operations ----
 
+/// The operations on objects the caller may see.
 async fn operations(State(e): State<Engine>) -> Json<api::OperationList> {
-    Json(api::OperationList {
-        operations: e.operations().list(),
-    })
+    let caller = crate::authz::current();
+    let mut operations = e.operations().list();
+    operations.retain(|op| caller.as_ref().is_some_and(|c| c.sees_target(&op.target)));
+    Json(api::OperationList { operations })
 }
 
 async fn operation(State(e): State<Engine>, Path(id): Path<u64>) -> ApiResult<api::OperationInfo> {

@@ -6,6 +6,7 @@
 //! [`EngineError::Busy`]); no lock is held while waiting on QMP or the guest. A restarted
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
+mod access;
 mod confine;
 mod console;
 mod error;
@@ -32,6 +33,7 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
+pub use access::{Access, AuditEntry, TokenOwner};
 pub use confine::DEFAULT_QEMU_UID_BASE;
 pub use console::{
     skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
@@ -64,6 +66,10 @@ impl Config {
             log_cap: logcap::DEFAULT_LOG_CAP,
             qemu_uid_base: DEFAULT_QEMU_UID_BASE,
         }
+    }
+    /// hv's SQLite database (VMs, and the tables of [`Access`]).
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("hv.db")
     }
     fn vm_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("vms").join(name)
@@ -170,7 +176,7 @@ impl Engine {
                 probe.as_os_str().len()
             )));
         }
-        let store = Store::open(&cfg.state_dir.join("hv.db"))?;
+        let store = Store::open(&cfg.db_path())?;
         let rows = store.load_all()?;
         // Every stored row must read now: an unreadable one stops hvd, it is never skipped.
         for row in &rows {

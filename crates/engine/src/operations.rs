@@ -61,6 +61,24 @@ impl Operations {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
+        self.run_then(kind, target, cancel, work, |_, _| {}).await
+    }
+
+    /// Like [`Operations::run`]; `done` gets the operation's id and outcome in the operation's
+    /// own task when it finishes (for the audit log), even if nobody waits for it any more.
+    pub async fn run_then<T, F, D>(
+        &self,
+        kind: &str,
+        target: String,
+        cancel: Cancel,
+        work: F,
+        done: D,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+        D: FnOnce(u64, std::result::Result<(), &EngineError>) + Send + 'static,
+    {
         let (tx, mut rx) = watch::channel(false);
         let id = {
             let mut g = self.lock();
@@ -103,6 +121,7 @@ impl Operations {
                 },
             };
             ops.finish(id, &result);
+            done(id, result.as_ref().map(|_| ()));
             result
         });
         tokio::spawn(task)

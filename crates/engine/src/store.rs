@@ -101,6 +101,38 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: each image's backing link as hv made it ('' none; NULL not known, from before).
     "ALTER TABLE images ADD COLUMN backing TEXT;",
+    // 4: users, their grants, hashed tokens and the append-only audit log (access.rs).
+    "CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE TABLE grants (
+            user TEXT NOT NULL REFERENCES users(name),
+            role TEXT NOT NULL,
+            vm_glob TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (user, role, vm_glob)
+        );
+        CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users(name),
+            hash BLOB NOT NULL UNIQUE,
+            description TEXT,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER
+        );
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time_ms INTEGER NOT NULL,
+            principal TEXT NOT NULL,
+            source TEXT NOT NULL,
+            object TEXT NOT NULL,
+            action TEXT NOT NULL,
+            result TEXT NOT NULL,
+            operation_id INTEGER
+        );
+        CREATE INDEX audit_principal ON audit (principal, id);
+        CREATE INDEX audit_object ON audit (object, id);",
 ];
 
 /// How long a write waits for another connection's lock before it fails.
@@ -161,7 +193,7 @@ fn decode<T: serde::de::DeserializeOwned>(
 }
 
 /// Brings the schema up to the newest version this hvd knows, refusing a newer one.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as u32;
     if found > known {
