@@ -87,10 +87,23 @@ fn hash_password(password: &str) -> Result<String> {
     }
     let salt = SaltString::encode_b64(&random_bytes::<16>()?)
         .map_err(|e| EngineError::Internal(format!("password salt: {e}")))?;
-    argon2::Argon2::default()
+    argon2()?
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| EngineError::Internal(format!("password hash: {e}")))
+}
+
+/// Argon2id with RFC 9106's second recommended setting (64 MiB, 3 passes): one check takes
+/// tens of milliseconds on purpose, so guessing passwords is slow even without the backoff. A
+/// stored hash carries its own parameters, so verification follows what it was made with.
+fn argon2() -> Result<argon2::Argon2<'static>> {
+    let params = argon2::Params::new(64 * 1024, 3, 1, None)
+        .map_err(|e| EngineError::Internal(format!("argon2 parameters: {e}")))?;
+    Ok(argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
 }
 
 fn no_such_user(name: &str) -> EngineError {
@@ -206,7 +219,7 @@ impl Access {
         };
         let parsed = PasswordHash::new(&stored)
             .map_err(|e| EngineError::Internal(format!("stored password hash: {e}")))?;
-        Ok(argon2::Argon2::default()
+        Ok(argon2()?
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
     }
@@ -503,7 +516,10 @@ mod tests {
             .conn()
             .query_row("SELECT password_hash FROM users", [], |r| r.get(0))
             .expect("row");
-        assert!(stored.starts_with("$argon2id$"), "{stored}");
+        assert!(
+            stored.starts_with("$argon2id$v=19$m=65536,t=3,p=1$"),
+            "{stored}"
+        );
         assert!(a.check_password("carol", "s3cret").expect("check"));
         assert!(!a.check_password("carol", "wrong").expect("check"));
         assert!(!a.check_password("nobody", "s3cret").expect("check"));
