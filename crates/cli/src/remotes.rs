@@ -128,7 +128,7 @@ pub fn client_for(name: &str) -> Result<Client> {
     let path = path()?;
     let remotes = Remotes::load(&path)?;
     let r = remotes.get(name)?;
-    Ok(Client::https(&r.url, &r.token, Some(&r.fingerprint))?)
+    Ok(Client::https(&r.url, &r.token, Some(&r.fingerprint))?.named(name))
 }
 
 /// The default remote, when one is set.

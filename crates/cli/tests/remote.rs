@@ -294,14 +294,49 @@ fn an_operator_of_web_globs_sees_only_its_vms_through_hv_remote() {
             .expect("define");
     }
     let op = token(&h, "otto", &[("operator", Some("web-*"))]);
-    hv.ok(&[
+    // The token can come on stdin, out of argv.
+    let mut add = hv
+        .cmd(&[
+            "remote",
+            "add",
+            "ops",
+            &format!("https://localhost:{port}"),
+            "--token-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hv runs");
+    writeln!(add.stdin.take().expect("stdin"), "{op}").expect("token on stdin");
+    let added = add.wait_with_output().expect("hv remote add ends");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    // A bad token is refused at add time, and nothing is stored.
+    let bad = hv.fails(&[
         "remote",
         "add",
-        "ops",
+        "bad",
         &format!("https://localhost:{port}"),
+        "--token",
+        "hvt_nope",
+    ]);
+    assert!(bad.contains("not added"), "{bad}");
+    assert!(!hv.ok(&["remote", "list"]).contains("bad"));
+    // Nobody listening: says so.
+    let closed = free_port();
+    let gone = hv.fails(&[
+        "remote",
+        "add",
+        "gone",
+        &format!("https://127.0.0.1:{closed}"),
         "--token",
         &op,
     ]);
+    assert!(gone.contains("cannot reach hvd at"), "{gone}");
     let list = hv.ok(&["--remote", "ops", "list", "--all"]);
     assert!(list.contains("web-1") && !list.contains("db-1"), "{list}");
     assert!(hv
@@ -410,6 +445,9 @@ fn a_pinned_cli_refuses_a_changed_certificate_and_a_wrong_fingerprint_is_not_add
             err.contains("CHANGED") && err.contains(&pinned) && err.contains(&now),
             "hv {args:?}: {err}"
         );
-        assert!(err.contains("hv remote remove"), "says what to do: {err}");
+        assert!(
+            err.contains("hv remote remove lab") && err.contains(&format!("--fingerprint {now}")),
+            "says what to do: {err}"
+        );
     }
 }

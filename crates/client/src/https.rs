@@ -14,6 +14,8 @@ use crate::{ClientError, Response, Result};
 pub(crate) struct Https {
     /// `https://HOST:PORT`, without a trailing slash.
     pub(crate) base: String,
+    /// The remote's name, for messages.
+    pub(crate) name: String,
     host: String,
     port: u16,
     token: String,
@@ -78,6 +80,7 @@ impl Https {
         };
         Ok(Https {
             base,
+            name: "NAME".to_string(),
             host,
             port,
             token: token.to_string(),
@@ -98,6 +101,7 @@ impl Https {
         if let (Some(pinned), Some(seen)) = (&self.pinned, self.seen()) {
             if *pinned != seen {
                 return ClientError::CertificateChanged {
+                    name: self.name.clone(),
                     url: self.base.clone(),
                     pinned: pinned.clone(),
                     presented: seen,

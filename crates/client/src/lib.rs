@@ -46,8 +46,10 @@ pub enum ClientError {
     },
     #[error("cannot reach hvd at {url}: {detail}; is hvd running with --listen there, and is the address right?")]
     Unreachable { url: String, detail: String },
-    #[error("the certificate of hvd at {url} has CHANGED: hv pinned {pinned} but the server now presents {presented}; refusing to talk to it. someone may be intercepting the connection; if hvd's certificate was replaced on purpose, check the new one with `hv host cert` on that host, then run `hv remote remove NAME` and `hv remote add NAME {url} --token T --fingerprint {presented}`")]
+    #[error("the certificate of hvd at {url} has CHANGED: hv pinned {pinned} but the server now presents {presented}; refusing to talk to it. someone may be intercepting the connection; if hvd's certificate was replaced on purpose, check the new one with `hv host cert` on that host, then run `hv remote remove {name}` and `hv remote add {name} {url} --token T --fingerprint {presented}`")]
     CertificateChanged {
+        /// The remote's name in `hv remote list` (`NAME` when it has none yet).
+        name: String,
         url: String,
         pinned: String,
         presented: String,
@@ -274,6 +276,14 @@ impl Client {
             socket: PathBuf::new(),
             remote: Some(Arc::new(https::Https::new(url, token, pinned)?)),
         })
+    }
+
+    /// Names the remote (as in `hv remote list`), for error messages that say what to do.
+    pub fn named(mut self, name: &str) -> Client {
+        if let Some(r) = self.remote.as_mut().and_then(Arc::get_mut) {
+            r.name = name.to_string();
+        }
+        self
     }
 
     /// The Unix socket this client talks to (empty for a remote).
