@@ -261,7 +261,49 @@ fn an_admin_token_runs_every_command_remotely_and_the_fingerprint_is_pinned() {
         .ok(&["remote", "list"])
         .lines()
         .any(|l| l.starts_with("lab") && l.trim_end().ends_with("yes")));
+    // Precedence: flags, then the environment, then the default remote. A socket where no
+    // hvd listens shows which one was used.
+    let nowhere = h.dir.join("nowhere.sock");
+    let nowhere = nowhere.to_str().expect("utf-8");
+    let env_run = |args: &[&str], env: &[(&str, &str)]| {
+        let o = hv
+            .cmd(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("hv runs");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = env_run(&["--socket", nowhere, "list"], &[]);
+    assert!(
+        code == Some(1) && err.contains(nowhere),
+        "--socket beats the default remote: {err}"
+    );
+    let (code, _, err) = env_run(&["list"], &[("HV_SOCKET", nowhere)]);
+    assert!(
+        code == Some(1) && err.contains(nowhere),
+        "HV_SOCKET beats the default remote: {err}"
+    );
+    let (code, out, err) = env_run(
+        &["--remote", "lab", "list", "--all"],
+        &[("HV_SOCKET", nowhere)],
+    );
+    assert!(
+        code == Some(0) && out.contains("r1"),
+        "--remote beats HV_SOCKET: {err}"
+    );
+    let (code, _, err) = env_run(&["--remote", "nope", "list"], &[("HV_REMOTE", "lab")]);
+    assert!(
+        code == Some(1) && err.contains("no remote named \"nope\""),
+        "--remote beats HV_REMOTE: {err}"
+    );
+    let (code, _, err) = env_run(&["list"], &[("HV_SOCKET", nowhere), ("HV_REMOTE", "lab")]);
+    assert!(code == Some(1) && err.contains("both set"), "{err}");
     hv.ok(&["remote", "default", "--none"]);
+
     let o = hv
         .cmd(&["info", "r1"])
         .env("HV_REMOTE", "lab")
