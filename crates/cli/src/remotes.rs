@@ -98,7 +98,7 @@ impl Remotes {
         let dir = path.parent().context("the remotes file has no directory")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let text = toml::to_string(self).context("cannot write the remotes file")?;
-        let tmp = dir.join(".remotes.toml.tmp");
+        let tmp = dir.join(format!(".remotes.toml.{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)

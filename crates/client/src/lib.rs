@@ -54,6 +54,8 @@ pub enum ClientError {
         pinned: String,
         presented: String,
     },
+    #[error("{0:?} is not a certificate fingerprint; give it as `hv host cert` prints it: SHA256: and 64 hex digits")]
+    BadFingerprint(String),
     #[error("bad remote address {url:?}: {why}")]
     BadUrl { url: String, why: String },
     #[error("talking to hvd failed: {0}")]
@@ -265,11 +267,7 @@ impl Client {
     pub fn https(url: &str, token: &str, pinned: Option<&str>) -> Result<Client> {
         let pinned = pinned
             .map(|p| {
-                normalize_fingerprint(p).ok_or_else(|| {
-                    ClientError::Protocol(format!(
-                        "{p:?} is not a certificate fingerprint; give it as hv host cert prints it: SHA256: and 64 hex digits"
-                    ))
-                })
+                normalize_fingerprint(p).ok_or_else(|| ClientError::BadFingerprint(p.to_string()))
             })
             .transpose()?;
         Ok(Client {
@@ -896,6 +894,17 @@ mod tests {
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
         assert_eq!(out, "hello world!");
+    }
+
+    #[test]
+    fn a_pin_that_is_no_fingerprint_is_refused_before_connecting() {
+        let e = Client::https("https://h:1", "t", Some("SHA256:xyz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"SHA256:xyz\" is not a certificate fingerprint"),
+            "{e}"
+        );
     }
 
     #[test]
