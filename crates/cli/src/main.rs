@@ -9,6 +9,7 @@ mod networks;
 mod nics;
 mod operations;
 mod output;
+mod remotes;
 mod snapshots;
 mod storage;
 
@@ -17,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use api::WaitRequest;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use client::Client;
 use model::{
     Accel, BootOrder, DiskSpec, GraphicsSpec, KernelBoot, Machine, NicSpec, Size, VmName, VmSpec,
@@ -29,9 +31,13 @@ use output::Format;
 #[derive(Parser, Debug)]
 #[command(name = "hv", version, propagate_version = true)]
 struct Cli {
-    /// hvd's API socket.
-    #[arg(long, global = true, env = "HV_SOCKET", default_value = client::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// hvd's API socket (the default when no remote is chosen: /run/hv/hvd.sock).
+    #[arg(long, global = true, env = "HV_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Talk to this remote hvd (`hv remote add`) over HTTPS. Precedence: --remote or
+    /// --socket, then HV_REMOTE or HV_SOCKET, then the default remote, then the local socket.
+    #[arg(long, global = true, env = "HV_REMOTE")]
+    remote: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -105,6 +111,9 @@ struct CreateArgs {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Remote hvds over HTTPS (add, list, remove, default).
+    #[command(subcommand)]
+    Remote(remotes::RemoteCmd),
     /// Host checks.
     #[command(subcommand)]
     Host(HostCmd),
@@ -324,9 +333,48 @@ pub fn parse_spec_file(text: &str, what: &str) -> Result<VmSpec> {
     Ok(spec)
 }
 
-fn run(cli: Cli) -> Result<i32> {
-    let c = Client::new(&cli.socket);
+/// Where a command goes: see the precedence in `remotes`.
+fn target(cli: &Cli, m: &clap::ArgMatches) -> Result<Client> {
+    let from = |id: &str| m.value_source(id);
+    let flag = |id: &str| from(id) == Some(ValueSource::CommandLine);
+    let env = |id: &str| from(id) == Some(ValueSource::EnvVariable);
+    let remote = cli.remote.as_deref();
+    let socket = cli.socket.as_deref();
+    let pick = |use_remote: bool| -> Result<Client> {
+        match (use_remote, remote, socket) {
+            (true, Some(r), _) => remotes::client_for(r),
+            (false, _, Some(s)) => Ok(Client::new(s)),
+            _ => Ok(Client::new(client::DEFAULT_SOCKET)),
+        }
+    };
+    if flag("remote") && flag("socket") {
+        anyhow::bail!("give either --remote or --socket, not both");
+    }
+    if flag("remote") || flag("socket") {
+        return pick(flag("remote"));
+    }
+    if env("remote") && env("socket") {
+        anyhow::bail!(
+            "HV_REMOTE and HV_SOCKET are both set; unset one (or pick with --remote or --socket)"
+        );
+    }
+    if env("remote") || env("socket") {
+        return pick(env("remote"));
+    }
+    match remotes::default_remote()? {
+        Some(r) => remotes::client_for(&r).with_context(|| format!("the default remote {r}")),
+        None => Ok(Client::new(client::DEFAULT_SOCKET)),
+    }
+}
+
+fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
+    if let Cmd::Remote(cmd) = cli.cmd {
+        remotes::run(cmd)?;
+        return Ok(0);
+    }
+    let c = target(&cli, m)?;
     match cli.cmd {
+        Cmd::Remote(_) => {}
         Cmd::Host(HostCmd::Check { format }) => {
             let r = c.host_check()?;
             if !output::structured(format, &r)? {
@@ -569,8 +617,12 @@ fn shell_quote(a: &str) -> String {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    match run(cli) {
+    let m = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&m) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &m) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");

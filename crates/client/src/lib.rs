@@ -1,12 +1,16 @@
-//! A small blocking client for the hvd API over its Unix socket: typed calls for every
-//! endpoint, streaming bodies (console log, events) and the console WebSocket.
+//! A small blocking client for the hvd API: typed calls for every endpoint, streaming bodies
+//! (console log, events) and the console WebSocket, over one of two transports:
 //!
-//! It speaks plain HTTP/1.1 with one request per connection, which keeps a CLI invocation to a
-//! connect, a write and a read: no async runtime, no connection pool.
+//! - the Unix socket: plain HTTP/1.1 written here, one request per connection, which keeps a
+//!   local CLI invocation to a connect, a write and a read (and lets volume data move with
+//!   `sendfile`/`splice`, see `volume_data`);
+//! - HTTPS to `hvd --listen` (`https`): ureq over rustls with keep-alive, a bearer token, and a
+//!   pinned server certificate (`pin`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use api::{
     paths, AutostartRequest, CreateVmRequest, ErrorBody, ErrorCode, HostReport, ShowCmd,
@@ -16,7 +20,12 @@ use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+mod https;
+mod pin;
 mod volume_data;
+
+pub use https::ConsoleStream;
+pub use pin::{fingerprint, normalize_fingerprint};
 
 /// The default socket, as in DESIGN.md.
 pub const DEFAULT_SOCKET: &str = "/run/hv/hvd.sock";
@@ -35,6 +44,20 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
+    #[error("cannot reach hvd at {url}: {detail}; is hvd running with --listen there, and is the address right?")]
+    Unreachable { url: String, detail: String },
+    #[error("the certificate of hvd at {url} has CHANGED: hv pinned {pinned} but the server now presents {presented}; refusing to talk to it. someone may be intercepting the connection; if hvd's certificate was replaced on purpose, check the new one with `hv host cert` on that host, then run `hv remote remove {name}` and `hv remote add {name} {url} --token T --fingerprint {presented}`")]
+    CertificateChanged {
+        /// The remote's name in `hv remote list` (`NAME` when it has none yet).
+        name: String,
+        url: String,
+        pinned: String,
+        presented: String,
+    },
+    #[error("{0:?} is not a certificate fingerprint; give it as `hv host cert` prints it: SHA256: and 64 hex digits")]
+    BadFingerprint(String),
+    #[error("bad remote address {url:?}: {why}")]
+    BadUrl { url: String, why: String },
     #[error("talking to hvd failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("hvd sent a reply hv does not understand: {0}")]
@@ -223,18 +246,58 @@ pub(crate) fn body_of(head: &Head, r: BufReader<UnixStream>) -> Box<dyn Read + S
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The Unix socket; empty for a remote.
     socket: PathBuf,
+    remote: Option<Arc<https::Https>>,
 }
 
 impl Client {
+    /// A client of hvd's Unix socket.
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            remote: None,
         }
     }
 
+    /// A client of a remote hvd at `url` (`https://HOST:PORT`) that sends `token` and trusts
+    /// only the server certificate whose fingerprint is `pinned`; with `None`, any certificate
+    /// (the first contact of trust on first use: read [`Client::server_fingerprint`] after a
+    /// call and pin it). Nothing is sent until the first call.
+    pub fn https(url: &str, token: &str, pinned: Option<&str>) -> Result<Client> {
+        let pinned = pinned
+            .map(|p| {
+                normalize_fingerprint(p).ok_or_else(|| ClientError::BadFingerprint(p.to_string()))
+            })
+            .transpose()?;
+        Ok(Client {
+            socket: PathBuf::new(),
+            remote: Some(Arc::new(https::Https::new(url, token, pinned)?)),
+        })
+    }
+
+    /// Names the remote (as in `hv remote list`), for error messages that say what to do.
+    pub fn named(mut self, name: &str) -> Client {
+        if let Some(r) = self.remote.as_mut().and_then(Arc::get_mut) {
+            r.name = name.to_string();
+        }
+        self
+    }
+
+    /// The Unix socket this client talks to (empty for a remote).
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// `https://HOST:PORT` of a remote client.
+    pub fn remote_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.base.as_str())
+    }
+
+    /// The fingerprint of the certificate the remote server presented in the last TLS
+    /// handshake (none before the first call, and none over the Unix socket).
+    pub fn server_fingerprint(&self) -> Option<String> {
+        self.remote.as_ref().and_then(|r| r.seen())
     }
 
     fn connect(&self) -> Result<UnixStream> {
@@ -265,6 +328,9 @@ impl Client {
         len: u64,
         body: &mut dyn Read,
     ) -> Result<Response> {
+        if let Some(r) = &self.remote {
+            return r.send_body(method, path, content_type, len, body);
+        }
         let mut s = self.connect()?;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\r\n"
@@ -768,12 +834,34 @@ impl Client {
     }
 
     /// Opens the serial console WebSocket (binary frames both ways).
-    pub fn console(&self, name: &str) -> Result<tungstenite::WebSocket<UnixStream>> {
+    /// Over HTTPS it sends the bearer token and no `Origin`: hvd refuses WebSockets from
+    /// foreign browser origins, and a client without `Origin` is not a browser.
+    pub fn console(&self, name: &str) -> Result<tungstenite::WebSocket<ConsoleStream>> {
+        use tungstenite::client::IntoClientRequest;
         // Check the VM exists first so the error is the API's, not a failed handshake.
         self.info(name)?;
-        let stream = self.connect()?;
-        let url = format!("ws://hvd{}", paths::vm_action(name, "console"));
-        let (ws, _) = tungstenite::client(url.as_str(), stream)
+        let path = paths::vm_action(name, "console");
+        let (stream, req) = match &self.remote {
+            None => {
+                let url = format!("ws://hvd{path}");
+                let req = url
+                    .into_client_request()
+                    .map_err(|e| ClientError::Protocol(format!("console request: {e}")))?;
+                (ConsoleStream::Unix(self.connect()?), req)
+            }
+            Some(r) => {
+                let url = format!("{}{path}", r.base.replacen("https://", "wss://", 1));
+                let mut req = url
+                    .into_client_request()
+                    .map_err(|e| ClientError::Protocol(format!("console request: {e}")))?;
+                let bearer = r.bearer().parse().map_err(|_| {
+                    ClientError::Protocol("the token is not a valid header value".into())
+                })?;
+                req.headers_mut().insert("authorization", bearer);
+                (ConsoleStream::Tls(Box::new(r.connect_tls()?)), req)
+            }
+        };
+        let (ws, _) = tungstenite::client(req, stream)
             .map_err(|e| ClientError::Protocol(format!("console handshake: {e}")))?;
         Ok(ws)
     }
@@ -806,6 +894,17 @@ mod tests {
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
         assert_eq!(out, "hello world!");
+    }
+
+    #[test]
+    fn a_pin_that_is_no_fingerprint_is_refused_before_connecting() {
+        let e = Client::https("https://h:1", "t", Some("SHA256:xyz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"SHA256:xyz\" is not a certificate fingerprint"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Volume upload and download between a file and hvd over the raw stream of
 //! [`api::VOLUME_DATA_PROTOCOL`]: the bytes go from the page cache to the socket with
 //! `sendfile` and from the socket to the page cache with `splice`, never through user space.
+//! Over HTTPS (where the raw stream is not offered) the same calls stream the `/data` route.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
@@ -25,6 +26,16 @@ impl Client {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<api::VolInfo> {
         let len = file.metadata()?.len();
+        if self.remote.is_some() {
+            let mut f = file;
+            let mut counted = Counted {
+                inner: &mut f,
+                done: 0,
+                total: len,
+                progress,
+            };
+            return self.vol_upload(pool, vol, len, &mut counted);
+        }
         let mut r = self.upgrade(
             "PUT",
             pool,
@@ -62,6 +73,22 @@ impl Client {
         out: &mut File,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<u64> {
+        if self.remote.is_some() {
+            let (len, body) = self.vol_download(pool, vol)?;
+            let mut counted = Counted {
+                inner: body,
+                done: 0,
+                total: len,
+                progress,
+            };
+            let got = crate::copy_big(&mut counted, out)?;
+            if got < len {
+                return Err(ClientError::Protocol(format!(
+                    "the download ended after {got} of {len} bytes"
+                )));
+            }
+            return Ok(got);
+        }
         let mut r = self.upgrade("GET", pool, vol, "")?;
         let head = read_head(&mut r)?;
         if head.status != 101 {
@@ -112,6 +139,23 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nHost: hvd\r\nConnection: Upgrade\r\nUpgrade: {VOLUME_DATA_PROTOCOL}\r\n{extra}\r\n"
         )?;
         Ok(BufReader::with_capacity(64 << 10, s))
+    }
+}
+
+/// A reader that reports its progress as `progress(done, total)`.
+struct Counted<'a, R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done, self.total);
+        Ok(n)
     }
 }
 

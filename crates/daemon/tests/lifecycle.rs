@@ -342,10 +342,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Reads console WebSocket frames until their text contains `needle`.
-fn read_ws_until(
-    ws: &mut tungstenite::WebSocket<std::os::unix::net::UnixStream>,
-    needle: &str,
-) -> String {
+fn read_ws_until(ws: &mut tungstenite::WebSocket<client::ConsoleStream>, needle: &str) -> String {
     use tungstenite::Message;
     ws.get_ref().set_read_timeout(Some(T)).unwrap();
     let mut seen = Vec::new();
