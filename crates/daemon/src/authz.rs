@@ -63,6 +63,21 @@ pub fn current() -> Option<Caller> {
 }
 
 impl Caller {
+    /// For a session that stays open (a console): whether `r` ends this caller's access. A
+    /// local admin's socket access is not a credential that can be revoked.
+    pub fn revoked_by(&self, r: &engine::Revocation) -> bool {
+        match (r, &self.principal.who) {
+            (engine::Revocation::Token(id), _) => self.token_id.as_deref() == Some(id.as_str()),
+            (engine::Revocation::User(u), auth::Who::User { name, .. }) => u == name,
+            (engine::Revocation::User(_), auth::Who::LocalAdmin { .. }) => false,
+        }
+    }
+
+    /// Revocations from now on (see [`revoked_by`](Self::revoked_by)).
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<engine::Revocation> {
+        self.access.revocations()
+    }
+
     /// Whether the caller may see a VM (lists and event streams leave out the others).
     pub fn sees(&self, vm: &str) -> bool {
         self.principal

@@ -513,9 +513,33 @@ async fn console_ws(
 ) -> Result<Response, ApiError> {
     let hub = e.console(&name)?;
     // A frame larger than the whole input queue could never be taken: refuse it at the door.
+    // The session lasts beyond this request: it ends when the caller's token or rights go.
+    let caller = crate::authz::current();
+    let revocations = caller.as_ref().map(|c| c.revocations());
     Ok(ws
         .max_message_size(engine::CONSOLE_INPUT_CAP)
-        .on_upgrade(move |socket| console_session(e, name, hub, socket)))
+        .on_upgrade(move |socket| console_session(e, name, hub, socket, caller.zip(revocations))))
+}
+
+/// The next revocation that ends `caller`'s access; never, without a caller.
+async fn revoked(
+    watch: &mut Option<(
+        crate::authz::Caller,
+        tokio::sync::broadcast::Receiver<engine::Revocation>,
+    )>,
+) {
+    let Some((caller, rx)) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(r) if caller.revoked_by(&r) => return,
+            Ok(_) => {}
+            // Missed some: end the session rather than risk missing this caller's.
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+        }
+    }
 }
 
 async fn console_session(
@@ -523,10 +547,22 @@ async fn console_session(
     name: String,
     hub: std::sync::Arc<engine::ConsoleHub>,
     mut socket: WebSocket,
+    mut watch: Option<(
+        crate::authz::Caller,
+        tokio::sync::broadcast::Receiver<engine::Revocation>,
+    )>,
 ) {
     let (_, mut feed) = hub.subscribe_feed();
     loop {
         tokio::select! {
+            () = revoked(&mut watch) => {
+                let _ = socket
+                    .send(Message::Text(
+                        "\r\n[hv: your access was revoked; console closed]\r\n".into(),
+                    ))
+                    .await;
+                break;
+            }
             item = feed.recv() => match item {
                 FeedItem::Data { skipped, data } => {
                     if socket.send(Message::Binary(with_skip_marker(skipped, &data))).await.is_err() {

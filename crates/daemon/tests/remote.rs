@@ -1019,3 +1019,71 @@ fn a_browser_session_is_an_httponly_cookie_and_its_changes_need_the_csrf_header(
         "{audit:?}"
     );
 }
+
+/// Issue 10: revoking a token ends the console session it opened, at once; a removed user's
+/// sessions end too.
+#[test]
+fn a_revoked_token_closes_its_open_console() {
+    let r = remote();
+    let c = r.h.client();
+    c.create(
+        r.h.tiny_spec("web-1", VmOpts::default()).expect("spec"),
+        true,
+    )
+    .expect("start");
+    r.h.wait_ready("web-1").expect("ready");
+    let fingerprint = c.host_cert().expect("cert").fingerprint;
+    for how in ["revoke the token", "remove the user"] {
+        let user = if how == "revoke the token" {
+            "tina"
+        } else {
+            "ulla"
+        };
+        let token = r.user(user, &[("operator", Some("web-*"))], None);
+        let remote = client::Client::https(&r.base, &token, Some(&fingerprint)).expect("client");
+        let mut ws = remote.console("web-1").expect("console opens");
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        if how == "revoke the token" {
+            let id = c
+                .tokens()
+                .expect("tokens")
+                .into_iter()
+                .find(|t| t.user == user)
+                .expect("token")
+                .id;
+            c.token_revoke(&id).expect("revoke");
+        } else {
+            c.user_remove(user).expect("remove");
+        }
+        let mut seen = String::new();
+        let closed = loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Text(t)) => seen.push_str(&t),
+                Ok(tungstenite::Message::Binary(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Ok(tungstenite::Message::Close(_)) => break true,
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    break true
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "{how}: the console stayed open: {seen:?}");
+        assert!(seen.contains("access was revoked"), "{how}: {seen:?}");
+    }
+    // A local admin's console is not affected.
+    let mut ws = c.console("web-1").expect("local console");
+    ws.send(tungstenite::Message::Binary(b"\n".to_vec().into()))
+        .expect("type");
+    c.destroy("web-1").expect("destroy");
+}

@@ -20,6 +20,16 @@ const TOKEN_PREFIX: &str = "hvt_";
 /// Users, grants, tokens and the audit log.
 pub struct Access {
     conn: Mutex<Connection>,
+    /// Tells open sessions (consoles) that their credentials or rights went away.
+    revocations: tokio::sync::broadcast::Sender<Revocation>,
+}
+
+/// What ends sessions that are already open: a revoked token, or a user removed or with
+/// fewer grants (their sessions end; they may open new ones with what they still hold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Token(String),
+    User(String),
 }
 
 /// A token checked against the database.
@@ -124,7 +134,17 @@ impl Access {
         crate::store::migrate(&mut conn, db)?;
         Ok(Access {
             conn: Mutex::new(conn),
+            revocations: tokio::sync::broadcast::channel(64).0,
         })
+    }
+
+    /// Revocations from now on.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Revocation> {
+        self.revocations.subscribe()
+    }
+
+    fn revoked(&self, r: Revocation) {
+        let _ = self.revocations.send(r);
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -186,6 +206,7 @@ impl Access {
             return Err(no_such_user(name));
         }
         tx.commit()?;
+        self.revoked(Revocation::User(name.to_string()));
         Ok(())
     }
 
@@ -275,6 +296,7 @@ impl Access {
                 grant.vm_glob.as_deref().unwrap_or("all VMs")
             )));
         }
+        self.revoked(Revocation::User(name.to_string()));
         self.user(name)
     }
 
@@ -349,6 +371,7 @@ impl Access {
             })?;
         self.conn()
             .execute("DELETE FROM tokens WHERE id = ?1", [id])?;
+        self.revoked(Revocation::Token(id.to_string()));
         Ok(info)
     }
 

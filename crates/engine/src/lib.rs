@@ -33,7 +33,7 @@ use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitRespon
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
-pub use access::{Access, AuditEntry, TokenOwner};
+pub use access::{Access, AuditEntry, Revocation, TokenOwner};
 pub use confine::DEFAULT_QEMU_UID_BASE;
 pub use console::{
     skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
