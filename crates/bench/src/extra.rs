@@ -22,7 +22,7 @@ pub struct ExtraRow {
     pub error: Option<String>,
 }
 
-fn row(
+pub(crate) fn row(
     label: &str,
     unit: &'static str,
     samples: Result<Vec<f64>>,

@@ -16,6 +16,7 @@ mod extra;
 mod machine;
 mod power;
 mod procs;
+mod remote;
 mod report;
 mod stats;
 
@@ -69,6 +70,8 @@ enum Group {
     Snapshot,
     /// Network start/stop and VM start → lease (inside a network namespace).
     Net,
+    /// `hv --remote` and authenticated requests over TLS, and the password login.
+    Remote,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -143,6 +146,10 @@ fn run(args: Args) -> Result<bool> {
             extra.extend(extra::snapshots(&bins.hvd, plan.runs.min(5), mem));
         }
     }
+    if wanted(Group::Remote) {
+        eprintln!("remote: TLS, tokens and logins");
+        extra.extend(remote::measure(&bins, plan.runs));
+    }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
         extra.extend(extra::network(&bins.hvd, plan.runs));
@@ -158,7 +165,7 @@ fn run(args: Args) -> Result<bool> {
     }
     if !extra.is_empty() {
         println!(
-            "\nStorage, snapshots and networks:\n\n{}",
+            "\nStorage, snapshots, networks and remote access:\n\n{}",
             extra::table(&extra)
         );
     }
