@@ -66,7 +66,8 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Runs a mutating request's work as an hvd operation (`engine::Operations`): it finishes, or
-/// rolls itself back, even when the connection that asked for it goes away.
+/// rolls itself back, even when the connection that asked for it goes away. Audited with the
+/// operation's id when it ends.
 async fn op<T, Fut>(
     e: &Engine,
     kind: &str,
@@ -77,20 +78,7 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
 {
-    let audit = crate::authz::current().map(|c| c.audit_operation(kind, &target));
-    Ok(e.operations()
-        .run_then(
-            kind,
-            target,
-            engine::Cancel::Never,
-            work(e.clone()),
-            move |id, r| {
-                if let Some(audit) = audit {
-                    audit(id, r)
-                }
-            },
-        )
-        .await?)
+    run_op(e, kind, target, engine::Cancel::Never, work).await
 }
 
 /// Like [`op`], for work that only waits after any await and so can be cancelled.
@@ -104,19 +92,27 @@ where
     T: Send + 'static,
     Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
 {
+    run_op(e, kind, target, engine::Cancel::AtAnyAwait, work).await
+}
+
+async fn run_op<T, Fut>(
+    e: &Engine,
+    kind: &str,
+    target: String,
+    cancel: engine::Cancel,
+    work: impl FnOnce(Engine) -> Fut,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
+{
     let audit = crate::authz::current().map(|c| c.audit_operation(kind, &target));
     Ok(e.operations()
-        .run_then(
-            kind,
-            target,
-            engine::Cancel::AtAnyAwait,
-            work(e.clone()),
-            move |id, r| {
-                if let Some(audit) = audit {
-                    audit(id, r)
-                }
-            },
-        )
+        .run_then(kind, target, cancel, work(e.clone()), move |id, r| {
+            if let Some(audit) = audit {
+                audit(id, r)
+            }
+        })
         .await?)
 }
 

@@ -114,16 +114,7 @@ pub async fn run_as(
             secs: timeout.as_secs(),
         })?
         .map_err(spawn_error)?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        return Err(ExecError::Failed {
-            program: program.to_string(),
-            status: out.status.to_string(),
-            stderr: stderr.trim().to_string(),
-        });
-    }
-    Ok(Output { stdout, stderr })
+    finished(program, out.status, &out.stdout, &out.stderr)
 }
 
 /// [`run`], handing each piece of the tool's stdout to `report` as it arrives (a tool's
@@ -183,8 +174,18 @@ pub async fn run_reporting(
             secs: timeout.as_secs(),
         })?
         .map_err(spawn_error)?;
-    let stdout = String::from_utf8_lossy(&out).into_owned();
-    let stderr = String::from_utf8_lossy(&err).into_owned();
+    finished(program, status, &out, &err)
+}
+
+/// A finished tool's output; a non-zero exit is an error carrying its stderr.
+fn finished(
+    program: &str,
+    status: std::process::ExitStatus,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<Output, ExecError> {
+    let stdout = String::from_utf8_lossy(stdout).into_owned();
+    let stderr = String::from_utf8_lossy(stderr).into_owned();
     if !status.success() {
         return Err(ExecError::Failed {
             program: program.to_string(),

@@ -188,17 +188,7 @@ pub async fn convert(
     dst: &Path,
     dst_format: DiskFormat,
 ) -> Result<()> {
-    let args = vec![
-        os("convert"),
-        os("-q"),
-        os("-f"),
-        os(src_format.as_str()),
-        os("-O"),
-        os(dst_format.as_str()),
-        os(src),
-        os(dst),
-    ];
-    qemu_img("convert", dst, args).await.map(drop)
+    convert_with_progress(src, src_format, dst, dst_format, &mut |_| {}).await
 }
 
 /// [`convert`], calling `progress` with the percentage done as `qemu-img convert -p` reports it.
