@@ -86,6 +86,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many failed logins for this user or from this address: wait (HTTP 429).
     TooManyAttempts,
+    /// The path exists but not with this method (HTTP 405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -105,6 +107,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

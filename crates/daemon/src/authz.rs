@@ -551,7 +551,28 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
         );
     }
     let local_admin = matches!(principal.who, auth::Who::LocalAdmin { .. });
-    let Some(rule) = rule_of(&method, &matched) else {
+    // HEAD runs a GET handler, so it needs what the GET needs.
+    let rule = rule_of(&method, &matched).or_else(|| {
+        (method == Method::HEAD)
+            .then(|| rule_of(&Method::GET, &matched))
+            .flatten()
+    });
+    let Some(rule) = rule else {
+        let allowed: Vec<String> = RULES
+            .iter()
+            .filter(|(_, p, _)| *p == matched.as_str())
+            .map(|(m, _, _)| m.to_ascii_uppercase())
+            .collect();
+        if !allowed.is_empty() {
+            let mut r = refuse(
+                ErrorCode::MethodNotAllowed,
+                format!("{matched} takes {}, not {method}", allowed.join(", ")),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&allowed.join(", ")) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            return r;
+        }
         if !local_admin {
             return refuse(
                 ErrorCode::Forbidden,

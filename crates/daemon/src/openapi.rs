@@ -154,7 +154,7 @@ fn param_schema(path: &str, param: &str) -> Value {
         "id" if path.starts_with("/v1/tokens") => {
             json!({ "type": "string", "pattern": "^[0-9a-f]{12}$" })
         }
-        "id" => json!({ "type": "integer", "format": "uint64", "minimum": 0 }),
+        "id" => json!({ "type": "string", "pattern": "^[0-9]{1,19}$" }),
         "target" => json!({ "type": "string", "pattern": "^[a-z]{1,8}$" }),
         "bridge" => json!({ "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$" }),
         _ => json!({ "type": "string" }),

@@ -44,6 +44,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::HostError | ErrorCode::QemuError | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -600,15 +601,29 @@ async fn operations(State(e): State<Engine>) -> Json<api::OperationList> {
     Json(api::OperationList { operations })
 }
 
-async fn operation(State(e): State<Engine>, Path(id): Path<u64>) -> ApiResult<api::OperationInfo> {
-    Ok(Json(e.operations().get(id)?))
+/// An operation id from the path: anything that is not one names no operation (404, in the
+/// API's own error format rather than the router's plain text).
+fn operation_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError(
+            ErrorCode::NotFound,
+            format!("operation {id:?} does not exist (hv operation list shows the running and recent ones)"),
+        )
+    })
+}
+
+async fn operation(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<api::OperationInfo> {
+    Ok(Json(e.operations().get(operation_id(&id)?)?))
 }
 
 async fn operation_cancel(
     State(e): State<Engine>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> ApiResult<api::OperationInfo> {
-    Ok(Json(e.operations().cancel(id)?))
+    Ok(Json(e.operations().cancel(operation_id(&id)?)?))
 }
 
 /// Output with the marker for what this reader missed in front of it.
@@ -1058,8 +1073,14 @@ async fn net_forward_add(
 
 async fn net_forward_remove(
     State(e): State<Engine>,
-    Path((net, proto, port)): Path<(String, String, u16)>,
+    Path((net, proto, port)): Path<(String, String, String)>,
 ) -> ApiResult<api::ForwardList> {
+    let port: u16 = port.parse().map_err(|_| {
+        ApiError(
+            ErrorCode::InvalidArgument,
+            format!("host port {port:?} is not a port number; use 1 to 65535"),
+        )
+    })?;
     Ok(Json(api::ForwardList {
         forwards: op(
             &e,

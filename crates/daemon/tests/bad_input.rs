@@ -540,3 +540,43 @@ fn hostile_values_in_every_field_are_refused_and_leave_nothing() {
     let new: Vec<_> = after.0.difference(&before.0).collect();
     assert!(new.is_empty(), "left behind: {new:?}");
 }
+
+/// Issue 10 (found by schemathesis against the TLS listener): a path parameter that does not
+/// parse, and a method a path does not take, are answered in the API's JSON error format
+/// (404/400 and 405 with Allow), not the router's plain text or a 403.
+#[test]
+fn bad_path_parameters_and_methods_get_json_errors() {
+    let h = TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts");
+    let c = h.client();
+    for (method, path, status, code) in [
+        ("GET", "/v1/operations/null,null", 404, "not_found"),
+        (
+            "POST",
+            "/v1/operations/99999999999999999999999/cancel",
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/networks/default/forwards/tcp/port",
+            400,
+            "invalid_argument",
+        ),
+        (
+            "DELETE",
+            "/v1/networks/default/forwards/tcp/70000",
+            400,
+            "invalid_argument",
+        ),
+        ("TRACE", "/v1/vms", 405, "method_not_allowed"),
+        ("PATCH", "/v1/login", 405, "method_not_allowed"),
+    ] {
+        let r = c.send(method, path, None).expect("answer");
+        assert_eq!(r.status, status, "{method} {path}");
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut r.into_reader(), &mut body).expect("body");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {body}");
+    }
+}
