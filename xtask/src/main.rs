@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "busybox-static",
     "cpio",
+    "curl",
+    "openssl",
     "kmod",
     "iproute2",
 ];
@@ -185,8 +187,36 @@ fn demo() -> Result<()> {
 }
 
 /// The README's second command.
+/// The OpenAPI fuzzer a test runs against hvd's TLS listener, pinned so its findings do not
+/// change under us.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+fn test_deps() -> Result<()> {
+    let have = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "--version"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .contains(SCHEMATHESIS.trim_start_matches("schemathesis=="))
+        })
+        .unwrap_or(false);
+    if !have {
+        eprintln!("installing {SCHEMATHESIS} (pip)");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            SCHEMATHESIS,
+        ]))?;
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     deps()?;
+    test_deps()?;
     let g = testkit::guest::tiny_guest()?;
     eprintln!("tiny guest: {}", g.kernel.display());
     let mut cmd = cargo();
