@@ -93,6 +93,22 @@ impl Caller {
     }
 
     /// Appends this request's audit record (once).
+    /// Appends an entry for something the request started that is not its own outcome (a
+    /// console session attaching and detaching); any number of them.
+    pub fn audit_event(&self, what: &str, result: &str) {
+        let entry = AuditEntry {
+            principal: self.principal.audit_name(),
+            source: self.principal.source.clone(),
+            object: self.object.clone(),
+            action: format!("{} {what}", self.action),
+            result: result.to_string(),
+            operation_id: None,
+        };
+        if let Err(e) = self.access.audit(&entry) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+
     pub fn audit(&self, what: &str, result: &str, operation_id: Option<u64>) {
         if self.audited.swap(true, Ordering::SeqCst) {
             return;

@@ -550,6 +550,10 @@ async fn console_session(
     )>,
 ) {
     let (_, mut feed) = hub.subscribe_feed();
+    if let Some((caller, _)) = &watch {
+        caller.audit_event("console attach", "ok");
+    }
+    let mut ended = "ok";
     loop {
         tokio::select! {
             () = revoked(&mut watch) => {
@@ -558,6 +562,7 @@ async fn console_session(
                         "\r\n[hv: your access was revoked; console closed]\r\n".into(),
                     ))
                     .await;
+                ended = "revoked";
                 break;
             }
             item = feed.recv() => match item {
@@ -587,6 +592,9 @@ async fn console_session(
                 Some(Ok(_)) => {}
             },
         }
+    }
+    if let Some((caller, _)) = &watch {
+        caller.audit_event("console detach", ended);
     }
     let _ = socket.send(Message::Close(None)).await;
 }

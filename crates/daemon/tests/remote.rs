@@ -1080,6 +1080,23 @@ fn a_revoked_token_closes_its_open_console() {
         };
         assert!(closed, "{how}: the console stayed open: {seen:?}");
         assert!(seen.contains("access was revoked"), "{how}: {seen:?}");
+        // Attaching and the forced detach are both in the audit log.
+        let audit = c
+            .audit(&api::AuditQuery {
+                user: Some(user.into()),
+                vm: None,
+                since_ms: None,
+            })
+            .expect("audit");
+        let actions: Vec<String> = audit
+            .iter()
+            .map(|a| format!("{} {}", a.action, a.result))
+            .collect();
+        assert!(
+            actions.iter().any(|a| a.contains("console attach ok"))
+                && actions.iter().any(|a| a.contains("console detach revoked")),
+            "{how}: {actions:?}"
+        );
     }
     // A local admin's console is not affected.
     let mut ws = c.console("web-1").expect("local console");
