@@ -580,3 +580,20 @@ fn bad_path_parameters_and_methods_get_json_errors() {
         assert_eq!(v["error"]["code"], code, "{method} {path}: {body}");
     }
 }
+
+/// Issue 10: request bodies are bounded (volume data excepted): a 3 MiB JSON body is refused
+/// with 413 and nothing is defined.
+#[test]
+fn request_bodies_are_size_limited() {
+    let h = TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).expect("hvd starts");
+    let c = h.client();
+    let big = format!(
+        r#"{{"spec":{{"name":"big","kernel":{{"path":"/x","cmdline":"{}"}}}}}}"#,
+        "a".repeat(3 << 20)
+    );
+    let r = c
+        .send("POST", "/v1/vms", Some(big.as_bytes()))
+        .expect("answer");
+    assert_eq!(r.status, 413);
+    assert!(c.list().expect("list").is_empty(), "nothing was defined");
+}
