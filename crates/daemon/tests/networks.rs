@@ -559,6 +559,8 @@ fn an_uplink_becomes_a_bridge_and_a_bridge_mode_vm_gets_a_lease_from_the_lan() {
     lan.run(&["ip", "link", "set", "eth0", "up"]).unwrap();
     let dir = std::env::temp_dir().join(format!("hvt-brm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Removed also when the test fails.
+    let _rm = RemoveDir(dir.clone());
     let leases = dir.join("leases");
     lan.run(&[
         "dnsmasq",
@@ -659,7 +661,6 @@ fn an_uplink_becomes_a_bridge_and_a_bridge_mode_vm_gets_a_lease_from_the_lan() {
     drop(h);
     drop(lan);
     drop(ns);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -953,4 +954,13 @@ fn a_guest_cannot_spoof_its_mac_or_another_vms_reserved_ip() {
     assert_no_hv_links(&ns);
     let tables = ns.run(&["nft", "list", "tables"]).unwrap();
     assert!(!tables.contains("hv-"), "{tables}");
+}
+
+/// Removes a test's own directory when dropped.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
