@@ -82,20 +82,8 @@ where
     run_op(e, kind, target, engine::Cancel::Never, work).await
 }
 
-/// Like [`op`], for work that only waits after any await and so can be cancelled.
-async fn cancellable_op<T, Fut>(
-    e: &Engine,
-    kind: &str,
-    target: String,
-    work: impl FnOnce(Engine) -> Fut,
-) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    Fut: std::future::Future<Output = engine::Result<T>> + Send + 'static,
-{
-    run_op(e, kind, target, engine::Cancel::AtAnyAwait, work).await
-}
-
+/// [`op`] with a say in whether the work can be cancelled (only work that merely waits after
+/// any await can).
 async fn run_op<T, Fut>(
     e: &Engine,
     kind: &str,
@@ -331,10 +319,16 @@ async fn shutdown(
 ) -> ApiResult<api::VmInfo> {
     let req: ShutdownRequest = body(&b)?;
     Ok(Json(
-        cancellable_op(&e, "shutdown", format!("vm/{name}"), move |e| async move {
-            e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force)
-                .await
-        })
+        run_op(
+            &e,
+            "shutdown",
+            format!("vm/{name}"),
+            engine::Cancel::AtAnyAwait,
+            move |e| async move {
+                e.shutdown(&name, Duration::from_secs(req.timeout_secs), req.force)
+                    .await
+            },
+        )
         .await?,
     ))
 }
