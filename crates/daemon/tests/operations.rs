@@ -66,11 +66,24 @@ fn issue9_a_client_that_hangs_up_never_leaves_a_start_half_done() {
             "{}",
             Duration::from_millis(ms),
         );
+        // hvd reads the request on its own schedule, so an operation may appear after the
+        // hang-up. Settle on a consistent view: no operation running, the same count of
+        // start operations before and after reading the VM, and either a new operation or
+        // two quiet seconds in which none appeared.
+        let hung_up = Instant::now();
+        let mut seen = None;
         until("the start to finish", Duration::from_secs(60), || {
-            running_ops(&h) == 0 && c.info("o").unwrap().state != VmState::Starting
+            let n = count("start");
+            let info = c.info("o").unwrap();
+            let settled = running_ops(&h) == 0
+                && info.state != VmState::Starting
+                && count("start") == n
+                && (n > before || hung_up.elapsed() > Duration::from_secs(2));
+            seen = Some((n, info));
+            settled
         });
-        let info = c.info("o").unwrap();
-        if count("start") == before {
+        let (n, info) = seen.unwrap();
+        if n == before {
             // hvd never read the request: nothing happened at all.
             assert_eq!(info.state, VmState::Shutoff, "after {ms} ms: {info:?}");
             assert!(h.qemu_pids().is_empty(), "after {ms} ms");
