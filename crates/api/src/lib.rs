@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 pub use access::*;
+mod screen;
+pub use screen::*;
 
 /// The API version prefix.
 pub const API_VERSION: &str = "v1";
