@@ -312,3 +312,48 @@ fn boot_from_medium_resets_into_the_cd() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
     assert!(e.to_string().contains("kernel"), "{e}");
 }
+
+/// The security types an RFB 3.8 server offers.
+fn rfb_security_types(mut s: impl std::io::Read + std::io::Write) -> Vec<u8> {
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    assert_eq!(&version, b"RFB 003.008\n");
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; n[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    types
+}
+
+/// Issue 11: `graphics vnc` keeps its external listener (password only) and gets the private
+/// console socket as well (no VNC password: hvd authenticates its callers); QMP's
+/// `set_password` and `query-vnc` still mean the external one.
+#[test]
+fn vnc_graphics_also_has_the_private_console() {
+    let h = hvd();
+    boot(
+        &h,
+        "both",
+        "vnc,listen=127.0.0.1,password=s3cret".parse().unwrap(),
+    );
+    let vnc = h.client().info("both").unwrap().vnc.expect("vnc info");
+    assert_eq!(vnc.host, "127.0.0.1");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", vnc.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        rfb_security_types(tcp),
+        [2],
+        "the external listener wants the password"
+    );
+    let sock = private_dirs(&h)[0].join("vnc.sock");
+    let unix = UnixStream::connect(&sock).unwrap();
+    unix.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        rfb_security_types(unix),
+        [1],
+        "the private socket needs none"
+    );
+    h.client().destroy("both").unwrap();
+}
