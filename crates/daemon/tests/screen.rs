@@ -268,16 +268,19 @@ fn keys_reach_the_guest_and_bad_keys_are_refused() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
 }
 
-/// Issue 11: "boot from this medium". A BIOS-booted VM with an empty disk and an empty CD-ROM
-/// drive finds nothing to boot; the installer CD is inserted live and `media/boot` puts the
-/// CD first (kept in the spec) and resets the VM, which then boots the CD's installer.
+/// Issue 11: "boot from this medium". A BIOS-booted VM installs onto its disk from the
+/// installer CD, then boots from that disk with `boot = disk`. With the CD inserted live,
+/// `media/boot` puts it first (kept in the spec, and live through the drive's `bootindex`,
+/// since the firmware would otherwise boot the installed disk) and resets the VM, which boots
+/// the CD: its installer finds the disk not blank and says so.
 #[test]
-fn boot_from_medium_resets_into_the_cd() {
+fn boot_from_medium_resets_into_the_cd_ahead_of_a_bootable_disk() {
     use api::ImportVolRequest;
     use model::{DiskFormat, Size};
     use testkit::iso;
     let h = hvd();
     let c = h.client();
+    let t = Duration::from_secs(120);
     c.vol_import(
         "default",
         &ImportVolRequest {
@@ -291,26 +294,42 @@ fn boot_from_medium_resets_into_the_cd() {
     spec.memory = Size(256 << 20);
     spec.disks
         .push("vol=default/bios.qcow2,size=64M".parse().unwrap());
-    spec.cdrom = Some(PathBuf::new());
+    spec.cdrom = Some("default/installer.iso".into());
+    spec.boot = Some("cdrom,disk".parse().unwrap());
+    c.create(spec, true).unwrap();
+    h.wait_console("bios", iso::INSTALL_DONE_MARKER, t).unwrap();
+    h.wait_state("bios", VmState::Shutoff, t).unwrap();
+
+    // The installed disk boots; the drive is empty, and the firmware's boot menu is on.
+    c.media_eject("bios").unwrap();
+    let mut spec = c.info("bios").unwrap().spec.unwrap();
     spec.boot = Some("disk".parse().unwrap());
     spec.boot_menu = true;
-    c.create(spec, true).unwrap();
-    // No medium yet: refused, nothing changed.
-    let e = c.media_boot("bios").unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
-    assert!(e.to_string().contains("no medium"), "{e}");
-    c.media_insert("bios", "default/installer.iso").unwrap();
-    let info = c.media_boot("bios").unwrap();
-    assert_eq!(info.state, VmState::Running);
-    let spec = info.spec.unwrap();
-    assert_eq!(spec.boot.unwrap().to_string(), "cdrom,disk");
-    h.wait_console("bios", iso::INSTALL_DONE_MARKER, Duration::from_secs(120))
+    c.update("bios", &spec).unwrap();
+    c.start("bios", false).unwrap();
+    h.wait_console("bios", iso::BOOTED_FROM_DISK_MARKER, t)
         .unwrap();
+    h.wait_ready("bios").unwrap();
     let argv = c.showcmd("bios").unwrap().argv;
     assert!(
         argv.iter().any(|a| a == "order=c,menu=on,splash-time=3000"),
         "{argv:?}"
     );
+    // No medium: refused, nothing changed.
+    let e = c.media_boot("bios").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("no medium"), "{e}");
+    assert_eq!(c.info("bios").unwrap().state, VmState::Running);
+
+    c.media_insert("bios", "default/installer.iso").unwrap();
+    let info = c.media_boot("bios").unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!(info.spec.unwrap().boot.unwrap().to_string(), "cdrom,disk");
+    h.wait_console("bios", iso::INSTALL_SKIPPED_MARKER, t)
+        .unwrap();
+    // A second time is fine too (the drive already boots first).
+    c.media_boot("bios").unwrap();
+    c.destroy("bios").unwrap();
 
     // A VM that boots a kernel directly cannot boot from a medium.
     boot(&h, "direct", GraphicsSpec::default());
