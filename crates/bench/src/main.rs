@@ -18,6 +18,7 @@ mod power;
 mod procs;
 mod remote;
 mod report;
+mod screen;
 mod stats;
 
 use std::path::PathBuf;
@@ -72,6 +73,8 @@ enum Group {
     Net,
     /// `hv --remote` and authenticated requests over TLS, and the password login.
     Remote,
+    /// Screenshots of a 1024x768 screen.
+    Screen,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -150,6 +153,10 @@ fn run(args: Args) -> Result<bool> {
         eprintln!("remote: TLS, tokens and logins");
         extra.extend(remote::measure(&bins, plan.runs));
     }
+    if wanted(Group::Screen) {
+        eprintln!("screen: screenshots, {} runs", plan.runs);
+        extra.extend(screen::measure(&bins.hvd, plan.runs));
+    }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
         extra.extend(extra::network(&bins.hvd, plan.runs));
@@ -165,7 +172,7 @@ fn run(args: Args) -> Result<bool> {
     }
     if !extra.is_empty() {
         println!(
-            "\nStorage, snapshots, networks and remote access:\n\n{}",
+            "\nStorage, snapshots, networks, remote access and screens:\n\n{}",
             extra::table(&extra)
         );
     }
