@@ -64,7 +64,15 @@ impl Engine {
             (st.pidfd.is_some(), st.spec.graphics.clone())
         };
         let path = self.vnc_socket_path(vm.id);
-        if running && path.exists() {
+        // What QEMU bound there: a socket of its uid, not a link it put there (a compromised
+        // QEMU could point hvd, which connects as root, at another socket). `connect_vnc`
+        // also checks the peer of the connection itself.
+        let uid = self.qemu_ids(vm.id)?.uid;
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket() && m.uid() == uid
+        });
+        if running && ours {
             return Ok(path);
         }
         if graphics == GraphicsSpec::None || running {
@@ -73,6 +81,32 @@ impl Engine {
         Err(EngineError::WrongState(format!(
             "VM {name} is not running, so it has no screen; start it with hv start {name}"
         )))
+    }
+}
+
+impl Engine {
+    /// Connects to the VM's private VNC socket (see [`vnc_socket`](Self::vnc_socket)) and
+    /// checks that the peer is the VM's QEMU (its uid, `SO_PEERCRED`), so nothing QEMU did to
+    /// its directory can make hvd talk to another socket as root.
+    pub async fn connect_vnc(&self, name: &str) -> Result<tokio::net::UnixStream> {
+        let path = self.vnc_socket(name)?;
+        let uid = self.qemu_ids(self.get(name)?.id)?.uid;
+        let s = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            EngineError::Qemu(format!(
+                "cannot connect to the VNC server of VM {name} ({}): {e}",
+                path.display()
+            ))
+        })?;
+        let peer = s.peer_cred().map_err(|e| {
+            EngineError::Host(format!("cannot ask who serves {}: {e}", path.display()))
+        })?;
+        if peer.uid() != uid {
+            return Err(EngineError::Qemu(format!(
+                "the VNC socket of VM {name} is served by uid {}, not by its QEMU (uid {uid}); refusing it",
+                peer.uid()
+            )));
+        }
+        Ok(s)
     }
 }
 
