@@ -631,3 +631,62 @@ fn user_token_audit_and_host_cert_commands() {
     cli.ok(&["user", "remove", "alice"]);
     assert!(!cli.ok(&["user", "list"]).contains("alice"));
 }
+
+/// Issue 11: `hv screenshot`, `hv send-key` and `hv media boot` as a user runs them; `--graphics
+/// vnc` warns that VNC passwords are weak.
+#[test]
+fn screenshot_send_key_and_media_boot_commands() {
+    let h = TestHvd::start(&hvd_bin()).unwrap();
+    let cli = Cli(&h);
+    let g = guest::tiny_guest().unwrap();
+    let mut args = vec!["create".to_string(), "s".into()];
+    args.extend(tiny_args(&g));
+    args.push("--start".into());
+    // SysRq allowed, `console=ttyS0` still last (the serial console keeps the shell).
+    let i = args.iter().position(|a| a == guest::CMDLINE).unwrap();
+    args[i] = format!("sysrq_always_enabled=1 {}", guest::CMDLINE);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli.ok(&args);
+    cli.ok(&[
+        "wait",
+        "s",
+        "--console",
+        guest::PROMPT_REGEX,
+        "--timeout",
+        "60",
+    ]);
+
+    let file = h.dir.join("shot.png");
+    cli.ok(&["screenshot", "s", file.to_str().unwrap()]);
+    let png = std::fs::read(&file).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let o = cli.run(&["screenshot", "s", "-"]);
+    assert!(o.status.success() && o.stdout.starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    let o = cli.run(&["send-key", "s", "alt-sysrq-h"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(cli
+        .ok(&["wait", "s", "--console", "sysrq: HELP", "--timeout", "30"])
+        .contains("sysrq"));
+    let o = cli.run(&["send-key", "s", "--text", r"ls\n"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("3 key events sent"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    cli.fails(
+        &["send-key", "s", "ctrl-alt-nope"],
+        1,
+        "unknown key \"nope\"",
+    );
+    cli.fails(&["send-key", "s", "--text", r"a\q"], 1, "unknown escape");
+    cli.fails(&["send-key", "s"], 2, "required");
+    cli.fails(&["media", "boot", "s"], 1, "boots a kernel directly");
+
+    let o = cli.run(&["create", "w", "--graphics", "vnc,password=abc"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("VNC passwords are weak"));
+    let o = cli.run(&["create", "c"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("weak"));
+    assert!(cli.ok(&["dump", "c"]).contains("console"));
+}
