@@ -180,7 +180,7 @@ impl ClientFilter {
 /// The kind of the message whose type byte is `t` (known types only).
 fn kind_of(t: u8) -> Kind {
     match t {
-        4 | 5 | 6 => Kind::Input,
+        4..=6 => Kind::Input,
         _ => Kind::Display,
     }
 }
