@@ -95,9 +95,13 @@ struct CreateArgs {
     /// user | network=NAME | bridge=BR [,model=virtio|e1000|rtl8139][,mac=52:54:00:xx:xx:xx]
     #[arg(long = "nic")]
     nics: Vec<NicSpec>,
-    /// none | vnc[,listen=ADDR][,port=N][,password=PW]
-    #[arg(long, default_value = "none")]
+    /// console (the browser console through hvd) | none | vnc[,listen=ADDR][,port=N][,password=PW]
+    /// (an external VNC listener as well as the console)
+    #[arg(long, default_value = "console")]
     graphics: GraphicsSpec,
+    /// Show the firmware's boot menu (press Esc) at every boot.
+    #[arg(long)]
+    boot_menu: bool,
     /// Discard all disk writes when the VM powers off.
     #[arg(long)]
     ephemeral: bool,
@@ -317,7 +321,13 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     };
     spec.boot = a.boot;
     spec.nics = a.nics;
+    if matches!(a.graphics, GraphicsSpec::Vnc(_)) {
+        eprintln!(
+            "warning: VNC passwords are weak (8 characters, DES challenge, no encryption): anyone who can reach the VNC port can try them and read the screen; prefer the browser console (--graphics console), which hvd authenticates and encrypts"
+        );
+    }
     spec.graphics = a.graphics;
+    spec.boot_menu = a.boot_menu;
     spec.ephemeral = a.ephemeral;
     spec.autostart = a.autostart;
     spec.validate()?;

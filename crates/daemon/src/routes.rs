@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 pub mod consoles;
+mod vnc;
 mod volume_data;
 
 /// An error on its way to the client.

@@ -24,6 +24,10 @@ pub enum EngineError {
         vm: String,
         source: InvalidTransition,
     },
+    /// Not possible in the object's current state or configuration (not a lifecycle
+    /// transition): the text says why and what to do.
+    #[error("{0}")]
+    WrongState(String),
     /// The object is used by something that must not lose it.
     #[error("{0}")]
     InUse(String),
@@ -51,7 +55,9 @@ impl EngineError {
             EngineError::NotFound(_) | EngineError::NoSuchVm(_) => ErrorCode::NotFound,
             EngineError::AlreadyExists(_) | EngineError::VmExists(_) => ErrorCode::AlreadyExists,
             EngineError::Spec(_) | EngineError::Invalid(_) => ErrorCode::InvalidArgument,
-            EngineError::InvalidState { .. } => ErrorCode::InvalidState,
+            EngineError::InvalidState { .. } | EngineError::WrongState(_) => {
+                ErrorCode::InvalidState
+            }
             EngineError::InUse(_) => ErrorCode::InUse,
             EngineError::Busy { .. } => ErrorCode::Busy,
             EngineError::Timeout(_) => ErrorCode::Timeout,

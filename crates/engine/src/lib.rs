@@ -9,6 +9,7 @@
 mod access;
 mod confine;
 mod console;
+mod display;
 mod error;
 mod hotplug;
 mod images;

@@ -215,6 +215,7 @@ impl Engine {
             loadvm: loadvm.map(str::to_string),
             taps: taps.to_vec(),
             chains,
+            vnc_socket: self.vnc_socket_path(vm.id),
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -366,10 +367,12 @@ impl Engine {
                 overlays.push(Some(o));
             }
         }
+        let vnc_dir = self.vnc_dir(vm.id);
         let cleanup_files = |made: &[PathBuf]| {
             for p in made.iter().chain([&paths.qmp, &paths.serial]) {
                 let _ = std::fs::remove_file(p);
             }
+            crate::display::remove_vnc_dir(&vnc_dir);
         };
         let taps = match self.make_taps(vm.id, &spec).await {
             Ok(t) => t,
@@ -503,6 +506,7 @@ impl Engine {
         taps: &[Option<String>],
     ) -> Result<()> {
         use host_storage::access::Access;
+        self.prepare_vnc_dir(vm, &spec.graphics)?;
         // QEMU appends to it; hvd empties it at each spawn (same file, so the grant stays).
         std::fs::OpenOptions::new()
             .create(true)
@@ -808,6 +812,7 @@ impl Engine {
         {
             let _ = std::fs::remove_file(p);
         }
+        crate::display::remove_vnc_dir(&self.vnc_dir(vm.id));
         self.revoke_all(vm);
         // Nobody to fail here: the next start or hvd's re-attach sets the record right.
         if let Err(e) = self.persist_runtime(vm) {

@@ -523,12 +523,18 @@ fn default_listen() -> IpAddr {
     IpAddr::from([127, 0, 0, 1])
 }
 
-/// The VM's display.
+/// The VM's display. Every VM has an emulated VGA card (so screenshots work); the variants say
+/// who can see it live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase", tag = "type", deny_unknown_fields)]
 pub enum GraphicsSpec {
-    #[default]
+    /// No live display (no VNC server at all); screenshots still work.
     None,
+    /// The browser console: a VNC server on a Unix socket only hvd reaches, proxied by hvd to
+    /// authenticated callers.
+    #[default]
+    Console,
+    /// An external VNC listener (weak VNC passwords) in addition to the browser console.
     Vnc(VncSpec),
 }
 
@@ -536,9 +542,10 @@ impl FromStr for GraphicsSpec {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut it = kv_pairs(s);
-        let usage = "use none or vnc[,listen=ADDR][,port=N][,password=PW]";
+        let usage = "use console, none or vnc[,listen=ADDR][,port=N][,password=PW]";
         match it.next() {
             Some(("none", "")) if s == "none" => Ok(GraphicsSpec::None),
+            Some(("console", "")) if s == "console" => Ok(GraphicsSpec::Console),
             Some(("vnc", "")) => {
                 let mut vnc = VncSpec {
                     listen: default_listen(),
@@ -579,6 +586,7 @@ impl GraphicsSpec {
     pub fn redacted(&self) -> GraphicsSpec {
         match self {
             GraphicsSpec::None => GraphicsSpec::None,
+            GraphicsSpec::Console => GraphicsSpec::Console,
             GraphicsSpec::Vnc(v) => GraphicsSpec::Vnc(VncSpec {
                 password: None,
                 password_set: v.password_set || v.password.is_some(),
@@ -761,6 +769,9 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub graphics: GraphicsSpec,
+    /// Show the firmware's boot menu (SeaBIOS: press Esc) at every boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_menu: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -797,7 +808,8 @@ impl VmSpec {
             cdrom: None,
             boot: None,
             nics: Vec::new(),
-            graphics: GraphicsSpec::None,
+            graphics: GraphicsSpec::default(),
+            boot_menu: false,
             ephemeral: false,
             autostart: false,
         }
@@ -1096,6 +1108,19 @@ mod tests {
     #[test]
     fn graphics() {
         assert_eq!("none".parse::<GraphicsSpec>().unwrap(), GraphicsSpec::None);
+        assert_eq!(
+            "console".parse::<GraphicsSpec>().unwrap(),
+            GraphicsSpec::Console
+        );
+        assert_eq!(GraphicsSpec::default(), GraphicsSpec::Console);
+        // A stored spec without a graphics field (older hv) gets the browser console; one that
+        // says none keeps none.
+        let old: VmSpec = serde_json::from_str(r#"{"name":"old"}"#).unwrap();
+        assert_eq!(old.graphics, GraphicsSpec::Console);
+        assert!(!old.boot_menu);
+        let none: VmSpec =
+            serde_json::from_str(r#"{"name":"n","graphics":{"type":"none"}}"#).unwrap();
+        assert_eq!(none.graphics, GraphicsSpec::None);
         let g: GraphicsSpec = "vnc,listen=0.0.0.0,port=5905,password=secret"
             .parse()
             .unwrap();
@@ -1112,6 +1137,8 @@ mod tests {
             "vnc,password=waytoolongpw",
             "vnc,listen=nowhere",
             "none,port=1",
+            "console,port=1",
+            "Console",
         ] {
             assert!(bad.parse::<GraphicsSpec>().is_err(), "{bad}");
         }

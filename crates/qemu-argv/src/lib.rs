@@ -104,7 +104,16 @@ pub struct RunPlan {
     /// The layers below each disk's image (same order as `spec.disks`), top-most first. Every
     /// layer becomes its own `-blockdev`, so QEMU never opens a file the chain's headers name.
     pub chains: Vec<Vec<Layer>>,
+    /// Where QEMU listens for hvd's VNC connection (the browser console), unless the VM has
+    /// `graphics = none`: a socket in a directory only this VM's QEMU uid (and root) can enter.
+    pub vnc_socket: PathBuf,
 }
+
+/// The id of the VNC display hvd's browser console connects to (`-vnc unix:...,id=`).
+pub const CONSOLE_VNC_ID: &str = "hv-console";
+
+/// How long SeaBIOS shows "Press ESC for boot menu" with `boot_menu` (milliseconds).
+pub const BOOT_MENU_SPLASH_MS: u32 = 3000;
 
 /// One layer of a disk's backing chain, with the format hv knows it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +157,10 @@ pub struct Machine {
     pub devices: Vec<Value>,
     pub kernel: Option<(PathBuf, Option<PathBuf>, Option<String>)>,
     pub boot_order: Option<String>,
-    pub vnc: Option<String>,
+    pub boot_menu: bool,
+    /// `-vnc` displays, the external listener (if any) first: QMP's `set_password` and
+    /// `query-vnc` without a display id mean the first one.
+    pub vnc: Vec<String>,
     pub paused: bool,
     pub loadvm: Option<String>,
 }
@@ -188,7 +200,8 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
             .boot
             .as_ref()
             .map(|b| b.0.iter().map(|d| d.letter()).collect()),
-        vnc: None,
+        boot_menu: spec.boot_menu,
+        vnc: Vec::new(),
         paused: plan.paused,
         loadvm: plan.loadvm.clone(),
     };
@@ -256,12 +269,15 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         m.netdevs.push(nic_backend(nic, i, tap.as_deref())?);
         m.devices.push(nic_device(nic, i));
     }
-    if let GraphicsSpec::Vnc(v) = &spec.graphics {
-        m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
+    // VGA is always there (screendump works without a live display).
+    m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
+    if spec.graphics != GraphicsSpec::None {
         m.devices
             .push(json!({ "driver": "qemu-xhci", "id": "usb" }));
         m.devices
             .push(json!({ "driver": "usb-tablet", "id": "tablet0", "bus": "usb.0" }));
+    }
+    if let GraphicsSpec::Vnc(v) = &spec.graphics {
         let host = match v.listen {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
@@ -273,7 +289,13 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         if v.password.is_some() {
             vnc.push_str(",password=on");
         }
-        m.vnc = Some(vnc);
+        m.vnc.push(vnc);
+    }
+    if spec.graphics != GraphicsSpec::None {
+        m.vnc.push(format!(
+            "unix:{},id={CONSOLE_VNC_ID}",
+            esc(&plan.vnc_socket)
+        ));
     }
     Ok(m)
 }
@@ -591,11 +613,18 @@ impl Machine {
                 push("-append", c.clone());
             }
         }
+        let mut boot: Vec<String> = Vec::new();
         if let Some(o) = &self.boot_order {
-            push("-boot", format!("order={o}"));
+            boot.push(format!("order={o}"));
+        }
+        if self.boot_menu {
+            boot.push(format!("menu=on,splash-time={BOOT_MENU_SPLASH_MS}"));
+        }
+        if !boot.is_empty() {
+            push("-boot", boot.join(","));
         }
         push("-display", "none".into());
-        if let Some(v) = &self.vnc {
+        for v in &self.vnc {
             push("-vnc", v.clone());
         }
         if let Some(tag) = &self.loadvm {
@@ -668,6 +697,7 @@ mod tests {
             loadvm: None,
             taps: vec![],
             chains: vec![],
+            vnc_socket: "/var/lib/hv/run/7.vnc/sock".into(),
         }
     }
 
@@ -732,6 +762,8 @@ mod tests {
         }
         s.cdrom = Some("/iso/debian,12.iso".into());
         s.boot = Some("cdrom,disk".parse().unwrap());
+        s.boot_menu = true;
+        s.graphics = model::GraphicsSpec::None;
         check("disks-every-bus", &s, &caps(), &plan());
     }
 
@@ -804,6 +836,55 @@ mod tests {
         s.machine = "pc-q35-6.2".parse().unwrap();
         let argv = render(&build(&s, &caps(), &plan()).unwrap());
         assert!(argv.contains("-machine pc-q35-6.2\n"), "{argv}");
+    }
+
+    /// Issue 11: every VM has a VGA card; `console` (the default) adds hvd's private VNC
+    /// socket, `vnc` adds it after the external listener, `none` has no VNC at all; the boot
+    /// menu keeps the boot order.
+    #[test]
+    fn displays_and_boot_menu() {
+        let vnc_args = |g: &str| -> Vec<String> {
+            let mut s = spec("g");
+            s.graphics = g.parse().unwrap();
+            let argv: Vec<String> = build(&s, &caps(), &plan())
+                .unwrap()
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                argv.iter().any(|a| a.contains(r#""driver":"VGA""#)),
+                "{argv:?}"
+            );
+            argv.windows(2)
+                .filter(|w| w[0] == "-vnc")
+                .map(|w| w[1].clone())
+                .collect()
+        };
+        let console = "unix:/var/lib/hv/run/7.vnc/sock,id=hv-console".to_string();
+        assert_eq!(vnc_args("console"), std::slice::from_ref(&console));
+        assert_eq!(
+            vnc_args("vnc,port=5901"),
+            ["127.0.0.1:1".to_string(), console]
+        );
+        assert!(vnc_args("none").is_empty());
+        let mut s = spec("m");
+        s.boot_menu = true;
+        let argv = render(&build(&s, &caps(), &plan()).unwrap());
+        assert!(
+            argv.contains("\n-boot menu=on,splash-time=3000\n"),
+            "{argv}"
+        );
+        let mut s = spec("c");
+        s.graphics = "console".parse().unwrap();
+        let odd = RunPlan {
+            vnc_socket: "/s,t/run/7.vnc/sock".into(),
+            ..plan()
+        };
+        let argv = render(&build(&s, &caps(), &odd).unwrap());
+        assert!(
+            argv.contains("-vnc unix:/s,,t/run/7.vnc/sock,id=hv-console"),
+            "{argv}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub fn router(state: ConsoleState) -> Router {
     Router::new()
         .route("/v1/vms/{name}/console", get(console_ws))
         .route("/v1/vms/{name}/control", get(control).post(control_act))
+        .route("/v1/vms/{name}/vnc", get(super::vnc::vnc_ws))
         .route("/v1/consoles", get(consoles))
         .with_state(state)
 }
