@@ -15,6 +15,8 @@ mod access;
 pub use access::*;
 mod console;
 pub use console::*;
+mod screen;
+pub use screen::*;
 
 /// The API version prefix.
 pub const API_VERSION: &str = "v1";

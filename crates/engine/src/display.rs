@@ -1,13 +1,19 @@
-//! The VM's screen: the private VNC socket hvd's browser console connects to.
+//! The VM's screen: the private VNC socket hvd's browser console connects to, and
+//! screenshots.
 //!
-//! Unless a VM has `graphics = none`, its QEMU listens for VNC on `STATE/run/ID.vnc/sock`. The
-//! directory belongs to the VM's QEMU uid and has mode 0700, so only that uid (QEMU binds the
-//! socket itself) and root (hvd) can enter it; the directories above it get a search-only ACL
-//! entry for that uid while QEMU runs (see `confine.rs`). The socket's path follows from the
-//! VM's id alone, so a restarted hvd (re-attach, orphan adoption) finds it without records.
+//! Every running VM has a private run directory, `STATE/run/ID.d`, that belongs to its QEMU
+//! uid and has mode 0700, so only that uid and root (hvd) can enter it; the directories above
+//! it get a search-only ACL entry for that uid while QEMU runs (see `confine.rs`). Unless the
+//! VM has `graphics = none`, QEMU listens there for VNC (`vnc.sock`, bound by QEMU itself);
+//! screendumps are written there too, then read and removed by hvd. The paths follow from the
+//! VM's id alone, so a restarted hvd (re-attach, orphan adoption) finds them without records.
 
-use std::os::unix::fs::DirBuilderExt;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use model::GraphicsSpec;
 
@@ -16,24 +22,21 @@ use crate::vm::Vm;
 use crate::Engine;
 
 impl Engine {
-    /// The directory holding the VM's private VNC socket.
-    pub(crate) fn vnc_dir(&self, vm_id: i64) -> PathBuf {
-        self.inner.cfg.run_dir().join(format!("{vm_id}.vnc"))
+    /// The VM's private run directory (VNC socket, screendumps).
+    pub(crate) fn private_dir(&self, vm_id: i64) -> PathBuf {
+        self.inner.cfg.run_dir().join(format!("{vm_id}.d"))
     }
 
     /// Where the VM's QEMU listens for hvd's VNC connection.
     pub(crate) fn vnc_socket_path(&self, vm_id: i64) -> PathBuf {
-        self.vnc_dir(vm_id).join("sock")
+        self.private_dir(vm_id).join("vnc.sock")
     }
 
-    /// Makes a fresh, empty socket directory for the VM's QEMU (owned by its uid, 0700) and
-    /// lets that uid reach it. Before a start; nothing when the VM has no console.
-    pub(crate) fn prepare_vnc_dir(&self, vm: &Vm, graphics: &GraphicsSpec) -> Result<()> {
-        if *graphics == GraphicsSpec::None {
-            return Ok(());
-        }
-        let dir = self.vnc_dir(vm.id);
-        remove_vnc_dir(&dir);
+    /// Makes a fresh, empty private directory for the VM's QEMU (owned by its uid, 0700) and
+    /// lets that uid reach it. Before a start.
+    pub(crate) fn prepare_private_dir(&self, vm: &Vm) -> Result<()> {
+        let dir = self.private_dir(vm.id);
+        remove_private_dir(&dir);
         let ids = self.qemu_ids(vm.id)?;
         let host = |what: &str, e: std::io::Error| {
             EngineError::Host(format!("cannot {what} {}: {e}", dir.display()))
@@ -80,14 +83,116 @@ pub(crate) fn no_console(name: &str) -> EngineError {
     ))
 }
 
-/// Removes a VM's socket directory and what QEMU left in it (a directory that is not there is
-/// fine). `remove_dir_all` does not follow symlinks a compromised QEMU may have put there.
-pub(crate) fn remove_vnc_dir(dir: &Path) {
+/// Removes a VM's private directory and what QEMU left in it (a directory that is not there
+/// is fine). `remove_dir_all` does not follow symlinks a compromised QEMU may have put there.
+pub(crate) fn remove_private_dir(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the VNC socket directory")
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the VM's private run directory")
         }
     }
+}
+
+/// A screenshot and when it was finished.
+pub(crate) struct Shot {
+    done: Instant,
+    png: Arc<Vec<u8>>,
+}
+
+/// The oldest cached screenshot a caller may accept.
+pub const MAX_SCREENSHOT_AGE: Duration = Duration::from_secs(60);
+/// A screendump bigger than this is refused (QEMU's VGA tops out far below).
+const MAX_SCREENDUMP_BYTES: u64 = 64 << 20;
+/// How long QEMU may take for one screendump.
+const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Distinct screendump file names within this hvd.
+static SHOTS: AtomicU64 = AtomicU64::new(0);
+
+impl Engine {
+    /// A PNG of the VM's screen (QMP `screendump`). Concurrent callers share one screendump; a
+    /// caller that accepts a shot up to `max_age` old gets the last one when it is that young,
+    /// so many watchers cost one screendump per interval.
+    pub async fn screenshot(&self, name: &str, max_age: Duration) -> Result<Arc<Vec<u8>>> {
+        if max_age > MAX_SCREENSHOT_AGE {
+            return Err(EngineError::Invalid(format!(
+                "max_age_ms {} is too large; use 0 to {}",
+                max_age.as_millis(),
+                MAX_SCREENSHOT_AGE.as_millis()
+            )));
+        }
+        let vm = self.get(name)?;
+        let asked = Instant::now();
+        let mut cache = vm.screen.lock().await;
+        let running = vm.lock().qmp.is_some();
+        if let Some(shot) = cache.as_ref().filter(|_| running) {
+            // Taken while this caller waited, or young enough for it.
+            if shot.done >= asked || asked.duration_since(shot.done) <= max_age {
+                return Ok(shot.png.clone());
+            }
+        }
+        let png = Arc::new(self.screendump(&vm).await?);
+        *cache = Some(Shot {
+            done: Instant::now(),
+            png: png.clone(),
+        });
+        Ok(png)
+    }
+
+    /// One QMP `screendump` into the VM's private directory, read back and removed.
+    async fn screendump(&self, vm: &Vm) -> Result<Vec<u8>> {
+        let qmp = vm.qmp().map_err(|_| {
+            EngineError::WrongState(format!(
+                "VM {} is not running, so it has no screen; start it with hv start {}",
+                vm.name, vm.name
+            ))
+        })?;
+        let uid = self.qemu_ids(vm.id)?.uid;
+        let file = self.private_dir(vm.id).join(format!(
+            "shot-{}.png",
+            SHOTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let args = serde_json::json!({ "filename": file.display().to_string(), "format": "png" });
+        let r =
+            tokio::time::timeout(SCREENDUMP_TIMEOUT, qmp.execute("screendump", Some(args))).await;
+        let read = match r {
+            Ok(Ok(_)) => read_screendump(&file, uid),
+            Ok(Err(e)) => Err(EngineError::Qemu(format!("screendump failed: {e}"))),
+            Err(_) => Err(EngineError::Timeout(format!(
+                "QEMU did not take a screenshot of VM {} within {} s",
+                vm.name,
+                SCREENDUMP_TIMEOUT.as_secs()
+            ))),
+        };
+        let _ = std::fs::remove_file(&file);
+        read
+    }
+}
+
+/// Reads a screendump QEMU wrote: a regular file of QEMU's uid (not a link a compromised QEMU
+/// put there to make hvd read a file of root's), of bounded size, that is a PNG.
+fn read_screendump(file: &Path, uid: u32) -> Result<Vec<u8>> {
+    let bad = |why: String| EngineError::Qemu(format!("the screendump {}: {why}", file.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| bad(format!("cannot be opened: {e}")))?;
+    let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() || meta.uid() != uid {
+        return Err(bad("is not a regular file of the VM's QEMU".into()));
+    }
+    if meta.len() > MAX_SCREENDUMP_BYTES {
+        return Err(bad(format!("is {} bytes, more than a screen", meta.len())));
+    }
+    let mut png = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_SCREENDUMP_BYTES)
+        .read_to_end(&mut png)
+        .map_err(|e| bad(format!("cannot be read: {e}")))?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err(bad("is not a PNG".into()));
+    }
+    Ok(png)
 }

@@ -367,12 +367,12 @@ impl Engine {
                 overlays.push(Some(o));
             }
         }
-        let vnc_dir = self.vnc_dir(vm.id);
+        let private_dir = self.private_dir(vm.id);
         let cleanup_files = |made: &[PathBuf]| {
             for p in made.iter().chain([&paths.qmp, &paths.serial]) {
                 let _ = std::fs::remove_file(p);
             }
-            crate::display::remove_vnc_dir(&vnc_dir);
+            crate::display::remove_private_dir(&private_dir);
         };
         let taps = match self.make_taps(vm.id, &spec).await {
             Ok(t) => t,
@@ -506,7 +506,7 @@ impl Engine {
         taps: &[Option<String>],
     ) -> Result<()> {
         use host_storage::access::Access;
-        self.prepare_vnc_dir(vm, &spec.graphics)?;
+        self.prepare_private_dir(vm)?;
         // QEMU appends to it; hvd empties it at each spawn (same file, so the grant stays).
         std::fs::OpenOptions::new()
             .create(true)
@@ -812,7 +812,7 @@ impl Engine {
         {
             let _ = std::fs::remove_file(p);
         }
-        crate::display::remove_vnc_dir(&self.vnc_dir(vm.id));
+        crate::display::remove_private_dir(&self.private_dir(vm.id));
         self.revoke_all(vm);
         // Nobody to fail here: the next start or hvd's re-attach sets the record right.
         if let Err(e) = self.persist_runtime(vm) {

@@ -34,6 +34,9 @@ pub(crate) struct Vm {
     /// Every QMP event of the running QEMU, for operations that wait on one; created on first
     /// subscription so an idle VM costs no channel.
     qmp_events: Mutex<Option<tokio::sync::broadcast::Sender<qmp::QmpEvent>>>,
+    /// The last screenshot; held while one is taken, so concurrent requests share it (see
+    /// `display.rs`). Never held with `st`.
+    pub screen: tokio::sync::Mutex<Option<crate::display::Shot>>,
 }
 
 /// Marks an operation in progress on a VM; dropping it ends the operation.
@@ -68,6 +71,7 @@ impl Vm {
             state_tx: watch::channel(state).0,
             console: Arc::new(ConsoleHub::default()),
             qmp_events: Mutex::new(None),
+            screen: tokio::sync::Mutex::new(None),
         }
     }
 

@@ -222,6 +222,10 @@ fn redact(command: &str, line: &str) -> String {
     if command == "set_password" {
         return r#"{"execute":"set_password","arguments":"<redacted>"}"#.to_string();
     }
+    // Keys typed into a guest may be a password.
+    if command == "send-key" {
+        return r#"{"execute":"send-key","arguments":"<redacted>"}"#.to_string();
+    }
     line.to_string()
 }
 
