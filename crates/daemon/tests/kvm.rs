@@ -31,8 +31,8 @@ fn site(extra: &[&str]) -> Site {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["--listen", &listen];
     args.extend_from_slice(extra);
-    let h = TestHvd::start_with_args(env!("CARGO_BIN_EXE_hvd").as_ref(), &args)
-        .expect("hvd starts");
+    let h =
+        TestHvd::start_with_args(env!("CARGO_BIN_EXE_hvd").as_ref(), &args).expect("hvd starts");
     let c = h.client();
     c.create(h.tiny_spec(VM, VmOpts::default()).expect("spec"), true)
         .expect("start");
@@ -320,9 +320,10 @@ fn only_the_holder_of_control_types_on_the_shared_screen() {
         .control_act(VM, ControlAction::Request, None)
         .expect("request");
     assert_eq!(st.requests, ["carol"]);
-    events.control(Some("alice"), |k| {
-        matches!(k, EventKind::Control { requests, .. } if requests == &["carol".to_string()])
-    });
+    events.control(
+        Some("alice"),
+        |k| matches!(k, EventKind::Control { requests, .. } if requests == &["carol".to_string()]),
+    );
     // Alice cannot give control to the viewer, but to Carol.
     let e = alice
         .control_act(VM, ControlAction::Give, Some("bob"))
@@ -340,12 +341,22 @@ fn only_the_holder_of_control_types_on_the_shared_screen() {
     a.sync();
     cr.sysrq(0x35);
     cr.sync();
-    s.h.wait_console(VM, "(?s)Loglevel set to 5.*Loglevel set to 5", Duration::from_secs(60))
-        .expect("Carol's keys reach the guest");
-    assert_eq!(count(&s.h, "HELP :"), helps, "Alice's keys reached the guest");
+    s.h.wait_console(
+        VM,
+        "(?s)Loglevel set to 5.*Loglevel set to 5",
+        Duration::from_secs(60),
+    )
+    .expect("Carol's keys reach the guest");
+    assert_eq!(
+        count(&s.h, "HELP :"),
+        helps,
+        "Alice's keys reached the guest"
+    );
 
     // An admin (root on the socket) takes control from anyone, and releases it.
-    let st = root.control_act(VM, ControlAction::Take, None).expect("admin take");
+    let st = root
+        .control_act(VM, ControlAction::Take, None)
+        .expect("admin take");
     assert_eq!(st.holder.as_deref(), Some("uid:0"));
     events.control(Some("uid:0"), |_| true);
     let st = root
@@ -405,11 +416,15 @@ fn serial_console_input_only_from_the_holder() {
     let vic = s.user("vic", "viewer");
     let olga = s.user("olga", "operator");
 
-    let mut v = vic.console(VM).expect("a viewer may watch the serial console");
+    let mut v = vic
+        .console(VM)
+        .expect("a viewer may watch the serial console");
     v.get_ref()
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    events.control(None, |k| watchers(k) == [("vic".into(), ConsoleKind::Serial)]);
+    events.control(None, |k| {
+        watchers(k) == [("vic".into(), ConsoleKind::Serial)]
+    });
     v.send(Message::Binary(b"echo VIC-$((6*7))\n".to_vec().into()))
         .expect("send");
     // Told that the input was dropped.
@@ -470,7 +485,10 @@ fn malformed_rfb_closes_the_session_with_a_reason() {
             Err(e) => panic!("no close frame: {e}"),
         }
     };
-    assert!(reason.contains("unknown RFB client message type 7"), "{reason:?}");
+    assert!(
+        reason.contains("unknown RFB client message type 7"),
+        "{reason:?}"
+    );
     // The other session goes on.
     good.sync();
     good.close();
