@@ -16,6 +16,7 @@ mod extra;
 mod machine;
 mod power;
 mod procs;
+mod kvm;
 mod remote;
 mod report;
 mod stats;
@@ -72,6 +73,9 @@ enum Group {
     Net,
     /// `hv --remote` and authenticated requests over TLS, and the password login.
     Remote,
+    /// The browser console: `/vnc` throughput and key latency against QEMU's own socket, and
+    /// hvd's CPU with 20 viewers.
+    Kvm,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -149,6 +153,10 @@ fn run(args: Args) -> Result<bool> {
     if wanted(Group::Remote) {
         eprintln!("remote: TLS, tokens and logins");
         extra.extend(remote::measure(&bins, plan.runs));
+    }
+    if wanted(Group::Kvm) {
+        eprintln!("kvm: the browser console's RFB proxy");
+        extra.extend(kvm::measure(&bins.hvd, plan.runs));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
