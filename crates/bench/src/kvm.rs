@@ -177,7 +177,8 @@ fn qemu_socket(h: &TestHvd) -> Result<PathBuf> {
 
 fn via_hvd(h: &TestHvd) -> Result<Rfb> {
     let ws = h.client().vnc(VM)?;
-    ws.get_ref().set_read_timeout(Some(Duration::from_secs(30)))?;
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(30)))?;
     Rfb::over(Wire::Hvd(Box::new(ws), Vec::new()))
 }
 

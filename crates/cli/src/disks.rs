@@ -40,6 +40,9 @@ pub enum MediaCmd {
     Insert { vm: String, source: String },
     /// Eject the CD-ROM medium; the drive stays.
     Eject { vm: String },
+    /// Boot from the medium: the CD-ROM goes first in the boot order, and a running VM is
+    /// reset.
+    Boot { vm: String },
 }
 
 /// `--live` / `--config`, like libvirt's.
@@ -138,6 +141,19 @@ pub fn media(c: &Client, cmd: MediaCmd) -> Result<()> {
         MediaCmd::Eject { vm } => {
             c.media_eject(&vm)?;
             println!("{vm}'s CD-ROM drive is empty");
+        }
+        MediaCmd::Boot { vm } => {
+            let info = c.media_boot(&vm)?;
+            let order = info
+                .spec
+                .and_then(|s| s.boot)
+                .map(|b| b.to_string())
+                .unwrap_or_default();
+            if info.state.is_active() {
+                println!("{vm} was reset to boot from its CD-ROM (boot order {order})");
+            } else {
+                println!("{vm} boots from its CD-ROM at its next start (boot order {order})");
+            }
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ mod nics;
 mod operations;
 mod output;
 mod remotes;
+mod screen;
 mod snapshots;
 mod storage;
 
@@ -271,6 +272,11 @@ enum Cmd {
     },
     /// Print the QEMU command line.
     Showcmd { name: String },
+    /// Save a PNG of a VM's screen.
+    Screenshot(screen::ScreenshotArgs),
+    /// Press key combinations (ctrl-alt-delete, esc, f12, ...) or type --text on a VM's
+    /// keyboard.
+    SendKey(screen::SendKeyArgs),
 }
 
 pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
@@ -607,6 +613,8 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
             let s = c.showcmd(&name)?;
             println!("{}", render_command(&s.argv));
         }
+        Cmd::Screenshot(a) => screen::screenshot(&c, a)?,
+        Cmd::SendKey(a) => screen::send_key(&c, a)?,
     }
     Ok(0)
 }

@@ -659,6 +659,43 @@ impl Client {
             &serde_json::json!({}),
         )
     }
+    /// Boots from the CD-ROM medium: first in the boot order, and a running VM is reset.
+    pub fn media_boot(&self, name: &str) -> Result<VmInfo> {
+        self.post(
+            &paths::vm_action(name, "media/boot"),
+            &api::MediaBootRequest::default(),
+        )
+    }
+
+    // ---- screen and keyboard ----
+
+    /// A PNG of the VM's screen; a shot up to `max_age_ms` old may be shared with others.
+    pub fn screenshot(&self, name: &str, max_age_ms: u64) -> Result<Vec<u8>> {
+        let path = format!(
+            "{}?max_age_ms={max_age_ms}",
+            paths::vm_action(name, "screenshot")
+        );
+        let resp = self.send("GET", &path, None)?;
+        let status = resp.status;
+        let mut data = Vec::new();
+        resp.into_reader().read_to_end(&mut data)?;
+        if status != 200 {
+            return Err(match serde_json::from_slice::<ErrorBody>(&data) {
+                Ok(e) => ClientError::Api {
+                    code: e.error.code,
+                    status,
+                    message: e.error.message,
+                },
+                Err(_) => ClientError::Protocol(format!("HTTP {status}")),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Presses key combinations or types text on the VM's keyboard.
+    pub fn send_keys(&self, name: &str, req: &api::KeysRequest) -> Result<api::KeysSent> {
+        self.post(&paths::vm_action(name, "keys"), req)
+    }
 
     // ---- users, tokens, audit ----
 

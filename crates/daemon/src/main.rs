@@ -208,13 +208,15 @@ async fn run(args: Args) -> Result<()> {
     let app = routes::router(engine.clone())
         .merge(routes::consoles::router(routes::consoles::ConsoleState {
             engine: engine.clone(),
-            seats,
+            seats: seats.clone(),
         }))
         .merge(access_routes::router(access_routes::AccessState {
             access,
             cert: std::sync::Arc::new(cert.info.clone()),
             logins: Default::default(),
         }))
+        // `POST .../keys` asks the console seats whether its caller may type.
+        .layer(axum::Extension(seats))
         .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
     let tls = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),

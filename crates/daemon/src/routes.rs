@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 pub mod consoles;
+mod screen;
 mod vnc;
 mod volume_data;
 
@@ -225,6 +226,7 @@ pub fn router(engine: Engine) -> Router {
             "/v1/pools/{pool}/volumes/{vol}/stream",
             get(volume_data::stream_download).put(volume_data::stream_upload),
         )
+        .merge(screen::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

@@ -353,6 +353,26 @@ fn only_the_holder_of_control_types_on_the_shared_screen() {
         "Alice's keys reached the guest"
     );
 
+    // `POST .../keys` follows control too: refused for Alice (409), passed for Carol.
+    let keys = |k: &str| api::KeysRequest {
+        keys: Some(vec![k.into()]),
+        text: None,
+    };
+    let e = alice.send_keys(VM, &keys("alt-sysrq-h")).unwrap_err();
+    assert_eq!(api_code(e), Some(ErrorCode::InvalidState));
+    let e = bob.send_keys(VM, &keys("alt-sysrq-h")).unwrap_err();
+    assert_eq!(api_code(e), Some(ErrorCode::Forbidden));
+    carol
+        .send_keys(VM, &keys("alt-sysrq-6"))
+        .expect("the holder's keys");
+    s.h.wait_console(VM, "Loglevel set to 6", Duration::from_secs(60))
+        .expect("Carol's keys reach the guest");
+    assert_eq!(
+        count(&s.h, "HELP :"),
+        helps,
+        "refused keys reached the guest"
+    );
+
     // An admin (root on the socket) takes control from anyone, and releases it.
     let st = root
         .control_act(VM, ControlAction::Take, None)

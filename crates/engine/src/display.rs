@@ -196,3 +196,43 @@ fn read_screendump(file: &Path, uid: u32) -> Result<Vec<u8>> {
     }
     Ok(png)
 }
+
+/// How long each key of a combination is held (QEMU's default; firmware and SysRq need it).
+const COMBO_HOLD_MS: u32 = 100;
+/// How long each key is held when typing text (quicker; still seen by every guest here).
+const TEXT_HOLD_MS: u32 = 20;
+
+impl Engine {
+    /// Presses key combinations, or types text, on the VM's keyboard (QMP `send-key`, one
+    /// command per combination). Validated whole before anything is sent. Returns how many
+    /// combinations were sent. Concurrent requests for one VM do not interleave.
+    pub async fn send_keys(&self, name: &str, req: &api::KeysRequest) -> Result<api::KeysSent> {
+        let combos = kvm::keys::plan(req.keys.as_deref(), req.text.as_deref())
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let hold = if req.text.is_some() {
+            TEXT_HOLD_MS
+        } else {
+            COMBO_HOLD_MS
+        };
+        let vm = self.get(name)?;
+        let _typing = vm.keys.lock().await;
+        let qmp = vm.qmp().map_err(|_| {
+            EngineError::WrongState(format!(
+                "VM {name} is not running, so it has no keyboard; start it with hv start {name}"
+            ))
+        })?;
+        let mut sent = 0u32;
+        for c in &combos {
+            qmp.execute("send-key", Some(kvm::keys::send_key_args(c, hold)))
+                .await
+                .map_err(|e| {
+                    EngineError::Qemu(format!(
+                        "send-key failed after {sent} of {} key events: {e}",
+                        combos.len()
+                    ))
+                })?;
+            sent += 1;
+        }
+        Ok(api::KeysSent { sent })
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::VmInfo;
-use model::{DiskBus, DiskSpec, VmSpec};
+use model::{BootDevice, BootOrder, DiskBus, DiskSpec, VmSpec};
 use serde_json::json;
 
 use crate::error::{EngineError, Result};
@@ -340,6 +340,58 @@ impl Engine {
         Ok(self.info_of(&vm, true))
     }
 
+    /// "Boot from this medium": the CD-ROM goes first in the boot order (kept in the spec);
+    /// on a running VM also live (QOM `bootindex`, which QEMU hands the firmware at the next
+    /// reset), then the VM is reset.
+    pub async fn media_boot(&self, name: &str) -> Result<VmInfo> {
+        let vm = self.get(name)?;
+        let _op = vm.begin("media boot")?;
+        let mut spec = vm.lock().spec.clone();
+        if spec.kernel.is_some() {
+            return Err(EngineError::Invalid(format!(
+                "VM {name} boots a kernel directly (kernel in its spec), which comes before any boot device; remove the kernel from its spec (hv edit {name}) to boot from the medium"
+            )));
+        }
+        if spec.cdrom.as_ref().is_none_or(|c| c.as_os_str().is_empty()) {
+            return Err(EngineError::Invalid(format!(
+                "VM {name} has no medium in its CD-ROM drive; insert one first (hv media insert {name} POOL/NAME)"
+            )));
+        }
+        spec.boot = Some(cdrom_first(&spec));
+        spec.validate()?;
+        if vm.state().is_active() {
+            if !self.running_has_cdrom(&vm) {
+                return Err(EngineError::Invalid(format!(
+                    "VM {name} was started without a CD-ROM drive; stop it and start it again to boot from the medium"
+                )));
+            }
+            let qmp = vm.qmp()?;
+            let path = format!("/machine/peripheral/{}", qemu_argv::CDROM_ID);
+            // QEMU refuses a bootindex already in use, also by the same device (a second
+            // "boot from medium").
+            let now = qmp
+                .execute(
+                    "qom-get",
+                    Some(json!({ "path": path, "property": "bootindex" })),
+                )
+                .await
+                .map_err(qemu)?;
+            if now.as_i64() != Some(0) {
+                qmp.execute(
+                    "qom-set",
+                    Some(json!({ "path": path, "property": "bootindex", "value": 0 })),
+                )
+                .await
+                .map_err(qemu)?;
+            }
+            self.save_spec(&vm, spec)?;
+            qmp.system_reset().await.map_err(qemu)?;
+        } else {
+            self.save_spec(&vm, spec)?;
+        }
+        Ok(self.info_of(&vm, true))
+    }
+
     fn running_has_cdrom(&self, vm: &Vm) -> bool {
         vm.lock()
             .rec
@@ -357,5 +409,40 @@ impl Engine {
         vm.lock().spec = spec;
         self.emit(&vm.name, api::EventKind::Updated);
         Ok(())
+    }
+}
+
+/// The spec's boot order with the CD-ROM first; without one, the CD-ROM and then whatever the
+/// VM has of disks and NICs.
+fn cdrom_first(spec: &VmSpec) -> BootOrder {
+    let rest: Vec<BootDevice> = match &spec.boot {
+        Some(b) => b.0.clone(),
+        None => [
+            (!spec.disks.is_empty()).then_some(BootDevice::Disk),
+            (!spec.nics.is_empty()).then_some(BootDevice::Network),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    };
+    let mut order = vec![BootDevice::Cdrom];
+    order.extend(rest.into_iter().filter(|d| *d != BootDevice::Cdrom));
+    BootOrder(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdrom_first_keeps_the_rest_of_the_boot_order() {
+        let mut spec = VmSpec::new("b".parse().unwrap());
+        assert_eq!(cdrom_first(&spec).to_string(), "cdrom");
+        spec.disks.push("path=/d/a,format=raw".parse().unwrap());
+        assert_eq!(cdrom_first(&spec).to_string(), "cdrom,disk");
+        spec.boot = Some("network,cdrom,disk".parse().unwrap());
+        assert_eq!(cdrom_first(&spec).to_string(), "cdrom,network,disk");
+        spec.boot = Some("cdrom,disk".parse().unwrap());
+        assert_eq!(cdrom_first(&spec).to_string(), "cdrom,disk");
     }
 }

@@ -41,6 +41,7 @@ pub use console::{
     skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
     INPUT_CAP as CONSOLE_INPUT_CAP,
 };
+pub use display::MAX_SCREENSHOT_AGE;
 pub use error::{EngineError, Result};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
 pub use host_storage::transfer::{Replaced, Upload};

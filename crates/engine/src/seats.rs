@@ -134,6 +134,23 @@ impl Seats {
         self.change(vm, actor, |s| s.act(asker, req, now_ms()))
     }
 
+    /// Input from `user` outside a console connection (`POST .../keys`): allowed when they
+    /// hold control (it counts as their activity) or nobody does; else the holder's name.
+    pub fn may_type(&self, vm: &str, user: &str) -> Result<(), String> {
+        let mut seats = self.lock();
+        match seats.get_mut(vm) {
+            None => Ok(()),
+            Some(s) => match s.holder().map(|h| h.user.clone()) {
+                None => Ok(()),
+                Some(h) if h == user => {
+                    s.input(user, now_ms());
+                    Ok(())
+                }
+                Some(h) => Err(h),
+            },
+        }
+    }
+
     /// `vm`'s control state as `user` sees it.
     pub fn view(&self, vm: &str, user: &str, may_input: bool, admin: bool) -> ControlState {
         let seats = self.lock();

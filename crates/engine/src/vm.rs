@@ -37,6 +37,8 @@ pub(crate) struct Vm {
     /// The last screenshot; held while one is taken, so concurrent requests share it (see
     /// `display.rs`). Never held with `st`.
     pub screen: tokio::sync::Mutex<Option<crate::display::Shot>>,
+    /// Held while keys are sent, so two requests' keystrokes do not interleave.
+    pub keys: tokio::sync::Mutex<()>,
 }
 
 /// Marks an operation in progress on a VM; dropping it ends the operation.
@@ -72,6 +74,7 @@ impl Vm {
             console: Arc::new(ConsoleHub::default()),
             qmp_events: Mutex::new(None),
             screen: tokio::sync::Mutex::new(None),
+            keys: tokio::sync::Mutex::new(()),
         }
     }
 
