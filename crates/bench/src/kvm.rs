@@ -1,6 +1,6 @@
 //! Browser console figures (issue 11): framebuffer-update throughput through hvd's `/vnc`
 //! WebSocket against a direct connection to QEMU's VNC socket, the latency hvd adds to a key
-//! event, and hvd's CPU while 20 viewers watch one idle VM.
+//! event, hvd's CPU while 20 viewers watch one idle VM, and a screenshot.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -234,7 +234,8 @@ fn viewers_cpu(h: &TestHvd) -> Result<f64> {
 }
 
 pub fn measure(hvd: &Path, runs: usize) -> Vec<ExtraRow> {
-    let (mut ratio, mut added, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratio, mut added, mut cpu, mut shot) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let res = (|| -> Result<()> {
         let h = TestHvd::start(hvd)?;
         let c = h.client();
@@ -251,6 +252,14 @@ pub fn measure(hvd: &Path, runs: usize) -> Vec<ExtraRow> {
         }
         for _ in 0..runs.min(2) {
             cpu.push(viewers_cpu(&h)?);
+        }
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            let png = c.screenshot(VM, 0)?;
+            shot.push(ms(t0.elapsed()));
+            if !png.starts_with(b"\x89PNG") {
+                bail!("the screenshot is no PNG");
+            }
         }
         Ok(())
     })();
@@ -279,6 +288,13 @@ pub fn measure(hvd: &Path, runs: usize) -> Vec<ExtraRow> {
             err(cpu),
             "—",
             "≤ 10 %",
+        ),
+        row(
+            "`GET .../screenshot` (PNG, fresh; the guest's 720×400 text mode)",
+            "ms",
+            err(shot),
+            "—",
+            "≤ 100 ms at 1024×768",
         ),
     ]
 }
