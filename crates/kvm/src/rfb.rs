@@ -6,8 +6,8 @@
 //!   caller); ClientInit's shared flag is forced to 1, so no client can disconnect the others.
 //! - SetPixelFormat, SetEncodings, FramebufferUpdateRequest and QEMU's audio messages pass.
 //! - Input (KeyEvent, PointerEvent, ClientCutText incl. the extended clipboard, QEMU's extended
-//!   key event) passes only when the caller may type now (they hold control); else it is
-//!   dropped whole.
+//!   key event, and SetDesktopSize, which resizes everyone's screen) passes only when the
+//!   caller may type now (they hold control); else it is dropped whole.
 //! - Anything else (unknown types, wrong lengths, oversized payloads) is an [`RfbError`] whose
 //!   text is short enough to be a WebSocket close reason (at most 123 bytes).
 
@@ -230,6 +230,14 @@ fn message_len(b: &[u8]) -> Result<Option<usize>, RfbError> {
             }
             fixed(8 + n as usize)
         }
+        // SetDesktopSize: type, padding, u16 width, u16 height, u8 screens, padding, then
+        // 16 bytes per screen. It resizes everyone's screen, so only the holder may.
+        251 => {
+            if b.len() < 8 {
+                return Ok(None);
+            }
+            fixed(8 + 16 * usize::from(b[6]))
+        }
         // QEMU's client messages: a subtype byte.
         255 => match b.get(1) {
             None => Ok(None),
@@ -255,7 +263,7 @@ fn message_len(b: &[u8]) -> Result<Option<usize>, RfbError> {
 /// The kind of a whole message in the message phase.
 pub fn message_kind(msg: &[u8]) -> Kind {
     match msg {
-        [255, 0, ..] => Kind::Input,
+        [255, 0, ..] | [251, ..] => Kind::Input,
         [t, ..] => kind_of(*t),
         [] => Kind::Display,
     }
@@ -309,6 +317,13 @@ mod tests {
     fn qemu_key() -> Vec<u8> {
         vec![255, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e]
     }
+    fn desktop_size(screens: u8) -> Vec<u8> {
+        let mut m = vec![251, 0, 4, 0, 3, 0, screens, 0];
+        for i in 0..screens {
+            m.extend_from_slice(&[0, 0, 0, i, 0, 0, 0, 0, 4, 0, 3, 0, 0, 0, 0, 0]);
+        }
+        m
+    }
     fn audio(op: u16) -> Vec<u8> {
         let mut m = vec![255, 1];
         m.extend_from_slice(&op.to_be_bytes());
@@ -352,6 +367,7 @@ mod tests {
             cut(3, b"abc"),
             cut(-8, &[0, 0, 0, 1, 0, 0, 0, 0]),
             qemu_key(),
+            desktop_size(2),
         ];
         let mut stream = HANDSHAKE.to_vec();
         let mut holder = b"RFB 003.008\n\x01\x01".to_vec();
@@ -379,7 +395,7 @@ mod tests {
         assert_eq!(
             fed,
             Fed {
-                input_passed: 7,
+                input_passed: 8,
                 input_dropped: 0
             }
         );
@@ -394,7 +410,7 @@ mod tests {
             fed,
             Fed {
                 input_passed: 0,
-                input_dropped: 7
+                input_dropped: 8
             }
         );
     }

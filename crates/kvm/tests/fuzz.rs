@@ -27,6 +27,9 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         Just(vec![255, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e]),
         Just(vec![255, 1, 0, 2, 3, 2, 0, 0, 0xac, 0x44]),
         Just(vec![2, 0, 0, 2, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x21]),
+        Just(vec![
+            251, 0, 4, 0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 3, 0, 0, 0, 0, 0
+        ]),
         (any::<u8>(), prop::collection::vec(any::<u8>(), 0..24)).prop_map(|(t, mut v)| {
             v.insert(0, t);
             v
