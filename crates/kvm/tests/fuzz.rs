@@ -102,3 +102,96 @@ proptest! {
         prop_assert_eq!(again, out);
     }
 }
+
+/// One step of a random console session.
+#[derive(Debug, Clone)]
+enum Step {
+    Attach { user: u8, id: u8 },
+    Detach { id: u8 },
+    Input { user: u8 },
+    Act { user: u8, req: u8, to: u8 },
+    Tick { advance_ms: u16 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..4, 0u8..8).prop_map(|(user, id)| Step::Attach { user, id }),
+        (0u8..8).prop_map(|id| Step::Detach { id }),
+        (0u8..4).prop_map(|user| Step::Input { user }),
+        (0u8..4, 0u8..4, 0u8..4).prop_map(|(user, req, to)| Step::Act { user, req, to }),
+        any::<u16>().prop_map(|advance_ms| Step::Tick { advance_ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Users 0 and 1 may type, 2 only watches, 3 is an admin. Whatever happens: a holder may
+    /// type, requests never name the holder nor repeat, only the holder's input passes, and
+    /// every change of holder is reported.
+    #[test]
+    fn control_invariants_hold(steps in prop::collection::vec(step(), 0..64)) {
+        use kvm::control::{Asker, Change, ConnKind, Request, Seat, Watcher};
+        let name = |u: u8| format!("u{u}");
+        let may_input = |u: u8| u != 2;
+        let mut seat = Seat::default();
+        let mut now = 0u64;
+        let mut open: Vec<u8> = Vec::new();
+        for s in steps {
+            let before = seat.holder().map(|h| h.user.clone());
+            let mut changes = Vec::new();
+            match s {
+                Step::Attach { user, id } => {
+                    if open.contains(&id) { continue; }
+                    open.push(id);
+                    changes = seat.attach(Watcher {
+                        id: u64::from(id), user: name(user), kind: ConnKind::Vnc,
+                        since_ms: now, may_input: may_input(user),
+                    }, now);
+                }
+                Step::Detach { id } => {
+                    open.retain(|i| *i != id);
+                    changes = seat.detach(u64::from(id));
+                }
+                Step::Input { user } => {
+                    let passed = seat.input(&name(user), now);
+                    prop_assert_eq!(passed, before.as_deref() == Some(name(user).as_str()));
+                }
+                Step::Act { user, req, to } => {
+                    let req = match req {
+                        0 => Request::Take,
+                        1 => Request::Request,
+                        2 => Request::Release,
+                        _ => Request::Give { to: name(to) },
+                    };
+                    let who = Asker { user: &name(user), may_input: may_input(user), admin: user == 3 };
+                    let snapshot = seat.clone();
+                    match seat.act(who, &req, now) {
+                        Ok(c) => changes = c,
+                        Err(_) => prop_assert_eq!(&seat, &snapshot, "an error changed nothing"),
+                    }
+                }
+                Step::Tick { advance_ms } => {
+                    now += u64::from(advance_ms);
+                    changes.extend(seat.tick(now, 10_000));
+                }
+            }
+            let after = seat.holder().map(|h| h.user.clone());
+            if let Some(h) = &after {
+                prop_assert!(h != "u2", "a watcher who may not type holds control");
+                prop_assert!(!seat.requests().contains(h), "the holder is among the requests");
+            }
+            let mut r = seat.requests().to_vec();
+            r.sort();
+            r.dedup();
+            prop_assert_eq!(r.len(), seat.requests().len(), "a request repeats");
+            if before != after {
+                prop_assert!(
+                    changes.iter().any(|c| matches!(c,
+                        Change::Took { .. } | Change::AdminTook { .. } | Change::Gave { .. } | Change::Released { .. })),
+                    "the holder changed without a change: {:?} -> {:?}", before, after
+                );
+            }
+        }
+    }
+}
