@@ -1176,3 +1176,53 @@ fn schemathesis_finds_nothing_against_the_tls_listener() {
         );
     }
 }
+
+/// Issue 11: a viewer sees a VM's screen but cannot type on it; an operator can; booting
+/// from the medium needs power and media rights, which an operator holds.
+#[test]
+fn a_viewer_takes_screenshots_and_an_operator_sends_keys() {
+    let r = remote();
+    let c = r.h.client();
+    c.create(
+        r.h.tiny_spec("web-1", VmOpts::default()).expect("spec"),
+        true,
+    )
+    .expect("create");
+    r.h.wait_ready("web-1").expect("ready");
+    let viewer = r.user("vic", &[("viewer", Some("web-*"))], None);
+    let operator = r.user("opal", &[("operator", Some("web-*"))], None);
+    let shot = r.curl(Some(&viewer), "GET", "/v1/vms/web-1/screenshot", None, &[]);
+    assert_eq!(shot.status, 200, "{shot:?}");
+    let png = std::fs::read(r.h.dir.join("curl.out")).expect("body");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let keys = r#"{"keys": ["esc"]}"#;
+    let v = r.curl(Some(&viewer), "POST", "/v1/vms/web-1/keys", Some(keys), &[]);
+    assert_eq!(v.status, 403, "{v:?}");
+    let o = r.curl(
+        Some(&operator),
+        "POST",
+        "/v1/vms/web-1/keys",
+        Some(keys),
+        &[],
+    );
+    assert_eq!((o.status, o.body.as_str()), (200, r#"{"sent":1}"#), "{o:?}");
+    // Past the rights: refused for what the VM is (a direct kernel boot).
+    let b = r.curl(
+        Some(&operator),
+        "POST",
+        "/v1/vms/web-1/media/boot",
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(b.status, 400, "{b:?}");
+    assert!(b.body.contains("kernel"), "{b:?}");
+    let b = r.curl(
+        Some(&viewer),
+        "POST",
+        "/v1/vms/web-1/media/boot",
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(b.status, 403, "{b:?}");
+    c.destroy("web-1").expect("destroy");
+}

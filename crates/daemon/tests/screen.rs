@@ -223,6 +223,12 @@ fn keys_reach_the_guest_and_bad_keys_are_refused() {
         text: Some("Secret-Pw1\n".into()),
     };
     assert_eq!(c.send_keys("kbd", &text).unwrap(), KeysSent { sent: 11 });
+    // Longer text goes in paced chunks (QEMU drops keys beyond its queue); all are sent.
+    let long = KeysRequest {
+        keys: None,
+        text: Some("echo paced\n".repeat(7)),
+    };
+    assert_eq!(c.send_keys("kbd", &long).unwrap(), KeysSent { sent: 77 });
     let qmp_log = std::fs::read_to_string(h.state_dir.join("vms/kbd/qmp.log")).unwrap();
     assert!(qmp_log.contains(r#""send-key","arguments":"<redacted>""#));
     assert!(!qmp_log.contains("qcode"), "typed keys are in qmp.log");

@@ -4,7 +4,8 @@
 //! `host_storage::access`): its disk images and every layer below them, CD-ROM, kernel and
 //! initrd, its console log and the directories on the way. Every grant is recorded in the
 //! VM's runtime record before QEMU can use it and taken back when QEMU ends (also when it ended
-//! while hvd was down: the record survives). Sockets and the log come in as file descriptors;
+//! while hvd was down: the record survives). Sockets and the log come in as file descriptors
+//! (but the VNC socket, which QEMU binds in its own private directory, see `display.rs`);
 //! taps are owned by the VM's uid and gid.
 
 use std::path::{Path, PathBuf};
