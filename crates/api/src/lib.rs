@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 pub use access::*;
+mod console;
+pub use console::*;
 mod screen;
 pub use screen::*;
 
@@ -391,6 +393,12 @@ pub enum EventKind {
     },
     /// The guest reset itself (reboot) or was reset.
     Reset,
+    /// Who holds control of the VM's consoles, who watches, who asked, changed.
+    Control {
+        holder: Option<String>,
+        watchers: Vec<ControlWatcher>,
+        requests: Vec<String>,
+    },
 }
 
 /// `POST /v1/pools`: a directory pool.

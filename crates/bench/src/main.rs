@@ -13,6 +13,7 @@ mod boot;
 mod cli;
 mod daemon;
 mod extra;
+mod kvm;
 mod machine;
 mod power;
 mod procs;
@@ -75,6 +76,9 @@ enum Group {
     Remote,
     /// Screenshots of a 1024x768 screen.
     Screen,
+    /// The browser console: `/vnc` throughput and key latency against QEMU's own socket, and
+    /// hvd's CPU with 20 viewers.
+    Kvm,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -156,6 +160,10 @@ fn run(args: Args) -> Result<bool> {
     if wanted(Group::Screen) {
         eprintln!("screen: screenshots, {} runs", plan.runs);
         extra.extend(screen::measure(&bins.hvd, plan.runs));
+    }
+    if wanted(Group::Kvm) {
+        eprintln!("kvm: the browser console's RFB proxy");
+        extra.extend(kvm::measure(&bins.hvd, plan.runs));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");

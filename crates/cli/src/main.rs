@@ -3,6 +3,7 @@
 
 mod access;
 mod console;
+mod control;
 mod disks;
 mod edit;
 mod networks;
@@ -248,6 +249,15 @@ enum Cmd {
         /// With --log: keep printing until the VM stops.
         #[arg(long, requires = "log")]
         follow: bool,
+    },
+    /// Show who holds control of a VM's consoles (only their input reaches the guest), or
+    /// take, request, release or give it.
+    Control {
+        name: String,
+        #[command(subcommand)]
+        action: Option<control::ControlCmd>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
     /// Wait for a state or for console output matching a regex (exit 1 on timeout).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["state", "console"])))]
@@ -564,6 +574,11 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
                 console::attach(&c, &name)?;
             }
         }
+        Cmd::Control {
+            name,
+            action,
+            format,
+        } => control::run(&c, &name, action, format)?,
         Cmd::Wait {
             name,
             state,

@@ -874,10 +874,44 @@ impl Client {
     /// Over HTTPS it sends the bearer token and no `Origin`: hvd refuses WebSockets from
     /// foreign browser origins, and a client without `Origin` is not a browser.
     pub fn console(&self, name: &str) -> Result<tungstenite::WebSocket<ConsoleStream>> {
+        self.websocket(name, "console")
+    }
+
+    /// Opens the graphical console WebSocket: RFB 3.8 in binary frames, security None
+    /// (hvd authenticated the caller); only the holder of control's input reaches the guest.
+    pub fn vnc(&self, name: &str) -> Result<tungstenite::WebSocket<ConsoleStream>> {
+        self.websocket(name, "vnc")
+    }
+
+    /// The control state of a VM's consoles as this caller sees it.
+    pub fn control(&self, name: &str) -> Result<api::ControlState> {
+        self.call("GET", &paths::vm_action(name, "control"), None::<&()>)
+    }
+
+    /// Takes, requests, releases or gives (`to`) control of a VM's consoles.
+    pub fn control_act(
+        &self,
+        name: &str,
+        action: api::ControlAction,
+        to: Option<&str>,
+    ) -> Result<api::ControlState> {
+        let req = api::ControlRequest {
+            action,
+            to: to.map(str::to_string),
+        };
+        self.post(&paths::vm_action(name, "control"), &req)
+    }
+
+    /// The control state of every VM the caller may see.
+    pub fn consoles(&self) -> Result<Vec<api::ControlState>> {
+        self.call("GET", "/v1/consoles", None::<&()>)
+    }
+
+    fn websocket(&self, name: &str, what: &str) -> Result<tungstenite::WebSocket<ConsoleStream>> {
         use tungstenite::client::IntoClientRequest;
         // Check the VM exists first so the error is the API's, not a failed handshake.
         self.info(name)?;
-        let path = paths::vm_action(name, "console");
+        let path = paths::vm_action(name, what);
         let (stream, req) = match &self.remote {
             None => {
                 let url = format!("ws://hvd{path}");

@@ -51,6 +51,12 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Control of a VM's console is released after this many seconds without input from its
+    /// holder (1 to 86400).
+    #[arg(long, env = "HV_CONSOLE_IDLE", value_name = "SECONDS",
+          default_value_t = engine::DEFAULT_CONSOLE_IDLE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    console_idle: u64,
 }
 
 /// The gid of a group named in /etc/group.
@@ -194,12 +200,23 @@ async fn run(args: Args) -> Result<()> {
         engine: engine.clone(),
         access: access.clone(),
     };
+    let seats = engine::Seats::new(
+        &engine,
+        access.clone(),
+        std::time::Duration::from_secs(args.console_idle),
+    );
     let app = routes::router(engine.clone())
+        .merge(routes::consoles::router(routes::consoles::ConsoleState {
+            engine: engine.clone(),
+            seats: seats.clone(),
+        }))
         .merge(access_routes::router(access_routes::AccessState {
             access,
             cert: std::sync::Arc::new(cert.info.clone()),
             logins: Default::default(),
         }))
+        // `POST .../keys` asks the console seats whether its caller may type.
+        .layer(axum::Extension(seats))
         .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
     let tls = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),

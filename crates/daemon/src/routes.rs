@@ -8,7 +8,6 @@ use api::{
     StartRequest, UndefineRequest, VmList, WaitRequest,
 };
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +19,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
+pub mod consoles;
 mod screen;
+mod vnc;
 mod volume_data;
 
 /// An error on its way to the client.
@@ -161,7 +162,6 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/vms/{name}/autostart", post(autostart))
         .route("/v1/vms/{name}/wait", post(wait))
         .route("/v1/vms/{name}/showcmd", get(showcmd))
-        .route("/v1/vms/{name}/console", get(console_ws))
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/vms/{name}/disks", post(disk_attach))
         .route("/v1/vms/{name}/disks/{target}/detach", post(disk_detach))
@@ -498,103 +498,6 @@ async fn events(State(e): State<Engine>) -> Response {
         .into_response()
 }
 
-/// The serial console as a WebSocket: binary frames both ways. Any number of clients.
-async fn console_ws(
-    State(e): State<Engine>,
-    Path(name): Path<String>,
-    ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let hub = e.console(&name)?;
-    // A frame larger than the whole input queue could never be taken: refuse it at the door.
-    // The session lasts beyond this request: it ends when the caller's token or rights go.
-    let caller = crate::authz::current();
-    let revocations = caller.as_ref().map(|c| c.revocations());
-    Ok(ws
-        .max_message_size(engine::CONSOLE_INPUT_CAP)
-        .on_upgrade(move |socket| console_session(e, name, hub, socket, caller.zip(revocations))))
-}
-
-/// The next revocation that ends `caller`'s access; never, without a caller.
-async fn revoked(
-    watch: &mut Option<(
-        crate::authz::Caller,
-        tokio::sync::broadcast::Receiver<engine::Revocation>,
-    )>,
-) {
-    let Some((caller, rx)) = watch.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        match rx.recv().await {
-            Ok(r) if caller.revoked_by(&r) => return,
-            Ok(_) => {}
-            // Missed some: end the session rather than risk missing this caller's.
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
-        }
-    }
-}
-
-async fn console_session(
-    e: Engine,
-    name: String,
-    hub: std::sync::Arc<engine::ConsoleHub>,
-    mut socket: WebSocket,
-    mut watch: Option<(
-        crate::authz::Caller,
-        tokio::sync::broadcast::Receiver<engine::Revocation>,
-    )>,
-) {
-    let (_, mut feed) = hub.subscribe_feed();
-    if let Some((caller, _)) = &watch {
-        caller.audit_event("console attach", "ok");
-    }
-    let mut ended = "ok";
-    loop {
-        tokio::select! {
-            () = revoked(&mut watch) => {
-                let _ = socket
-                    .send(Message::Text(
-                        "\r\n[hv: your access was revoked; console closed]\r\n".into(),
-                    ))
-                    .await;
-                ended = "revoked";
-                break;
-            }
-            item = feed.recv() => match item {
-                FeedItem::Data { skipped, data } => {
-                    if socket.send(Message::Binary(with_skip_marker(skipped, &data))).await.is_err() {
-                        break;
-                    }
-                }
-                FeedItem::Reset => {}
-                FeedItem::Closed => {
-                    let _ = socket.send(Message::Text("\r\n[hv: the VM stopped; console closed]\r\n".into())).await;
-                    break;
-                }
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Binary(b))) => {
-                    if !console_input(&e, &name, b.to_vec(), &mut socket).await {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    if !console_input(&e, &name, t.as_bytes().to_vec(), &mut socket).await {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-        }
-    }
-    if let Some((caller, _)) = &watch {
-        caller.audit_event("console detach", ended);
-    }
-    let _ = socket.send(Message::Close(None)).await;
-}
-
 // ---- operations ----
 
 /// The operations on objects the caller may see.
@@ -631,29 +534,13 @@ async fn operation_cancel(
 }
 
 /// Output with the marker for what this reader missed in front of it.
-fn with_skip_marker(skipped: u64, data: &[u8]) -> Bytes {
+pub(crate) fn with_skip_marker(skipped: u64, data: &[u8]) -> Bytes {
     if skipped == 0 {
         return Bytes::copy_from_slice(data);
     }
     let mut out = engine::skipped_marker(skipped).into_bytes();
     out.extend_from_slice(data);
     Bytes::from(out)
-}
-
-/// Passes input on; input the bounded queue refuses is dropped and the client told so.
-/// False when the session should end.
-async fn console_input(e: &Engine, name: &str, data: Vec<u8>, socket: &mut WebSocket) -> bool {
-    match e.console_input(name, data) {
-        Ok(()) => true,
-        Err(EngineError::Busy { .. }) => {
-            let note = format!(
-                "\r\n[hv: console input dropped: {} bytes already wait for the guest to read them]\r\n",
-                engine::CONSOLE_INPUT_CAP
-            );
-            socket.send(Message::Text(note.into())).await.is_ok()
-        }
-        Err(_) => false,
-    }
 }
 
 // ---- storage ----

@@ -240,17 +240,6 @@ const TEXT_HOLD_MS: u32 = 20;
 const KEY_CHUNK: usize = 32;
 
 impl Engine {
-    /// Whether `user` may type on the VM now: the hook of the shared-control model (issue 11,
-    /// "the caller's user must hold control or control must be free").
-    ///
-    /// For the control helper to replace: this always allows until the control state
-    /// (`kvm::control`) lands; then it answers `WrongState` with "control of the console of
-    /// VM is held by USER; ask them (request) or an admin can take it".
-    pub fn input_allowed(&self, name: &str, user: &str) -> Result<()> {
-        let _ = (self.get(name)?, user);
-        Ok(())
-    }
-
     /// Presses key combinations, or types text, on the VM's keyboard (QMP `send-key`, one
     /// command per combination). Validated whole before anything is sent. Returns how many
     /// combinations were sent. Concurrent requests for one VM do not interleave. Text is typed

@@ -19,6 +19,7 @@ mod nics;
 mod operations;
 mod orphans;
 mod run;
+mod seats;
 mod snapshot;
 mod snapshot_external;
 mod storage;
@@ -46,6 +47,7 @@ pub use error::{EngineError, Result};
 pub use host_storage::transfer::{Replaced, Upload};
 pub use hotplug::ChangeScope;
 pub use operations::{Cancel, Operations};
+pub use seats::{Actor, Seated, Seats, DEFAULT_CONSOLE_IDLE};
 use store::Store;
 use vm::Vm;
 

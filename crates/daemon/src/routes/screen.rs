@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use engine::Engine;
 
 use super::{body, op, ApiError, ApiResult};
@@ -76,6 +76,7 @@ async fn screenshot(
 /// nobody does.
 async fn keys(
     State(e): State<Engine>,
+    Extension(seats): Extension<engine::Seats>,
     Path(name): Path<String>,
     b: Bytes,
 ) -> ApiResult<api::KeysSent> {
@@ -83,7 +84,13 @@ async fn keys(
     let user = crate::authz::current()
         .map(|c| c.principal.audit_name())
         .unwrap_or_default();
-    e.input_allowed(&name, &user)?;
+    e.info(&name)?;
+    seats.may_type(&name, &user).map_err(|holder| {
+        ApiError(
+            ErrorCode::InvalidState,
+            format!("control of the console of {name} is held by {holder}; ask them (request) or an admin can take it"),
+        )
+    })?;
     Ok(Json(
         op(&e, "send-keys", format!("vm/{name}"), move |e| async move {
             e.send_keys(&name, &req).await
