@@ -6,6 +6,7 @@ mod authz;
 mod openapi;
 mod routes;
 mod tls;
+mod web;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -200,6 +201,7 @@ async fn run(args: Args) -> Result<()> {
             cert: std::sync::Arc::new(cert.info.clone()),
             logins: Default::default(),
         }))
+        .merge(web::router())
         .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
     let tls = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),

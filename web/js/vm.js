@@ -1,0 +1,126 @@
+// The VM page (vm.html?name=NAME): the graphical console with the control bar, send-key menu,
+// paste, screenshot, the serial console tab, power, virtual media and the VM switcher.
+import { api, act, showError, vmPath, whoami, wireHeader, toLogin } from './api.js';
+import { follow } from './events.js';
+import { controlBar } from './control.js';
+import { screen } from './screen.js';
+import { serial } from './serial.js';
+import { mediaPanel } from './media.js';
+import { wireKeys } from './keys.js';
+
+const $ = (id) => document.getElementById(id);
+const name = new URLSearchParams(location.search).get('name') || '';
+let info = null;
+let serialShown = false;
+
+const scr = screen(name, $('screen'), $('screen-status'));
+const term = serial(name, $('serial'));
+const media = mediaPanel(name, { onChanged: () => loadInfo() });
+const ctl = controlBar(name, (state) => {
+  const holds = !!(state && state.you && state.you.holds);
+  // Without the control API, let the console try: hvd decides.
+  const canType = state ? holds : true;
+  scr.setViewOnly(!canType);
+  term.setCanType(canType);
+  const may = state ? !!state.you.can_control : true;
+  for (const b of document.querySelectorAll('[data-power]')) b.hidden = !may;
+  for (const b of document.querySelectorAll('#keys-menu button, #paste-send, #paste-text')) b.disabled = !canType;
+  media.setAllowed(may);
+  paintPower();
+});
+
+function running() {
+  return !!info && (info.state === 'running' || info.state === 'paused');
+}
+
+function paintPower() {
+  const st = info ? info.state : '';
+  $('vm-state').textContent = st || '…';
+  $('vm-state').className = `state state-${st}`;
+  const on = running();
+  const q = (p) => document.querySelector(`[data-power=${p}]`);
+  q('start').disabled = on || st === 'starting';
+  q('shutdown').disabled = !on;
+  q('reset').disabled = !on;
+  q('destroy').disabled = st === 'shutoff' || !st;
+}
+
+async function loadInfo() {
+  try {
+    info = await api('GET', vmPath(name));
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  document.title = `hv — ${name}`;
+  paintPower();
+  media.setInfo(info);
+  scr.setRunning(running());
+  if (serialShown) term.setRunning(running());
+}
+
+async function loadSwitcher() {
+  const sel = $('vm-switcher');
+  const list = await api('GET', '/v1/vms');
+  const names = list.vms.map((v) => v.name).sort((a, b) => a.localeCompare(b));
+  sel.replaceChildren(...names.map((n) => new Option(n, n, false, n === name)));
+  sel.addEventListener('change', () => {
+    location.href = `vm.html?name=${encodeURIComponent(sel.value)}`;
+  });
+}
+
+function tabs() {
+  const show = (which) => {
+    const serialTab = which === 'serial';
+    $('tab-screen').setAttribute('aria-selected', String(!serialTab));
+    $('tab-serial').setAttribute('aria-selected', String(serialTab));
+    $('pane-screen').hidden = serialTab;
+    $('pane-serial').hidden = !serialTab;
+    $('fullscreen').hidden = serialTab;
+    if (serialTab) {
+      term.show();
+      if (!serialShown) { serialShown = true; term.setRunning(running()); }
+    } else scr.focus();
+  };
+  $('tab-screen').addEventListener('click', () => show('screen'));
+  $('tab-serial').addEventListener('click', () => show('serial'));
+  $('fullscreen').addEventListener('click', () => act(null, async () => {
+    await $('screen').requestFullscreen();
+    scr.focus();
+  }));
+  window.addEventListener('resize', () => term.fit());
+}
+
+function power() {
+  for (const b of document.querySelectorAll('[data-power]')) {
+    b.addEventListener('click', () => act(b, async () => {
+      const p = b.dataset.power;
+      if (p === 'destroy' && !window.confirm(`Power off ${name} at once? Unsaved guest data is lost.`)) return;
+      const body = p === 'shutdown' ? { timeout_secs: 120 } : undefined;
+      info = await api('POST', vmPath(name, `/${p}`), body);
+      await loadInfo();
+    }));
+  }
+}
+
+function onEvent(ev) {
+  if (ev.vm !== name) return;
+  if (ev.event === 'state-changed' || ev.event === 'updated' || ev.event === 'reset') loadInfo();
+  else if (ev.event === 'control') ctl.apply(ev);
+  else if (ev.event === 'undefined') showError(`${name} was undefined`);
+}
+
+if (!whoami()) toLogin();
+else if (!name) showError('no VM named: open this page from the switch (vm.html?name=NAME)');
+else {
+  wireHeader();
+  $('screenshot-download').href = vmPath(name, '/screenshot');
+  $('screenshot-download').setAttribute('download', `${name}.png`);
+  tabs();
+  power();
+  wireKeys(name);
+  loadSwitcher().catch(showError);
+  media.load();
+  loadInfo().then(() => ctl.refresh()).catch(showError);
+  follow(onEvent, { onReconnect: () => { loadInfo(); ctl.refresh().catch(() => {}); } });
+}
