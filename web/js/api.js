@@ -148,7 +148,7 @@ export async function consoles() {
   try {
     return await api('GET', '/v1/consoles');
   } catch (e) {
-    if (e.status === 404 || e.status === 405) return null;
+    if ([403, 404, 405].includes(e.status)) return null;
     throw e;
   }
 }

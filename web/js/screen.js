@@ -9,6 +9,7 @@ export function screen(name, container, status) {
   let viewOnly = true;
   let wanted = false;
   let retry = null;
+  let backoff = 2000;
 
   const say = (t) => { status.textContent = t; };
 
@@ -27,11 +28,16 @@ export function screen(name, container, status) {
     rfb.resizeSession = false;
     rfb.viewOnly = viewOnly;
     rfb.focusOnClick = true;
-    rfb.addEventListener('connect', () => say(viewOnly ? 'connected · view only' : 'connected'));
+    rfb.addEventListener('connect', () => {
+      backoff = 2000;
+      say(viewOnly ? 'connected · view only' : 'connected');
+    });
     rfb.addEventListener('disconnect', (e) => {
       rfb = null;
-      say(e.detail.clean ? 'disconnected' : 'connection lost');
-      if (wanted) retry = setTimeout(connect, 3000);
+      if (!wanted) return;
+      say(`${e.detail.clean ? 'disconnected' : 'no connection to the screen'}; retrying in ${backoff / 1000} s`);
+      retry = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 30000);
     });
     rfb.addEventListener('securityfailure', (e) => say(`refused: ${e.detail.reason || e.detail.status}`));
   };
