@@ -164,12 +164,16 @@ function onEvent(ev) {
   }
 }
 
-if (!whoami()) toLogin();
-wireHeader();
-search.addEventListener('input', applyFilter);
-stateFilter.addEventListener('change', applyFilter);
-setInterval(() => { for (const c of cards.values()) refreshThumb(c); }, 500);
-document.addEventListener('visibilitychange', () => {
-  if (!document.hidden) for (const c of cards.values()) refreshThumb(c);
-});
-load().then(() => follow(onEvent, { onReconnect: load }));
+function main() {
+  wireHeader();
+  search.addEventListener('input', applyFilter);
+  stateFilter.addEventListener('change', applyFilter);
+  setInterval(() => { for (const c of cards.values()) refreshThumb(c); }, 500);
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) for (const c of cards.values()) refreshThumb(c);
+  });
+  load().then(() => follow(onEvent, { onReconnect: load }));
+}
+
+if (whoami()) main();
+else toLogin();

@@ -77,6 +77,7 @@ function tabs() {
     $('pane-screen').hidden = serialTab;
     $('pane-serial').hidden = !serialTab;
     $('fullscreen').hidden = serialTab;
+    $('screen-status').hidden = serialTab;
     if (serialTab) {
       term.show();
       if (!serialShown) { serialShown = true; term.setRunning(running()); }
