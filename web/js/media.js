@@ -17,6 +17,17 @@ export function mediaPanel(name, { onChanged }) {
   const upload = $('media-upload');
   const progress = $('media-upload-progress');
   const progressText = $('media-upload-text');
+  const sourceLabel = $('media-source-label');
+  const source = $('media-source');
+  let canList = true;
+  let allowed = true;
+  // The operator's tools show only for callers with the right; typing POOL/NAME only when
+  // the pools cannot be listed.
+  const paintAllowed = () => {
+    for (const b of [insert, eject, boot]) b.hidden = !allowed;
+    for (const l of [upload, pool, volume]) l.closest('label').hidden = !allowed;
+    sourceLabel.hidden = !allowed || canList;
+  };
 
   const loadVolumes = async () => {
     volume.replaceChildren();
@@ -39,16 +50,27 @@ export function mediaPanel(name, { onChanged }) {
       if (e.status !== 403) throw e;
       // Listing pools is an admin right: an operator can still eject, and insert what an
       // admin put in their VM's spec; the API tells them the rest.
+      canList = false;
       pool.replaceChildren(new Option('(listing pools needs an admin)', ''));
       pool.disabled = volume.disabled = true;
       upload.disabled = true;
+      paintAllowed();
     }
   };
 
   pool.addEventListener('change', () => act(null, loadVolumes));
   insert.addEventListener('click', () => act(insert, async () => {
-    if (!pool.value || !volume.value) throw new Error('pick a pool and a volume to insert');
-    await api('POST', vmPath(name, '/media'), { source: `${pool.value}/${volume.value}` });
+    let src;
+    if (canList) {
+      if (!pool.value || !volume.value) throw new Error('pick a pool and a volume to insert');
+      src = `${pool.value}/${volume.value}`;
+    } else {
+      src = source.value.trim();
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/.test(src)) {
+        throw new Error('name the volume to insert as POOL/NAME (an admin can tell you which)');
+      }
+    }
+    await api('POST', vmPath(name, '/media'), { source: src });
     onChanged();
   }));
   eject.addEventListener('click', () => act(eject, async () => {
@@ -100,8 +122,8 @@ export function mediaPanel(name, { onChanged }) {
       boot.disabled = !cd;
     },
     setAllowed(may) {
-      for (const b of [insert, eject, boot, upload]) b.hidden = !may;
-      upload.closest('label').hidden = !may;
+      allowed = may;
+      paintAllowed();
     },
   };
 }

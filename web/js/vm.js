@@ -25,6 +25,8 @@ const ctl = controlBar(name, (state) => {
   const may = state ? !!state.you.can_control : true;
   for (const b of document.querySelectorAll('[data-power]')) b.hidden = !may;
   for (const b of document.querySelectorAll('#keys-menu button, #paste-send, #paste-text')) b.disabled = !canType;
+  // Viewers cannot type at all: no keyboard tools for them (the API refuses them anyway).
+  $('input-tools').hidden = !may;
   media.setAllowed(may);
   paintPower();
 });
