@@ -37,7 +37,7 @@ export function controlBar(name, onChange) {
     holderEl.textContent = state.holder || 'nobody';
     bar.classList.toggle('holding', !!you.holds);
     const heldByOther = !!state.holder && !you.holds;
-    take.hidden = !you.can_control || you.holds || (heldByOther && !you.can_take);
+    take.hidden = you.holds || !you.can_take;
     take.disabled = false;
     take.textContent = heldByOther ? 'Take over' : 'Take control';
     request.hidden = !you.can_control || !heldByOther;

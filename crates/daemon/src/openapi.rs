@@ -184,8 +184,8 @@ pub fn document() -> Value {
                     "" => "root",
                     p => p,
                 }
-                    .replace(['/', '.'], "_")
-                    .replace(['{', '}'], "")
+                .replace(['/', '.'], "_")
+                .replace(['{', '}'], "")
             )),
         );
         let params: Vec<Value> = ["path", "name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
@@ -197,8 +197,11 @@ pub fn document() -> Value {
             op.insert("parameters".into(), Value::Array(params));
         }
         let public = route.path == "/" || route.path.starts_with("/ui");
-        if public || route.path == "/v1/login" || (route.path == "/v1/session" && route.method == "post") {
-            // The one route that needs no credentials: it hands them out.
+        if public
+            || route.path == "/v1/login"
+            || (route.path == "/v1/session" && route.method == "post")
+        {
+            // Routes that need no credentials: login hands them out; the UI holds no data.
             op.insert("security".into(), json!([]));
         }
         if let Some(req) = route.request {
@@ -217,9 +220,7 @@ pub fn document() -> Value {
             status.to_string(): ok,
             "default": { "description": "An error with a stable code", "content": { "application/json": { "schema": error.clone() } } },
         }));
-        let entry = paths
-            .entry(doc_path)
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(doc_path).or_insert_with(|| json!({}));
         entry[route.method] = Value::Object(op);
     }
     let schemas: Map<String, Value> = g

@@ -35,7 +35,10 @@ pub fn router() -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/ui/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
         .route(
             "/ui/{*path}",
             get(|Path(p): Path<String>, h: HeaderMap| async move { serve(&p, &h) }),
@@ -173,7 +176,9 @@ mod tests {
             let close = pat.chars().last().unwrap_or('"');
             for (i, _) in text.match_indices(pat) {
                 let rest = &text[i + pat.len()..];
-                let Some(end) = rest.find(close) else { continue };
+                let Some(end) = rest.find(close) else {
+                    continue;
+                };
                 let url = &rest[..end];
                 if url.is_empty()
                     || url.starts_with('/')
@@ -185,7 +190,11 @@ mod tests {
                     continue;
                 }
                 let url = url.split(['?', '#']).next().unwrap_or(url);
-                let url = if url.ends_with('/') { format!("{url}index.html") } else { url.to_string() };
+                let url = if url.ends_with('/') {
+                    format!("{url}index.html")
+                } else {
+                    url.to_string()
+                };
                 out.push(url);
             }
         }
@@ -231,7 +240,10 @@ mod tests {
                 }
             }
         }
-        assert!(missing.is_empty(), "referenced but not embedded: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "referenced but not embedded: {missing:?}"
+        );
         for must in [
             "vendor/novnc/core/rfb.js",
             "vendor/novnc/vendor/pako/lib/zlib/inflate.js",
@@ -240,17 +252,30 @@ mod tests {
             "vendor/xterm-addon-fit/lib/addon-fit.mjs",
             "js/api.js",
         ] {
-            assert!(seen.contains(must), "{must} is not loaded by any page: {seen:?}");
+            assert!(
+                seen.contains(must),
+                "{must} is not loaded by any page: {seen:?}"
+            );
         }
     }
 
     #[test]
     fn pages_have_no_inline_script_or_style() {
         for page in Assets::iter().filter(|p| p.ends_with(".html")) {
-            let text = String::from_utf8_lossy(&Assets::get(&page).expect("embedded").data)
-                .into_owned();
-            for bad in ["<script>", "style=", "<style", " onclick=", " onload=", "javascript:"] {
-                assert!(!text.contains(bad), "{page} has {bad:?}: the CSP forbids it");
+            let text =
+                String::from_utf8_lossy(&Assets::get(&page).expect("embedded").data).into_owned();
+            for bad in [
+                "<script>",
+                "style=",
+                "<style",
+                " onclick=",
+                " onload=",
+                "javascript:",
+            ] {
+                assert!(
+                    !text.contains(bad),
+                    "{page} has {bad:?}: the CSP forbids it"
+                );
             }
             for script in text.match_indices("<script") {
                 let tag = &text[script.0..];

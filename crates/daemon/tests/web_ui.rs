@@ -120,7 +120,10 @@ fn the_ui_is_served_on_both_listeners_with_a_strict_csp_and_without_credentials(
             ("/ui/login.html", "text/html; charset=utf-8"),
             ("/ui/js/api.js", "text/javascript; charset=utf-8"),
             ("/ui/css/app.css", "text/css; charset=utf-8"),
-            ("/ui/vendor/novnc/core/rfb.js", "text/javascript; charset=utf-8"),
+            (
+                "/ui/vendor/novnc/core/rfb.js",
+                "text/javascript; charset=utf-8",
+            ),
             (
                 "/ui/vendor/xterm/lib/xterm.mjs",
                 "text/javascript; charset=utf-8",
@@ -131,7 +134,11 @@ fn the_ui_is_served_on_both_listeners_with_a_strict_csp_and_without_credentials(
             let g = u.get(path, unix, &[]);
             assert_eq!(g.status, 200, "{path}: {g:?}");
             assert_eq!(g.header("content-type"), Some(ctype), "{path}");
-            assert_eq!(g.header("x-content-type-options"), Some("nosniff"), "{path}");
+            assert_eq!(
+                g.header("x-content-type-options"),
+                Some("nosniff"),
+                "{path}"
+            );
             assert!(g.header("content-security-policy").is_some(), "{path}");
             assert!(!g.body.is_empty(), "{path}");
         }
