@@ -4,14 +4,18 @@
 import RFB from '../vendor/novnc/core/rfb.js';
 import { vmPath } from './api.js';
 
-export function screen(name, container, status) {
+export function screen(name, container, status, note) {
   let rfb = null;
   let viewOnly = true;
   let wanted = false;
   let retry = null;
   let backoff = 2000;
 
-  const say = (t) => { status.textContent = t; };
+  const say = (t, big) => {
+    status.textContent = t;
+    note.textContent = big ? t : '';
+    note.hidden = !big;
+  };
 
   const connect = () => {
     clearTimeout(retry);
@@ -35,7 +39,7 @@ export function screen(name, container, status) {
     rfb.addEventListener('disconnect', (e) => {
       rfb = null;
       if (!wanted) return;
-      say(`${e.detail.clean ? 'disconnected' : 'no connection to the screen'}; retrying in ${backoff / 1000} s`);
+      say(`${e.detail.clean ? 'disconnected' : 'no connection to the screen'}; retrying in ${backoff / 1000} s`, true);
       retry = setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 30000);
     });
@@ -44,13 +48,13 @@ export function screen(name, container, status) {
 
   return {
     /** Connects while the VM runs; disconnects when it does not. */
-    setRunning(running) {
+    setRunning(running, why) {
       wanted = running;
       if (running) connect();
       else {
         clearTimeout(retry);
         if (rfb) { rfb.disconnect(); rfb = null; }
-        say('the VM is not running');
+        say(why || 'the VM is not running: start it to see its screen', true);
       }
     },
     setViewOnly(v) {

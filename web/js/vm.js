@@ -13,7 +13,7 @@ const name = new URLSearchParams(location.search).get('name') || '';
 let info = null;
 let serialShown = false;
 
-const scr = screen(name, $('screen'), $('screen-status'));
+const scr = screen(name, $('screen'), $('screen-status'), $('screen-note'));
 const term = serial(name, $('serial'));
 const media = mediaPanel(name, { onChanged: () => loadInfo() });
 const ctl = controlBar(name, (state) => {
@@ -57,17 +57,37 @@ async function loadInfo() {
   document.title = `hv — ${name}`;
   paintPower();
   media.setInfo(info);
-  scr.setRunning(running());
+  const graphics = info.spec && info.spec.graphics && info.spec.graphics.type;
+  if (graphics === 'none') {
+    scr.setRunning(false, `${name} has no graphical console (graphics none); redefine it with --graphics console, or use the serial console`);
+  } else scr.setRunning(running());
   if (serialShown) term.setRunning(running());
+}
+
+let switcherNames = [];
+
+function go(vm) {
+  if (vm && vm !== name) location.href = `vm.html?name=${encodeURIComponent(vm)}`;
 }
 
 async function loadSwitcher() {
   const sel = $('vm-switcher');
   const list = await api('GET', '/v1/vms');
-  const names = list.vms.map((v) => v.name).sort((a, b) => a.localeCompare(b));
-  sel.replaceChildren(...names.map((n) => new Option(n, n, false, n === name)));
-  sel.addEventListener('change', () => {
-    location.href = `vm.html?name=${encodeURIComponent(sel.value)}`;
+  const vms = list.vms.sort((a, b) => a.name.localeCompare(b.name));
+  switcherNames = vms.map((v) => v.name);
+  sel.replaceChildren(...vms.map((v) => new Option(`${v.name} · ${v.state}`, v.name, false, v.name === name)));
+}
+
+/** Like a KVM switch's hot key: Alt+PageUp / Alt+PageDown go to the previous / next VM
+ * (while the keyboard is not captured by the screen or the terminal). */
+function wireSwitcher() {
+  $('vm-switcher').addEventListener('change', (e) => go(e.target.value));
+  document.addEventListener('keydown', (e) => {
+    if (!e.altKey || (e.key !== 'PageUp' && e.key !== 'PageDown') || switcherNames.length < 2) return;
+    const i = switcherNames.indexOf(name);
+    const n = switcherNames.length;
+    e.preventDefault();
+    go(switcherNames[(i + (e.key === 'PageDown' ? 1 : n - 1)) % n]);
   });
 }
 
@@ -122,6 +142,7 @@ else {
   tabs();
   power();
   wireKeys(name);
+  wireSwitcher();
   loadSwitcher().catch(showError);
   media.load();
   loadInfo().then(() => ctl.refresh()).catch(showError);
