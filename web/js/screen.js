@@ -12,7 +12,7 @@ export function screen(name, container, status, note) {
   let backoff = 2000;
 
   const say = (t, big) => {
-    status.textContent = t;
+    status.textContent = big ? '' : t;
     note.textContent = big ? t : '';
     note.hidden = !big;
   };

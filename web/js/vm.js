@@ -56,6 +56,16 @@ async function loadInfo() {
   }
   document.title = `hv — ${name}`;
   paintPower();
+  const shot = $('screenshot-download');
+  if (running()) {
+    shot.href = vmPath(name, '/screenshot');
+    shot.classList.remove('disabled');
+    shot.removeAttribute('aria-disabled');
+  } else {
+    shot.removeAttribute('href');
+    shot.classList.add('disabled');
+    shot.setAttribute('aria-disabled', 'true');
+  }
   media.setInfo(info);
   const graphics = info.spec && info.spec.graphics && info.spec.graphics.type;
   if (graphics === 'none') {
@@ -126,6 +136,29 @@ function power() {
   }
 }
 
+/** The screenshot link downloads NAME-TIME.png; an error is shown, not saved as a PNG. */
+function wireScreenshot() {
+  const link = $('screenshot-download');
+  link.setAttribute('download', `${name}.png`);
+  link.addEventListener('click', (e) => {
+    e.preventDefault();
+    if (!running()) return;
+    act(null, async () => {
+      const resp = await api('GET', vmPath(name, '/screenshot'), undefined, { raw: true });
+      const blob = await resp.blob();
+      if (blob.type !== 'image/png') throw new Error(`the screenshot is not a PNG (${blob.type || 'no type'})`);
+      const url = URL.createObjectURL(blob);
+      const a = document.createElement('a');
+      a.href = url;
+      a.download = `${name}-${new Date().toISOString().replace(/[:.]/g, '-')}.png`;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    });
+  });
+}
+
 function onEvent(ev) {
   if (ev.vm !== name) return;
   if (ev.event === 'state-changed' || ev.event === 'updated' || ev.event === 'reset') loadInfo();
@@ -137,8 +170,7 @@ if (!whoami()) toLogin();
 else if (!name) showError('no VM named: open this page from the switch (vm.html?name=NAME)');
 else {
   wireHeader();
-  $('screenshot-download').href = vmPath(name, '/screenshot');
-  $('screenshot-download').setAttribute('download', `${name}.png`);
+  wireScreenshot();
   tabs();
   power();
   wireKeys(name);
