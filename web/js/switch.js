@@ -61,7 +61,7 @@ function makeCard(vm) {
   img.hidden = true;
   img.addEventListener('load', () => { img.hidden = false; note.textContent = ''; });
   img.addEventListener('error', () => { img.hidden = true; note.textContent = 'no screen'; });
-  const c = { vm, control: null, el: card, parts: { state, img, note, watchers, start, shutdown, destroy }, visible: false, shotAt: 0 };
+  const c = { vm, control: null, el: card, parts: { state, img, note, watchers, start, shutdown, destroy }, visible: false, shotAt: 0, loading: false, thumbUrl: null };
   for (const b of [start, shutdown, destroy]) {
     b.addEventListener('click', () => act(b, async () => {
       const body = b.dataset.power === 'shutdown' ? { timeout_secs: 120 } : undefined;
@@ -85,16 +85,37 @@ function paint(c) {
   if (!running) {
     parts.img.hidden = true;
     parts.img.removeAttribute('src');
+    if (c.thumbUrl) { URL.revokeObjectURL(c.thumbUrl); c.thumbUrl = null; }
     parts.note.textContent = vm.state === 'shutoff' ? 'powered off' : vm.state;
   }
 }
 
-function refreshThumb(c) {
+/** Fetches a new thumbnail (one request per card at a time) and shows it as a blob URL. */
+async function refreshThumb(c) {
   const running = c.vm.state === 'running' || c.vm.state === 'paused';
-  if (!running || !c.visible || document.hidden) return;
+  if (!running || !c.visible || document.hidden || c.loading) return;
   if (Date.now() - c.shotAt < THUMB_EVERY_MS - 100) return;
   c.shotAt = Date.now();
-  c.parts.img.src = `${vmPath(c.vm.name, '/screenshot')}?max_age_ms=${THUMB_MAX_AGE_MS}&t=${c.shotAt}`;
+  c.loading = true;
+  try {
+    const resp = await fetch(`${vmPath(c.vm.name, '/screenshot')}?max_age_ms=${THUMB_MAX_AGE_MS}`,
+      { credentials: 'same-origin' });
+    if (resp.status === 401) { toLogin(); return; }
+    const blob = resp.ok ? await resp.blob() : null;
+    if (!blob || blob.type !== 'image/png') {
+      c.parts.img.hidden = true;
+      c.parts.note.textContent = resp.ok ? 'no screen' : `no screen (${resp.status})`;
+      return;
+    }
+    const old = c.thumbUrl;
+    c.thumbUrl = URL.createObjectURL(blob);
+    c.parts.img.src = c.thumbUrl;
+    if (old) URL.revokeObjectURL(old);
+  } catch (_) {
+    c.parts.note.textContent = 'no screen';
+  } finally {
+    c.loading = false;
+  }
 }
 
 function applyFilter() {
@@ -123,7 +144,12 @@ async function load() {
   if (ctl === null) canControlAny = null;
   const names = new Set(list.vms.map((v) => v.name));
   for (const [name, c] of cards) {
-    if (!names.has(name)) { visibleObserver.unobserve(c.el); c.el.remove(); cards.delete(name); }
+    if (!names.has(name)) {
+      visibleObserver.unobserve(c.el);
+      c.el.remove();
+      if (c.thumbUrl) URL.revokeObjectURL(c.thumbUrl);
+      cards.delete(name);
+    }
   }
   const frag = document.createDocumentFragment();
   for (const vm of list.vms.sort((a, b) => a.name.localeCompare(b.name))) {
