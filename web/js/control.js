@@ -74,10 +74,14 @@ export function controlBar(name, onChange) {
   const apply = (ev) => {
     if (!state) { refresh().catch(() => {}); return; }
     Object.assign(state, { holder: ev.holder, watchers: ev.watchers, requests: ev.requests });
-    // `you.holds` follows the holder; the rest of `you` does not change with control.
-    if (state.you) state.you.holds = !!ev.holder && ev.holder === state.you.user;
+    // `you` follows the holder at once; hvd's own view (can_take) is read again right after.
+    if (state.you) {
+      state.you.holds = !!ev.holder && ev.holder === state.you.user;
+      if (!ev.holder) state.you.can_take = state.you.can_control;
+    }
     render();
     onChange(state);
+    refresh().catch(() => {});
   };
   render();
   return { refresh, apply, get: () => state };
