@@ -142,3 +142,35 @@ pub fn vendor_web(root: &Path) -> Result<()> {
     println!("vendor-web: refreshed {}", dest.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is committed in `web/vendor/` is what `vendor-web` would fetch: every pinned
+    /// package is recorded in VERSIONS with its version, and its files are there.
+    #[test]
+    fn the_vendored_files_match_the_pins() {
+        let root = crate::root();
+        let versions = std::fs::read_to_string(root.join("web/vendor/VERSIONS"))
+            .expect("web/vendor/VERSIONS (run cargo xtask vendor-web)");
+        for p in PACKAGES {
+            let (name, version) = p.spec.rsplit_once('@').expect("spec has a version");
+            assert!(
+                versions
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name} {version} sha512-"))
+                        && l.ends_with(&format!("web/vendor/{}", p.dir))),
+                "{} is not recorded in VERSIONS:\n{versions}",
+                p.spec
+            );
+            for f in p.files {
+                let path = root
+                    .join("web/vendor")
+                    .join(p.dir)
+                    .join(f.trim_end_matches('/'));
+                assert!(path.exists(), "{} is missing", path.display());
+            }
+        }
+    }
+}
