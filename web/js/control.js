@@ -35,6 +35,9 @@ export function controlBar(name, onChange) {
     }
     const you = state.you || {};
     holderEl.textContent = state.holder || 'nobody';
+    bar.title = state.idle_timeout_s
+      ? `Control is released when its holder closes the console or types nothing for ${Math.round(state.idle_timeout_s / 60)} min`
+      : '';
     bar.classList.toggle('holding', !!you.holds);
     const heldByOther = !!state.holder && !you.holds;
     take.hidden = you.holds || !you.can_take;
