@@ -5,9 +5,11 @@
 //! - `demo`  the README's first command: deps, build, start hvd, boot a demo VM, show its
 //!   console and `hv list`;
 //! - `test`  the README's second command: deps, guest, the whole test suite;
-//! - `tidy`  repository policy (dependency rules, process spawning, docs).
+//! - `tidy`  repository policy (dependency rules, process spawning, docs);
+//! - `vendor-web` refreshes `web/vendor/` (noVNC, xterm.js) from `npm pack`.
 
 mod tidy;
+mod vendor_web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -283,6 +285,7 @@ fn main() -> Result<()> {
         }
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("vendor-web") => vendor_web::vendor_web(&root()),
         Some("tidy") => {
             let problems = tidy::check(&root())?;
             if !problems.is_empty() {
@@ -296,7 +299,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask deps|guest|demo|test [cargo test args]|tidy");
+            eprintln!("usage: cargo xtask deps|guest|demo|test [cargo test args]|tidy|vendor-web");
             std::process::exit(2);
         }
     }

@@ -76,7 +76,7 @@ impl Role {
     pub fn allows(self, action: Action) -> bool {
         use Action::*;
         match action {
-            Login | Authenticated | Logout | OperationRead | VmAudit | VmConsole => true,
+            Login | Public | Authenticated | Logout | OperationRead | VmAudit | VmConsole => true,
             VmConsoleInput | VmPowerMgmt | VmMedia | VmSnapshot | OperationCancel => {
                 self >= Role::Operator
             }
@@ -184,6 +184,8 @@ pub fn glob_match(glob: &str, name: &str) -> bool {
 pub enum Action {
     /// Anyone, before authentication: logging in (checked by password, rate-limited).
     Login,
+    /// Anyone, without credentials: the web UI's static files (they hold no data).
+    Public,
     /// Any authenticated caller (ping, the API document).
     Authenticated,
     /// End one's own session (any authenticated caller; audited).
@@ -228,6 +230,7 @@ impl Action {
         use Action::*;
         match self {
             Login => "Login",
+            Public => "Public",
             Authenticated => "Authenticated",
             Logout => "Logout",
             VmAudit => "VM.Audit",
@@ -262,6 +265,7 @@ impl Action {
         matches!(
             self,
             Login
+                | Public
                 | Authenticated
                 | VmAudit
                 | VmConsole
@@ -313,7 +317,7 @@ pub enum Decision {
 pub fn decide(grants: &[Grant], action: Action, object: &Object) -> Decision {
     let holds = |a: Action| grants.iter().any(|g| g.covers(object) && g.role.allows(a));
     // Any grant at all lets a user reach the API and its own operations.
-    if matches!(action, Action::Login | Action::Logout) {
+    if matches!(action, Action::Login | Action::Public | Action::Logout) {
         return Decision::Allow;
     }
     if matches!(action, Action::Authenticated | Action::OperationRead)

@@ -191,6 +191,10 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/login", rule(Login, Global)),
         ("post", "/v1/session", rule(Login, Global)),
         ("delete", "/v1/session", rule(Logout, Global)),
+        ("get", "/", rule(Public, Global)),
+        ("get", "/ui", rule(Public, Global)),
+        ("get", "/ui/", rule(Public, Global)),
+        ("get", "/ui/{*path}", rule(Public, Global)),
         ("post", "/v1/host/bridges", rule(HostAdmin, Global)),
         ("delete", "/v1/host/bridges/{bridge}", rule(HostAdmin, Global)),
         ("get", "/v1/events", rule(Authenticated, Global)),
@@ -481,12 +485,20 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
     let Some(peer) = req.extensions().get::<Peer>().cloned() else {
         return refuse(ErrorCode::Internal, "the connection has no peer");
     };
-    // Logging in is how a caller gets credentials: its handler checks the password.
+    // Logging in is how a caller gets credentials: its handler checks the password. The web
+    // UI's static files hold no data (HEAD runs a GET handler).
     let login = req
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|m| rule_of(req.method(), m.as_str()))
-        .is_some_and(|r| r.action == Action::Login);
+        .and_then(|m| {
+            rule_of(req.method(), m.as_str()).or_else(|| {
+                (req.method() == Method::HEAD)
+                    .then(|| rule_of(&Method::GET, m.as_str()))
+                    .flatten()
+                    .filter(|r| r.action == Action::Public)
+            })
+        })
+        .is_some_and(|r| matches!(r.action, Action::Login | Action::Public));
     if login {
         return next.run(req).await;
     }

@@ -6,6 +6,7 @@ mod authz;
 mod openapi;
 mod routes;
 mod tls;
+mod web;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -215,6 +216,7 @@ async fn run(args: Args) -> Result<()> {
             cert: std::sync::Arc::new(cert.info.clone()),
             logins: Default::default(),
         }))
+        .merge(web::router())
         // `POST .../keys` asks the console seats whether its caller may type.
         .layer(axum::Extension(seats))
         .layer(axum::middleware::from_fn_with_state(guard, authz::guard));

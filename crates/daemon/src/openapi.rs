@@ -140,6 +140,10 @@ pub fn routes() -> Vec<RouteDoc> {
         r("get", "/v1/tokens", "List API tokens (never their secrets)", None, 200, Some(s::<TokenList>)),
         r("post", "/v1/tokens", "Make an API token; the answer is the only time its secret is shown", Some(s::<CreateTokenRequest>), 201, Some(s::<TokenCreated>)),
         r("delete", "/v1/tokens/{id}", "Revoke a token (at once)", None, 200, Some(s::<TokenInfo>)),
+        r("get", "/", "Redirects (303) to the web UI at /ui/ (no credentials needed)", None, 303, None),
+        r("get", "/ui", "Redirects (303) to /ui/ (no credentials needed)", None, 303, None),
+        raw("text/html", r("get", "/ui/", "The web UI's first page (static; no credentials needed: the data comes from the API)", None, 200, None)),
+        raw("*/*", r("get", "/ui/{*path}", "A static file of the web UI (HTML, JS modules, CSS, vendored noVNC and xterm.js), with a strict CSP; 404 for anything else", None, 200, None)),
         r("get", "/v1/audit", "The audit log, oldest first (query: user, vm, since_ms); append-only", None, 200, Some(s::<AuditList>)),
     ]
 }
@@ -174,6 +178,8 @@ pub fn document() -> Value {
     let error = s::<api::ErrorBody>(&mut g);
     let mut paths = Map::new();
     for route in routes() {
+        // OpenAPI spells the router's catch-all `{*path}` as a plain `{path}` parameter.
+        let doc_path = route.path.replace("{*", "{");
         let mut op = Map::new();
         op.insert("summary".into(), json!(route.summary));
         op.insert(
@@ -181,23 +187,28 @@ pub fn document() -> Value {
             json!(format!(
                 "{}_{}",
                 route.method,
-                route
-                    .path
-                    .trim_start_matches("/v1/")
-                    .replace(['/', '.'], "_")
-                    .replace(['{', '}'], "")
+                match doc_path.trim_start_matches("/v1/").trim_start_matches('/') {
+                    "" => "root",
+                    p => p,
+                }
+                .replace(['/', '.'], "_")
+                .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
+        let params: Vec<Value> = ["path", "name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
             .iter()
-            .filter(|p| route.path.contains(&format!("{{{p}}}")))
+            .filter(|p| doc_path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": param_schema(route.path, p) }))
             .collect();
         if !params.is_empty() {
             op.insert("parameters".into(), Value::Array(params));
         }
-        if route.path == "/v1/login" || (route.path == "/v1/session" && route.method == "post") {
-            // The one route that needs no credentials: it hands them out.
+        let public = route.path == "/" || route.path.starts_with("/ui");
+        if public
+            || route.path == "/v1/login"
+            || (route.path == "/v1/session" && route.method == "post")
+        {
+            // Routes that need no credentials: login hands them out; the UI holds no data.
             op.insert("security".into(), json!([]));
         }
         if let Some(req) = route.request {
@@ -216,9 +227,7 @@ pub fn document() -> Value {
             status.to_string(): ok,
             "default": { "description": "An error with a stable code", "content": { "application/json": { "schema": error.clone() } } },
         }));
-        let entry = paths
-            .entry(route.path.to_string())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(doc_path).or_insert_with(|| json!({}));
         entry[route.method] = Value::Object(op);
     }
     let schemas: Map<String, Value> = g
