@@ -15,6 +15,8 @@ mod access;
 pub use access::*;
 mod console;
 pub use console::*;
+mod media;
+pub use media::*;
 mod screen;
 pub use screen::*;
 

@@ -226,6 +226,8 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/vms/{name}/nics/{mac}/detach", rule(VmConfig, Vm)),
         ("post", "/v1/vms/{name}/media", rule(VmMedia, VmWithPaths)),
         ("post", "/v1/vms/{name}/media/eject", rule(VmMedia, Vm)),
+        ("get", "/v1/vms/{name}/media/choices", rule(VmMedia, Vm)),
+        ("put", "/v1/vms/{name}/media/upload", rule(VmMedia, Vm)),
         // Also needs VmMedia, checked by the handler with the same decide (one rule per route).
         ("post", "/v1/vms/{name}/media/boot", rule(VmPowerMgmt, Vm)),
         ("get", "/v1/vms/{name}/screenshot", rule(VmConsole, Vm)),

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 pub mod consoles;
+mod media;
 mod screen;
 mod vnc;
 mod volume_data;
@@ -227,6 +228,7 @@ pub fn router(engine: Engine) -> Router {
             get(volume_data::stream_download).put(volume_data::stream_upload),
         )
         .merge(screen::routes())
+        .merge(media::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

@@ -281,6 +281,12 @@ impl Engine {
             None => PathBuf::from(source),
         };
         crate::must_exist("media", &path)?;
+        if let Some(r) = spec.cdrom_vol() {
+            // A caller who may change this VM's medium must not read another VM's disk.
+            if let Some(why) = self.not_a_medium(r.pool.as_str(), &path).await? {
+                return Err(EngineError::Invalid(why));
+            }
+        }
         if vm.state().is_active() {
             let had_drive = self.running_has_cdrom(&vm);
             if !had_drive {
@@ -392,7 +398,7 @@ impl Engine {
         Ok(self.info_of(&vm, true))
     }
 
-    fn running_has_cdrom(&self, vm: &Vm) -> bool {
+    pub(crate) fn running_has_cdrom(&self, vm: &Vm) -> bool {
         vm.lock()
             .rec
             .argv

@@ -14,6 +14,7 @@ mod error;
 mod hotplug;
 mod images;
 pub mod logcap;
+mod media;
 mod network;
 mod nics;
 mod operations;

@@ -702,7 +702,7 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Regular files in a pool directory whose names are valid volume names.
-fn volume_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn volume_files(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

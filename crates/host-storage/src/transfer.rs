@@ -112,6 +112,57 @@ impl Upload {
     }
 }
 
+impl Upload {
+    /// Where [`commit`](Self::commit) puts the bytes.
+    pub fn destination(&self) -> &Path {
+        &self.dst
+    }
+
+    /// Makes the bytes durable (`fsync`), then puts them in place as a NEW file: refused with
+    /// [`io::ErrorKind::AlreadyExists`] if one appeared meanwhile (`renameat2` with
+    /// `RENAME_NOREPLACE`, or a hard link where the file system has no such rename). Either
+    /// way the temp file is gone afterwards.
+    pub fn commit_new(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        rename_noreplace(&self.tmp, &self.dst)?;
+        self.committed = true;
+        if let Some(dir) = self.dst.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    // No RENAME_NOREPLACE here: a hard link is just as exclusive.
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
 /// The volume's previous bytes, freed when this is dropped.
 #[must_use = "dropping this frees the old bytes; drop it off the hot path"]
 pub struct Replaced {
@@ -165,6 +216,25 @@ mod tests {
         assert_eq!(std::fs::read(&dst).unwrap(), b"old");
         drop(up.commit().unwrap());
         assert_eq!(std::fs::read(&dst).unwrap(), body);
+        assert!(!tmp.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn commit_new_never_replaces_a_file() {
+        let dir = std::env::temp_dir().join(format!("hv-transfer-new-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tmp, dst) = (dir.join(".v.upload"), dir.join("v"));
+        let mut up = Upload::create(&tmp, &dst).unwrap();
+        up.write_all(b"new").unwrap();
+        up.commit_new().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"new");
+        assert!(!tmp.exists());
+        let mut up = Upload::create(&tmp, &dst).unwrap();
+        up.write_all(b"other").unwrap();
+        let e = up.commit_new().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"new");
         assert!(!tmp.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
