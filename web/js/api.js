@@ -90,13 +90,19 @@ export async function logout() {
 }
 
 /**
- * Uploads a file as a volume's bytes (PUT .../data) with progress; resolves to the VolInfo.
- * XMLHttpRequest, because fetch reports no upload progress.
+ * Uploads a file as a NEW medium `pool/vol` for VM `name` and inserts it into its drive
+ * (PUT /v1/vms/NAME/media/upload) with progress; resolves to the MediumInfo.
  */
-export function uploadVolume(pool, vol, file, onProgress) {
+export function uploadMedium(name, pool, vol, file, onProgress) {
+  const q = `pool=${enc(pool)}&volume=${enc(vol)}&insert=true`;
+  return putFile(`${vmPath(name, '/media/upload')}?${q}`, file, onProgress);
+}
+
+/** PUT of a file's bytes; XMLHttpRequest, because fetch reports no upload progress. */
+function putFile(url, file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open('PUT', `/v1/pools/${enc(pool)}/volumes/${enc(vol)}/data`);
+    xhr.open('PUT', url);
     xhr.setRequestHeader('Content-Type', 'application/octet-stream');
     xhr.setRequestHeader('X-HV-CSRF', csrf());
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); };

@@ -1,10 +1,16 @@
-// Virtual media of the VM page: pick a volume from a pool (GET /v1/pools, .../volumes),
-// insert and eject it, upload an ISO from the browser into a new pool volume with progress
-// (POST .../volumes, then PUT .../data) and insert it, and boot from it
-// (POST /v1/vms/NAME/media/boot: CD-ROM first in the boot order, then a reset).
-import { api, act, enc, showError, uploadVolume, vmPath } from './api.js';
+// Virtual media of the VM page, scoped to this VM like an IP-KVM switch's virtual media is to
+// its port: the pools and volumes that can go into its drive come from
+// GET /v1/vms/NAME/media/choices (right VM.Media on this VM only, no storage rights needed);
+// insert and eject; upload an ISO from the browser with progress into a NEW volume of the
+// chosen pool (PUT /v1/vms/NAME/media/upload?pool=P&volume=V&insert=true); and boot from it
+// (POST /v1/vms/NAME/media/boot: CD-ROM first in the boot order, then a reset). Viewers see
+// the current medium only.
+import { api, act, showError, uploadMedium, vmPath } from './api.js';
 
-const VOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+const MEDIUM_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
+const MEDIUM_SUFFIX = /\.(iso|img)$/i;
+
+const mib = (n) => (n / 1048576).toFixed(1);
 
 export function mediaPanel(name, { onChanged }) {
   const $ = (id) => document.getElementById(id);
@@ -17,65 +23,63 @@ export function mediaPanel(name, { onChanged }) {
   const upload = $('media-upload');
   const progress = $('media-upload-progress');
   const progressText = $('media-upload-text');
-  const sourceLabel = $('media-source-label');
-  const source = $('media-source');
-  let canList = true;
+  let choices = null;
+  // Console input (from the control state) and VM.Media (the choices answer) both needed.
   let allowed = true;
-  // The operator's tools show only for callers with the right; typing POOL/NAME only when
-  // the pools cannot be listed.
+  let mayMedia = true;
   const paintAllowed = () => {
-    for (const b of [insert, eject, boot]) b.hidden = !allowed;
-    for (const l of [upload, pool, volume]) l.closest('label').hidden = !allowed;
-    sourceLabel.hidden = !allowed || canList;
+    const show = allowed && mayMedia;
+    for (const b of [insert, eject, boot]) b.hidden = !show;
+    for (const l of [upload, pool, volume]) l.closest('label').hidden = !show;
+    if (!show) progress.hidden = true;
   };
 
-  const loadVolumes = async () => {
-    volume.replaceChildren();
-    if (!pool.value) return;
-    const list = await api('GET', `/v1/pools/${enc(pool.value)}/volumes`);
-    const vols = list.volumes.slice().sort((a, b) => {
-      const iso = (v) => (/\.iso$/i.test(v.name) ? 0 : 1);
-      return iso(a) - iso(b) || a.name.localeCompare(b.name);
-    });
-    volume.replaceChildren(...vols.map((v) => new Option(v.name, v.name)));
+  const paintVolumes = () => {
+    const vols = (choices ? choices.volumes : [])
+      .filter((v) => v.pool === pool.value)
+      .sort((a, b) => (b.iso9660 - a.iso9660) || a.volume.localeCompare(b.volume));
+    volume.replaceChildren(...vols.map((v) => {
+      const o = new Option(`${v.volume} (${mib(v.size_bytes)} MiB)${v.iso9660 ? '' : ' — not ISO 9660'}`, v.volume);
+      o.selected = v.inserted;
+      return o;
+    }));
+    insert.disabled = vols.length === 0;
   };
 
-  const loadPools = async () => {
+  const load = async () => {
     try {
-      const list = await api('GET', '/v1/pools');
-      pool.replaceChildren(...list.pools.map((p) => new Option(p.name, p.name)));
-      pool.disabled = volume.disabled = false;
-      await loadVolumes();
+      choices = await api('GET', vmPath(name, '/media/choices'));
     } catch (e) {
       if (e.status !== 403) throw e;
-      // Listing pools is an admin right: an operator can still eject, and insert what an
-      // admin put in their VM's spec; the API tells them the rest.
-      canList = false;
-      pool.replaceChildren(new Option('(listing pools needs an admin)', ''));
-      pool.disabled = volume.disabled = true;
-      upload.disabled = true;
+      mayMedia = false;
       paintAllowed();
+      return;
     }
+    mayMedia = true;
+    const keep = pool.value;
+    const names = [...new Set([
+      ...choices.upload_pools.map((p) => p.pool),
+      ...choices.volumes.map((v) => v.pool),
+    ])].sort();
+    pool.replaceChildren(...names.map((p) => new Option(p, p)));
+    const inserted = choices.volumes.find((v) => v.inserted);
+    if (names.includes(keep)) pool.value = keep;
+    else if (inserted) pool.value = inserted.pool;
+    paintVolumes();
+    paintAllowed();
   };
 
-  pool.addEventListener('change', () => act(null, loadVolumes));
+  pool.addEventListener('change', paintVolumes);
   insert.addEventListener('click', () => act(insert, async () => {
-    let src;
-    if (canList) {
-      if (!pool.value || !volume.value) throw new Error('pick a pool and a volume to insert');
-      src = `${pool.value}/${volume.value}`;
-    } else {
-      src = source.value.trim();
-      if (!/^[A-Za-z0-9][A-Za-z0-9._-]*\/[A-Za-z0-9][A-Za-z0-9._-]*$/.test(src)) {
-        throw new Error('name the volume to insert as POOL/NAME (an admin can tell you which)');
-      }
-    }
-    await api('POST', vmPath(name, '/media'), { source: src });
+    if (!pool.value || !volume.value) throw new Error('pick a pool and a volume to insert');
+    await api('POST', vmPath(name, '/media'), { source: `${pool.value}/${volume.value}` });
     onChanged();
+    await load();
   }));
   eject.addEventListener('click', () => act(eject, async () => {
     await api('POST', vmPath(name, '/media/eject'));
     onChanged();
+    await load();
   }));
   boot.addEventListener('click', () => act(boot, async () => {
     await api('POST', vmPath(name, '/media/boot'), {});
@@ -84,26 +88,30 @@ export function mediaPanel(name, { onChanged }) {
   upload.addEventListener('change', () => act(upload, async () => {
     const file = upload.files[0];
     if (!file) return;
-    if (!pool.value) throw new Error('pick the pool to upload into first');
-    const vol = file.name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[^A-Za-z0-9]+/, '');
-    if (!VOL_NAME.test(vol)) throw new Error(`cannot name a volume after the file ${file.name}: rename it to letters, digits, . _ -`);
-    if (file.size === 0) throw new Error(`${file.name} is empty`);
-    progress.hidden = false;
-    progress.value = 0;
-    progressText.textContent = `creating ${pool.value}/${vol}…`;
     try {
-      await api('POST', `/v1/pools/${enc(pool.value)}/volumes`, { name: vol, size: file.size, format: 'raw' });
-      await uploadVolume(pool.value, vol, file, (done, total) => {
+      if (!pool.value) throw new Error('pick the pool to upload into first');
+      const vol = file.name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[^A-Za-z0-9]+/, '');
+      if (!MEDIUM_NAME.test(vol)) throw new Error(`cannot name a medium after the file ${file.name}: rename it to letters, digits, . _ -`);
+      if (!MEDIUM_SUFFIX.test(vol)) throw new Error(`${file.name} does not end in .iso or .img; media are CD images (rename the file)`);
+      if (file.size === 0) throw new Error(`${file.name} is empty`);
+      const free = choices && choices.upload_pools.find((p) => p.pool === pool.value);
+      if (free && file.size > free.available_bytes) {
+        throw new Error(`pool ${pool.value} has ${mib(free.available_bytes)} MiB free, less than the ${mib(file.size)} MiB of ${file.name}`);
+      }
+      if (choices && file.size > choices.max_upload_bytes) {
+        throw new Error(`${file.name} is larger than the ${mib(choices.max_upload_bytes)} MiB a medium may have`);
+      }
+      progress.hidden = false;
+      progress.value = 0;
+      progressText.textContent = `uploading ${pool.value}/${vol}…`;
+      await uploadMedium(name, pool.value, vol, file, (done, total) => {
         progress.value = Math.floor((done * 100) / total);
-        progressText.textContent = `${(done / 1048576).toFixed(1)} of ${(total / 1048576).toFixed(1)} MiB`;
+        progressText.textContent = `${mib(done)} of ${mib(total)} MiB`;
       });
       progress.value = 100;
-      progressText.textContent = `uploaded ${pool.value}/${vol}; inserting…`;
-      await loadVolumes();
-      volume.value = vol;
-      await api('POST', vmPath(name, '/media'), { source: `${pool.value}/${vol}` });
       progressText.textContent = `uploaded and inserted ${pool.value}/${vol}`;
       onChanged();
+      await load();
     } catch (e) {
       progressText.textContent = 'upload failed';
       throw e;
@@ -113,7 +121,7 @@ export function mediaPanel(name, { onChanged }) {
   }));
 
   return {
-    load: () => loadPools().catch(showError),
+    load: () => load().catch(showError),
     /** Shows the VM's current medium from its spec. */
     setInfo(info) {
       const cd = info && info.spec && info.spec.cdrom;
