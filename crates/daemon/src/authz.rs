@@ -170,10 +170,33 @@ pub enum On {
 pub struct Rule {
     pub action: Action,
     pub on: On,
+    /// Only reads, though its right is one that changes things (listing what a change may
+    /// pick from): a session needs no CSRF header for it, and it is not audited as a change.
+    pub reads: bool,
 }
 
 const fn rule(action: Action, on: On) -> Rule {
-    Rule { action, on }
+    Rule {
+        action,
+        on,
+        reads: false,
+    }
+}
+
+/// A [`rule`] for a route that only reads.
+const fn read(action: Action, on: On) -> Rule {
+    Rule {
+        action,
+        on,
+        reads: true,
+    }
+}
+
+impl Rule {
+    /// Whether a request to the route changes nothing.
+    pub fn is_read(&self) -> bool {
+        self.reads || self.action.is_read()
+    }
 }
 
 /// Every route's rule, by method and path as the router (and the OpenAPI document) spell it.
@@ -226,7 +249,8 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/vms/{name}/nics/{mac}/detach", rule(VmConfig, Vm)),
         ("post", "/v1/vms/{name}/media", rule(VmMedia, VmWithPaths)),
         ("post", "/v1/vms/{name}/media/eject", rule(VmMedia, Vm)),
-        ("get", "/v1/vms/{name}/media/choices", rule(VmMedia, Vm)),
+        // Lists what VM.Media may insert, so it needs that right, but it only reads.
+        ("get", "/v1/vms/{name}/media/choices", read(VmMedia, Vm)),
         ("put", "/v1/vms/{name}/media/upload", rule(VmMedia, Vm)),
         // Also needs VmMedia, checked by the handler with the same decide (one rule per route).
         ("post", "/v1/vms/{name}/media/boot", rule(VmPowerMgmt, Vm)),
@@ -455,7 +479,7 @@ fn req_is_read(req: &Request) -> bool {
     req.extensions()
         .get::<MatchedPath>()
         .and_then(|m| rule_of(req.method(), m.as_str()))
-        .is_some_and(|r| r.action.is_read())
+        .is_some_and(|r| r.is_read())
 }
 
 /// Records a refused attempt to change something without valid credentials (never the token).
@@ -466,7 +490,7 @@ fn audit_unauthenticated(g: &Guard, req: &Request, addr: std::net::SocketAddr, w
     let Some(rule) = rule_of(req.method(), matched.as_str()) else {
         return;
     };
-    if rule.action.is_read() {
+    if rule.is_read() {
         return;
     }
     let entry = AuditEntry {
@@ -735,7 +759,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
         audited: Default::default(),
     };
     let req = Request::from_parts(parts, body.unwrap_or_else(Body::empty));
-    let mutating = !rule.action.is_read();
+    let mutating = !rule.is_read();
     let what = format!("{method} {matched}");
     let c = caller.clone();
     let resp = CALLER.scope(caller, next.run(req)).await;
