@@ -1,6 +1,6 @@
 //! `hv disk ...` and `hv media ...`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use api::{AttachDiskRequest, DetachDiskRequest};
 use clap::Subcommand;
 use client::Client;
@@ -43,6 +43,28 @@ pub enum MediaCmd {
     /// Boot from the medium: the CD-ROM goes first in the boot order, and a running VM is
     /// reset.
     Boot { vm: String },
+    /// The media that can go into the VM's drive (raw pool volumes that are no VM's disk) and
+    /// the pools a medium may be uploaded to (needs only the media right on the VM).
+    List {
+        vm: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Upload an ISO as a NEW medium into a pool (never replacing a volume) for the VM, and
+    /// insert it with --insert (needs only the media right on the VM).
+    Upload {
+        vm: String,
+        file: std::path::PathBuf,
+        /// The pool to put it in.
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// The volume's name (ending in .iso or .img); the file's name by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// Put it into the VM's CD-ROM drive once uploaded.
+        #[arg(long)]
+        insert: bool,
+    },
 }
 
 /// `--live` / `--config`, like libvirt's.
@@ -153,6 +175,69 @@ pub fn media(c: &Client, cmd: MediaCmd) -> Result<()> {
                 println!("{vm} was reset to boot from its CD-ROM (boot order {order})");
             } else {
                 println!("{vm} boots from its CD-ROM at its next start (boot order {order})");
+            }
+        }
+        MediaCmd::List { vm, format } => {
+            let ch = c.media_choices(&vm)?;
+            if !output::structured(format, &ch)? {
+                let rows: Vec<Vec<String>> = ch
+                    .volumes
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            format!("{}/{}", v.pool, v.volume),
+                            crate::storage::bytes(v.size_bytes),
+                            if v.iso9660 { "yes" } else { "no" }.into(),
+                            if v.inserted { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    output::table(&["MEDIUM", "SIZE", "ISO9660", "INSERTED"], &rows)
+                );
+                let pools: Vec<String> = ch
+                    .upload_pools
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} ({} free)",
+                            p.pool,
+                            crate::storage::bytes(p.available_bytes)
+                        )
+                    })
+                    .collect();
+                println!("uploads may go to: {}", pools.join(", "));
+            }
+        }
+        MediaCmd::Upload {
+            vm,
+            file,
+            pool,
+            name,
+            insert,
+        } => {
+            let volume = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow::anyhow!("{} names no file", file.display()))?,
+            };
+            let f = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let mut p = crate::storage::Progress::new((), f.metadata()?.len());
+            let target = client::MediumTarget {
+                pool: &pool,
+                volume: &volume,
+                insert,
+            };
+            let m = c.media_upload_file(&vm, &target, &f, &mut |done, _| p.set(done))?;
+            p.finish(&format!("uploaded {} to {pool}/{volume}:", file.display()));
+            if m.inserted {
+                println!("{pool}/{volume} inserted into {vm}'s CD-ROM drive");
+            } else {
+                println!("medium {pool}/{volume} uploaded; insert it with: hv media insert {vm} {pool}/{volume}");
             }
         }
     }

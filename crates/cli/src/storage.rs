@@ -102,7 +102,7 @@ pub enum VolCmd {
     Download { vol: VolRef, file: PathBuf },
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -118,7 +118,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// Counts bytes through a reader or writer and draws a progress bar on a terminal.
-struct Progress<T> {
+pub(crate) struct Progress<T> {
     inner: T,
     done: u64,
     total: u64,
@@ -128,7 +128,7 @@ struct Progress<T> {
 }
 
 impl<T> Progress<T> {
-    fn new(inner: T, total: u64) -> Self {
+    pub(crate) fn new(inner: T, total: u64) -> Self {
         let now = Instant::now();
         Progress {
             inner,
@@ -142,7 +142,7 @@ impl<T> Progress<T> {
     fn tick(&mut self, n: usize) {
         self.set(self.done + n as u64);
     }
-    fn set(&mut self, done: u64) {
+    pub(crate) fn set(&mut self, done: u64) {
         self.done = done;
         if self.tty && (self.last_draw.elapsed().as_millis() > 100 || self.done == self.total) {
             self.last_draw = Instant::now();
@@ -162,7 +162,7 @@ impl<T> Progress<T> {
             );
         }
     }
-    fn finish(&self, what: &str) {
+    pub(crate) fn finish(&self, what: &str) {
         if self.tty {
             eprintln!();
         }

@@ -493,3 +493,63 @@ fn a_pinned_cli_refuses_a_changed_certificate_and_a_wrong_fingerprint_is_not_add
         );
     }
 }
+
+/// Issue 11: an operator of one VM uploads a medium into a pool and lists the VM's media
+/// through `hv --remote`, without any storage right; an existing name is refused.
+#[test]
+fn an_operator_uploads_and_lists_media_of_its_vm_through_hv_remote() {
+    let port = free_port();
+    let h = hvd_on(port, &[]);
+    let hv = Hv::new(&h.dir);
+    let c = h.client();
+    c.create(
+        h.tiny_spec("web-1", Default::default()).expect("spec"),
+        false,
+    )
+    .expect("define");
+    let op = token(&h, "otto", &[("operator", Some("web-1"))]);
+    hv.ok(&[
+        "remote",
+        "add",
+        "ops",
+        &format!("https://localhost:{port}"),
+        "--token",
+        &op,
+    ]);
+    let iso = h.dir.join("boot.iso");
+    std::fs::write(&iso, vec![7u8; 100_000]).expect("file");
+    let iso_s = iso.to_str().expect("utf-8");
+    let out = hv.ok(&[
+        "--remote", "ops", "media", "upload", "web-1", iso_s, "--insert",
+    ]);
+    assert!(
+        out.contains("default/boot.iso inserted into web-1"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(h.state_dir.join("pools/default/boot.iso")).expect("volume"),
+        vec![7u8; 100_000]
+    );
+    let list = hv.ok(&["--remote", "ops", "media", "list", "web-1"]);
+    assert!(
+        list.contains("default/boot.iso") && list.contains("yes"),
+        "{list}"
+    );
+    assert!(list.contains("uploads may go to: default"), "{list}");
+    let again = hv.fails(&["--remote", "ops", "media", "upload", "web-1", iso_s]);
+    assert!(again.contains("never replaces"), "{again}");
+    let bad = hv.fails(&[
+        "--remote",
+        "ops",
+        "media",
+        "upload",
+        "web-1",
+        iso_s,
+        "--name",
+        "boot.qcow2",
+    ]);
+    assert!(bad.contains("must end in .iso or .img"), "{bad}");
+    // The pools themselves stay an admin's.
+    let pools = hv.fails(&["--remote", "ops", "vol", "list", "default"]);
+    assert!(pools.contains("may not"), "{pools}");
+}

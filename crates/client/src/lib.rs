@@ -26,6 +26,7 @@ mod volume_data;
 
 pub use https::ConsoleStream;
 pub use pin::{fingerprint, normalize_fingerprint};
+pub use volume_data::MediumTarget;
 
 /// The default socket, as in DESIGN.md.
 pub const DEFAULT_SOCKET: &str = "/run/hv/hvd.sock";
@@ -652,6 +653,10 @@ impl Client {
                 source: source.to_string(),
             },
         )
+    }
+    /// The media that can go into the VM's drive and the pools a medium may be uploaded to.
+    pub fn media_choices(&self, name: &str) -> Result<api::MediaChoices> {
+        self.call("GET", &paths::vm_action(name, "media/choices"), None::<&()>)
     }
     pub fn media_eject(&self, name: &str) -> Result<VmInfo> {
         self.post(

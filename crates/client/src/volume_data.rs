@@ -63,6 +63,34 @@ impl Client {
         decode(head.into_response(r))
     }
 
+    /// Uploads the whole of `file` as a NEW medium `pool/volume` for VM `name` (never
+    /// replacing a volume), inserting it into the VM's drive with `insert`; calls
+    /// `progress(done, total)` as bytes go out. Needs only `VM.Media` on that VM.
+    pub fn media_upload_file(
+        &self,
+        name: &str,
+        target: &MediumTarget<'_>,
+        file: &File,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<api::MediumInfo> {
+        let len = file.metadata()?.len();
+        let path = format!(
+            "{}?pool={}&volume={}&insert={}",
+            paths::vm_action(name, "media/upload"),
+            query_escape(target.pool),
+            query_escape(target.volume),
+            target.insert
+        );
+        let mut f = file;
+        let mut counted = Counted {
+            inner: &mut f,
+            done: 0,
+            total: len,
+            progress,
+        };
+        decode(self.send_body("PUT", &path, "application/octet-stream", len, &mut counted)?)
+    }
+
     /// Writes the volume's bytes into `out` (at its current offset), calling
     /// `progress(done, total)` as bytes arrive. Returns the byte count; an error if the stream
     /// ended early.
@@ -143,6 +171,27 @@ impl Client {
 }
 
 /// A reader that reports its progress as `progress(done, total)`.
+/// Where [`Client::media_upload_file`] puts a medium.
+#[derive(Debug, Clone, Copy)]
+pub struct MediumTarget<'a> {
+    pub pool: &'a str,
+    pub volume: &'a str,
+    pub insert: bool,
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 struct Counted<'a, R> {
     inner: R,
     done: u64,
