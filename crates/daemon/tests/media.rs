@@ -288,3 +288,86 @@ fn an_operator_of_one_vm_uploads_a_medium_its_guest_sees_and_nothing_else() {
     assert!(text.contains("media-upload"), "{text}");
     c.destroy("a").expect("destroy");
 }
+
+/// The web console's session: listing media is a read (no CSRF header needed, as for every
+/// GET the page makes), an upload is a change (it needs the session's CSRF header).
+#[test]
+fn a_session_lists_media_without_csrf_and_uploads_only_with_it() {
+    let r = remote();
+    let c = r.h.client();
+    c.create(r.h.tiny_spec("a", VmOpts::default()).expect("spec"), false)
+        .expect("create a");
+    c.user_add(&api::CreateUserRequest {
+        name: "olga".into(),
+        password: Some("a long password 1".into()),
+    })
+    .expect("user add");
+    c.user_grant(
+        "olga",
+        &api::GrantInfo {
+            role: "operator".into(),
+            vm: Some("a".into()),
+        },
+    )
+    .expect("grant");
+    let jar = r.h.dir.join("jar");
+    let jar_s = jar.to_str().expect("utf-8");
+    let login = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&r.ca)
+        .args([
+            "-c",
+            jar_s,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(r#"{"user":"olga","password":"a long password 1"}"#)
+        .arg(format!("{}/v1/session", r.base))
+        .output()
+        .expect("curl runs");
+    let session: serde_json::Value = serde_json::from_slice(&login.stdout).expect("session");
+    let csrf = session["csrf"].as_str().expect("csrf").to_string();
+    let by_cookie = |method: &str, path: &str, extra: &[&str]| -> (u16, String) {
+        let o = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&r.ca)
+            .args(["-b", jar_s, "-X", method, "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(format!("{}{path}", r.base))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.parse().unwrap_or(0), body.to_string())
+    };
+    let (status, body) = by_cookie("GET", "/v1/vms/a/media/choices", &[]);
+    assert_eq!(status, 200, "{body}");
+    let upload = "/v1/vms/a/media/upload?pool=default&volume=s.iso";
+    let bytes = [
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        "cd",
+    ];
+    let (status, body) = by_cookie("PUT", upload, &bytes);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("x-hv-csrf"), "{body}");
+    assert!(!r.h.state_dir.join("pools/default/s.iso").exists());
+    let with_csrf = format!("X-HV-CSRF: {csrf}");
+    let mut extra = bytes.to_vec();
+    extra.extend(["-H", with_csrf.as_str()]);
+    let (status, body) = by_cookie("PUT", upload, &extra);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read(r.h.state_dir.join("pools/default/s.iso")).expect("volume"),
+        b"cd"
+    );
+    // The listing is not in the audit log; the upload is.
+    let audit: serde_json::Value = c
+        .call("GET", "/v1/audit?user=olga", None::<&()>)
+        .expect("audit");
+    let text = audit.to_string();
+    assert!(!text.contains("choices"), "{text}");
+    assert!(text.contains("media-upload"), "{text}");
+}
