@@ -371,3 +371,22 @@ fn a_session_lists_media_without_csrf_and_uploads_only_with_it() {
     assert!(!text.contains("choices"), "{text}");
     assert!(text.contains("media-upload"), "{text}");
 }
+
+/// An hvd killed in the middle of an upload leaves its temp file; the next hvd removes it (and
+/// nothing else) before it takes requests.
+#[test]
+fn an_unfinished_upload_of_a_dead_hvd_is_removed_at_start() {
+    let mut r = remote();
+    let pool = r.h.state_dir.join("pools/default");
+    let stale = pool.join(".big.iso.upload-99999999-0");
+    let kept = [pool.join(".notes"), pool.join("keep.iso")];
+    std::fs::write(&stale, b"half an iso").expect("stale");
+    for k in &kept {
+        std::fs::write(k, b"mine").expect("file");
+    }
+    r.h.restart().expect("restart");
+    assert!(!stale.exists());
+    for k in &kept {
+        assert_eq!(std::fs::read(k).expect("kept"), b"mine");
+    }
+}

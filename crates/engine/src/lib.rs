@@ -205,6 +205,7 @@ impl Engine {
             }),
         };
         engine.ensure_default_pool()?;
+        engine.remove_stale_uploads();
         engine.load_networks().await?;
         engine.ensure_default_network().await?;
         // Networks come up before the API answers (milliseconds each), VMs after.

@@ -55,7 +55,54 @@ pub fn medium_name(name: &str) -> Result<VolName> {
     Ok(v)
 }
 
+/// Whether `name` is an upload's temp file (`.NAME.upload-PID-N`) of an hvd that is gone: a
+/// crash or kill in the middle of an upload leaves one behind.
+fn stale_upload(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some((_, tail)) = rest.rsplit_once(".upload-") else {
+        return false;
+    };
+    let Some((pid, n)) = tail.split_once('-') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // A live process's upload may be another hvd's that shares the directory.
+    digits(pid)
+        && digits(n)
+        && pid != std::process::id().to_string()
+        && !Path::new("/proc").join(pid).exists()
+}
+
 impl Engine {
+    /// Removes the temp files of uploads an earlier hvd did not finish (at startup, before
+    /// any upload of this one begins).
+    pub(crate) fn remove_stale_uploads(&self) {
+        let Ok(pools) = self.inner.store.load_pools() else {
+            return;
+        };
+        for p in pools {
+            let Ok(rd) = std::fs::read_dir(&p.path) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let stale = e.file_type().is_ok_and(|t| t.is_file())
+                    && e.file_name().to_str().is_some_and(stale_upload);
+                if stale {
+                    match std::fs::remove_file(e.path()) {
+                        Ok(()) => {
+                            tracing::info!(file = %e.path().display(), "removed an unfinished upload")
+                        }
+                        Err(err) => {
+                            tracing::warn!(file = %e.path().display(), error = %err, "cannot remove an unfinished upload")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Why the volume at `file` cannot be a medium (another VM's disk, a backing image, not
     /// raw), if it cannot.
     pub(crate) async fn not_a_medium(&self, pool: &str, file: &Path) -> Result<Option<String>> {
@@ -268,6 +315,26 @@ mod tests {
         check(&format!("{}.iso", "a".repeat(300)), Err("medium name"));
         check("disk.qcow2", Err("must end in .iso or .img"));
         check(".iso", Err("medium name"));
+    }
+
+    #[test]
+    fn stale_uploads_are_told_by_name() {
+        // No process has a pid this large (pid_max is at most 2^22).
+        assert!(stale_upload(".debian.iso.upload-99999999-0"));
+        assert!(stale_upload(".a.upload-99999998-45"));
+        assert!(!stale_upload(".a.upload-1-0"), "a live process's");
+        let mine = format!(".a.iso.upload-{}-3", std::process::id());
+        assert!(!stale_upload(&mine), "this hvd's own upload");
+        for keep in [
+            "a.iso",
+            ".a.iso",
+            ".a.upload-x-1",
+            ".a.upload-1-",
+            "a.upload-1-2",
+            ".a.upload-1-2x",
+        ] {
+            assert!(!stale_upload(keep), "{keep}");
+        }
     }
 
     #[test]
