@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Debian packages the browser tests need: the browser itself, a font for its pages, and Node
 /// with npm for `playwright-core` (Debian's node 18 is enough for the pinned version; a newer
@@ -48,17 +48,52 @@ pub fn deps(root: &Path, installed: impl Fn(&str) -> bool) -> Result<()> {
     ]))
 }
 
-/// Runs `node --test` on `e2e/` (one test file at a time: each boots TCG guests) with the
-/// debug `hv`/`hvd` that `cargo test` built and the guest files of [`assets`].
+/// Runs each `e2e/*.test.mjs` with `node --test`, one file at a time (each boots TCG guests;
+/// one file per run also works on node 18, which has no `--test-concurrency`), with the debug
+/// `hv`/`hvd` that `cargo test` built and the guest files of [`assets`]. Runs them all, then
+/// fails naming those that failed.
 pub fn run(root: &Path) -> Result<()> {
-    let assets = assets()?;
+    let assets = assets()?.to_string();
     let bin: PathBuf = root.join("target/debug");
-    crate::run(
-        Command::new("node")
-            .current_dir(root)
-            .args(["--test", "--test-concurrency=1", "e2e/"])
-            .env("HV_E2E_ASSETS", assets.to_string())
-            .env("HV_E2E_BIN", &bin),
-    )
-    .context("browser tests (e2e/) failed; their screenshots and logs are in target/e2e/")
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("e2e"))
+        .context("reading e2e/")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+        .collect();
+    files.sort();
+    let mut failed = Vec::new();
+    for file in &files {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(root)
+            .arg("--test")
+            .arg(file)
+            .env("HV_E2E_ASSETS", &assets)
+            .env("HV_E2E_BIN", &bin);
+        if let Err(e) = crate::run(&mut cmd) {
+            eprintln!("{e:#}");
+            failed.push(
+                file.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    println!(
+        "hv browser tests: {} passed, {} failed{}",
+        files.len() - failed.len(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(", "))
+        }
+    );
+    if !failed.is_empty() {
+        bail!(
+            "browser tests failed: {}; their screenshots and logs are in target/e2e/",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
