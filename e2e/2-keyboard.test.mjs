@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { BOOT_TIMEOUT_S, openVm, rand, setup, tid, typeOnScreen, waitScreenDrawn } from './harness.mjs';
+import { BOOT_TIMEOUT_S, openVm, rand, setup, typeOnScreen, waitScreenDrawn, waitHolder } from './harness.mjs';
 
 test('typing on the VGA console through the browser reaches the guest', async (t) => {
   const { hvd, page } = await setup(t, 'keyboard');
@@ -16,7 +16,7 @@ test('typing on the VGA console through the browser reaches the guest', async (t
   await openVm(p, hvd, 'kbd');
   await waitScreenDrawn(p);
   // The first operator to open the console takes control when none is held.
-  await p.locator(tid('control-holder')).filter({ hasText: 'op' }).waitFor();
+  await waitHolder(p, 'op');
 
   const marker = `hv-e2e-kbd-${rand()}`;
   await typeOnScreen(p, `echo ${marker} >/dev/ttyS0\n`);

@@ -15,6 +15,7 @@ import {
   setup,
   tid,
   typeOnScreen,
+  waitHolder,
   waitScreenDrawn,
 } from './harness.mjs';
 
@@ -28,7 +29,7 @@ function sameShare(a, b) {
   return same / (a.data.length / 4);
 }
 
-const holder = (p, name) => p.locator(tid('control-holder')).filter({ hasText: new RegExp(`^\\s*${name}\\s*$`) }).waitFor();
+
 
 test('one holder at a time: watchers cannot type, hand-over by request and release, admin take, audited', async (t) => {
   const { hvd, page } = await setup(t, 'control');
@@ -43,11 +44,11 @@ test('one holder at a time: watchers cannot type, hand-over by request and relea
   const pa = await page(a);
   await openVm(pa, hvd, 'ctl');
   await waitScreenDrawn(pa);
-  await holder(pa, 'opa');
+  await waitHolder(pa, 'opa');
   const pb = await page(b);
   await openVm(pb, hvd, 'ctl');
   await waitScreenDrawn(pb);
-  await holder(pb, 'opa');
+  await waitHolder(pb, 'opa');
   // Each sees the other watching.
   await pa.locator(tid('watchers')).filter({ hasText: 'opb' }).waitFor();
   await pb.locator(tid('watchers')).filter({ hasText: 'opa' }).waitFor();
@@ -94,10 +95,10 @@ test('one holder at a time: watchers cannot type, hand-over by request and relea
   // B asks; A releases; B takes and types.
   await pb.click(tid('control-request'));
   await pa.locator(tid('control-release')).click();
-  await holder(pb, 'nobody');
+  await waitHolder(pb, 'nobody');
   await pb.click(tid('control-take'));
-  await holder(pb, 'opb');
-  await holder(pa, 'opb');
+  await waitHolder(pb, 'opb');
+  await waitHolder(pa, 'opb');
   const b2 = `hv-e2e-b2-${rand()}`;
   await typeOnScreen(pb, `echo ${b2} >/dev/ttyS0\n`);
   await hvd.waitConsole('ctl', b2);
@@ -106,9 +107,9 @@ test('one holder at a time: watchers cannot type, hand-over by request and relea
   const padm = await page(adm);
   await openVm(padm, hvd, 'ctl');
   await padm.click(tid('control-take'));
-  await holder(padm, 'adm');
-  await holder(pa, 'adm');
-  await holder(pb, 'adm');
+  await waitHolder(padm, 'adm');
+  await waitHolder(pa, 'adm');
+  await waitHolder(pb, 'adm');
   // A can no longer type (nor could it take control from the admin: that needs an admin).
   const a3 = `hv-e2e-a3-${rand()}`;
   await typeOnScreen(pa, `echo ${a3} >/dev/ttyS0\n`);

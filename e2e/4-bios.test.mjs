@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { BOOT_TIMEOUT_S, assets, openVm, setup, tid, typeOnScreen, waitScreenDrawn } from './harness.mjs';
+import { BOOT_TIMEOUT_S, assets, openVm, setup, typeOnScreen, waitScreenDrawn, waitHolder } from './harness.mjs';
 
 test('typing a boot-loader entry in the browser boots that entry', async (t) => {
   const { hvd, page } = await setup(t, 'bios');
@@ -16,7 +16,7 @@ test('typing a boot-loader entry in the browser boots that entry', async (t) => 
   const p = await page(op);
   await openVm(p, hvd, 'bios');
   await waitScreenDrawn(p);
-  await p.locator(tid('control-holder')).filter({ hasText: 'op' }).waitFor();
+  await waitHolder(p, 'op');
   await p.screenshot({ path: `${hvd.out}/boot-prompt.png` });
   await typeOnScreen(p, 'beta\n');
   await hvd.waitConsole('bios', 'HV-BOOTED-ENTRY=beta', BOOT_TIMEOUT_S);

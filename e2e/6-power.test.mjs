@@ -36,13 +36,13 @@ test('power from the page as an operator; refused for a viewer by page and API',
 
   // ACPI shutdown: the guest's power-button handler powers it off.
   await p.click(tid('power-shutdown'));
-  await hvd.waitState('pwr', 'stopped');
+  await hvd.waitState('pwr', 'shutoff');
 
   // Start again, then hard off.
   await p.click(tid('power-start'));
   await hvd.waitState('pwr', 'running');
   await p.click(tid('power-destroy'));
-  await hvd.waitState('pwr', 'stopped');
+  await hvd.waitState('pwr', 'shutoff');
 
   // The viewer: no usable power buttons on the page, and the API refuses each action.
   await hvd.hv(['start', 'pwr']);

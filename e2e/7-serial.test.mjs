@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { BOOT_TIMEOUT_S, openVm, rand, setup, tid, typeKeys } from './harness.mjs';
+import { BOOT_TIMEOUT_S, openVm, rand, setup, tid, typeKeys, waitHolder } from './harness.mjs';
 
 test('the serial tab shows the console and typing reaches the guest with control', async (t) => {
   const { hvd, page } = await setup(t, 'serial');
@@ -16,7 +16,7 @@ test('the serial tab shows the console and typing reaches the guest with control
   await p.click(tid('tab-serial'));
   const serial = p.locator(tid('serial'));
   await serial.waitFor();
-  await p.locator(tid('control-holder')).filter({ hasText: 'op' }).waitFor();
+  await waitHolder(p, 'op');
   await serial.click();
   // A newline gets a fresh prompt on the screen whatever the tab replayed.
   await typeKeys(p, '\n');

@@ -375,6 +375,8 @@ export async function setup(t, name) {
     });
     const p = await context.newPage();
     p.setDefaultTimeout(UI_TIMEOUT_MS);
+    // The page confirms hard power-off with window.confirm: the tests say yes.
+    p.on('dialog', (d) => d.accept().catch(() => {}));
     pages.push(p);
     if (user) await login(p, hvd, user);
     return p;
@@ -467,4 +469,10 @@ export function pngSize(buf) {
     throw new Error(`not a PNG (${buf.length} bytes, starts ${buf.subarray(0, 8).toString('hex')})`);
   }
   return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+}
+
+/** Waits until the page's control bar names `user` (or `nobody`) as the holder. */
+export async function waitHolder(p, user) {
+  const exact = new RegExp(`^\\s*${user.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\s*$`);
+  await p.locator(tid('control-holder')).filter({ hasText: exact }).waitFor();
 }
