@@ -393,10 +393,10 @@ export async function login(p, hvd, user, password = user.password) {
   await p.locator(tid('whoami')).filter({ hasText: user.name }).waitFor();
 }
 
-/** Opens the VM page of `vm` (the `vm.html?name=` form) and waits for its screen's canvas. */
+/** Opens the VM page of `vm` (the `vm.html?name=` form); see waitScreenDrawn for its screen. */
 export async function openVm(p, hvd, vm) {
   await p.goto(`${hvd.base}/ui/vm.html?name=${encodeURIComponent(vm)}`);
-  await p.locator(`${tid('screen')} canvas`).first().waitFor();
+  await p.locator(tid('screen')).waitFor({ state: 'attached' });
 }
 
 /** Waits until the noVNC canvas in the page shows something other than one flat colour. */
