@@ -12,24 +12,13 @@ import {
   canvasPixels,
   openVm,
   rand,
+  sameShare,
   setup,
   tid,
   typeOnScreen,
   waitHolder,
   waitScreenDrawn,
 } from './harness.mjs';
-
-/** Share of equal pixels of two same-sized canvases. */
-function sameShare(a, b) {
-  assert.deepEqual([a.width, a.height], [b.width, b.height], 'both viewers see one screen size');
-  let same = 0;
-  for (let i = 0; i < a.data.length; i += 4) {
-    if (a.data[i] === b.data[i] && a.data[i + 1] === b.data[i + 1] && a.data[i + 2] === b.data[i + 2]) same++;
-  }
-  return same / (a.data.length / 4);
-}
-
-
 
 test('one holder at a time: watchers cannot type, hand-over by request and release, admin take, audited', async (t) => {
   const { hvd, page } = await setup(t, 'control');
@@ -49,6 +38,9 @@ test('one holder at a time: watchers cannot type, hand-over by request and relea
   await openVm(pb, hvd, 'ctl');
   await waitScreenDrawn(pb);
   await waitHolder(pb, 'opa');
+  // B may ask for control but not take it from A (only an admin may).
+  await pb.locator(tid('control-request')).waitFor();
+  assert.equal(await pb.locator(tid('control-take')).isVisible(), false, 'B is offered to take control from A');
   // Each sees the other watching.
   await pa.locator(tid('watchers')).filter({ hasText: 'opb' }).waitFor();
   await pb.locator(tid('watchers')).filter({ hasText: 'opa' }).waitFor();

@@ -13,6 +13,7 @@ import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
@@ -475,4 +476,71 @@ export function pngSize(buf) {
 export async function waitHolder(p, user) {
   const exact = new RegExp(`^\\s*${user.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\s*$`);
   await p.locator(tid('control-holder')).filter({ hasText: exact }).waitFor();
+}
+
+/**
+ * Decodes an 8-bit, non-interlaced RGB or RGBA PNG (what QEMU's screendump writes) into
+ * { width, height, data: RGBA bytes }.
+ */
+export function pngDecode(buf) {
+  const { width, height } = pngSize(buf);
+  const depth = buf[24];
+  const colour = buf[25];
+  const interlace = buf[28];
+  const channels = { 2: 3, 6: 4 }[colour];
+  if (depth !== 8 || !channels || interlace !== 0) {
+    throw new Error(`unsupported PNG: depth ${depth}, colour type ${colour}, interlace ${interlace}`);
+  }
+  const idat = [];
+  for (let off = 8; off < buf.length; ) {
+    const len = buf.readUInt32BE(off);
+    const type = buf.toString('latin1', off + 4, off + 8);
+    if (type === 'IDAT') idat.push(buf.subarray(off + 8, off + 8 + len));
+    off += 12 + len;
+  }
+  const raw = zlib.inflateSync(Buffer.concat(idat));
+  const stride = width * channels;
+  const out = Buffer.alloc(width * height * 4);
+  let prev = Buffer.alloc(stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const line = Buffer.from(raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1)));
+    for (let i = 0; i < stride; i++) {
+      const a = i >= channels ? line[i - channels] : 0;
+      const b = prev[i];
+      const c = i >= channels ? prev[i - channels] : 0;
+      let add = 0;
+      if (filter === 1) add = a;
+      else if (filter === 2) add = b;
+      else if (filter === 3) add = (a + b) >> 1;
+      else if (filter === 4) {
+        const p = a + b - c;
+        const pa = Math.abs(p - a);
+        const pb = Math.abs(p - b);
+        const pc = Math.abs(p - c);
+        add = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      }
+      line[i] = (line[i] + add) & 0xff;
+    }
+    for (let x = 0; x < width; x++) {
+      out[(y * width + x) * 4] = line[x * channels];
+      out[(y * width + x) * 4 + 1] = line[x * channels + 1];
+      out[(y * width + x) * 4 + 2] = line[x * channels + 2];
+      out[(y * width + x) * 4 + 3] = channels === 4 ? line[x * channels + 3] : 255;
+    }
+    prev = line;
+  }
+  return { width, height, data: out };
+}
+
+/** Share of equal RGB pixels of two same-sized images ({ width, height, data: RGBA }). */
+export function sameShare(a, b) {
+  if (a.width !== b.width || a.height !== b.height) {
+    throw new Error(`sizes differ: ${a.width}x${a.height} and ${b.width}x${b.height}`);
+  }
+  let same = 0;
+  for (let i = 0; i < a.data.length; i += 4) {
+    if (a.data[i] === b.data[i] && a.data[i + 1] === b.data[i + 1] && a.data[i + 2] === b.data[i + 2]) same++;
+  }
+  return same / (a.data.length / 4);
 }
