@@ -351,7 +351,13 @@ export class Hvd {
 export async function setup(t, name) {
   const hvd = await Hvd.start(name);
   let browser;
+  const pages = [];
+  // One hook, in order: a screenshot of every page (on failure it shows where it stopped), the
+  // browser, then hvd with its VMs.
   t.after(async () => {
+    for (const [i, p] of pages.entries()) {
+      await p.screenshot({ path: path.join(hvd.out, `final-${i}.png`) }).catch(() => {});
+    }
     if (browser) await browser.close().catch(() => {});
     await hvd.stop();
   });
@@ -359,13 +365,6 @@ export async function setup(t, name) {
     executablePath: CHROMIUM,
     args: CHROMIUM_ARGS,
     headless: true,
-  });
-  const pages = [];
-  t.after(async () => {
-    // On failure, a screenshot of every page shows where it stopped.
-    for (const [i, p] of pages.entries()) {
-      await p.screenshot({ path: path.join(hvd.out, `final-${i}.png`) }).catch(() => {});
-    }
   });
   /** A new browser context (own cookies) logged in as `user`, on the switch page. */
   const page = async (user) => {
