@@ -35,6 +35,11 @@ pub fn deps(root: &Path, installed: impl Fn(&str) -> bool) -> Result<()> {
     }
     if !missing.is_empty() {
         eprintln!("installing Debian packages: {}", missing.join(" "));
+        let mut update = Command::new("apt-get");
+        update
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        crate::run(&mut update)?;
         let mut apt = Command::new("apt-get");
         apt.args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
