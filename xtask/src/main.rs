@@ -4,10 +4,14 @@
 //! - `guest` builds (or finds cached) the tiny test guest;
 //! - `demo`  the README's first command: deps, build, start hvd, boot a demo VM, show its
 //!   console and `hv list`;
-//! - `test`  the README's second command: deps, guest, the whole test suite;
+//! - `test`  the README's second command: deps, guest, the whole test suite, then the browser
+//!   tests in `e2e/` (`node --test`, after `npm ci`);
+//! - `e2e`   only the browser tests (after `cargo build -p daemon -p cli`);
+//! - `e2e-assets` prints the guest files the browser tests boot (JSON);
 //! - `tidy`  repository policy (dependency rules, process spawning, docs);
 //! - `vendor-web` refreshes `web/vendor/` (noVNC, xterm.js) from `npm pack`.
 
+mod e2e;
 mod tidy;
 mod vendor_web;
 
@@ -242,6 +246,11 @@ fn test(extra: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // The browser tests run after the Rust tests (also when those failed: both reports count).
+    let browser = e2e::deps(&root(), installed).and_then(|()| e2e::run(&root()));
+    if let Err(e) = &browser {
+        eprintln!("{e:#}");
+    }
     // One closing line for the whole run (the last `test result:` cargo prints is a doc-test
     // binary's, usually with 0 tests).
     println!(
@@ -251,7 +260,7 @@ fn test(extra: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    Ok(())
+    browser
 }
 
 /// `test result: ok. 3 passed; 1 failed; 2 ignored; ...` → [passed, failed, ignored].
@@ -286,6 +295,18 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("vendor-web") => vendor_web::vendor_web(&root()),
+        Some("e2e") => {
+            deps()?;
+            e2e::deps(&root(), installed)?;
+            run(cargo()
+                .current_dir(root())
+                .args(["build", "-p", "daemon", "-p", "cli"]))?;
+            e2e::run(&root())
+        }
+        Some("e2e-assets") => {
+            println!("{}", e2e::assets()?);
+            Ok(())
+        }
         Some("tidy") => {
             let problems = tidy::check(&root())?;
             if !problems.is_empty() {
@@ -299,7 +320,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => {
-            eprintln!("usage: cargo xtask deps|guest|demo|test [cargo test args]|tidy|vendor-web");
+            eprintln!(
+                "usage: cargo xtask deps|guest|demo|test [cargo test args]|e2e|e2e-assets|tidy|vendor-web"
+            );
             std::process::exit(2);
         }
     }

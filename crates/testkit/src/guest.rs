@@ -11,6 +11,13 @@
 //! trailing newline, so match markers by regex search rather than whole lines. The shell does not
 //! echo typed input, so a marker in a typed command only ever matches that command's output.
 //!
+//! A second root shell runs on `tty1`, the VGA text console (`vgacon`, with the built-in PS/2
+//! keyboard driver), for typing through VNC: it echoes input and its prompt is [`TTY1_PROMPT`];
+//! `echo MARKER >/dev/ttyS0` typed there puts `MARKER` in the serial log. Kernel messages still go
+//! to `ttyS0` only. When the command line has `hv.entry=X` (the boot-prompt CD's entries, see
+//! [`crate::media`]) init prints [`BOOT_ENTRY_MARKER`]`X` before [`READY_MARKER`]. `hv-media`
+//! prints the CD-ROM's volume label (`HV-MEDIA label=L`, or `HV-MEDIA none`; needs [`IDE_FLAG`]).
+//!
 //! Outputs live in `<cache>/tiny-<release>-<key>/` where `<key>` hashes every input: the asset
 //! texts, the module list, the resolved package versions and [`BUILDER_VERSION`]. Resolving the
 //! versions (`apt-cache`, about 0.7 s) is itself cached while apt's lists and configuration are
@@ -67,6 +74,12 @@ pub const DISK_MARKER: &str = "HV-DISK";
 pub const MODULE_FAILED_MARKER: &str = "HV-MODULE-FAILED";
 /// Printed by the shutdown script on a graceful `poweroff`/`reboot` (busybox adds ~2 s of sleeps).
 pub const SHUTDOWN_MARKER: &str = "HV-SHUTDOWN";
+/// The prompt of the shell on `tty1`, the VGA console.
+pub const TTY1_PROMPT: &str = "HV-TTY1 # ";
+/// Printed as `HV-BOOTED-ENTRY=X` when the kernel command line has `hv.entry=X`.
+pub const BOOT_ENTRY_MARKER: &str = "HV-BOOTED-ENTRY=";
+/// Printed by `hv-media`: `HV-MEDIA label=LABEL` or `HV-MEDIA none`.
+pub const MEDIA_MARKER: &str = "HV-MEDIA";
 /// The shell prompt (no trailing newline); group 1 is the exit status of the last command.
 pub const PROMPT_REGEX: &str = r"HV-PROMPT rc=(\d+) # ";
 
@@ -99,6 +112,11 @@ const ASSETS: &[(&str, u32, &str)] = &[
         "etc/init.d/hv-install",
         0o755,
         include_str!("../assets/tiny/install"),
+    ),
+    (
+        "bin/hv-media",
+        0o755,
+        include_str!("../assets/tiny/hv-media"),
     ),
 ];
 

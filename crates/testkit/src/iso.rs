@@ -112,12 +112,12 @@ pub fn installer_iso_in(cache: &Path) -> Result<InstallerIso> {
 
 /// A package and the exact version `apt-get download` will fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Package {
+pub(crate) struct Package {
     name: String,
     version: String,
 }
 
-fn resolve_packages(cache: &Path) -> Result<Vec<Package>> {
+pub(crate) fn resolve_packages(cache: &Path) -> Result<Vec<Package>> {
     let names: Vec<&str> = CD_PACKAGES.iter().chain(TOOL_PACKAGES).copied().collect();
     let text = guest::apt_show_cached(cache, ".resolved-iso", &names)?;
     parse_versions(&text, &names)
@@ -185,23 +185,7 @@ fn build(tiny: &TinyGuest, packages: &[Package], tmp: &Path) -> Result<PathBuf> 
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
 
-    let mut download = Command::new("apt-get");
-    download
-        .current_dir(&debs)
-        .args(["download", "-q"])
-        .args(packages.iter().map(|p| format!("{}={}", p.name, p.version)));
-    guest::run_with_apt_update(&mut download)?;
-    for p in packages {
-        let deb = guest::find_entry(&debs, |n| {
-            n.starts_with(&format!("{}_", p.name)) && n.ends_with(".deb")
-        })?;
-        let dest = if TOOL_PACKAGES.contains(&p.name.as_str()) {
-            &tools
-        } else {
-            &cd_pkgs
-        };
-        guest::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest))?;
-    }
+    extract_packages(packages, &debs, &cd_pkgs, &tools)?;
 
     // The CD's tree: boot loader, guest, and what the installer needs.
     let cmdline_cfg = ISOLINUX_CFG.replace("@CMDLINE@", CMDLINE);
@@ -240,15 +224,9 @@ fn build(tiny: &TinyGuest, packages: &[Package], tmp: &Path) -> Result<PathBuf> 
     }
 
     // The ISO, made by the extracted xorriso.
-    let library_path = LIB_DIRS
-        .iter()
-        .map(|d| tools.join(d).into_os_string())
-        .collect::<Vec<_>>()
-        .join(std::ffi::OsStr::new(":"));
     let iso = out.join("installer.iso");
-    let mut xorriso = Command::new(tools.join("usr/bin/xorriso"));
+    let mut xorriso = xorriso(&tools);
     xorriso
-        .env("LD_LIBRARY_PATH", library_path)
         .args(["-as", "mkisofs", "-quiet", "-r", "-V", "HV_INSTALLER", "-o"])
         .arg(&iso)
         .arg("-isohybrid-mbr")
@@ -259,6 +237,46 @@ fn build(tiny: &TinyGuest, packages: &[Package], tmp: &Path) -> Result<PathBuf> 
     guest::run(&mut xorriso)?;
     ensure!(iso.is_file(), "xorriso made no {}", iso.display());
     Ok(out)
+}
+
+/// Downloads `packages` into `debs` and extracts each into `tools` (the [`TOOL_PACKAGES`]) or
+/// `cd` (the rest).
+pub(crate) fn extract_packages(
+    packages: &[Package],
+    debs: &Path,
+    cd: &Path,
+    tools: &Path,
+) -> Result<()> {
+    let mut download = Command::new("apt-get");
+    download
+        .current_dir(debs)
+        .args(["download", "-q"])
+        .args(packages.iter().map(|p| format!("{}={}", p.name, p.version)));
+    guest::run_with_apt_update(&mut download)?;
+    for p in packages {
+        let deb = guest::find_entry(debs, |n| {
+            n.starts_with(&format!("{}_", p.name)) && n.ends_with(".deb")
+        })?;
+        let dest = if TOOL_PACKAGES.contains(&p.name.as_str()) {
+            tools
+        } else {
+            cd
+        };
+        guest::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest))?;
+    }
+    Ok(())
+}
+
+/// The extracted `xorriso` under `tools`, ready to run with its libraries.
+pub(crate) fn xorriso(tools: &Path) -> Command {
+    let library_path = LIB_DIRS
+        .iter()
+        .map(|d| tools.join(d).into_os_string())
+        .collect::<Vec<_>>()
+        .join(std::ffi::OsStr::new(":"));
+    let mut cmd = Command::new(tools.join("usr/bin/xorriso"));
+    cmd.env("LD_LIBRARY_PATH", library_path);
+    cmd
 }
 
 /// The dir of the extracted libc6 that holds `libc.so.6` (and the real `ld-linux-x86-64.so.2`).

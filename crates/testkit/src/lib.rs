@@ -8,6 +8,7 @@ pub mod golden;
 pub mod guest;
 mod hvd;
 pub mod iso;
+pub mod media;
 mod netns;
 
 pub use hvd::{TestHvd, VmOpts};
