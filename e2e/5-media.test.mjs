@@ -1,7 +1,8 @@
 // Scenario 5: virtual media. An ISO uploaded from the browser (into a pool volume, with
 // progress) is inserted; the guest sees the medium and its volume label; then it is ejected and
-// the guest sees an empty drive. Uploading into a pool needs the storage-admin right, so the
-// browser user is an admin.
+// the guest sees an empty drive. Virtual media is per VM, like an IP-KVM port's: the browser
+// user is an operator granted on this VM only, with no storage rights, who uploads into a pool
+// and picks from it through the VM's own media routes.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,10 +16,10 @@ test('an ISO uploaded from the browser is inserted, seen by the guest with its l
   await hvd.hv(['pool', 'create', 'isos', '--path', poolDir]);
   // An empty CD drive, and the guest's CD drivers (hv.ide=1).
   await hvd.vm('media', { ide: true, cdrom: '' });
-  const adm = await hvd.user('adm', 'admin');
+  const op = await hvd.user('op', 'operator', 'media');
   await hvd.waitConsole('media', 'HV-GUEST-READY', BOOT_TIMEOUT_S);
 
-  const p = await page(adm);
+  const p = await page(op);
   await openVm(p, hvd, 'media');
   await waitScreenDrawn(p);
   await p.locator(tid('media-current')).filter({ hasText: /none/i }).waitFor();
@@ -29,17 +30,15 @@ test('an ISO uploaded from the browser is inserted, seen by the guest with its l
   fs.copyFileSync(assets().data_iso, iso);
   await p.setInputFiles(tid('media-upload'), iso);
   await p.locator(tid('media-upload-progress')).waitFor();
-  // The upload is done when the volume can be picked.
-  await p.locator(`${tid('media-volume')} option`, { hasText: 'e2e-media.iso' }).waitFor({ state: 'attached' });
-  const vol = await hvd.request(adm.token, 'GET', '/v1/pools/isos/volumes/e2e-media.iso');
-  assert.equal(vol.status, 200, vol.text());
-  assert.equal(fs.statSync(path.join(poolDir, 'e2e-media.iso')).size, fs.statSync(iso).size);
-
-  await p.selectOption(tid('media-volume'), { label: 'e2e-media.iso' }).catch(() =>
-    p.selectOption(tid('media-volume'), 'e2e-media.iso'),
-  );
-  await p.click(tid('media-insert'));
+  // The upload inserts the medium when it is done.
   await p.locator(tid('media-current')).filter({ hasText: 'e2e-media.iso' }).waitFor();
+  assert.equal(fs.statSync(path.join(poolDir, 'e2e-media.iso')).size, fs.statSync(iso).size);
+  // The operator has no storage rights: the pool API refuses, the VM's media routes answer.
+  const pools = await hvd.request(op.token, 'GET', '/v1/pools/isos/volumes');
+  assert.equal(pools.status, 403, pools.text());
+  const choices = await hvd.request(op.token, 'GET', '/v1/vms/media/media/choices');
+  assert.equal(choices.status, 200, choices.text());
+  assert.ok(choices.text().includes('e2e-media.iso'), choices.text());
   await typeOnScreen(p, 'hv-media >/dev/ttyS0\n');
   await hvd.waitConsole('media', `HV-MEDIA label=${assets().media_label}`);
 
@@ -47,6 +46,14 @@ test('an ISO uploaded from the browser is inserted, seen by the guest with its l
   await p.locator(tid('media-current')).filter({ hasText: /none/i }).waitFor();
   await typeOnScreen(p, 'hv-media >/dev/ttyS0\n');
   await hvd.waitConsole('media', 'HV-MEDIA none');
+
+  // Picked from the pool again and inserted.
+  await p.locator(`${tid('media-volume')} option[value="e2e-media.iso"]`).waitFor({ state: 'attached' });
+  await p.selectOption(tid('media-volume'), 'e2e-media.iso');
+  await p.click(tid('media-insert'));
+  await p.locator(tid('media-current')).filter({ hasText: 'e2e-media.iso' }).waitFor();
+  await p.click(tid('media-eject'));
+  await p.locator(tid('media-current')).filter({ hasText: /none/i }).waitFor();
   const info = JSON.parse((await hvd.hv(['info', 'media', '--format', 'json'])).stdout);
   assert.ok(!JSON.stringify(info).includes('e2e-media.iso'), 'the spec still names the ejected ISO');
 });
