@@ -98,7 +98,26 @@ fn build_release() -> Result<PathBuf> {
 }
 
 fn hv(bin: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin.join("hv")).args(args).output()?;
+    hv_with_input(bin, args, None)
+}
+
+/// Runs `hv` with `input` on its stdin (a password: never in argv).
+fn hv_with_input(bin: &Path, args: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin.join("hv"))
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
             "hv {} failed: {}",
@@ -107,6 +126,42 @@ fn hv(bin: &Path, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where the demo's hvd serves the HTTPS API and the web console.
+const DEMO_LISTEN: &str = "127.0.0.1:8443";
+
+/// Gives the demo's web console a login: user `demo`, admin, with a fresh random password
+/// (set again on every run, printed once), and prints where to open it.
+fn web_console_login(bin: &Path) -> Result<()> {
+    let mut raw = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let input = format!("{password}\n");
+    if hv_with_input(
+        bin,
+        &["user", "add", "demo", "--password-stdin"],
+        Some(&input),
+    )
+    .is_err()
+    {
+        hv_with_input(bin, &["user", "passwd", "demo"], Some(&input))?;
+    }
+    if let Err(e) = hv(bin, &["user", "grant", "demo", "admin"]) {
+        // A second demo run finds the grant there already.
+        if !e.to_string().contains("already") {
+            return Err(e);
+        }
+    }
+    let fingerprint = hv(bin, &["host", "cert"]).unwrap_or_default();
+    println!(
+        "\n----- web console -----\n\
+         open https://{DEMO_LISTEN}/ and log in as demo / {password}\n\
+         (the certificate is hvd's own: its fingerprint is {}; from another machine:\n\
+         ssh -L 8443:{DEMO_LISTEN} HOST, then open https://localhost:8443/)",
+        fingerprint.trim()
+    );
+    Ok(())
 }
 
 /// The README's first command.
@@ -128,6 +183,10 @@ fn demo() -> Result<()> {
         );
         use std::os::unix::process::CommandExt;
         Command::new(bin.join("hvd"))
+            // The web console (the KVM switch in a browser), on this host only: from another
+            // machine, tunnel it (`ssh -L 8443:127.0.0.1:8443 HOST`) or run hvd with
+            // `--listen 0.0.0.0:8443`.
+            .args(["--listen", DEMO_LISTEN])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -184,6 +243,7 @@ fn demo() -> Result<()> {
     );
     println!("\n----- hv list -----");
     print!("{}", hv(&bin, &["list", "--all"])?);
+    web_console_login(&bin)?;
     println!(
         "\nThe demo VM is running. Try: {0}/hv console demo   (Ctrl-] detaches)\n\
          {0}/hv shutdown demo   ·   {0}/hv undefine demo   ·   stop hvd: kill $(pidof hvd) (VMs keep running)",
