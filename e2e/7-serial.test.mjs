@@ -17,8 +17,10 @@ test('the serial tab shows the console and typing reaches the guest with control
   const serial = p.locator(tid('serial'));
   await serial.waitFor();
   await waitHolder(p, 'op');
+  // The tab opens with what the console printed before (the guest's boot), not a blank pane.
+  await serial.filter({ hasText: 'HV-GUEST-READY' }).waitFor();
   await serial.click();
-  // A newline gets a fresh prompt on the screen whatever the tab replayed.
+  // A newline gets a fresh prompt on the screen.
   await typeKeys(p, '\n');
   await serial.filter({ hasText: 'HV-PROMPT rc=' }).waitFor();
 

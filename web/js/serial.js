@@ -29,7 +29,11 @@ export function serial(name, container) {
   const connect = () => {
     clearTimeout(retry);
     if (ws || !wanted) return;
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${vmPath(name, '/console')}`;
+    // history: the session starts with the console's recent output (so the tab is not blank
+    // until the guest prints again); the terminal is cleared first, so a reconnect does not
+    // show it twice.
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${vmPath(name, '/console')}?history=true`;
+    term.reset();
     ws = new WebSocket(url);
     ws.binaryType = 'arraybuffer';
     ws.onmessage = (m) => {

@@ -73,7 +73,7 @@ pub fn routes() -> Vec<RouteDoc> {
         r("post", "/v1/vms/{name}/wait", "Wait for a state or console output", Some(s::<WaitRequest>), 200, Some(s::<WaitResponse>)),
         r("get", "/v1/vms/{name}/showcmd", "The QEMU command line", None, 200, Some(s::<ShowCmd>)),
         raw("application/octet-stream", r("get", "/v1/vms/{name}/console/log", "Console output since the VM last started (query: follow)", None, 200, None)),
-        raw("websocket", r("get", "/v1/vms/{name}/console", "Serial console (WebSocket upgrade, binary frames); input reaches the guest only from the holder of control (a caller with VM.Console.Input takes free control)", None, 101, None)),
+        raw("websocket", r("get", "/v1/vms/{name}/console", "Serial console (WebSocket upgrade, binary frames; query: history, to start with the recent output); input reaches the guest only from the holder of control (a caller with VM.Console.Input takes free control)", None, 101, None)),
         raw("websocket", r("get", "/v1/vms/{name}/vnc", "Graphical console: WebSocket (subprotocol binary) carrying RFB 3.8, security None; shared, and only the holder of control's input passes", None, 101, None)),
         r("get", "/v1/vms/{name}/control", "Who holds control of the VM's consoles, who watches, who asked, and what the caller may do", None, 200, Some(s::<ControlState>)),
         r("post", "/v1/vms/{name}/control", "Take, request, release or give control of the VM's consoles", Some(s::<ControlRequest>), 200, Some(s::<ControlState>)),

@@ -162,9 +162,23 @@ async fn consoles(State(s): State<ConsoleState>) -> Json<Vec<ControlState>> {
 /// The serial console as a WebSocket: binary frames both ways, any number of clients. Everyone
 /// who may watch sees the output; input reaches the guest only from the holder of control (a
 /// caller who may type takes free control when they connect).
+/// `?history=true`: the session starts with the console's recent output (at most
+/// [`HISTORY_MAX`] bytes of it), taken atomically with the subscription, so nothing is shown
+/// twice or lost in between; the browser's serial tab uses it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleWsQuery {
+    #[serde(default)]
+    history: bool,
+}
+
+/// The most recent console output a `?history=true` session starts with.
+const HISTORY_MAX: usize = 64 << 10;
+
 async fn console_ws(
     State(s): State<ConsoleState>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ConsoleWsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let hub = s.engine.console(&name)?;
@@ -174,7 +188,9 @@ async fn console_ws(
     let revocations = caller.as_ref().map(|c| c.revocations());
     Ok(ws
         .max_message_size(engine::CONSOLE_INPUT_CAP)
-        .on_upgrade(move |socket| console_session(s, name, hub, socket, caller.zip(revocations))))
+        .on_upgrade(move |socket| {
+            console_session(s, name, hub, q.history, socket, caller.zip(revocations))
+        }))
 }
 
 /// A caller whose access a revocation can end, with the revocations to watch.
@@ -200,10 +216,21 @@ async fn console_session(
     s: ConsoleState,
     name: String,
     hub: std::sync::Arc<engine::ConsoleHub>,
+    history: bool,
     mut socket: WebSocket,
     mut watch: Watch,
 ) {
-    let (_, mut feed) = hub.subscribe_feed();
+    let (snap, mut feed) = hub.subscribe_feed();
+    if history && !snap.is_empty() {
+        let recent = &snap[snap.len().saturating_sub(HISTORY_MAX)..];
+        if socket
+            .send(Message::Binary(recent.to_vec().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
     let w = who(watch.as_ref().map(|(c, _)| c), &name);
     if let Some((caller, _)) = &watch {
         caller.audit_event("console attach", "ok");
