@@ -21,6 +21,7 @@ mod remote;
 mod report;
 mod screen;
 mod stats;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,8 @@ enum Group {
     Remote,
     /// Screenshots of a 1024x768 screen.
     Screen,
+    /// The web console's switch page with 200 VMs, in chromium.
+    Ui,
     /// The browser console: `/vnc` throughput and key latency against QEMU's own socket, and
     /// hvd's CPU with 20 viewers.
     Kvm,
@@ -164,6 +167,13 @@ fn run(args: Args) -> Result<bool> {
     if wanted(Group::Kvm) {
         eprintln!("kvm: the browser console's RFB proxy");
         extra.extend(kvm::measure(&bins.hvd, plan.runs));
+    }
+    if wanted(Group::Ui) {
+        eprintln!(
+            "ui: the switch page with 200 VMs, {} runs",
+            plan.runs.min(5)
+        );
+        extra.extend(ui::measure(&bins.hvd, plan.runs.min(5)));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
