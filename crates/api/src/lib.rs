@@ -372,14 +372,52 @@ pub struct OperationList {
     pub operations: Vec<OperationInfo>,
 }
 
-/// An event on `GET /v1/events` (one JSON object per line).
+/// An event on `GET /v1/events` (one JSON object per line, or one SSE message).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
+    /// The event's place in hvd's event log: every event has a larger id than the one before,
+    /// also across restarts of hvd (the first id of a run is its start time in ms × 1000).
+    /// Pass the last id seen as `since` to resume. 0 on `gap` records.
+    #[serde(default)]
+    pub id: u64,
     /// Unix time in milliseconds.
     pub time_ms: u64,
+    /// The VM the event is about; absent for events about networks, pools and volumes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vm: String,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+impl Event {
+    /// The object whose visibility decides who may see the event: `vm/NAME`, `network/NAME`,
+    /// `pool/NAME`, `volume/POOL/NAME`, or an operation's target.
+    pub fn object(&self) -> String {
+        match &self.kind {
+            EventKind::Operation { operation } => operation.target.clone(),
+            EventKind::Network { network, .. } => format!("network/{network}"),
+            EventKind::Pool { pool, .. } => format!("pool/{pool}"),
+            EventKind::Volume { pool, volume, .. } => format!("volume/{pool}/{volume}"),
+            _ => format!("vm/{}", self.vm),
+        }
+    }
+}
+
+/// What happened to a network, pool, volume or snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Defined,
+    Undefined,
+    Started,
+    Stopped,
+    Created,
+    Deleted,
+    Resized,
+    Uploaded,
+    Imported,
+    Cloned,
+    Reverted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -401,6 +439,90 @@ pub enum EventKind {
         watchers: Vec<ControlWatcher>,
         requests: Vec<String>,
     },
+    /// An operation started, progressed (by whole percents) or ended (`status`, `error`).
+    Operation {
+        operation: OperationInfo,
+    },
+    /// A network was defined, started, stopped or undefined.
+    Network {
+        network: String,
+        change: Change,
+    },
+    /// A pool was created, deleted or undefined.
+    Pool {
+        pool: String,
+        change: Change,
+    },
+    /// A volume was created, imported, cloned (`volume` is the source), resized, uploaded or
+    /// deleted.
+    Volume {
+        pool: String,
+        volume: String,
+        change: Change,
+    },
+    /// A snapshot of `vm` was created, reverted to or deleted.
+    Snapshot {
+        snapshot: String,
+        change: Change,
+    },
+    /// Only as the first record of a stream resumed with `since`: the events after `since` and
+    /// before `oldest` are no longer retained (or were missed by a slow reader); re-read the
+    /// state you need, then go on with what follows.
+    Gap {
+        oldest: u64,
+    },
+}
+
+impl EventKind {
+    /// The kinds' names for `GET /v1/events?type=` (the `event` tag).
+    pub const NAMES: &'static [&'static str] = &[
+        "defined",
+        "undefined",
+        "updated",
+        "state-changed",
+        "reset",
+        "control",
+        "operation",
+        "network",
+        "pool",
+        "volume",
+        "snapshot",
+        "gap",
+    ];
+
+    /// This kind's name (the `event` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Defined => "defined",
+            EventKind::Undefined => "undefined",
+            EventKind::Updated => "updated",
+            EventKind::StateChanged { .. } => "state-changed",
+            EventKind::Reset => "reset",
+            EventKind::Control { .. } => "control",
+            EventKind::Operation { .. } => "operation",
+            EventKind::Network { .. } => "network",
+            EventKind::Pool { .. } => "pool",
+            EventKind::Volume { .. } => "volume",
+            EventKind::Snapshot { .. } => "snapshot",
+            EventKind::Gap { .. } => "gap",
+        }
+    }
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Replay the retained events after this id first (also taken from SSE's `Last-Event-ID`).
+    /// 0 replays everything retained. Without it, only events from now on.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Only these kinds, comma-separated (`state-changed,operation`).
+    #[serde(default, rename = "type")]
+    pub types: Option<String>,
+    /// Only events about this VM.
+    #[serde(default)]
+    pub vm: Option<String>,
 }
 
 /// `POST /v1/pools`: a directory pool.
@@ -735,6 +857,7 @@ mod tests {
     #[test]
     fn event_shape_is_stable() {
         let e = Event {
+            id: 7,
             time_ms: 5,
             vm: "a".into(),
             kind: EventKind::StateChanged {
@@ -744,8 +867,25 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"time_ms":5,"vm":"a","event":"state-changed","state":"running"}"#
+            r#"{"id":7,"time_ms":5,"vm":"a","event":"state-changed","state":"running"}"#
         );
+        let n = Event {
+            id: 8,
+            time_ms: 6,
+            vm: String::new(),
+            kind: EventKind::Network {
+                network: "lan".into(),
+                change: Change::Started,
+            },
+        };
+        let line = serde_json::to_string(&n).unwrap();
+        assert_eq!(
+            line,
+            r#"{"id":8,"time_ms":6,"event":"network","network":"lan","change":"started"}"#
+        );
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.object(), "network/lan");
+        assert_eq!(back.kind.name(), "network");
     }
 
     #[test]
