@@ -6,6 +6,7 @@ mod console;
 mod control;
 mod disks;
 mod edit;
+mod events;
 mod networks;
 mod nics;
 mod operations;
@@ -144,6 +145,8 @@ enum Cmd {
     /// Running and recent operations (list, show, cancel).
     #[command(subcommand)]
     Operation(operations::OperationCmd),
+    /// Follow hvd's events (VM states, operations, networks, storage, snapshots, consoles).
+    Events(events::EventsArgs),
     /// Users of the HTTPS API and their grants.
     #[command(subcommand)]
     User(access::UserCmd),
@@ -430,6 +433,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         Cmd::Net(cmd) => networks::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Operation(cmd) => operations::run(&c, cmd)?,
+        Cmd::Events(a) => events::run(&c, a)?,
         Cmd::User(cmd) => access::user(&c, cmd)?,
         Cmd::Token(cmd) => access::token(&c, cmd)?,
         Cmd::Audit {

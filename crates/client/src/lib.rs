@@ -868,11 +868,37 @@ impl Client {
         Ok((resp.len.unwrap_or(0), resp.into_reader()))
     }
 
-    /// The event stream: one JSON event per line.
+    /// The event stream from now on: one JSON event per line.
     pub fn events(&self) -> Result<impl BufRead> {
-        Ok(BufReader::new(
-            self.send("GET", paths::EVENTS, None)?.into_reader(),
-        ))
+        self.events_with(&api::EventsQuery::default())
+    }
+
+    /// The event stream, filtered, resumed after `q.since` (a first `gap` record says when
+    /// some are no longer retained): one JSON event per line.
+    pub fn events_with(&self, q: &api::EventsQuery) -> Result<impl BufRead> {
+        let mut query = Vec::new();
+        if let Some(s) = q.since {
+            query.push(format!("since={s}"));
+        }
+        if let Some(t) = &q.types {
+            query.push(format!("type={}", pct(t)));
+        }
+        if let Some(v) = &q.vm {
+            query.push(format!("vm={}", pct(v)));
+        }
+        let path = if query.is_empty() {
+            paths::EVENTS.to_string()
+        } else {
+            format!("{}?{}", paths::EVENTS, query.join("&"))
+        };
+        let resp = self.send("GET", &path, None)?;
+        if resp.status != 200 {
+            return Err(match decode::<serde_json::Value>(resp) {
+                Err(e) => e,
+                Ok(_) => ClientError::Protocol("unexpected reply to GET /v1/events".into()),
+            });
+        }
+        Ok(BufReader::new(resp.into_reader()))
     }
 
     /// Opens the serial console WebSocket (binary frames both ways).
