@@ -525,6 +525,60 @@ pub struct EventsQuery {
     pub vm: Option<String>,
 }
 
+/// `GET /v1/vms/{name}/stats`: live figures of a running VM, read cheaply (procfs, sysfs and
+/// one QMP query; no process is spawned). Counters count since QEMU started.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VmStats {
+    pub vm: String,
+    /// Unix time in milliseconds of the sample.
+    pub time_ms: u64,
+    /// QEMU's CPU use (user + system, all threads) in percent of one core, over the interval
+    /// since the previous sample hvd took of this VM (at most a minute ago), else since QEMU
+    /// started. May exceed 100 with several vCPUs.
+    pub cpu_percent: f64,
+    /// QEMU's CPU time (user + system) since it started, in seconds.
+    pub cpu_seconds: f64,
+    /// QEMU's resident memory (RSS) in bytes: guest RAM it touched plus its own.
+    pub memory_rss_bytes: u64,
+    /// The memory the guest was configured with, in bytes.
+    pub memory_configured_bytes: u64,
+    /// Balloon figures, when the VM has a balloon device (hv does not add one today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_actual_bytes: Option<u64>,
+    pub disks: Vec<DiskStats>,
+    pub nics: Vec<NicStats>,
+}
+
+/// One disk's I/O counters (QMP `query-blockstats`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DiskStats {
+    /// The disk's target (`vda`), or QEMU's device id.
+    pub disk: String,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_ops: u64,
+    pub wr_ops: u64,
+}
+
+/// One NIC's counters, as the guest sees them (rx: received by the guest), from its tap.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NicStats {
+    /// The NIC's device id (`nic0`).
+    pub nic: String,
+    /// The host's tap interface.
+    pub tap: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+/// `GET /v1/stats`: every running VM the caller may see.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StatsList {
+    pub vms: Vec<VmStats>,
+}
+
 /// `POST /v1/pools`: a directory pool.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

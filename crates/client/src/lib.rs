@@ -868,6 +868,18 @@ impl Client {
         Ok((resp.len.unwrap_or(0), resp.into_reader()))
     }
 
+    /// Live figures of a running VM.
+    pub fn stats(&self, name: &str) -> Result<api::VmStats> {
+        self.call("GET", &paths::vm_action(name, "stats"), None::<&()>)
+    }
+
+    /// Live figures of every running VM this caller may see.
+    pub fn stats_all(&self) -> Result<Vec<api::VmStats>> {
+        Ok(self
+            .call::<api::StatsList>("GET", "/v1/stats", None::<&()>)?
+            .vms)
+    }
+
     /// The event stream from now on: one JSON event per line.
     pub fn events(&self) -> Result<impl BufRead> {
         self.events_with(&api::EventsQuery::default())

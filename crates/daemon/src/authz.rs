@@ -221,6 +221,8 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/host/bridges", rule(HostAdmin, Global)),
         ("delete", "/v1/host/bridges/{bridge}", rule(HostAdmin, Global)),
         ("get", "/v1/events", rule(Authenticated, Global)),
+        ("get", "/v1/stats", rule(Authenticated, Global)),
+        ("get", "/v1/vms/{name}/stats", rule(VmAudit, Vm)),
         ("get", "/v1/vms", rule(Authenticated, Global)),
         ("post", "/v1/vms", rule(VmAllocate, NewVm)),
         ("get", "/v1/vms/{name}", rule(VmAudit, Vm)),

@@ -56,6 +56,8 @@ pub fn routes() -> Vec<RouteDoc> {
         r("post", "/v1/host/bridges", "Make an interface the port of a new bridge that takes its addresses and routes (rolled back on failure)", Some(s::<BridgeIfaceRequest>), 200, Some(s::<BridgeChange>)),
         r("delete", "/v1/host/bridges/{bridge}", "Give a bridge's addresses and routes back to its one port and delete it", None, 200, Some(s::<BridgeChange>)),
         raw("application/x-ndjson", r("get", "/v1/events", "The numbered event log, one JSON Event per line, or Server-Sent Events with id lines when the request accepts text/event-stream (query: since=ID replays the retained events after ID first, 0 all retained, also from Last-Event-ID; type=KIND[,KIND]; vm=NAME). A first record {\"event\":\"gap\",\"oldest\":N} says events after since and before N are no longer retained. Only events about objects the caller may see", None, 200, Some(s::<Event>))),
+        r("get", "/v1/stats", "Live figures of every running VM the caller may see (CPU %, RSS, disk and NIC counters)", None, 200, Some(s::<StatsList>)),
+        r("get", "/v1/vms/{name}/stats", "Live figures of a running VM: CPU % since the previous sample, QEMU's RSS, disk I/O (query-blockstats) and NIC counters (its taps)", None, 200, Some(s::<VmStats>)),
         r("get", "/v1/vms", "List VMs", None, 200, Some(s::<VmList>)),
         r("post", "/v1/vms", "Define a VM, optionally starting it", Some(s::<CreateVmRequest>), 201, Some(s::<VmInfo>)),
         r("get", "/v1/vms/{name}", "One VM, with its spec", None, 200, Some(s::<VmInfo>)),

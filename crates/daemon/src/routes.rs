@@ -22,6 +22,7 @@ pub mod consoles;
 mod events;
 mod media;
 mod screen;
+mod stats;
 mod vnc;
 mod volume_data;
 
@@ -227,6 +228,7 @@ pub fn router(engine: Engine) -> Router {
             get(volume_data::stream_download).put(volume_data::stream_upload),
         )
         .merge(events::routes())
+        .merge(stats::routes())
         .merge(screen::routes())
         .merge(media::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })

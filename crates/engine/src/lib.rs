@@ -24,6 +24,7 @@ mod run;
 mod seats;
 mod snapshot;
 mod snapshot_external;
+mod stats;
 mod storage;
 mod store;
 mod vm;
@@ -107,6 +108,8 @@ pub(crate) struct Inner {
     kvm_cpu_fallback: std::sync::atomic::AtomicBool,
     boot_id: String,
     ops: Operations,
+    /// The previous CPU sample of each QEMU (`stats.rs`).
+    samples: stats::Samples,
 }
 
 /// The engine. Cheap to clone.
@@ -205,6 +208,7 @@ impl Engine {
                 kvm_cpu_fallback: Default::default(),
                 boot_id,
                 ops: Operations::with_events(events),
+                samples: Default::default(),
             }),
         };
         engine.ensure_default_pool()?;
