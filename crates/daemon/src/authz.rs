@@ -222,6 +222,7 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("delete", "/v1/host/bridges/{bridge}", rule(HostAdmin, Global)),
         ("get", "/v1/events", rule(Authenticated, Global)),
         ("get", "/v1/stats", rule(Authenticated, Global)),
+        ("get", "/metrics", rule(MetricsRead, Global)),
         ("get", "/v1/vms/{name}/stats", rule(VmAudit, Vm)),
         ("get", "/v1/vms", rule(Authenticated, Global)),
         ("post", "/v1/vms", rule(VmAllocate, NewVm)),

@@ -3,6 +3,7 @@
 
 mod access_routes;
 mod authz;
+mod metrics;
 mod openapi;
 mod routes;
 mod tls;
@@ -206,6 +207,7 @@ async fn run(args: Args) -> Result<()> {
         access.clone(),
         std::time::Duration::from_secs(args.console_idle),
     );
+    let metrics = metrics::Metrics::new(engine.clone());
     let app = routes::router(engine.clone())
         .merge(routes::consoles::router(routes::consoles::ConsoleState {
             engine: engine.clone(),
@@ -217,9 +219,15 @@ async fn run(args: Args) -> Result<()> {
             logins: Default::default(),
         }))
         .merge(web::router())
+        .merge(metrics::router(metrics.clone()))
         // `POST .../keys` asks the console seats whether its caller may type.
         .layer(axum::Extension(seats))
-        .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
+        .layer(axum::middleware::from_fn_with_state(guard, authz::guard))
+        // Outermost: counts refused requests too.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ));
     let tls = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),
         listeners: tcp,
