@@ -90,7 +90,7 @@ fn a_guest_writing_10_mib_and_pinging_its_gateway_shows_in_its_counters() {
 
     c.destroy("st").unwrap();
     let e = c.stats("st").unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
     assert!(e.to_string().contains("hv start st"), "{e}");
     assert!(c.stats_all().unwrap().is_empty());
 }

@@ -125,7 +125,7 @@ impl Engine {
         let pid = match (state, pid) {
             (VmState::Running | VmState::Paused, Some(pid)) => pid,
             _ => {
-                return Err(EngineError::Invalid(format!(
+                return Err(EngineError::WrongState(format!(
                     "VM {name} is {state}; figures exist only while it runs (hv start {name})"
                 )))
             }
