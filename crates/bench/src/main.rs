@@ -21,6 +21,7 @@ mod remote;
 mod report;
 mod screen;
 mod stats;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,8 @@ enum Group {
     /// The browser console: `/vnc` throughput and key latency against QEMU's own socket, and
     /// hvd's CPU with 20 viewers.
     Kvm,
+    /// Events, `/metrics` and live figures (issue 13).
+    Watch,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -164,6 +167,10 @@ fn run(args: Args) -> Result<bool> {
     if wanted(Group::Kvm) {
         eprintln!("kvm: the browser console's RFB proxy");
         extra.extend(kvm::measure(&bins.hvd, plan.runs));
+    }
+    if wanted(Group::Watch) {
+        eprintln!("watch: event latency, /metrics and live figures");
+        extra.extend(watch::measure(&bins.hvd, plan.runs));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
