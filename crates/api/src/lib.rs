@@ -391,13 +391,14 @@ pub struct Event {
 
 impl Event {
     /// The object whose visibility decides who may see the event: `vm/NAME`, `network/NAME`,
-    /// `pool/NAME`, `volume/POOL/NAME`, or an operation's target.
+    /// `pool/NAME`, `volume/POOL/NAME`, an operation's target, or `audit` (the audit log).
     pub fn object(&self) -> String {
         match &self.kind {
             EventKind::Operation { operation } => operation.target.clone(),
             EventKind::Network { network, .. } => format!("network/{network}"),
             EventKind::Pool { pool, .. } => format!("pool/{pool}"),
             EventKind::Volume { pool, volume, .. } => format!("volume/{pool}/{volume}"),
+            EventKind::Audit { .. } => "audit".to_string(),
             _ => format!("vm/{}", self.vm),
         }
     }
@@ -465,6 +466,16 @@ pub enum EventKind {
         snapshot: String,
         change: Change,
     },
+    /// A record was appended to the audit log (seen only by callers who may read the log).
+    Audit {
+        principal: String,
+        source: String,
+        object: String,
+        action: String,
+        result: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation_id: Option<u64>,
+    },
     /// Only as the first record of a stream resumed with `since`: the events after `since` and
     /// before `oldest` are no longer retained (or were missed by a slow reader); re-read the
     /// state you need, then go on with what follows.
@@ -487,6 +498,7 @@ impl EventKind {
         "pool",
         "volume",
         "snapshot",
+        "audit",
         "gap",
     ];
 
@@ -504,6 +516,7 @@ impl EventKind {
             EventKind::Pool { .. } => "pool",
             EventKind::Volume { .. } => "volume",
             EventKind::Snapshot { .. } => "snapshot",
+            EventKind::Audit { .. } => "audit",
             EventKind::Gap { .. } => "gap",
         }
     }

@@ -11,7 +11,7 @@ use crate::output::Format;
 #[derive(clap::Args, Debug)]
 pub struct EventsArgs {
     /// Only these kinds (repeat or comma-separate): state-changed, operation, network, pool,
-    /// volume, snapshot, control, defined, undefined, updated, reset.
+    /// volume, snapshot, control, audit, defined, undefined, updated, reset.
     #[arg(long = "type", value_delimiter = ',')]
     types: Vec<String>,
     /// Only events about this VM.
@@ -93,6 +93,12 @@ pub fn one_line(ev: &Event) -> String {
         | EventKind::Pool { change, .. }
         | EventKind::Volume { change, .. } => change_word(*change),
         EventKind::Snapshot { snapshot, change } => format!("{snapshot} {}", change_word(*change)),
+        EventKind::Audit {
+            principal,
+            action,
+            result,
+            ..
+        } => format!("{principal} {action}: {result}"),
         EventKind::Gap { oldest } => {
             format!("events before {oldest} are no longer retained; some were missed")
         }
@@ -102,6 +108,7 @@ pub fn one_line(ev: &Event) -> String {
     };
     let object = match &ev.kind {
         EventKind::Gap { .. } => "-".to_string(),
+        EventKind::Audit { object, .. } => object.clone(),
         _ => ev.object(),
     };
     let id = if ev.id == 0 {

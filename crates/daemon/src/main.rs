@@ -198,6 +198,7 @@ async fn run(args: Args) -> Result<()> {
         engine::Access::open(&engine.config().db_path())
             .context("cannot open the user database")?,
     );
+    access.publish_to(engine.events().clone());
     let guard = authz::Guard {
         engine: engine.clone(),
         access: access.clone(),

@@ -333,4 +333,10 @@ fn a_viewer_of_web_vms_sees_no_events_about_db_1() {
     )
     .until(|e| state_is(e, "web-1", VmState::Shutoff));
     assert!(all.iter().any(|e| state_is(e, "db-1", VmState::Running)));
+    // Audit records are events too, for those who may read the audit log (not ivy).
+    assert!(
+        all.iter().any(|e| matches!(&e.kind,
+            EventKind::Audit { object, result, .. } if object == "vm/db-1" && result == "ok")),
+        "{all:#?}"
+    );
 }

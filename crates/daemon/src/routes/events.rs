@@ -72,7 +72,8 @@ impl Filter {
 }
 
 /// Whether `caller` may see `ev`: VM events by VM.Audit on the VM, network events by
-/// Network.Audit, pool and volume events by Storage.Audit, operations by their target.
+/// Network.Audit, pool and volume events by Storage.Audit, audit records by Audit.Read,
+/// operations by their target.
 fn visible(caller: Option<&Caller>, ev: &Event) -> bool {
     use auth::{Action, Object};
     let Some(c) = caller else { return false };
@@ -85,6 +86,7 @@ fn visible(caller: Option<&Caller>, ev: &Event) -> bool {
         "vm" => return c.sees(rest),
         "network" => Action::NetworkAudit,
         "pool" | "volume" => Action::StorageAudit,
+        "audit" => Action::AuditRead,
         _ => Action::HostAudit,
     };
     c.principal.may(action, &Object::Global)
