@@ -59,6 +59,14 @@ struct Args {
           default_value_t = engine::DEFAULT_CONSOLE_IDLE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     console_idle: u64,
+    /// Also serve `GET /metrics` (only) over plain HTTP on ADDR:PORT, for a local Prometheus,
+    /// without credentials: to peers in --metrics-allow only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Peers (ADDR or ADDR/PREFIX, repeatable) that may scrape --metrics-listen; default:
+    /// loopback only (127.0.0.0/8 and ::1).
+    #[arg(long, value_name = "CIDR", requires = "metrics_listen")]
+    metrics_allow: Vec<metrics::Cidr>,
 }
 
 /// The gid of a group named in /etc/group.
@@ -209,6 +217,18 @@ async fn run(args: Args) -> Result<()> {
         std::time::Duration::from_secs(args.console_idle),
     );
     let metrics = metrics::Metrics::new(engine.clone());
+    if let Some(addr) = args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+        let allow = if args.metrics_allow.is_empty() {
+            metrics::Cidr::loopback()
+        } else {
+            args.metrics_allow.clone()
+        };
+        tracing::info!(%addr, "serving /metrics over plain HTTP to the allowed peers");
+        tokio::spawn(metrics::serve_plain(l, metrics.clone(), allow));
+    }
     let app = routes::router(engine.clone())
         .merge(routes::consoles::router(routes::consoles::ConsoleState {
             engine: engine.clone(),

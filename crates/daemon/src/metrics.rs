@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -346,4 +346,126 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
         .get_or_create(&RouteLabels { route, method })
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// An address block of `--metrics-allow`: `ADDR` or `ADDR/PREFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not ADDR or ADDR/PREFIX (say 127.0.0.1, 10.0.0.0/8, ::1)");
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    /// 127.0.0.0/8 and ::1.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                prefix: 8,
+            },
+            Cidr {
+                addr: std::net::Ipv6Addr::LOCALHOST.into(),
+                prefix: 128,
+            },
+        ]
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `--metrics-listen`: `GET /metrics` only, plain HTTP, to the allowed peers only.
+pub async fn serve_plain(l: tokio::net::TcpListener, m: Arc<Metrics>, allow: Vec<Cidr>) {
+    let allow = Arc::new(allow);
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(m)
+        .layer(axum::middleware::from_fn(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                  req: Request,
+                  next: Next| {
+                let allow = allow.clone();
+                async move {
+                    if allow.iter().any(|c| c.contains(peer.ip())) {
+                        next.run(req).await
+                    } else {
+                        (
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "{} may not scrape this listener; add it to hvd --metrics-allow\n",
+                                peer.ip()
+                            ),
+                        )
+                            .into_response()
+                    }
+                }
+            },
+        ));
+    let svc = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(l, svc).await {
+        tracing::error!(error = %e, "the --metrics-listen listener stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_match_by_prefix() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(!all.contains("::1".parse().unwrap()));
+        assert!(Cidr::loopback()
+            .iter()
+            .any(|c| c.contains("127.0.0.5".parse().unwrap())));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
+    }
 }

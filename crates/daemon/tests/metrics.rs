@@ -235,3 +235,42 @@ fn metrics_parse_hold_the_series_and_counters_never_go_down() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("Metrics.Read"), "{body}");
 }
+
+/// `curl http://ADDR/PATH`: status and body.
+fn plain(addr: &str, path: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "30", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_plain_metrics_listener_serves_only_metrics_and_only_to_allowed_peers() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let h = TestHvd::start_with_args(
+        env!("CARGO_BIN_EXE_hvd").as_ref(),
+        &["--metrics-listen", &addr],
+    )
+    .expect("hvd starts");
+    let (status, body) = plain(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let (samples, _) = parse(&body);
+    assert!(samples.contains_key(r#"hv_vms{state="running"}"#));
+    // Nothing else of the API is on it.
+    assert_eq!(plain(&addr, "/v1/vms").0, 404);
+    drop(h);
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _h = TestHvd::start_with_args(
+        env!("CARGO_BIN_EXE_hvd").as_ref(),
+        &["--metrics-listen", &addr, "--metrics-allow", "192.0.2.0/24"],
+    )
+    .expect("hvd starts");
+    let (status, body) = plain(&addr, "/metrics");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--metrics-allow"), "{body}");
+}
