@@ -257,6 +257,9 @@ fn demo() -> Result<()> {
 /// change under us.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
+/// The Prometheus parser the metrics test checks `GET /metrics` with, pinned likewise.
+const PROMETHEUS_CLIENT: &str = "prometheus-client==0.21.1";
+
 fn test_deps() -> Result<()> {
     let have = Command::new("python3")
         .args(["-m", "schemathesis.cli", "--version"])
@@ -275,6 +278,28 @@ fn test_deps() -> Result<()> {
             "-q",
             "--disable-pip-version-check",
             SCHEMATHESIS,
+        ]))?;
+    }
+    let have = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('prometheus-client'))",
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).trim()
+                == PROMETHEUS_CLIENT.trim_start_matches("prometheus-client==")
+        })
+        .unwrap_or(false);
+    if !have {
+        eprintln!("installing {PROMETHEUS_CLIENT} (pip)");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            PROMETHEUS_CLIENT,
         ]))?;
     }
     Ok(())

@@ -372,14 +372,53 @@ pub struct OperationList {
     pub operations: Vec<OperationInfo>,
 }
 
-/// An event on `GET /v1/events` (one JSON object per line).
+/// An event on `GET /v1/events` (one JSON object per line, or one SSE message).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
+    /// The event's place in hvd's event log: every event has a larger id than the one before,
+    /// also across restarts of hvd (the first id of a run is its start time in ms × 1000).
+    /// Pass the last id seen as `since` to resume. 0 on `gap` records.
+    #[serde(default)]
+    pub id: u64,
     /// Unix time in milliseconds.
     pub time_ms: u64,
+    /// The VM the event is about; absent for events about networks, pools and volumes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vm: String,
     #[serde(flatten)]
     pub kind: EventKind,
+}
+
+impl Event {
+    /// The object whose visibility decides who may see the event: `vm/NAME`, `network/NAME`,
+    /// `pool/NAME`, `volume/POOL/NAME`, an operation's target, or `audit` (the audit log).
+    pub fn object(&self) -> String {
+        match &self.kind {
+            EventKind::Operation { operation } => operation.target.clone(),
+            EventKind::Network { network, .. } => format!("network/{network}"),
+            EventKind::Pool { pool, .. } => format!("pool/{pool}"),
+            EventKind::Volume { pool, volume, .. } => format!("volume/{pool}/{volume}"),
+            EventKind::Audit { .. } => "audit".to_string(),
+            _ => format!("vm/{}", self.vm),
+        }
+    }
+}
+
+/// What happened to a network, pool, volume or snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    Defined,
+    Undefined,
+    Started,
+    Stopped,
+    Created,
+    Deleted,
+    Resized,
+    Uploaded,
+    Imported,
+    Cloned,
+    Reverted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -401,6 +440,156 @@ pub enum EventKind {
         watchers: Vec<ControlWatcher>,
         requests: Vec<String>,
     },
+    /// An operation started, progressed (by whole percents) or ended (`status`, `error`).
+    Operation {
+        operation: OperationInfo,
+    },
+    /// A network was defined, started, stopped or undefined.
+    Network {
+        network: String,
+        change: Change,
+    },
+    /// A pool was created, deleted or undefined.
+    Pool {
+        pool: String,
+        change: Change,
+    },
+    /// A volume was created, imported, cloned (`volume` is the source), resized, uploaded or
+    /// deleted.
+    Volume {
+        pool: String,
+        volume: String,
+        change: Change,
+    },
+    /// A snapshot of `vm` was created, reverted to or deleted.
+    Snapshot {
+        snapshot: String,
+        change: Change,
+    },
+    /// A record was appended to the audit log (seen only by callers who may read the log).
+    Audit {
+        principal: String,
+        source: String,
+        object: String,
+        action: String,
+        result: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation_id: Option<u64>,
+    },
+    /// Only as the first record of a stream resumed with `since`: the events after `since` and
+    /// before `oldest` are no longer retained (or were missed by a slow reader); re-read the
+    /// state you need, then go on with what follows.
+    Gap {
+        oldest: u64,
+    },
+}
+
+impl EventKind {
+    /// The kinds' names for `GET /v1/events?type=` (the `event` tag).
+    pub const NAMES: &'static [&'static str] = &[
+        "defined",
+        "undefined",
+        "updated",
+        "state-changed",
+        "reset",
+        "control",
+        "operation",
+        "network",
+        "pool",
+        "volume",
+        "snapshot",
+        "audit",
+        "gap",
+    ];
+
+    /// This kind's name (the `event` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Defined => "defined",
+            EventKind::Undefined => "undefined",
+            EventKind::Updated => "updated",
+            EventKind::StateChanged { .. } => "state-changed",
+            EventKind::Reset => "reset",
+            EventKind::Control { .. } => "control",
+            EventKind::Operation { .. } => "operation",
+            EventKind::Network { .. } => "network",
+            EventKind::Pool { .. } => "pool",
+            EventKind::Volume { .. } => "volume",
+            EventKind::Snapshot { .. } => "snapshot",
+            EventKind::Audit { .. } => "audit",
+            EventKind::Gap { .. } => "gap",
+        }
+    }
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Replay the retained events after this id first (also taken from SSE's `Last-Event-ID`).
+    /// 0 replays everything retained. Without it, only events from now on.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Only these kinds, comma-separated (`state-changed,operation`).
+    #[serde(default, rename = "type")]
+    pub types: Option<String>,
+    /// Only events about this VM.
+    #[serde(default)]
+    pub vm: Option<String>,
+}
+
+/// `GET /v1/vms/{name}/stats`: live figures of a running VM, read cheaply (procfs, sysfs and
+/// one QMP query; no process is spawned). Counters count since QEMU started.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct VmStats {
+    pub vm: String,
+    /// Unix time in milliseconds of the sample.
+    pub time_ms: u64,
+    /// QEMU's CPU use (user + system, all threads) in percent of one core, over the interval
+    /// since the previous sample hvd took of this VM (at most a minute ago), else since QEMU
+    /// started. May exceed 100 with several vCPUs.
+    pub cpu_percent: f64,
+    /// QEMU's CPU time (user + system) since it started, in seconds.
+    pub cpu_seconds: f64,
+    /// QEMU's resident memory (RSS) in bytes: guest RAM it touched plus its own.
+    pub memory_rss_bytes: u64,
+    /// The memory the guest was configured with, in bytes.
+    pub memory_configured_bytes: u64,
+    /// Balloon figures, when the VM has a balloon device (hv does not add one today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_actual_bytes: Option<u64>,
+    pub disks: Vec<DiskStats>,
+    pub nics: Vec<NicStats>,
+}
+
+/// One disk's I/O counters (QMP `query-blockstats`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DiskStats {
+    /// The disk's target (`vda`), or QEMU's device id.
+    pub disk: String,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_ops: u64,
+    pub wr_ops: u64,
+}
+
+/// One NIC's counters, as the guest sees them (rx: received by the guest), from its tap.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NicStats {
+    /// The NIC's device id (`nic0`).
+    pub nic: String,
+    /// The host's tap interface.
+    pub tap: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+/// `GET /v1/stats`: every running VM the caller may see.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StatsList {
+    pub vms: Vec<VmStats>,
 }
 
 /// `POST /v1/pools`: a directory pool.
@@ -735,6 +924,7 @@ mod tests {
     #[test]
     fn event_shape_is_stable() {
         let e = Event {
+            id: 7,
             time_ms: 5,
             vm: "a".into(),
             kind: EventKind::StateChanged {
@@ -744,8 +934,25 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"time_ms":5,"vm":"a","event":"state-changed","state":"running"}"#
+            r#"{"id":7,"time_ms":5,"vm":"a","event":"state-changed","state":"running"}"#
         );
+        let n = Event {
+            id: 8,
+            time_ms: 6,
+            vm: String::new(),
+            kind: EventKind::Network {
+                network: "lan".into(),
+                change: Change::Started,
+            },
+        };
+        let line = serde_json::to_string(&n).unwrap();
+        assert_eq!(
+            line,
+            r#"{"id":8,"time_ms":6,"event":"network","network":"lan","change":"started"}"#
+        );
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.object(), "network/lan");
+        assert_eq!(back.kind.name(), "network");
     }
 
     #[test]

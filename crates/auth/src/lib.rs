@@ -81,9 +81,8 @@ impl Role {
                 self >= Role::Operator
             }
             VmSnapshotDelete | VmConfig | VmAllocate | HostPaths | HostAudit | HostAdmin
-            | NetworkAudit | NetworkAdmin | StorageAudit | StorageAdmin | UserAdmin | AuditRead => {
-                self == Role::Admin
-            }
+            | NetworkAudit | NetworkAdmin | StorageAudit | StorageAdmin | UserAdmin | AuditRead
+            | MetricsRead => self == Role::Admin,
         }
     }
 }
@@ -222,6 +221,8 @@ pub enum Action {
     /// See operations (of the objects the caller may see).
     OperationRead,
     OperationCancel,
+    /// Scrape `GET /metrics` (figures of every VM and of hvd): a grant on all VMs.
+    MetricsRead,
 }
 
 impl Action {
@@ -253,6 +254,7 @@ impl Action {
             AuditRead => "Audit.Read",
             OperationRead => "Operation.Read",
             OperationCancel => "Operation.Cancel",
+            MetricsRead => "Metrics.Read",
         }
     }
 }
@@ -274,6 +276,7 @@ impl Action {
                 | StorageAudit
                 | AuditRead
                 | OperationRead
+                | MetricsRead
         )
     }
 }

@@ -22,6 +22,7 @@ mod report;
 mod screen;
 mod stats;
 mod ui;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,8 @@ enum Group {
     /// The browser console: `/vnc` throughput and key latency against QEMU's own socket, and
     /// hvd's CPU with 20 viewers.
     Kvm,
+    /// Events, `/metrics` and live figures (issue 13).
+    Watch,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -174,6 +177,10 @@ fn run(args: Args) -> Result<bool> {
             plan.runs.min(5)
         );
         extra.extend(ui::measure(&bins.hvd, plan.runs.min(5)));
+    }
+    if wanted(Group::Watch) {
+        eprintln!("watch: event latency, /metrics and live figures");
+        extra.extend(watch::measure(&bins.hvd, plan.runs));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");

@@ -6,6 +6,7 @@ mod console;
 mod control;
 mod disks;
 mod edit;
+mod events;
 mod networks;
 mod nics;
 mod operations;
@@ -13,6 +14,7 @@ mod output;
 mod remotes;
 mod screen;
 mod snapshots;
+mod stats;
 mod storage;
 
 use std::io::Read;
@@ -144,6 +146,10 @@ enum Cmd {
     /// Running and recent operations (list, show, cancel).
     #[command(subcommand)]
     Operation(operations::OperationCmd),
+    /// Follow hvd's events (VM states, operations, networks, storage, snapshots, consoles).
+    Events(events::EventsArgs),
+    /// Live figures of running VMs: CPU %, memory, disk and NIC counters.
+    Stats(stats::StatsArgs),
     /// Users of the HTTPS API and their grants.
     #[command(subcommand)]
     User(access::UserCmd),
@@ -430,6 +436,8 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         Cmd::Net(cmd) => networks::run(&c, cmd)?,
         Cmd::Pool(cmd) => storage::pool(&c, cmd)?,
         Cmd::Operation(cmd) => operations::run(&c, cmd)?,
+        Cmd::Events(a) => events::run(&c, a)?,
+        Cmd::Stats(a) => stats::run(&c, a)?,
         Cmd::User(cmd) => access::user(&c, cmd)?,
         Cmd::Token(cmd) => access::token(&c, cmd)?,
         Cmd::Audit {

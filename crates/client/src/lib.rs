@@ -23,6 +23,7 @@ use serde::Serialize;
 mod https;
 mod pin;
 mod volume_data;
+mod watch;
 
 pub use https::ConsoleStream;
 pub use pin::{fingerprint, normalize_fingerprint};
@@ -866,13 +867,6 @@ impl Client {
             });
         }
         Ok((resp.len.unwrap_or(0), resp.into_reader()))
-    }
-
-    /// The event stream: one JSON event per line.
-    pub fn events(&self) -> Result<impl BufRead> {
-        Ok(BufReader::new(
-            self.send("GET", paths::EVENTS, None)?.into_reader(),
-        ))
     }
 
     /// Opens the serial console WebSocket (binary frames both ways).

@@ -3,6 +3,7 @@
 
 mod access_routes;
 mod authz;
+mod metrics;
 mod openapi;
 mod routes;
 mod tls;
@@ -58,6 +59,14 @@ struct Args {
           default_value_t = engine::DEFAULT_CONSOLE_IDLE.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     console_idle: u64,
+    /// Also serve `GET /metrics` (only) over plain HTTP on ADDR:PORT, for a local Prometheus,
+    /// without credentials: to peers in --metrics-allow only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Peers (ADDR or ADDR/PREFIX, repeatable) that may scrape --metrics-listen; default:
+    /// loopback only (127.0.0.0/8 and ::1).
+    #[arg(long, value_name = "CIDR", requires = "metrics_listen")]
+    metrics_allow: Vec<metrics::Cidr>,
 }
 
 /// The gid of a group named in /etc/group.
@@ -197,6 +206,7 @@ async fn run(args: Args) -> Result<()> {
         engine::Access::open(&engine.config().db_path())
             .context("cannot open the user database")?,
     );
+    access.publish_to(engine.events().clone());
     let guard = authz::Guard {
         engine: engine.clone(),
         access: access.clone(),
@@ -206,6 +216,19 @@ async fn run(args: Args) -> Result<()> {
         access.clone(),
         std::time::Duration::from_secs(args.console_idle),
     );
+    let metrics = metrics::Metrics::new(engine.clone());
+    if let Some(addr) = args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+        let allow = if args.metrics_allow.is_empty() {
+            metrics::Cidr::loopback()
+        } else {
+            args.metrics_allow.clone()
+        };
+        tracing::info!(%addr, "serving /metrics over plain HTTP to the allowed peers");
+        tokio::spawn(metrics::serve_plain(l, metrics.clone(), allow));
+    }
     let app = routes::router(engine.clone())
         .merge(routes::consoles::router(routes::consoles::ConsoleState {
             engine: engine.clone(),
@@ -217,9 +240,15 @@ async fn run(args: Args) -> Result<()> {
             logins: Default::default(),
         }))
         .merge(web::router())
+        .merge(metrics::router(metrics.clone()))
         // `POST .../keys` asks the console seats whether its caller may type.
         .layer(axum::Extension(seats))
-        .layer(axum::middleware::from_fn_with_state(guard, authz::guard));
+        .layer(axum::middleware::from_fn_with_state(guard, authz::guard))
+        // Outermost: counts refused requests too.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ));
     let tls = Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(cert.config.clone()),
         listeners: tcp,

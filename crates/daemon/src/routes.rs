@@ -17,11 +17,12 @@ use engine::{Engine, EngineError, FeedItem};
 use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::broadcast;
 
 pub mod consoles;
+mod events;
 mod media;
 mod screen;
+mod stats;
 mod vnc;
 mod volume_data;
 
@@ -146,7 +147,6 @@ pub fn router(engine: Engine) -> Router {
             "/v1/host/bridges/{bridge}",
             axum::routing::delete(host_unbridge),
         )
-        .route(paths::EVENTS, get(events))
         .route(paths::VMS, get(list).post(create))
         .route(
             "/v1/vms/{name}",
@@ -227,6 +227,8 @@ pub fn router(engine: Engine) -> Router {
             "/v1/pools/{pool}/volumes/{vol}/stream",
             get(volume_data::stream_download).put(volume_data::stream_upload),
         )
+        .merge(events::routes())
+        .merge(stats::routes())
         .merge(screen::routes())
         .merge(media::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
@@ -473,31 +475,6 @@ async fn console_log(
         Body::from_stream(head)
     };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
-}
-
-/// Newline-delimited JSON events of the VMs the caller may see.
-async fn events(State(e): State<Engine>) -> Response {
-    let rx = e.subscribe_events();
-    let caller = crate::authz::current();
-    let s = futures_util::stream::unfold((rx, caller), |(mut rx, caller)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if !caller.as_ref().is_some_and(|c| c.sees(&ev.vm)) => continue,
-                Ok(ev) => {
-                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(line)), (rx, caller)));
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(s),
-    )
-        .into_response()
 }
 
 // ---- operations ----

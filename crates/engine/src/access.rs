@@ -22,6 +22,8 @@ pub struct Access {
     conn: Mutex<Connection>,
     /// Tells open sessions (consoles) that their credentials or rights went away.
     revocations: tokio::sync::broadcast::Sender<Revocation>,
+    /// Where each audit record is also published as an `audit` event (once set).
+    events: std::sync::OnceLock<crate::EventLog>,
 }
 
 /// What ends sessions that are already open: a revoked token, or a user removed or with
@@ -135,6 +137,7 @@ impl Access {
         Ok(Access {
             conn: Mutex::new(conn),
             revocations: tokio::sync::broadcast::channel(64).0,
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -401,6 +404,11 @@ impl Access {
     }
 
     /// Appends one audit record.
+    /// Publishes every audit record from now on as an `audit` event in `log` too.
+    pub fn publish_to(&self, log: crate::EventLog) {
+        let _ = self.events.set(log);
+    }
+
     pub fn audit(&self, e: &AuditEntry) -> Result<()> {
         self.conn().execute(
             "INSERT INTO audit (time_ms, principal, source, object, action, result, operation_id)
@@ -415,6 +423,19 @@ impl Access {
                 e.operation_id.map(|i| i as i64)
             ],
         )?;
+        if let Some(log) = self.events.get() {
+            log.publish(
+                e.object.strip_prefix("vm/").unwrap_or(""),
+                api::EventKind::Audit {
+                    principal: e.principal.clone(),
+                    source: e.source.clone(),
+                    object: e.object.clone(),
+                    action: e.action.clone(),
+                    result: e.result.clone(),
+                    operation_id: e.operation_id,
+                },
+            );
+        }
         Ok(())
     }
 

@@ -11,6 +11,7 @@ mod confine;
 mod console;
 mod display;
 mod error;
+mod events;
 mod hotplug;
 mod images;
 pub mod logcap;
@@ -23,6 +24,7 @@ mod run;
 mod seats;
 mod snapshot;
 mod snapshot_external;
+mod stats;
 mod storage;
 mod store;
 mod vm;
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use api::{Event, EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitResponse};
+use api::{EventKind, HostReport, ShowCmd, VmInfo, WaitRequest, WaitResponse};
 use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
@@ -44,6 +46,7 @@ pub use console::{
 };
 pub use display::MAX_SCREENSHOT_AGE;
 pub use error::{EngineError, Result};
+pub use events::{EventLog, Follower};
 /// Volume uploads and downloads move bytes with these (see `host_storage::transfer`).
 pub use host_storage::transfer::{Replaced, Upload};
 pub use hotplug::ChangeScope;
@@ -98,13 +101,15 @@ pub(crate) struct Inner {
     cfg: Config,
     store: Store,
     vms: RwLock<BTreeMap<String, Arc<Vm>>>,
-    events: broadcast::Sender<Event>,
+    events: EventLog,
     caps: tokio::sync::OnceCell<HostCaps>,
     nets: tokio::sync::Mutex<network::Nets>,
     /// Set once `-cpu host` was seen to abort on this host.
     kvm_cpu_fallback: std::sync::atomic::AtomicBool,
     boot_id: String,
     ops: Operations,
+    /// The previous CPU sample of each QEMU (`stats.rs`).
+    samples: stats::Samples,
 }
 
 /// The engine. Cheap to clone.
@@ -191,17 +196,19 @@ impl Engine {
             .unwrap_or_default()
             .trim()
             .to_string();
+        let events = EventLog::default();
         let engine = Engine {
             inner: Arc::new(Inner {
                 cfg,
                 store,
                 vms: RwLock::new(BTreeMap::new()),
-                events: broadcast::channel(1024).0,
+                events: events.clone(),
                 caps: tokio::sync::OnceCell::new(),
                 nets: Default::default(),
                 kvm_cpu_fallback: Default::default(),
                 boot_id,
-                ops: Operations::default(),
+                ops: Operations::with_events(events),
+                samples: Default::default(),
             }),
         };
         engine.ensure_default_pool()?;
@@ -280,16 +287,12 @@ impl Engine {
     }
 
     pub(crate) fn emit(&self, vm: &str, kind: EventKind) {
-        let _ = self.inner.events.send(Event {
-            time_ms: now_ms(),
-            vm: vm.to_string(),
-            kind,
-        });
+        self.inner.events.publish(vm, kind);
     }
 
-    /// Every event from now on.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+    /// The event log (`GET /v1/events`).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
     }
 
     pub(crate) async fn caps(&self) -> Result<HostCaps> {

@@ -15,6 +15,7 @@ use api::{OperationInfo, OperationStatus};
 use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
+use crate::events::{object_change, EventLog};
 use crate::now_ms;
 
 /// Finished operations kept for `hv operation list|show`.
@@ -32,6 +33,8 @@ pub struct Operations {
     inner: Arc<Mutex<Inner>>,
     /// Counts running operations, so a stopping hvd can wait for them.
     running: Arc<watch::Sender<usize>>,
+    /// Where starts, progress and ends are published.
+    events: EventLog,
 }
 
 #[derive(Default)]
@@ -50,6 +53,14 @@ pub enum Cancel {
 }
 
 impl Operations {
+    /// A registry publishing its operations' news to `events`.
+    pub fn with_events(events: EventLog) -> Operations {
+        Operations {
+            events,
+            ..Default::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -101,6 +112,9 @@ impl Operations {
                     cancel: tx,
                 },
             );
+            if let Some(e) = g.ops.get(&id) {
+                self.events.operation(&e.info);
+            }
             id
         };
         self.running.send_modify(|n| *n += 1);
@@ -145,6 +159,12 @@ impl Operations {
                         e.info.error = Some(err.to_string());
                     }
                 }
+                if e.info.status == OperationStatus::Succeeded {
+                    if let Some(kind) = object_change(&e.info.kind, &e.info.target) {
+                        self.events.publish("", kind);
+                    }
+                }
+                self.events.operation(&e.info);
             }
             let finished: Vec<u64> = g
                 .ops
@@ -233,7 +253,13 @@ struct Progress {
 pub(crate) fn report_progress(percent: f64) {
     let _ = CURRENT.try_with(|p| {
         if let Some(e) = p.ops.lock().ops.get_mut(&p.id) {
-            e.info.progress_percent = Some(percent.clamp(0.0, 100.0));
+            let percent = percent.clamp(0.0, 100.0);
+            let before = e.info.progress_percent.map(|b| b.floor());
+            e.info.progress_percent = Some(percent);
+            // Whole percents only: a copy reports far more often than anyone reads.
+            if before != Some(percent.floor()) {
+                p.ops.events.operation(&e.info);
+            }
         }
     });
 }

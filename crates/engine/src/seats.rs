@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use api::{ConsoleKind, ControlState, ControlWatcher, ControlYou, Event, EventKind};
 use kvm::control::{Asker, Change, ConnKind, ControlError, Request, Seat, Watcher};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use crate::access::{Access, AuditEntry};
 use crate::{now_ms, Engine};
@@ -37,7 +37,7 @@ struct Inner {
     seats: Mutex<HashMap<String, Seat>>,
     idle: Duration,
     next_id: AtomicU64,
-    events: broadcast::Sender<Event>,
+    events: crate::EventLog,
     access: Arc<Access>,
     /// Wakes the idle timer when a deadline may have moved earlier.
     rearm: Notify,
@@ -213,7 +213,7 @@ impl Seats {
             }
         }
         if let Some(ev) = event {
-            let _ = self.inner.events.send(ev);
+            self.inner.events.publish(&ev.vm, ev.kind);
         }
         // A new holder or new input may move the idle deadline.
         self.inner.rearm.notify_one();
@@ -323,6 +323,7 @@ fn parts(seat: &Seat) -> (Option<String>, Vec<ControlWatcher>, Vec<String>) {
 fn control_event(vm: &str, seat: &Seat) -> Event {
     let (holder, watchers, requests) = parts(seat);
     Event {
+        id: 0,
         time_ms: now_ms(),
         vm: vm.to_string(),
         kind: EventKind::Control {

@@ -347,6 +347,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot created"
         );
+        self.snapshot_event(name, &snap, api::Change::Created);
         let rows = self.inner.store.load_snapshots(vm.id)?;
         Ok(self.snapshot_info(&vm, &rows, &row, false))
     }
@@ -388,6 +389,7 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "reverted"
         );
+        self.snapshot_event(name, snap, api::Change::Reverted);
         let rows = self.inner.store.load_snapshots(vm.id)?;
         Ok(self.snapshot_info(&vm, &rows, &row, false))
     }
@@ -470,6 +472,17 @@ impl Engine {
             self.set_current(&vm, row.parent.clone())?;
         }
         tracing::info!(vm = name, snapshot = snap, "snapshot deleted");
+        self.snapshot_event(name, snap, api::Change::Deleted);
         Ok(())
+    }
+
+    fn snapshot_event(&self, vm: &str, snap: &str, change: api::Change) {
+        self.emit(
+            vm,
+            api::EventKind::Snapshot {
+                snapshot: snap.to_string(),
+                change,
+            },
+        );
     }
 }

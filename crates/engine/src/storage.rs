@@ -136,6 +136,13 @@ impl Engine {
             return Err(e);
         }
         tracing::info!(pool = name, path = %path.display(), "pool created");
+        self.emit(
+            "",
+            api::EventKind::Pool {
+                pool: name.clone(),
+                change: api::Change::Created,
+            },
+        );
         self.pool_info(&row)
     }
 
