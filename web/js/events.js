@@ -1,16 +1,22 @@
-// Follows GET /v1/events (NDJSON, one Event per line) and calls `onEvent` for each; reconnects
-// after a pause when the stream ends, and `onReconnect` lets the page re-read what it may
-// have missed.
+// Follows GET /v1/events (NDJSON, one numbered Event per line) and calls `onEvent` for each.
+// When the stream ends it reconnects after a pause with `since` = the last id seen, so hvd
+// replays what happened in between; only when hvd no longer has all of it (a `gap` record)
+// does `onReconnect` let the page re-read its state. The pages only ask for the kinds they
+// show.
 
 import { toLogin } from './api.js';
+
+const KINDS = 'state-changed,control,defined,undefined,updated,reset';
 
 export function follow(onEvent, { onReconnect } = {}) {
   const ctl = new AbortController();
   let delay = 1000;
+  let last = null;
   const run = async () => {
     while (!ctl.signal.aborted) {
       try {
-        const resp = await fetch('/v1/events', { credentials: 'same-origin', signal: ctl.signal });
+        const since = last === null ? '' : `&since=${last}`;
+        const resp = await fetch(`/v1/events?type=${KINDS}${since}`, { credentials: 'same-origin', signal: ctl.signal });
         if (resp.status === 401) { toLogin(); return; }
         if (!resp.ok || !resp.body) throw new Error(`events: ${resp.status}`);
         delay = 1000;
@@ -27,6 +33,8 @@ export function follow(onEvent, { onReconnect } = {}) {
             if (!line) continue;
             let ev;
             try { ev = JSON.parse(line); } catch (_) { continue; }
+            if (ev.event === 'gap') { if (onReconnect) onReconnect(); continue; }
+            if (typeof ev.id === 'number') last = ev.id;
             onEvent(ev);
           }
           if (buf.length > 1 << 20) buf = ''; // no line is that long: drop garbage
@@ -36,7 +44,8 @@ export function follow(onEvent, { onReconnect } = {}) {
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 15000);
-      if (onReconnect && !ctl.signal.aborted) onReconnect();
+      // Without an id to resume from, re-read everything.
+      if (last === null && onReconnect && !ctl.signal.aborted) onReconnect();
     }
   };
   run();
