@@ -370,7 +370,9 @@ fn an_operator_of_web_globs_sees_only_its_vms_through_hv_remote() {
     // (By name: a fingerprint's hex may well contain "bad".)
     let list = hv.ok(&["remote", "list"]);
     assert!(
-        !list.lines().any(|l| l.split_whitespace().next() == Some("bad")),
+        !list
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("bad")),
         "{list}"
     );
     // Nobody listening: says so.
