@@ -259,3 +259,113 @@ pub fn many(bins: &Bins, runs: usize) -> Vec<ExtraRow> {
         Err(e) => vec![row("10,000 VMs", "ms", Err(e), "—", "—")],
     }
 }
+
+/// Reader threads in the busy-API figure.
+const READERS: usize = 50;
+/// VMs started and stopped in a loop meanwhile.
+const CHURN: usize = 10;
+
+/// `READERS` clients doing `info`/`list` (through the API, one connection each) for `span`
+/// while `CHURN` VMs start and are destroyed in a loop; the p50 and p99 of the reads.
+pub fn busy(bins: &Bins, span: Duration) -> Vec<ExtraRow> {
+    let res = (|| -> Result<(f64, f64, usize, usize)> {
+        let h = TestHvd::start(&bins.hvd)?;
+        let names: Vec<String> = (0..CHURN).map(|i| format!("busy-{i:02}")).collect();
+        for n in &names {
+            h.client()
+                .create(h.tiny_spec(n, VmOpts::default())?, false)?;
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (lat, cycles) = std::thread::scope(|s| -> Result<(Vec<f64>, usize)> {
+            let churn: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    let stop = &stop;
+                    let h = &h;
+                    s.spawn(move || -> Result<usize> {
+                        let c = client::Client::new(&h.socket);
+                        let mut k = 0;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            c.start(n, false)?;
+                            c.destroy(n)?;
+                            h.wait_state(n, model::VmState::Shutoff, Duration::from_secs(60))?;
+                            k += 1;
+                        }
+                        Ok(k)
+                    })
+                })
+                .collect();
+            let readers: Vec<_> = (0..READERS)
+                .map(|i| {
+                    let stop = &stop;
+                    let h = &h;
+                    let names = &names;
+                    s.spawn(move || -> Result<Vec<f64>> {
+                        let c = client::Client::new(&h.socket);
+                        let mut lat = Vec::new();
+                        let mut j = i;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let t = Instant::now();
+                            if j % 2 == 0 {
+                                c.info(&names[j % CHURN])?;
+                            } else {
+                                c.list()?;
+                            }
+                            lat.push(ms(t.elapsed()));
+                            j += 1;
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            std::thread::sleep(span);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut lat = Vec::new();
+            for r in readers {
+                lat.extend(
+                    r.join()
+                        .map_err(|_| anyhow::anyhow!("a reader panicked"))??,
+                );
+            }
+            let mut cycles = 0;
+            for c in churn {
+                cycles += c
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a churn thread panicked"))??;
+            }
+            Ok((lat, cycles))
+        })?;
+        if lat.is_empty() {
+            bail!("no read completed");
+        }
+        let mut lat = lat;
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+        Ok((pct(0.5), pct(0.99), lat.len(), cycles))
+    })();
+    match res {
+        Ok((p50, p99, n, cycles)) => {
+            eprintln!("  busy: {n} reads, {cycles} start/destroy cycles");
+            vec![
+                row(
+                    &format!(
+                        "busy API: p50 of {n} info/list reads (50 clients, 10 VMs \
+                         starting/stopping, {cycles} cycles)"
+                    ),
+                    "ms",
+                    Ok(vec![p50]),
+                    "—",
+                    "—",
+                ),
+                row(
+                    "busy API: p99 of the reads",
+                    "ms",
+                    Ok(vec![p99]),
+                    "—",
+                    "≤ 20 ms",
+                ),
+            ]
+        }
+        Err(e) => vec![row("busy API", "ms", Err(e), "—", "—")],
+    }
+}

@@ -102,6 +102,8 @@ enum Group {
     Storm,
     /// `list`, `info`, RSS and daemon start with 10,000 VMs (issue 16).
     Many,
+    /// 50 API readers while 10 VMs start and stop (issue 16).
+    Busy,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -212,6 +214,11 @@ fn run(args: Args) -> Result<bool> {
     if wanted(Group::Many) {
         eprintln!("many: 10,000 VMs defined, {} runs", plan.runs);
         extra.extend(growth::many(&bins, plan.runs));
+    }
+    if wanted(Group::Busy) {
+        let span = if args.quick { 10 } else { 30 };
+        eprintln!("busy: 50 readers, 10 VMs starting and stopping, {span} s");
+        extra.extend(growth::busy(&bins, std::time::Duration::from_secs(span)));
     }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
