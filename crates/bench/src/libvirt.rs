@@ -119,7 +119,7 @@ pub fn measure(bins: &Bins, runs: usize) -> Result<Vec<VsRow>> {
             Ok([c, r, d]) => {
                 for (op, v) in [("create", c), ("revert", r), ("delete", d)] {
                     rows.push(VsRow::new(
-                        &format!("snapshot {op}, {g_label} guest (live, with RAM)"),
+                        &format!("snapshot {op}, running {g_label} guest"),
                         Ok(v),
                     ));
                 }

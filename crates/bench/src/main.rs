@@ -235,9 +235,11 @@ fn run(args: Args) -> Result<bool> {
     }
 
     println!("Machine: {machine}\n");
-    print!("{}", report::table(&out.rows));
-    let met = out.rows.iter().filter(|r| r.met()).count();
-    println!("\n{met} of {} figures meet their target.", out.rows.len());
+    if !out.rows.is_empty() {
+        print!("{}", report::table(&out.rows));
+        let met = out.rows.iter().filter(|r| r.met()).count();
+        println!("\n{met} of {} figures meet their target.", out.rows.len());
+    }
     println!("At the end: {}.", machine::load());
     for note in &out.notes {
         println!("\n{note}");
@@ -254,7 +256,6 @@ fn run(args: Args) -> Result<bool> {
              `virsh`):\n\n{}",
             libvirt::table(&versus)
         );
-        println!("At the end: {}.", machine::load());
     }
     let extra_ok = extra.iter().all(|r| r.error.is_none());
     let versus_ok = versus.iter().all(|r| !r.failed());
