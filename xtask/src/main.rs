@@ -9,8 +9,10 @@
 //! - `e2e`   only the browser tests (after `cargo build -p daemon -p cli`);
 //! - `e2e-assets` prints the guest files the browser tests boot (JSON);
 //! - `tidy`  repository policy (dependency rules, process spawning, docs);
+//! - `bench-deps` installs and configures libvirt for `hv-bench --vs libvirt` (no test needs it);
 //! - `vendor-web` refreshes `web/vendor/` (noVNC, xterm.js) from `npm pack`.
 
+mod bench_deps;
 mod e2e;
 mod tidy;
 mod vendor_web;
@@ -379,6 +381,7 @@ fn main() -> Result<()> {
         }
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench-deps") => bench_deps::bench_deps(installed, run),
         Some("vendor-web") => vendor_web::vendor_web(&root()),
         Some("e2e") => {
             deps()?;
@@ -406,7 +409,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask deps|guest|demo|test [cargo test args]|e2e|e2e-assets|tidy|vendor-web"
+                "usage: cargo xtask deps|guest|demo|test [cargo test args]|e2e|e2e-assets|tidy|vendor-web|bench-deps"
             );
             std::process::exit(2);
         }

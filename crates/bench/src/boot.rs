@@ -163,7 +163,11 @@ fn raw_boot(guest: &TinyGuest, scratch: &Path) -> Result<f64> {
 }
 
 /// Reads `out` until `marker` has appeared in it, or fails at `deadline` or end of file.
-fn read_until(mut out: impl Read + AsFd, marker: &[u8], deadline: Instant) -> Result<()> {
+pub(crate) fn read_until(
+    mut out: impl Read + AsFd,
+    marker: &[u8],
+    deadline: Instant,
+) -> Result<()> {
     let mut scan = MarkerScan::new(marker);
     let mut buf = [0u8; 4096];
     loop {

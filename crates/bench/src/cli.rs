@@ -91,7 +91,7 @@ pub fn at_scale(bins: &Bins, hvd: &TestHvd, count: usize, runs: usize) -> Result
 }
 
 /// Defines one VM per name from `template`, and reports the API's define rate on stderr.
-fn define_many(hvd: &TestHvd, template: &VmSpec, names: &[String]) -> Result<()> {
+pub(crate) fn define_many(hvd: &TestHvd, template: &VmSpec, names: &[String]) -> Result<()> {
     let t0 = Instant::now();
     for name in names {
         let mut spec = template.clone();

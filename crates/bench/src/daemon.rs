@@ -25,7 +25,7 @@ pub fn measure(bins: &Bins, runs: usize) -> Result<Vec<f64>> {
 }
 
 /// Spawns hvd, waits for `GET /v1/ping` to answer, then stops hvd with SIGTERM.
-fn start_once(bins: &Bins, dir: &Path) -> Result<Duration> {
+pub(crate) fn start_once(bins: &Bins, dir: &Path) -> Result<Duration> {
     let socket = dir.join("hvd.sock");
     let log_path = dir.join("hvd.log");
     let log = File::options()

@@ -13,7 +13,9 @@ mod boot;
 mod cli;
 mod daemon;
 mod extra;
+mod growth;
 mod kvm;
+mod libvirt;
 mod machine;
 mod power;
 mod procs;
@@ -54,6 +56,17 @@ struct Args {
     /// Measure only these groups of figures (repeatable; default: all).
     #[arg(long, value_enum, value_name = "GROUP")]
     only: Vec<Group>,
+    /// Also measure every figure with a libvirt equivalent through `virsh`, interleaved with
+    /// hv's, and print both medians and the ratio (needs `cargo xtask bench-deps`). Without
+    /// --only, this runs only the side-by-side figures.
+    #[arg(long, value_enum, value_name = "OTHER")]
+    vs: Option<Vs>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Vs {
+    /// libvirt 9 through `virsh`, same guest, memory and disk format.
+    Libvirt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +98,12 @@ enum Group {
     Kvm,
     /// Events, `/metrics` and live figures (issue 13).
     Watch,
+    /// Boot storm of 20 VMs, hvd per idle running VM (issue 16).
+    Storm,
+    /// `list`, `info`, RSS and daemon start with 10,000 VMs (issue 16).
+    Many,
+    /// 50 API readers while 10 VMs start and stop (issue 16).
+    Busy,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -122,7 +141,13 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<bool> {
     let bins = Bins::find(args.bin_dir.as_deref())?;
     let plan = Plan::new(&args);
-    let wanted = |g: Group| args.only.is_empty() || args.only.contains(&g);
+    let wanted = |g: Group| {
+        if args.only.is_empty() {
+            args.vs.is_none()
+        } else {
+            args.only.contains(&g)
+        }
+    };
     // Build (or find) the test guest before any clock starts.
     testkit::guest::tiny_guest().context("building the tiny test guest")?;
     let machine = machine::describe(TestHvd::start(&bins.hvd)?.client());
@@ -182,15 +207,39 @@ fn run(args: Args) -> Result<bool> {
         eprintln!("watch: event latency, /metrics and live figures");
         extra.extend(watch::measure(&bins.hvd, plan.runs));
     }
+    if wanted(Group::Storm) {
+        eprintln!("storm: 20 VMs at once, {} rounds", plan.runs.min(3));
+        extra.extend(growth::storm(&bins, plan.runs.min(3)));
+    }
+    if wanted(Group::Many) {
+        eprintln!("many: 10,000 VMs defined, {} runs", plan.runs);
+        extra.extend(growth::many(&bins, plan.runs));
+    }
+    if wanted(Group::Busy) {
+        let span = if args.quick { 10 } else { 30 };
+        eprintln!("busy: 50 readers, 10 VMs starting and stopping, {span} s");
+        extra.extend(growth::busy(&bins, std::time::Duration::from_secs(span)));
+    }
     if wanted(Group::Net) {
         eprintln!("net: start/stop and start → lease");
         extra.extend(extra::network(&bins.hvd, plan.runs));
     }
 
+    let mut versus = Vec::new();
+    if args.vs == Some(Vs::Libvirt) {
+        eprintln!(
+            "vs libvirt: the same figures through virsh, {} runs",
+            plan.runs
+        );
+        versus = libvirt::measure(&bins, plan.runs)?;
+    }
+
     println!("Machine: {machine}\n");
-    print!("{}", report::table(&out.rows));
-    let met = out.rows.iter().filter(|r| r.met()).count();
-    println!("\n{met} of {} figures meet their target.", out.rows.len());
+    if !out.rows.is_empty() {
+        print!("{}", report::table(&out.rows));
+        let met = out.rows.iter().filter(|r| r.met()).count();
+        println!("\n{met} of {} figures meet their target.", out.rows.len());
+    }
     println!("At the end: {}.", machine::load());
     for note in &out.notes {
         println!("\n{note}");
@@ -201,8 +250,16 @@ fn run(args: Args) -> Result<bool> {
             extra::table(&extra)
         );
     }
+    if !versus.is_empty() {
+        println!(
+            "\nSide by side with libvirt in this run (hv through `hv`, libvirt through \
+             `virsh`):\n\n{}",
+            libvirt::table(&versus)
+        );
+    }
     let extra_ok = extra.iter().all(|r| r.error.is_none());
-    Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok)
+    let versus_ok = versus.iter().all(|r| !r.failed());
+    Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok && versus_ok)
 }
 
 /// The table rows and the notes printed under the table.
