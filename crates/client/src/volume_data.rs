@@ -74,6 +74,24 @@ impl Client {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<api::MediumInfo> {
         let len = file.metadata()?.len();
+        // hvd refuses an existing name before it reads the body, and then closes the
+        // connection: a client still writing the body would see only a broken pipe. Ask first
+        // (hvd still decides: this only turns the common refusal into its own message).
+        let choices = self.media_choices(name)?;
+        if choices
+            .volumes
+            .iter()
+            .any(|v| v.pool == target.pool && v.volume == target.volume)
+        {
+            return Err(ClientError::Api {
+                code: api::ErrorCode::AlreadyExists,
+                status: 409,
+                message: format!(
+                    "volume {}/{} already exists; a medium upload never replaces a volume: pick another name",
+                    target.pool, target.volume
+                ),
+            });
+        }
         let path = format!(
             "{}?pool={}&volume={}&insert={}",
             paths::vm_action(name, "media/upload"),
