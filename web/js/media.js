@@ -94,6 +94,11 @@ export function mediaPanel(name, { onChanged }) {
       if (!MEDIUM_NAME.test(vol)) throw new Error(`cannot name a medium after the file ${file.name}: rename it to letters, digits, . _ -`);
       if (!MEDIUM_SUFFIX.test(vol)) throw new Error(`${file.name} does not end in .iso or .img; media are CD images (rename the file)`);
       if (file.size === 0) throw new Error(`${file.name} is empty`);
+      // hvd refuses an existing name before it reads the upload (and then the browser sees
+      // only a dropped connection): say so first.
+      if (choices && choices.volumes.some((v) => v.pool === pool.value && v.volume === vol)) {
+        throw new Error(`${pool.value}/${vol} already exists: pick it in the list above, or rename the file (an upload never replaces a volume)`);
+      }
       const free = choices && choices.upload_pools.find((p) => p.pool === pool.value);
       if (free && file.size > free.available_bytes) {
         throw new Error(`pool ${pool.value} has ${mib(free.available_bytes)} MiB free, less than the ${mib(file.size)} MiB of ${file.name}`);
