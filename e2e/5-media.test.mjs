@@ -54,6 +54,10 @@ test('an ISO uploaded from the browser is inserted, seen by the guest with its l
   await p.locator(tid('media-current')).filter({ hasText: 'e2e-media.iso' }).waitFor();
   await p.click(tid('media-eject'));
   await p.locator(tid('media-current')).filter({ hasText: /none/i }).waitFor();
+  // The same file again: the page says the name exists and how to go on; the volume stays.
+  await p.setInputFiles(tid('media-upload'), iso);
+  await p.locator(tid('error')).filter({ hasText: 'already exists' }).waitFor();
+  assert.equal(fs.statSync(path.join(poolDir, 'e2e-media.iso')).size, fs.statSync(iso).size);
   const info = JSON.parse((await hvd.hv(['info', 'media', '--format', 'json'])).stdout);
   assert.ok(!JSON.stringify(info).includes('e2e-media.iso'), 'the spec still names the ejected ISO');
 });
