@@ -27,6 +27,8 @@ pub const API_VERSION: &str = "v1";
 pub mod paths {
     pub const VMS: &str = "/v1/vms";
     pub const HOST_CHECK: &str = "/v1/host/check";
+    /// A tar archive of hv's database and VM metadata (`hv host backup`).
+    pub const HOST_BACKUP: &str = "/v1/host/backup";
     pub const EVENTS: &str = "/v1/events";
     pub const PING: &str = "/v1/ping";
 

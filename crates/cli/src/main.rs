@@ -2,6 +2,7 @@
 //! every command is one or two API calls plus formatting.
 
 mod access;
+mod backup;
 mod console;
 mod control;
 mod disks;
@@ -58,6 +59,10 @@ enum HostCmd {
     Bridge { iface: String, bridge: String },
     /// Give BRIDGE's addresses and routes back to its one port and delete it.
     Unbridge { bridge: String },
+    /// A consistent online copy of hv's database and VM metadata (a tar archive; not the
+    /// disk images). FILE must not exist (- for stdout); it holds password and token hashes
+    /// and hvd's TLS key, so it is written mode 0600. Restore: see the README.
+    Backup { file: PathBuf },
     /// The HTTPS listener's certificate fingerprint (SHA256:...), for pinning.
     Cert {
         /// Print the certificate (PEM) as well.
@@ -446,6 +451,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
             since,
             format,
         } => access::audit(&c, user, vm, since, format)?,
+        Cmd::Host(HostCmd::Backup { file }) => backup::run(&c, &file)?,
         Cmd::Host(HostCmd::Cert { pem }) => {
             let cert = c.host_cert()?;
             println!("{}", cert.fingerprint);

@@ -383,6 +383,25 @@ impl Client {
     pub fn host_check(&self) -> Result<HostReport> {
         self.call("GET", paths::HOST_CHECK, None::<&()>)
     }
+    /// Writes a backup archive of hv's database and VM metadata (a tar) into `out`; returns
+    /// its length. An error if the stream ends early.
+    pub fn host_backup(&self, out: &mut dyn Write) -> Result<u64> {
+        let resp = self.send("GET", paths::HOST_BACKUP, None)?;
+        if resp.status != 200 {
+            return Err(match decode::<serde_json::Value>(resp) {
+                Err(e) => e,
+                Ok(_) => ClientError::Protocol("unexpected reply to a backup".into()),
+            });
+        }
+        let len = resp.len;
+        let got = copy_big(&mut resp.into_reader(), out)?;
+        match len {
+            Some(len) if got != len => Err(ClientError::Protocol(format!(
+                "the backup ended after {got} of {len} bytes"
+            ))),
+            _ => Ok(got),
+        }
+    }
     pub fn list(&self) -> Result<Vec<VmInfo>> {
         Ok(self.call::<VmList>("GET", paths::VMS, None::<&()>)?.vms)
     }

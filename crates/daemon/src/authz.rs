@@ -211,6 +211,7 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("get", "/v1/openapi.json", rule(Authenticated, Global)),
         ("get", "/v1/host/check", rule(HostAudit, Global)),
         ("get", "/v1/host/cert", rule(Authenticated, Global)),
+        ("get", "/v1/host/backup", rule(HostAdmin, Global)),
         ("post", "/v1/login", rule(Login, Global)),
         ("post", "/v1/session", rule(Login, Global)),
         ("delete", "/v1/session", rule(Logout, Global)),

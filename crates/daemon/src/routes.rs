@@ -18,6 +18,7 @@ use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+mod backup;
 pub mod consoles;
 mod events;
 mod media;
@@ -142,6 +143,7 @@ pub fn router(engine: Engine) -> Router {
             get(|| async { Json(crate::openapi::document()) }),
         )
         .route(paths::HOST_CHECK, get(host_check))
+        .route(paths::HOST_BACKUP, get(backup::backup))
         .route("/v1/host/bridges", post(host_bridge))
         .route(
             "/v1/host/bridges/{bridge}",

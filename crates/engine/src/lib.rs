@@ -7,6 +7,7 @@
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
 mod access;
+mod backup;
 mod confine;
 mod console;
 mod display;
@@ -39,6 +40,7 @@ use model::{Action, DiskFormat, Mac, NicSpec, VmSpec, VmState};
 use tokio::sync::broadcast;
 
 pub use access::{Access, AuditEntry, Revocation, TokenOwner};
+pub use backup::{BackupArchive, BACKUP_FORMAT};
 pub use confine::DEFAULT_QEMU_UID_BASE;
 pub use console::{
     skipped_marker, ConsoleFeed, ConsoleHub, ConsoleMsg, FeedItem, InputError,
@@ -213,6 +215,7 @@ impl Engine {
         };
         engine.ensure_default_pool()?;
         engine.remove_stale_uploads();
+        engine.remove_stale_backups();
         engine.load_networks().await?;
         engine.ensure_default_network().await?;
         // Networks come up before the API answers (milliseconds each), VMs after.

@@ -125,6 +125,19 @@ async fn download_as(
         );
         return Ok(switching(&[(DATA_LENGTH_HEADER, len.to_string())]));
     }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        file_body(f),
+    )
+        .into_response())
+}
+
+/// A response body that streams `f` from its current offset to its end, read on a blocking
+/// thread.
+pub(super) fn file_body(f: std::fs::File) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut f = f;
@@ -145,14 +158,7 @@ async fn download_as(
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Body::from_stream(stream)
 }
 
 /// Replaces the volume's bytes; see the module docs.
