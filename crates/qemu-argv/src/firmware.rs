@@ -6,7 +6,7 @@ use std::path::Path;
 use model::{Firmware, MachineFamily, OvmfFiles, VmSpec};
 use serde_json::{json, Value};
 
-use crate::{esc, ArgvError, Machine, RunPlan};
+use crate::{ArgvError, Machine, RunPlan};
 
 /// The block nodes QEMU's `-machine pflash0=,pflash1=` name: OVMF's code and the VM's vars.
 pub const PFLASH_CODE_NODE: &str = "hv-pflash0";
@@ -19,8 +19,9 @@ pub struct FirmwareIr {
     pub pflash: bool,
     /// `-machine ...,smm=on` and the flash locked to SMM (Secure Boot).
     pub secure: bool,
-    /// The socket of the VM's `swtpm`, for `-chardev socket,path=` and `-tpmdev emulator`.
-    pub tpm_socket: Option<std::path::PathBuf>,
+    /// QEMU's end of the socket pair to the VM's `swtpm`, for `-chardev socket,fd=` and
+    /// `-tpmdev emulator`.
+    pub tpm_fd: Option<i32>,
 }
 
 fn pflash_nodes(node: &str, path: &Path, read_only: bool) -> [Value; 2] {
@@ -44,12 +45,13 @@ pub(crate) fn lower(spec: &VmSpec, plan: &RunPlan, m: &mut Machine) -> Result<()
         let files = OvmfFiles::for_spec(spec.secure_boot);
         m.blockdevs
             .extend(pflash_nodes(PFLASH_CODE_NODE, &files.code, true));
-        m.blockdevs.extend(pflash_nodes(PFLASH_VARS_NODE, vars, false));
+        m.blockdevs
+            .extend(pflash_nodes(PFLASH_VARS_NODE, vars, false));
         m.firmware.pflash = true;
         m.firmware.secure = spec.secure_boot;
     }
     if spec.tpm {
-        let socket = plan.tpm_socket.clone().ok_or_else(|| ArgvError::Unsupported {
+        let fd = plan.tpm_fd.ok_or_else(|| ArgvError::Unsupported {
             what: "a TPM without its swtpm".into(),
             hint: "hvd starts the VM's swtpm before QEMU".into(),
         })?;
@@ -59,7 +61,7 @@ pub(crate) fn lower(spec: &VmSpec, plan: &RunPlan, m: &mut Machine) -> Result<()
         };
         m.devices
             .push(json!({ "driver": driver, "tpmdev": "hv-tpm0", "id": "tpm0" }));
-        m.firmware.tpm_socket = Some(socket);
+        m.firmware.tpm_fd = Some(fd);
     }
     Ok(())
 }
@@ -88,8 +90,8 @@ impl FirmwareIr {
                 "driver=cfi.pflash01,property=secure,value=on".to_string(),
             ));
         }
-        if let Some(p) = &self.tpm_socket {
-            a.push(("-chardev", format!("socket,id=hv-tpm,path={}", esc(p))));
+        if let Some(fd) = self.tpm_fd {
+            a.push(("-chardev", format!("socket,id=hv-tpm,fd={fd}")));
             a.push(("-tpmdev", "emulator,id=hv-tpm0,chardev=hv-tpm".to_string()));
         }
         a

@@ -112,8 +112,9 @@ pub struct RunPlan {
     pub vnc_socket: PathBuf,
     /// UEFI: this VM's copy of OVMF's variable store (pflash1).
     pub nvram: Option<PathBuf>,
-    /// With a TPM: the socket of the VM's `swtpm`.
-    pub tpm_socket: Option<PathBuf>,
+    /// With a TPM: QEMU's end of a connected socket pair whose other end is the VM's
+    /// `swtpm` control channel (`-chardev socket,fd=N`).
+    pub tpm_fd: Option<i32>,
 }
 
 /// The id of the VNC display hvd's browser console connects to (`-vnc unix:...,id=`).
@@ -715,7 +716,7 @@ mod tests {
             chains: vec![],
             vnc_socket: "/var/lib/hv/run/7.vnc/sock".into(),
             nvram: None,
-            tpm_socket: None,
+            tpm_fd: None,
         }
     }
 
@@ -917,7 +918,7 @@ mod tests {
         s.disks.push("path=/d/esp.raw,format=raw".parse().unwrap());
         let plan = RunPlan {
             nvram: Some("/var/lib/hv/vms/efi/nvram.fd".into()),
-            tpm_socket: Some("/var/lib/hv/run/7.d/tpm.sock".into()),
+            tpm_fd: Some(5),
             ..plan()
         };
         check("uefi-secure-boot-tpm", &s, &caps(), &plan);
@@ -925,17 +926,34 @@ mod tests {
         s.firmware = model::Firmware::Uefi;
         s.tpm = true;
         let argv = render(&build(&s, &caps(), &plan).unwrap());
-        assert!(argv.contains("-machine pc-i440fx-7.2,pflash0=hv-pflash0,pflash1=hv-pflash1\n"), "{argv}");
+        assert!(
+            argv.contains("-machine pc-i440fx-7.2,pflash0=hv-pflash0,pflash1=hv-pflash1\n"),
+            "{argv}"
+        );
         assert!(argv.contains("/usr/share/OVMF/OVMF_CODE_4M.fd"), "{argv}");
         assert!(argv.contains(r#""driver":"tpm-tis""#), "{argv}");
         assert!(!argv.contains("smm") && !argv.contains("secure"), "{argv}");
         // hvd must have made the vars and the swtpm.
         assert!(matches!(
-            build(&s, &caps(), &RunPlan { nvram: None, ..plan.clone() }),
+            build(
+                &s,
+                &caps(),
+                &RunPlan {
+                    nvram: None,
+                    ..plan.clone()
+                }
+            ),
             Err(ArgvError::Unsupported { .. })
         ));
         assert!(matches!(
-            build(&s, &caps(), &RunPlan { tpm_socket: None, ..plan }),
+            build(
+                &s,
+                &caps(),
+                &RunPlan {
+                    tpm_fd: None,
+                    ..plan
+                }
+            ),
             Err(ArgvError::Unsupported { .. })
         ));
     }
