@@ -35,6 +35,13 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "kmod",
     "iproute2",
+    // UEFI and TPM (issue 14): OVMF, swtpm, and the EFI test disk's tools (objcopy, mtools,
+    // sfdisk).
+    "ovmf",
+    "swtpm",
+    "binutils",
+    "mtools",
+    "fdisk",
 ];
 
 fn root() -> PathBuf {
