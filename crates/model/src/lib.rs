@@ -10,6 +10,7 @@ mod lifecycle;
 mod names;
 mod network;
 mod nic;
+pub mod resources;
 mod size;
 mod spec;
 

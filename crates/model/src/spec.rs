@@ -753,6 +753,12 @@ pub struct VmSpec {
     pub vcpus: u32,
     #[serde(default = "default_memory")]
     pub memory: Size,
+    /// vCPU hotplug headroom (`hv set --vcpus`); None: no headroom, the maximum is `vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+    /// Memory headroom through a virtio balloon (`hv set --memory`); None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<Size>,
     #[serde(default)]
     pub machine: Machine,
     #[serde(default)]
@@ -801,6 +807,8 @@ impl VmSpec {
             name,
             vcpus: default_vcpus(),
             memory: default_memory(),
+            max_vcpus: None,
+            max_memory: None,
             machine: Machine::default(),
             accel: Accel::default(),
             kernel: None,
@@ -952,6 +960,7 @@ impl VmSpec {
             }
         }
         self.graphics.validate()?;
+        crate::resources::validate(self)?;
         Ok(())
     }
 }
