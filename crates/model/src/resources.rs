@@ -84,8 +84,8 @@ impl Resize {
                 return Err(SpecError::new(
                     "vcpus",
                     format!(
-                        "{n} vCPUs is above the VM's maximum of {max}; define a higher \
-                         maximum with `hv set {} --max-vcpus N --config` (applies at the next start)",
+                        "{n} vCPUs is above the VM's maximum of {max}; raise max_vcpus \
+                         with `hv edit {}` (applies at the next start)",
                         spec.name
                     ),
                 ));
@@ -103,8 +103,8 @@ impl Resize {
                 return Err(SpecError::new(
                     "memory",
                     format!(
-                        "{m} is above the VM's maximum of {max}; define a higher maximum with \
-                         `hv set {} --max-memory SIZE --config` (applies at the next start)",
+                        "{m} is above the VM's maximum of {max}; raise max_memory \
+                         with `hv edit {}` (applies at the next start)",
                         spec.name
                     ),
                 ));
@@ -179,10 +179,7 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(
-            e.contains("maximum of 2") && e.contains("--max-vcpus"),
-            "{e}"
-        );
+        assert!(e.contains("maximum of 2") && e.contains("max_vcpus"), "{e}");
         let e = check(
             &s,
             Resize {
@@ -201,7 +198,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.contains("maximum of 512M") && e.contains("--max-memory"),
+            e.contains("maximum of 512M") && e.contains("max_memory"),
             "{e}"
         );
         let e = check(
