@@ -1,6 +1,6 @@
 //! Resizing a VM (issue 14): `POST /v1/vms/{name}/resources` changes vCPUs and memory live,
 //! in the definition, or both (`hv set`), and `GET /v1/vms/{name}/resources` shows the
-//! current and maximum values.
+//! current and maximum values; `POST /v1/vms/{name}/clone` copies a VM.
 
 use model::Size;
 use serde::{Deserialize, Serialize};
@@ -38,4 +38,16 @@ pub struct ResourcesInfo {
     pub config: ResourceValues,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<ResourceValues>,
+}
+
+/// `POST /v1/vms/{name}/clone`: a full copy of the (stopped) VM `{name}` as `name`.
+/// `linked` is refused for now.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    pub name: model::VmName,
+    #[serde(default)]
+    pub linked: bool,
+    #[serde(default)]
+    pub start: bool,
 }

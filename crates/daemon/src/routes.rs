@@ -18,6 +18,7 @@ use model::VmSpec;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+mod clone;
 pub mod consoles;
 mod events;
 mod media;
@@ -233,6 +234,7 @@ pub fn router(engine: Engine) -> Router {
         .merge(screen::routes())
         .merge(media::routes())
         .merge(resize::routes())
+        .merge(clone::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }
