@@ -19,9 +19,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 mod backup;
+mod clone;
 pub mod consoles;
 mod events;
 mod media;
+mod resize;
 mod screen;
 mod stats;
 mod vnc;
@@ -233,6 +235,8 @@ pub fn router(engine: Engine) -> Router {
         .merge(stats::routes())
         .merge(screen::routes())
         .merge(media::routes())
+        .merge(resize::routes())
+        .merge(clone::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

@@ -8,6 +8,7 @@
 
 mod access;
 mod backup;
+mod clone;
 mod confine;
 mod console;
 mod display;
@@ -22,6 +23,7 @@ mod network;
 mod nics;
 mod operations;
 mod orphans;
+mod resize;
 mod run;
 mod seats;
 mod snapshot;

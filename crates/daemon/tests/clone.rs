@@ -1,0 +1,145 @@
+//! Issue 14, item 3: cloning a VM. A tiny TCG guest writes a marker on its data disk; its
+//! full clone boots next to it and reads the marker, has its own MAC and disks, shares the
+//! read-only disk, and its writes do not reach the source. A running source, a taken name and
+//! a clone whose second disk cannot be made are refused and leave no volume and no VM.
+
+use api::{CloneRequest, CreateVolRequest, ErrorCode};
+use model::{DiskFormat, Size};
+use testkit::{TestHvd, VmOpts};
+
+const MIB: u64 = 1 << 20;
+
+fn vol(c: &client::Client, name: &str, format: Option<DiskFormat>) {
+    c.vol_create(
+        "default",
+        &CreateVolRequest {
+            name: name.parse().unwrap(),
+            size: Some(Size(16 * MIB)),
+            format,
+            backing: None,
+        },
+    )
+    .unwrap();
+}
+
+fn clone_req(name: &str, start: bool) -> CloneRequest {
+    CloneRequest {
+        name: name.parse().unwrap(),
+        linked: false,
+        start,
+    }
+}
+
+fn vol_names(c: &client::Client) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .vols("default")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The first 10 bytes of the guest's /dev/vda.
+fn marker(h: &TestHvd, vm: &str, tag: &str) -> String {
+    let m = h
+        .run_in_guest(
+            vm,
+            &format!("echo {tag}-$(head -c 10 /dev/vda)-END"),
+            &format!(r"{tag}-HVMARK-\w+-END"),
+        )
+        .unwrap();
+    m.trim_start_matches(&format!("{tag}-"))
+        .trim_end_matches("-END")
+        .to_string()
+}
+
+#[test]
+fn a_full_clone_boots_beside_its_source_with_the_data_and_its_own_identity() {
+    let h = TestHvd::start(env!("CARGO_BIN_EXE_hvd").as_ref()).unwrap();
+    let c = h.client();
+    vol(c, "data.qcow2", None);
+    vol(c, "more.qcow2", None);
+    vol(c, "ro.img", Some(DiskFormat::Raw));
+    let mut spec = h.tiny_spec("src", VmOpts::default()).unwrap();
+    spec.disks.push("vol=default/data.qcow2".parse().unwrap());
+    spec.disks.push("vol=default/more.qcow2".parse().unwrap());
+    spec.disks
+        .push("vol=default/ro.img,format=raw,readonly=on".parse().unwrap());
+    spec.nics.push("user".parse().unwrap());
+    c.create(spec, true).unwrap();
+    h.wait_ready("src").unwrap();
+    h.run_in_guest(
+        "src",
+        "echo HVMARK-SRC | dd of=/dev/vda conv=fsync 2>/dev/null; echo W1-$((1+1))",
+        "W1-2",
+    )
+    .unwrap();
+
+    // A running source is refused.
+    let e = c.clone_vm("src", &clone_req("cl", false)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+    assert!(e.to_string().contains("running"), "{e}");
+    c.destroy("src").unwrap();
+
+    let before = vol_names(c);
+    // A taken name, linked (not supported yet), and a second disk that cannot be made
+    // (its volume exists): nothing is left behind, the first disk's copy included.
+    let e = c.clone_vm("src", &clone_req("src", false)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{e}");
+    let e = c
+        .clone_vm(
+            "src",
+            &CloneRequest {
+                linked: true,
+                ..clone_req("ln", false)
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("linked"), "{e}");
+    vol(c, "bad-vdb.qcow2", None);
+    let e = c.clone_vm("src", &clone_req("bad", false)).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{e}");
+    assert!(e.to_string().contains("bad-vdb.qcow2"), "{e}");
+    c.vol_delete("default", "bad-vdb.qcow2").unwrap();
+    assert_eq!(vol_names(c), before, "no volume left by the failed clones");
+    assert!(
+        c.info("bad").is_err() && c.info("ln").is_err(),
+        "no VM defined"
+    );
+
+    // The clone: its own disks and MAC, the read-only disk shared; both run at once.
+    let cl = c.clone_vm("src", &clone_req("cl", true)).unwrap();
+    c.start("src", false).unwrap();
+    let s = c.info("src").unwrap().spec.unwrap();
+    let k = cl.spec.unwrap();
+    assert_ne!(s.nics[0].mac, k.nics[0].mac);
+    assert!(k.nics[0].mac.is_some());
+    assert_eq!(
+        k.disks[0].vol.as_ref().unwrap().to_string(),
+        "default/cl-vda.qcow2"
+    );
+    assert_eq!(
+        k.disks[1].vol.as_ref().unwrap().to_string(),
+        "default/cl-vdb.qcow2"
+    );
+    assert_ne!(s.disks[0].path, k.disks[0].path);
+    assert_eq!(s.disks[2].path, k.disks[2].path, "read-only disk shared");
+    h.wait_ready("cl").unwrap();
+    h.wait_ready("src").unwrap();
+    assert_eq!(marker(&h, "cl", "R1"), "HVMARK-SRC");
+    assert_eq!(marker(&h, "src", "R2"), "HVMARK-SRC");
+    // The clone's writes stay in the clone.
+    h.run_in_guest(
+        "cl",
+        "echo HVMARK-CLN | dd of=/dev/vda conv=fsync 2>/dev/null; echo W2-$((2+2))",
+        "W2-4",
+    )
+    .unwrap();
+    assert_eq!(marker(&h, "cl", "R3"), "HVMARK-CLN");
+    assert_eq!(marker(&h, "src", "R4"), "HVMARK-SRC");
+    for vm in ["cl", "src"] {
+        c.destroy(vm).unwrap();
+    }
+}
