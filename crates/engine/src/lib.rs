@@ -12,6 +12,7 @@ mod console;
 mod display;
 mod error;
 mod events;
+mod firmware;
 mod hotplug;
 mod images;
 pub mod logcap;
@@ -320,6 +321,7 @@ impl Engine {
         let mut report = host_probe::check_host(&self.inner.cfg.qemu_binary).await;
         report.checks.push(self.firewall_check().await);
         report.checks.push(self.confinement_check());
+        report.checks.extend(self.firmware_checks());
         report
     }
 
@@ -353,6 +355,10 @@ impl Engine {
             vms.insert(name.clone(), vm.clone());
             vm
         };
+        if let Err(e) = self.ensure_nvram(&vm.lock().spec.clone()) {
+            let _ = self.remove_definition(&vm);
+            return Err(undo(e));
+        }
         self.emit(&name, EventKind::Defined);
         tracing::info!(vm = %name, "defined");
         if start {

@@ -216,6 +216,9 @@ impl Engine {
             taps: taps.to_vec(),
             chains,
             vnc_socket: self.vnc_socket_path(vm.id),
+            nvram: (spec.firmware == model::Firmware::Uefi)
+                .then(|| self.nvram_path(spec.name.as_str())),
+            tpm_fd: spec.tpm.then_some(crate::firmware::TPM_FD),
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -407,8 +410,18 @@ impl Engine {
                     return Err(e);
                 }
             };
+            // A fresh swtpm per attempt: the last one ended with its QEMU.
+            let tpm = match self.start_tpm(vm, &spec) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.revoke_all(vm);
+                    cleanup_files(&made);
+                    crate::network::remove_taps(&taps).await;
+                    return Err(e);
+                }
+            };
             match self
-                .spawn_and_attach(vm, &spec, &paths, &argv, (&made, &taps))
+                .spawn_and_attach(vm, &spec, &paths, &argv, (&made, &taps), tpm)
                 .await
             {
                 Ok(x) => break (argv, accel, x),
@@ -545,6 +558,7 @@ impl Engine {
         if taps.iter().any(Option::is_some) {
             self.grant(vm, Path::new("/dev/net/tun"), Access::ReadWrite)?;
         }
+        self.grant_firmware(vm, spec)?;
         Ok(())
     }
 
@@ -556,6 +570,7 @@ impl Engine {
         paths: &RunPaths,
         argv: &[String],
         (made, taps): (&[PathBuf], &[Option<String>]),
+        tpm: Option<OwnedFd>,
     ) -> Result<(
         tokio::process::Child,
         Arc<Qmp>,
@@ -588,14 +603,10 @@ impl Engine {
         vm.lock().stopping = false;
         self.set_state(vm, VmState::Starting, None);
         let args: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
-        let mut d = host_exec::spawn_detached(
-            Path::new(&argv[0]),
-            &args,
-            vec![(qmp_fd, 3), (ser_fd, 4)],
-            log,
-            ids,
-        )
-        .map_err(|e| EngineError::Host(e.to_string()))?;
+        let mut fds = vec![(qmp_fd, 3), (ser_fd, 4)];
+        fds.extend(tpm.map(|t| (t, crate::firmware::TPM_FD)));
+        let mut d = host_exec::spawn_detached(Path::new(&argv[0]), &args, fds, log, ids)
+            .map_err(|e| EngineError::Host(e.to_string()))?;
         let pidfd = match PidFd::open(d.pid) {
             Ok(p) => Arc::new(p),
             Err(e) => {

@@ -270,6 +270,7 @@ impl Engine {
             let rows = self.inner.store.load_snapshots(vm.id)?;
             return Ok(self.snapshot_info(&vm, &rows, &row, false));
         }
+        self.refuse_ram_snapshot(&spec, state)?;
         let disks = self.snapshot_disks(&vm)?;
         let memory = match state {
             VmState::Running | VmState::Paused => {

@@ -5,6 +5,7 @@
 //! internally consistent; checks that need the host (files exist, images probe) live in the
 //! engine.
 
+mod firmware;
 mod hostpath;
 mod lifecycle;
 mod names;
@@ -13,6 +14,7 @@ mod nic;
 mod size;
 mod spec;
 
+pub use firmware::{Firmware, OvmfFiles, NVRAM_FILE, OVMF_DIR, TPM_DIR};
 pub use hostpath::check_host_path;
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};

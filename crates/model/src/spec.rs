@@ -121,6 +121,7 @@ macro_rules! string_enum {
         }
     };
 }
+pub(crate) use string_enum;
 
 string_enum!(
     /// The family of QEMU machine types: i440FX (`pc`) or Q35 (`q35`).
@@ -776,6 +777,14 @@ pub struct VmSpec {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
+    #[serde(default, skip_serializing_if = "crate::Firmware::is_bios")]
+    pub firmware: crate::Firmware,
+    /// OVMF's Secure Boot build with Microsoft's keys enrolled (uefi and q35 only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_boot: bool,
+    /// A TPM 2.0 emulated by a per-VM `swtpm`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tpm: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -812,6 +821,9 @@ impl VmSpec {
             boot_menu: false,
             ephemeral: false,
             autostart: false,
+            firmware: crate::Firmware::default(),
+            secure_boot: false,
+            tpm: false,
         }
     }
 
@@ -952,6 +964,7 @@ impl VmSpec {
             }
         }
         self.graphics.validate()?;
+        crate::firmware::validate(self)?;
         Ok(())
     }
 }

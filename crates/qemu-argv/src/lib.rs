@@ -16,6 +16,9 @@ use model::{
 };
 use serde_json::{json, Value};
 
+mod firmware;
+pub use firmware::{FirmwareIr, PFLASH_CODE_NODE, PFLASH_VARS_NODE};
+
 /// The accelerator a VM actually runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -107,6 +110,11 @@ pub struct RunPlan {
     /// Where QEMU listens for hvd's VNC connection (the browser console), unless the VM has
     /// `graphics = none`: a socket in a directory only this VM's QEMU uid (and root) can enter.
     pub vnc_socket: PathBuf,
+    /// UEFI: this VM's copy of OVMF's variable store (pflash1).
+    pub nvram: Option<PathBuf>,
+    /// With a TPM: QEMU's end of a connected socket pair whose other end is the VM's
+    /// `swtpm` control channel (`-chardev socket,fd=N`).
+    pub tpm_fd: Option<i32>,
 }
 
 /// The id of the VNC display hvd's browser console connects to (`-vnc unix:...,id=`).
@@ -163,6 +171,7 @@ pub struct Machine {
     pub vnc: Vec<String>,
     pub paused: bool,
     pub loadvm: Option<String>,
+    pub firmware: FirmwareIr,
 }
 
 /// Lowers a spec to the machine IR.
@@ -204,7 +213,9 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         vnc: Vec::new(),
         paused: plan.paused,
         loadvm: plan.loadvm.clone(),
+        firmware: FirmwareIr::default(),
     };
+    firmware::lower(spec, plan, &mut m)?;
     let mut buses = Buses::new(spec.machine.family);
     for (i, disk) in spec.disks.iter().enumerate() {
         let overlay = plan.overlays.get(i).cloned().flatten();
@@ -563,7 +574,10 @@ impl Machine {
             "-name",
             format!("guest={},debug-threads=on", self.name.replace(',', ",,")),
         );
-        push("-machine", self.machine_type.to_string());
+        push(
+            "-machine",
+            format!("{}{}", self.machine_type, self.firmware.machine_props()),
+        );
         push("-accel", self.accel.as_str().to_string());
         if let Some(cpu) = &self.cpu {
             push("-cpu", cpu.clone());
@@ -594,6 +608,9 @@ impl Machine {
         }
         if let Some(s) = &self.serial {
             push("-serial", format!("chardev:{s}"));
+        }
+        for (k, v) in self.firmware.args() {
+            push(k, v);
         }
         for b in &self.blockdevs {
             push("-blockdev", b.to_string());
@@ -698,6 +715,8 @@ mod tests {
             taps: vec![],
             chains: vec![],
             vnc_socket: "/var/lib/hv/run/7.vnc/sock".into(),
+            nvram: None,
+            tpm_fd: None,
         }
     }
 
@@ -885,6 +904,58 @@ mod tests {
             argv.contains("-vnc unix:/s,,t/run/7.vnc/sock,id=hv-console"),
             "{argv}"
         );
+    }
+
+    /// Issue 14: OVMF code read-only and the VM's vars on pflash; Secure Boot locks the flash
+    /// to SMM; a TPM is a swtpm socket, CRB on q35.
+    #[test]
+    fn uefi_secure_boot_tpm() {
+        let mut s = spec("efi");
+        s.machine = MachineType::Q35;
+        s.firmware = model::Firmware::Uefi;
+        s.secure_boot = true;
+        s.tpm = true;
+        s.disks.push("path=/d/esp.raw,format=raw".parse().unwrap());
+        let plan = RunPlan {
+            nvram: Some("/var/lib/hv/vms/efi/nvram.fd".into()),
+            tpm_fd: Some(5),
+            ..plan()
+        };
+        check("uefi-secure-boot-tpm", &s, &caps(), &plan);
+        let mut s = spec("efi2");
+        s.firmware = model::Firmware::Uefi;
+        s.tpm = true;
+        let argv = render(&build(&s, &caps(), &plan).unwrap());
+        assert!(
+            argv.contains("-machine pc-i440fx-7.2,pflash0=hv-pflash0,pflash1=hv-pflash1\n"),
+            "{argv}"
+        );
+        assert!(argv.contains("/usr/share/OVMF/OVMF_CODE_4M.fd"), "{argv}");
+        assert!(argv.contains(r#""driver":"tpm-tis""#), "{argv}");
+        assert!(!argv.contains("smm") && !argv.contains("secure"), "{argv}");
+        // hvd must have made the vars and the swtpm.
+        assert!(matches!(
+            build(
+                &s,
+                &caps(),
+                &RunPlan {
+                    nvram: None,
+                    ..plan.clone()
+                }
+            ),
+            Err(ArgvError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            build(
+                &s,
+                &caps(),
+                &RunPlan {
+                    tpm_fd: None,
+                    ..plan
+                }
+            ),
+            Err(ArgvError::Unsupported { .. })
+        ));
     }
 
     #[test]
