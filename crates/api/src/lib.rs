@@ -17,6 +17,8 @@ mod console;
 pub use console::*;
 mod media;
 pub use media::*;
+mod resize;
+pub use resize::*;
 mod screen;
 pub use screen::*;
 

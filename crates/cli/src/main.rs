@@ -13,6 +13,7 @@ mod nics;
 mod operations;
 mod output;
 mod remotes;
+mod resize;
 mod screen;
 mod snapshots;
 mod stats;
@@ -75,6 +76,12 @@ struct CreateArgs {
     /// Memory, e.g. 512M or 2G.
     #[arg(long, default_value = "512M")]
     memory: Size,
+    /// Room to hot-plug vCPUs up to (`hv set --vcpus`).
+    #[arg(long)]
+    max_vcpus: Option<u32>,
+    /// Room to grow memory up to through a virtio balloon (`hv set --memory`).
+    #[arg(long)]
+    max_memory: Option<Size>,
     /// pc or q35 (hvd pins it to its QEMU's versioned machine, e.g. pc-i440fx-7.2), or a
     /// versioned machine type.
     #[arg(long, default_value = "pc")]
@@ -151,6 +158,8 @@ enum Cmd {
     Events(events::EventsArgs),
     /// Live figures of running VMs: CPU %, memory, disk and NIC counters.
     Stats(stats::StatsArgs),
+    /// Change a VM's vCPUs and/or memory (live if it runs, and in its definition).
+    Set(resize::SetArgs),
     /// Users of the HTTPS API and their grants.
     #[command(subcommand)]
     User(access::UserCmd),
@@ -319,6 +328,8 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     let mut spec = VmSpec::new(a.name);
     spec.vcpus = a.vcpus;
     spec.memory = a.memory;
+    spec.max_vcpus = a.max_vcpus;
+    spec.max_memory = a.max_memory;
     spec.machine = a.machine;
     spec.accel = a.accel;
     if let Some(k) = a.kernel {
@@ -442,6 +453,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         Cmd::Operation(cmd) => operations::run(&c, cmd)?,
         Cmd::Events(a) => events::run(&c, a)?,
         Cmd::Stats(a) => stats::run(&c, a)?,
+        Cmd::Set(a) => resize::run(&c, a)?,
         Cmd::User(cmd) => access::user(&c, cmd)?,
         Cmd::Token(cmd) => access::token(&c, cmd)?,
         Cmd::Audit {
@@ -498,7 +510,8 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         Cmd::Info { name, format } => {
             let v = c.info(&name)?;
             if !output::structured(format, &v)? {
-                print!("{}", output::vm_details(&v));
+                let r = c.resources(&name).ok().map(|r| resize::rows(&r));
+                print!("{}", output::vm_details_with(&v, r));
             }
         }
         Cmd::Start {

@@ -90,6 +90,11 @@ pub fn vm_table(vms: &[VmInfo]) -> String {
 }
 
 pub fn vm_details(v: &VmInfo) -> String {
+    vm_details_with(v, None)
+}
+
+/// [`vm_details`] with the vCPU and memory rows replaced (current and maximum, `hv set`).
+pub fn vm_details_with(v: &VmInfo, resources: Option<Vec<(String, String)>>) -> String {
     let mut rows: Vec<(String, String)> = vec![
         ("Name".into(), v.name.clone()),
         ("State".into(), v.state.to_string()),
@@ -104,6 +109,9 @@ pub fn vm_details(v: &VmInfo) -> String {
             if v.ephemeral { "yes" } else { "no" }.into(),
         ),
     ];
+    if let Some(r) = resources {
+        rows.splice(2..4, r);
+    }
     if let Some(a) = &v.accel {
         rows.push(("Accel".into(), a.clone()));
     }

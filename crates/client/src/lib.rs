@@ -627,6 +627,14 @@ impl Client {
 
     // ---- disks and media ----
 
+    /// `hv set`: vCPUs and/or memory, live and/or in the definition.
+    pub fn resize(&self, name: &str, req: &api::ResizeRequest) -> Result<api::ResourcesInfo> {
+        self.post(&paths::vm_action(name, "resources"), req)
+    }
+    /// Current and maximum vCPUs and memory.
+    pub fn resources(&self, name: &str) -> Result<api::ResourcesInfo> {
+        self.call("GET", &paths::vm_action(name, "resources"), None::<&()>)
+    }
     pub fn nic_attach(&self, name: &str, req: &api::AttachNicRequest) -> Result<api::NicAttached> {
         self.post(&paths::vm_action(name, "nics"), req)
     }

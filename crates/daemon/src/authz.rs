@@ -250,6 +250,8 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/vms/{name}/disks/{target}/detach", rule(VmConfig, Vm)),
         ("post", "/v1/vms/{name}/nics", rule(VmConfig, Vm)),
         ("post", "/v1/vms/{name}/nics/{mac}/detach", rule(VmConfig, Vm)),
+        ("get", "/v1/vms/{name}/resources", rule(VmAudit, Vm)),
+        ("post", "/v1/vms/{name}/resources", rule(VmConfig, Vm)),
         ("post", "/v1/vms/{name}/media", rule(VmMedia, VmWithPaths)),
         ("post", "/v1/vms/{name}/media/eject", rule(VmMedia, Vm)),
         // Lists what VM.Media may insert, so it needs that right, but it only reads.

@@ -85,6 +85,8 @@ pub fn routes() -> Vec<RouteDoc> {
         r("post", "/v1/vms/{name}/disks/{target}/detach", "Detach a disk by target (vdb, sda, ...)", Some(s::<DetachDiskRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/nics", "Attach a NIC (live and/or in the definition)", Some(s::<AttachNicRequest>), 200, Some(s::<NicAttached>)),
         r("post", "/v1/vms/{name}/nics/{mac}/detach", "Detach a NIC by MAC", Some(s::<DetachNicRequest>), 200, Some(s::<VmInfo>)),
+        r("get", "/v1/vms/{name}/resources", "Current and maximum vCPUs and memory: the definition's and, while it runs, the live ones (query-cpus-fast, query-balloon)", None, 200, Some(s::<ResourcesInfo>)),
+        r("post", "/v1/vms/{name}/resources", "Change vCPUs (hotplug up to max_vcpus) and/or memory (balloon up to max_memory), live and/or in the definition", Some(s::<ResizeRequest>), 200, Some(s::<ResourcesInfo>)),
         r("post", "/v1/vms/{name}/media", "Insert a medium into the CD-ROM drive", Some(s::<MediaRequest>), 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media/eject", "Eject the CD-ROM medium (the drive stays)", None, 200, Some(s::<VmInfo>)),
         r("post", "/v1/vms/{name}/media/boot", "Boot from the CD-ROM medium: first in the boot order (kept in the spec; live through bootindex) and reset a running VM. Needs VM.PowerMgmt and VM.Media", Some(s::<MediaBootRequest>), 200, Some(s::<VmInfo>)),

@@ -21,6 +21,7 @@ use serde::Deserialize;
 pub mod consoles;
 mod events;
 mod media;
+mod resize;
 mod screen;
 mod stats;
 mod vnc;
@@ -231,6 +232,7 @@ pub fn router(engine: Engine) -> Router {
         .merge(stats::routes())
         .merge(screen::routes())
         .merge(media::routes())
+        .merge(resize::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

@@ -21,6 +21,7 @@ mod network;
 mod nics;
 mod operations;
 mod orphans;
+mod resize;
 mod run;
 mod seats;
 mod snapshot;

@@ -476,6 +476,7 @@ impl Engine {
             return Err(self.start_failed(vm, e));
         }
         self.finish_attach(vm, &spec, &qmp).await;
+        self.balloon_at_start(vm, &spec, &qmp).await;
         let state = if paused {
             VmState::Paused
         } else {

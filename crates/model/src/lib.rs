@@ -11,6 +11,7 @@ mod lifecycle;
 mod names;
 mod network;
 mod nic;
+pub mod resources;
 mod size;
 mod spec;
 

@@ -754,6 +754,12 @@ pub struct VmSpec {
     pub vcpus: u32,
     #[serde(default = "default_memory")]
     pub memory: Size,
+    /// vCPU hotplug headroom (`hv set --vcpus`); None: no headroom, the maximum is `vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+    /// Memory headroom through a virtio balloon (`hv set --memory`); None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<Size>,
     #[serde(default)]
     pub machine: Machine,
     #[serde(default)]
@@ -810,6 +816,8 @@ impl VmSpec {
             name,
             vcpus: default_vcpus(),
             memory: default_memory(),
+            max_vcpus: None,
+            max_memory: None,
             machine: Machine::default(),
             accel: Accel::default(),
             kernel: None,
@@ -965,6 +973,7 @@ impl VmSpec {
         }
         self.graphics.validate()?;
         crate::firmware::validate(self)?;
+        crate::resources::validate(self)?;
         Ok(())
     }
 }

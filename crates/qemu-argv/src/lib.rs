@@ -157,6 +157,8 @@ pub struct Machine {
     pub cpu: Option<String>,
     pub memory_mib: u64,
     pub vcpus: u32,
+    /// `-smp vcpus,maxcpus=N`: vCPU hotplug headroom.
+    pub max_vcpus: Option<u32>,
     pub chardevs: Vec<SocketChardev>,
     pub serial: Option<String>,
     pub monitor: Option<String>,
@@ -182,8 +184,11 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         machine_type: spec.machine.pinned((caps.version.0, caps.version.1)),
         accel: caps.accel,
         cpu: (caps.accel == Accel::Kvm).then(|| caps.kvm_cpu.clone()),
-        memory_mib: spec.memory_mib(),
+        // With a memory maximum the guest gets the maximum and a balloon, which hvd inflates
+        // down to `memory` once QEMU runs.
+        memory_mib: model::resources::max_memory(spec).0 >> 20,
         vcpus: spec.vcpus,
+        max_vcpus: spec.max_vcpus.filter(|&m| m > spec.vcpus),
         chardevs: vec![
             SocketChardev {
                 id: "hv-qmp".into(),
@@ -280,6 +285,10 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         m.netdevs.push(nic_backend(nic, i, tap.as_deref())?);
         m.devices.push(nic_device(nic, i));
     }
+    if spec.max_memory.is_some() {
+        m.devices
+            .push(json!({ "driver": "virtio-balloon-pci", "id": BALLOON_ID }));
+    }
     // VGA is always there (screendump works without a live display).
     m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
     if spec.graphics != GraphicsSpec::None {
@@ -310,6 +319,9 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     }
     Ok(m)
 }
+
+/// The memory balloon's device id (only with a memory maximum).
+pub const BALLOON_ID: &str = "balloon0";
 
 /// The CD-ROM drive's device id.
 pub const CDROM_ID: &str = "cdrom0";
@@ -583,7 +595,13 @@ impl Machine {
             push("-cpu", cpu.clone());
         }
         push("-m", self.memory_mib.to_string());
-        push("-smp", self.vcpus.to_string());
+        push(
+            "-smp",
+            match self.max_vcpus {
+                Some(m) => format!("{},maxcpus={m}", self.vcpus),
+                None => self.vcpus.to_string(),
+            },
+        );
         let mut a2: Vec<String> = vec![
             "-no-user-config".into(),
             "-nodefaults".into(),
@@ -764,6 +782,17 @@ mod tests {
             cmdline: Some("console=ttyS0 panic=-1".into()),
         });
         check("minimal-kernel-boot", &s, &caps(), &plan());
+    }
+
+    #[test]
+    fn resize_headroom_vcpus_and_balloon() {
+        let mut s = spec("grow");
+        s.vcpus = 1;
+        s.max_vcpus = Some(2);
+        s.memory = model::Size(256 << 20);
+        s.max_memory = Some(model::Size(512 << 20));
+        s.graphics = model::GraphicsSpec::None;
+        check("resize-headroom", &s, &caps(), &plan());
     }
 
     #[test]
