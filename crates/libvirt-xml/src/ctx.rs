@@ -216,7 +216,7 @@ fn dropped_because(n: N) -> String {
         "address" => "hv assigns device addresses itself",
         "alias" => "hv names devices itself",
         "seclabel" => "hv confines each QEMU with its own uid instead",
-        "memballoon" => "hv adds no memory balloon",
+        "memballoon" => "hv adds a virtio balloon itself, to a VM with memory headroom",
         "rng" => "hv adds no random number generator device",
         "watchdog" => "hv adds no watchdog",
         "panic" => "hv adds no panic device",

@@ -104,10 +104,7 @@ pub(crate) fn convert(
                     );
                 }
             }
-            "tpm" => ctx.note(
-                d,
-                "not carried over: hv on this branch has no TPM; the VM gets none",
-            ),
+            "tpm" => tpm(ctx, d, spec),
             _ => {}
         }
     }
@@ -452,4 +449,47 @@ fn graphics_of(ctx: &mut Ctx, g: N) -> Result<GraphicsSpec, ImportError> {
         password,
         password_set: false,
     }))
+}
+
+/// `<tpm>` with an emulator backend: hv's per-VM swtpm (TPM 2.0; CRB on q35, TIS on pc).
+fn tpm(ctx: &mut Ctx, t: N, spec: &mut VmSpec) {
+    let backend = t.children().find(|c| is(c, "backend"));
+    match backend.and_then(|b| b.attribute("type")) {
+        Some("emulator") => {}
+        other => {
+            ctx.note(
+                t,
+                format!(
+                    "dropped: hv emulates TPMs with swtpm only (backend {}); the host's TPM is not passed through",
+                    other.unwrap_or("unspecified")
+                ),
+            );
+            return;
+        }
+    }
+    if spec.tpm {
+        ctx.note(t, "dropped: hv gives a VM one TPM");
+        return;
+    }
+    spec.tpm = true;
+    ctx.take(t);
+    let hv_model = match spec.machine.family {
+        model::MachineFamily::Q35 => "tpm-crb",
+        model::MachineFamily::Pc => "tpm-tis",
+    };
+    match ctx.attr(t, "model") {
+        Some(m) if m != hv_model => ctx.note_attr(
+            t,
+            "model",
+            format!("{m} mapped to {hv_model} (hv's TPM on this machine)"),
+        ),
+        _ => {}
+    }
+    if let Some(b) = ctx.child(t, "backend") {
+        ctx.attr(b, "type");
+        match ctx.attr(b, "version") {
+            None | Some("2.0") => {}
+            Some(v) => ctx.note_attr(b, "version", format!("TPM {v} mapped to TPM 2.0")),
+        }
+    }
 }

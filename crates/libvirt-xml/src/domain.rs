@@ -90,20 +90,24 @@ fn memory(ctx: &mut Ctx, dom: N, spec: &mut VmSpec) -> Result<(), ImportError> {
     spec.memory = Size(mib << 20);
     if let Some(cur) = ctx.child(dom, "currentMemory") {
         let c = read(ctx, cur)?;
-        if c != bytes {
-            ctx.note(
-                cur,
-                format!(
-                    "not carried over: hv has no balloon target; the guest gets all of <memory> ({})",
-                    spec.memory
-                ),
-            );
+        if c < bytes {
+            // libvirt boots with <memory> and balloons down to <currentMemory>: hv's
+            // `max_memory` and `memory`.
+            let cur_mib = c.div_ceil(1 << 20);
+            if c % (1 << 20) != 0 {
+                ctx.note(
+                    cur,
+                    format!("{c} bytes is not a whole number of MiB: rounded up to {cur_mib} MiB"),
+                );
+            }
+            spec.max_memory = Some(spec.memory);
+            spec.memory = Size(cur_mib << 20);
         }
     }
     if let Some(max) = ctx.child(dom, "maxMemory") {
         ctx.note(
             max,
-            "not carried over: hv on this branch has no memory hotplug maximum",
+            "not carried over: hv has no memory DIMM hotplug; its headroom is a balloon within <memory>",
         );
     }
     Ok(())
@@ -131,13 +135,7 @@ fn vcpus(ctx: &mut Ctx, dom: N, spec: &mut VmSpec) -> Result<(), ImportError> {
         let cur = count(cur, v, Some("current"))?;
         if cur < max {
             spec.vcpus = cur;
-            ctx.note_attr(
-                v,
-                "current",
-                format!(
-                    "mapped to vcpus = {cur}; the maximum of {max} is not carried over (hv on this branch has no vCPU hotplug)"
-                ),
-            );
+            spec.max_vcpus = Some(max);
         }
     }
     Ok(())
@@ -211,7 +209,7 @@ fn os_element<'a, 'i>(
             cmdline,
         });
     }
-    firmware(ctx, os);
+    firmware(ctx, os, spec);
     Ok(order)
 }
 
@@ -240,28 +238,93 @@ fn machine(ctx: &mut Ctx, ty: N, m: &str) -> Result<Machine, ImportError> {
     Ok(family)
 }
 
-/// UEFI (`<os firmware='efi'>`, `<loader>`, `<nvram>`): hv on this branch boots SeaBIOS only.
-fn firmware(ctx: &mut Ctx, os: N) {
-    const NO_UEFI: &str = "not carried over: hv on this branch has no UEFI firmware; the VM boots with SeaBIOS, so a guest installed for UEFI will not boot";
+/// UEFI: `<os firmware='efi'>`, or a pflash `<loader>` (OVMF); Secure Boot when the loader
+/// says `secure='yes'` or `<firmware>` enables `secure-boot`. hvd boots Debian's OVMF and makes
+/// the VM its own variable store, so the loader and NVRAM paths are not carried over.
+fn firmware(ctx: &mut Ctx, os: N, spec: &mut VmSpec) {
+    let loader = os.children().find(|c| is(c, "loader"));
+    let loader_path = loader.map(text).unwrap_or("");
+    let efi_attr = os.attribute("firmware") == Some("efi");
+    let pflash = loader.and_then(|l| l.attribute("type")) == Some("pflash")
+        || ["OVMF", "ovmf", "edk2", "EFI"]
+            .iter()
+            .any(|k| loader_path.contains(k));
+    let fw_el = os.children().find(|c| is(c, "firmware"));
+    let feature_on = |name: &str| {
+        fw_el.is_some_and(|f| {
+            f.children().any(|c| {
+                is(&c, "feature")
+                    && c.attribute("name") == Some(name)
+                    && c.attribute("enabled") == Some("yes")
+            })
+        })
+    };
+    let uefi = efi_attr || pflash;
+    let secure = uefi
+        && (loader.and_then(|l| l.attribute("secure")) == Some("yes") || feature_on("secure-boot"));
     if let Some(fw) = os.attribute("firmware") {
-        if fw == "efi" {
-            ctx.note_attr(os, "firmware", NO_UEFI);
-        }
-    }
-    if let Some(l) = ctx.child(os, "loader") {
-        let path = text(l);
-        let bios = path.is_empty() || path.ends_with("bios.bin") || path.ends_with("bios-256k.bin");
-        if bios && os.attribute("firmware") != Some("efi") {
-            ctx.note(l, "mapped to hv's SeaBIOS");
+        if fw != "efi" && fw != "bios" {
+            ctx.note_attr(os, "firmware", format!("{fw:?} mapped to SeaBIOS"));
         } else {
-            ctx.note(l, NO_UEFI);
+            ctx.attr(os, "firmware");
         }
     }
-    if let Some(fw) = os.children().find(|c| is(c, "firmware")) {
-        ctx.note(fw, NO_UEFI);
+    if !uefi {
+        if let Some(l) = loader {
+            ctx.note(l, "mapped to hv's SeaBIOS");
+        }
+        if let Some(n) = ctx.child(os, "nvram") {
+            ctx.note(n, "dropped: a BIOS VM has no UEFI variables");
+        }
+        return;
+    }
+    if spec.kernel.is_some() {
+        let what = "not carried over: in hv a direct kernel boot bypasses the firmware, so the VM boots its <kernel> with SeaBIOS";
+        match loader {
+            Some(l) => ctx.note(l, what),
+            None => ctx.note_attr(os, "firmware", what),
+        }
+        if let Some(f) = fw_el {
+            ctx.take_all(f);
+        }
+        if let Some(n) = ctx.child(os, "nvram") {
+            ctx.note(n, "dropped: the VM boots with SeaBIOS");
+        }
+        return;
+    }
+    spec.firmware = model::Firmware::Uefi;
+    spec.secure_boot = secure;
+    if let Some(l) = loader {
+        let what = format!(
+            "mapped to firmware = \"uefi\"{}: hvd boots Debian's OVMF ({})",
+            if secure { ", secure_boot = true" } else { "" },
+            model::OvmfFiles::for_spec(secure).code.display()
+        );
+        if loader_path.is_empty() {
+            ctx.take_all(l);
+        } else {
+            ctx.note(l, what);
+        }
+    }
+    if let Some(f) = fw_el {
+        ctx.take_all(f);
+        let keys_off = f.children().any(|c| {
+            is(&c, "feature")
+                && c.attribute("name") == Some("enrolled-keys")
+                && c.attribute("enabled") == Some("no")
+        });
+        if secure && keys_off {
+            ctx.note(
+                f,
+                "mapped to OVMF with Microsoft's keys enrolled (hv's Secure Boot variables)",
+            );
+        }
     }
     if let Some(n) = ctx.child(os, "nvram") {
-        ctx.note(n, "dropped: the UEFI variables are not carried over");
+        ctx.note(
+            n,
+            "dropped: hvd gives the VM a fresh UEFI variable store from OVMF's template; boot entries kept in the old one are lost (the disk's \\EFI\\BOOT\\BOOTX64.EFI still boots)",
+        );
     }
 }
 
@@ -273,6 +336,8 @@ fn features(ctx: &mut Ctx, dom: N) {
         let name = c.tag_name().name();
         let harmless = match name {
             "acpi" | "apic" | "pae" => true,
+            // hv turns SMM on for Secure Boot itself.
+            "smm" => c.attribute("state") != Some("off"),
             "vmport" => c.attribute("state") == Some("off"),
             _ => false,
         };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use libvirt_xml::{convert, Conversion, ImportError};
-use model::{BootDevice, DiskBus, GraphicsSpec, MachineFamily, NicKind, NicModel};
+use model::{BootDevice, DiskBus, Firmware, GraphicsSpec, MachineFamily, NicKind, NicModel};
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -135,10 +135,16 @@ fn direct_kernel_boot() {
 fn several_disks_and_nics() {
     let c = check("multi");
     let s = &c.spec;
-    assert_eq!(s.vcpus, 2, "current vCPUs");
-    assert!(note(&c, "/domain/vcpu/@current").contains("maximum of 8"));
-    assert!(note(&c, "/domain/currentMemory").contains("balloon"));
-    assert_eq!(s.memory.0, 8192 << 20);
+    assert_eq!(
+        (s.vcpus, s.max_vcpus),
+        (2, Some(8)),
+        "current vCPUs, maximum"
+    );
+    assert_eq!(
+        (s.memory.0, s.max_memory.map(|m| m.0)),
+        (4096 << 20, Some(8192 << 20)),
+        "<currentMemory> is what the guest has, <memory> the balloon's maximum"
+    );
     assert!(note(&c, "/domain/os/type/@machine").contains("q35"));
     assert_eq!(s.disks.len(), 5);
     assert_eq!(
@@ -166,21 +172,69 @@ fn several_disks_and_nics() {
 #[test]
 fn uefi_with_tpm() {
     let c = check("uefi-tpm");
-    for x in [
-        "/domain/os/@firmware",
-        "/domain/os/loader",
-        "/domain/os/firmware",
-    ] {
-        assert!(note(&c, x).contains("UEFI"), "{x}");
-    }
-    assert!(has_note(&c, "/domain/os/nvram"));
-    assert!(note(&c, "/domain/devices/tpm[1]").contains("TPM"));
+    let s = &c.spec;
+    assert_eq!(s.firmware, Firmware::Uefi);
+    assert!(s.secure_boot && s.tpm);
+    assert!(note(&c, "/domain/os/loader").contains("secure_boot = true"));
+    assert!(note(&c, "/domain/os/nvram").contains("fresh UEFI variable store"));
+    assert!(!has_note(&c, "/domain/os/@firmware"));
+    assert!(
+        !has_note(&c, "/domain/features/smm"),
+        "hv turns SMM on for Secure Boot"
+    );
+    assert!(
+        !has_note(&c, "/domain/devices/tpm[1]"),
+        "tpm-crb on q35 is hv's TPM"
+    );
     assert!(has_note(&c, "/domain/features/hyperv"));
-    assert!(has_note(&c, "/domain/features/smm"));
     assert!(note(&c, "/domain/clock").contains("localtime"));
     assert!(note(&c, "/domain/devices/graphics[1]").contains("SPICE"));
-    assert_eq!(c.spec.graphics, GraphicsSpec::Console);
-    assert_eq!(c.spec.disks[0].bus, DiskBus::Sata);
+    assert_eq!(s.graphics, GraphicsSpec::Console);
+    assert_eq!(s.disks[0].bus, DiskBus::Sata);
+
+    let xml = std::fs::read_to_string(data("uefi-tpm.xml")).unwrap();
+    // A plain pflash loader (virt-install --boot uefi on an older libvirt): UEFI without
+    // Secure Boot; a passed-through host TPM is dropped.
+    let plain = xml
+        .replace("<os firmware='efi'>", "<os>")
+        .replace(" secure='yes'", "")
+        .replace("name='secure-boot'", "name='x'")
+        .replace(
+            "<backend type='emulator' version='2.0'/>",
+            "<backend type='passthrough'><device path='/dev/tpm0'/></backend>",
+        );
+    let c = convert(&plain).unwrap();
+    assert_eq!(
+        (c.spec.firmware, c.spec.secure_boot, c.spec.tpm),
+        (Firmware::Uefi, false, false)
+    );
+    assert!(note(&c, "/domain/devices/tpm[1]").contains("swtpm only"));
+    // TPM 1.2 and tpm-tis on q35 become hv's TPM 2.0 CRB, with notes.
+    let old = xml
+        .replace("model='tpm-crb'", "model='tpm-tis'")
+        .replace("version='2.0'", "version='1.2'");
+    let c = convert(&old).unwrap();
+    assert!(c.spec.tpm);
+    assert!(note(&c, "/domain/devices/tpm[1]/@model").contains("tpm-crb"));
+    assert!(note(&c, "/domain/devices/tpm[1]/backend/@version").contains("2.0"));
+    // Secure Boot needs q35, as in libvirt: the spec check refuses it on pc.
+    let pc = xml.replace("machine='pc-q35-7.2'", "machine='pc-i440fx-7.2'");
+    let e = convert(&pc).unwrap_err();
+    assert!(
+        matches!(e, ImportError::Spec(ref s) if s.field == "secure_boot"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn uefi_with_a_direct_kernel_boots_the_kernel_with_seabios() {
+    let xml = std::fs::read_to_string(data("kernel-boot.xml")).unwrap().replace(
+        "<kernel>",
+        "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\n    <kernel>",
+    );
+    let c = convert(&xml).unwrap();
+    assert_eq!(c.spec.firmware, Firmware::Bios);
+    assert!(note(&c, "/domain/os/loader").contains("bypasses the firmware"));
 }
 
 #[test]
