@@ -88,6 +88,15 @@ struct CreateArgs {
     machine: Machine,
     #[arg(long, default_value = "auto")]
     accel: Accel,
+    /// bios (SeaBIOS) or uefi (OVMF, with its variables kept with the VM).
+    #[arg(long, default_value = "bios")]
+    firmware: model::Firmware,
+    /// UEFI Secure Boot with Microsoft's keys enrolled (needs --firmware uefi --machine q35).
+    #[arg(long)]
+    secure_boot: bool,
+    /// A TPM 2.0 (a swtpm per VM, its state kept with the VM).
+    #[arg(long)]
+    tpm: bool,
     /// Boot this kernel directly.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -367,6 +376,7 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     spec.boot_menu = a.boot_menu;
     spec.ephemeral = a.ephemeral;
     spec.autostart = a.autostart;
+    (spec.firmware, spec.secure_boot, spec.tpm) = (a.firmware, a.secure_boot, a.tpm);
     spec.validate()?;
     Ok(spec)
 }

@@ -126,6 +126,7 @@ pub fn vm_details_with(v: &VmInfo, resources: Option<Vec<(String, String)>>) -> 
     }
     if let Some(spec) = &v.spec {
         rows.push(("Machine".into(), spec.machine.to_string()));
+        rows.push(("Firmware".into(), firmware_text(spec)));
         for (i, d) in spec.disks.iter().enumerate() {
             let fmt = d.format.map(|f| f.to_string()).unwrap_or_default();
             let ro = if d.readonly { ", read-only" } else { "" };
@@ -202,4 +203,16 @@ mod tests {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\n");
     }
+}
+
+/// `hv info`'s firmware line: `bios`, `uefi`, `uefi, secure boot`, each `, TPM 2.0` with a TPM.
+fn firmware_text(spec: &model::VmSpec) -> String {
+    let mut s = spec.firmware.to_string();
+    if spec.secure_boot {
+        s.push_str(", secure boot");
+    }
+    if spec.tpm {
+        s.push_str(", TPM 2.0");
+    }
+    s
 }
