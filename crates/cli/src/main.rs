@@ -521,7 +521,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
             let v = c.info(&name)?;
             if !output::structured(format, &v)? {
                 let r = c.resources(&name).ok().map(|r| resize::rows(&r));
-                print!("{}", output::vm_details_with(&v, r));
+                print!("{}", output::vm_details(&v, r));
             }
         }
         Cmd::Start {

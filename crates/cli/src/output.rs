@@ -89,12 +89,8 @@ pub fn vm_table(vms: &[VmInfo]) -> String {
     )
 }
 
-pub fn vm_details(v: &VmInfo) -> String {
-    vm_details_with(v, None)
-}
-
-/// [`vm_details`] with the vCPU and memory rows replaced (current and maximum, `hv set`).
-pub fn vm_details_with(v: &VmInfo, resources: Option<Vec<(String, String)>>) -> String {
+/// `hv info`; `resources` replaces the vCPU and memory rows (current and maximum, `hv set`).
+pub fn vm_details(v: &VmInfo, resources: Option<Vec<(String, String)>>) -> String {
     let mut rows: Vec<(String, String)> = vec![
         ("Name".into(), v.name.clone()),
         ("State".into(), v.state.to_string()),
