@@ -117,6 +117,9 @@ fn issue_14_import_libvirt_direct_kernel_boot_starts_and_failures_define_nothing
         out.contains("# /domain/devices/disk[1]/driver/@discard: dropped"),
         "{out}"
     );
+    assert!(!out.contains("autostart"), "{out}");
+    let out = ok(&h, &["import", "libvirt", good, "--dry-run", "--autostart"]);
+    assert!(out.contains("autostart = true"), "{out}");
     assert!(!vm_names(&h).contains("imp"), "a dry run defines nothing");
 
     // An essential element hv cannot map: nothing is defined, not even from the good file.
