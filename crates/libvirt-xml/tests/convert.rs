@@ -357,6 +357,24 @@ fn essentials_hv_cannot_express_are_errors_naming_the_xpath() {
         "",
     );
     refused(
+        "<source file='/var/lib/libvirt/images/tiny.qcow2'/>",
+        "",
+        "/domain/devices/disk[1]",
+        "without a <source>",
+    );
+    refused(
+        "<serial type='pty'/>",
+        "<interface type='bridge'><model type='virtio'/></interface>",
+        "/domain/devices/interface[1]",
+        "without its <source bridge='NAME'/>",
+    );
+    refused(
+        "<vcpu>1</vcpu>",
+        "<vcpu>many</vcpu>",
+        "/domain/vcpu",
+        "not a vCPU count",
+    );
+    refused(
         "<serial type='pty'/>",
         "<interface type='direct'><source dev='eth0' mode='bridge'/></interface>",
         "/domain/devices/interface[1]/@type",
