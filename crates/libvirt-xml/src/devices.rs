@@ -112,14 +112,23 @@ pub(crate) fn convert(
     Ok(())
 }
 
-fn boot_of(ctx: &mut Ctx, d: N) -> Result<Option<u32>, ImportError> {
+/// The device's `<boot order='N'/>`. hv orders device classes, so the order of a device that is
+/// not the first of its class (`first` false) is noted.
+fn boot_of(ctx: &mut Ctx, d: N, first: bool, class: &str) -> Result<Option<u32>, ImportError> {
     let Some(b) = ctx.child(d, "boot") else {
         return Ok(None);
     };
     let o = ctx.attr(b, "order").unwrap_or("");
-    o.parse::<u32>()
-        .map(Some)
-        .map_err(|_| invalid_attr(b, "order", format!("{o:?} is not a boot position")))
+    let order = o
+        .parse::<u32>()
+        .map_err(|_| invalid_attr(b, "order", format!("{o:?} is not a boot position")))?;
+    if !first {
+        ctx.note(
+            b,
+            format!("mapped to booting from the {class}s: hv boots the first {class} of the VM, not this one"),
+        );
+    }
+    Ok(Some(order))
 }
 
 fn disk(ctx: &mut Ctx, d: N, spec: &mut VmSpec, boots: &mut Boots) -> Result<(), ImportError> {
@@ -231,7 +240,17 @@ fn disk(ctx: &mut Ctx, d: N, spec: &mut VmSpec, boots: &mut Boots) -> Result<(),
             );
         }
     }
-    let boot = boot_of(ctx, d)?;
+    let first = if device == "cdrom" {
+        spec.cdrom.is_none()
+    } else {
+        spec.disks.is_empty()
+    };
+    let boot = boot_of(
+        ctx,
+        d,
+        first,
+        if device == "cdrom" { "CD-ROM" } else { "disk" },
+    )?;
 
     if device == "cdrom" {
         if spec.cdrom.is_some() {
@@ -381,7 +400,7 @@ fn interface(ctx: &mut Ctx, i: N, spec: &mut VmSpec, boots: &mut Boots) -> Resul
         },
         None => NicModel::Rtl8139,
     };
-    if let Some(o) = boot_of(ctx, i)? {
+    if let Some(o) = boot_of(ctx, i, spec.nics.is_empty(), "NIC")? {
         boots.0.push((o, BootDevice::Network));
     }
     spec.nics.push(NicSpec {

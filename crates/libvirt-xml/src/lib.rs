@@ -7,6 +7,29 @@
 //! essential that hv cannot express (a domain type other than kvm/qemu, an arch other than
 //! x86_64, a disk source hv cannot open, an unknown memory unit ...) is an [`ImportError`]:
 //! the caller defines nothing.
+//!
+//! Mapped: `name`; `memory`/`currentMemory` in every libvirt unit (KiB when absent; a
+//! `currentMemory` below `memory` becomes `memory`, with `memory` as `max_memory`); `vcpu`
+//! and its `current` (`vcpus`, `max_vcpus`); `os` (machine `pc`/`q35`/versioned, a
+//! distribution's own versions to their family; `boot dev=` and per-device `boot order=`;
+//! `bootmenu`; `kernel`/`initrd`/`cmdline`; `firmware='efi'` or a pflash `loader` → UEFI,
+//! Secure Boot from `secure='yes'` or the `secure-boot` feature); disks (file and pool volume
+//! sources, qcow2/raw, `cache`, `io`, target `dev`/`bus`, `readonly`, the first `cdrom`);
+//! interfaces (network, bridge, user; MAC; virtio/e1000/rtl8139, e1000e → e1000); the first
+//! `graphics` (VNC with listen, port, password; SPICE → hv's browser console); an emulated
+//! `tpm`; domain type kvm → accel auto, qemu → tcg. Silently fine (hv does the same):
+//! acpi/apic/pae/smm features, a UTC clock, the default lifecycle actions, disabled
+//! suspend, controllers, a pty serial console, PS/2 input, a VGA card.
+//!
+//! Refused (an error naming the XPath): a domain type other than kvm/qemu, an OS type other
+//! than hvm, an arch other than x86_64, a machine other than pc/q35, an unknown memory unit or
+//! a value that does not parse, a `block`/`network`/`dir` disk source, a `lun` disk, an image
+//! format other than qcow2/raw, a disk or interface without its source, an interface type
+//! other than network/bridge/user (macvtap `direct`, `ethernet`, `vhostuser` ...), and a
+//! spec hv's checks refuse. Everything else is noted by XPath: dropped (UUID, metadata, CPU
+//! model and tuning, addresses, sound, host devices, USB redirection, channels, balloon,
+//! RNG, watchdog ...) or mapped to something near (non-VGA video, a tablet, a SPICE display,
+//! a non-pty serial, a floppy, further CD-ROMs and displays).
 
 mod ctx;
 mod devices;

@@ -167,6 +167,8 @@ fn several_disks_and_nics() {
         vec![BootDevice::Network, BootDevice::Disk],
         "per-device <boot order=> gives the classes' order"
     );
+    assert!(note(&c, "/domain/devices/disk[3]/boot").contains("first disk"));
+    assert!(!has_note(&c, "/domain/devices/disk[1]/boot"));
 }
 
 #[test]
