@@ -8,6 +8,7 @@ mod control;
 mod disks;
 mod edit;
 mod events;
+mod import;
 mod networks;
 mod nics;
 mod operations;
@@ -209,6 +210,9 @@ enum Cmd {
     Create(Box<CreateArgs>),
     /// Define a VM from a TOML spec file (the format `hv dump` prints).
     Define { file: PathBuf },
+    /// Import VMs from another manager (libvirt domain XML).
+    #[command(subcommand)]
+    Import(import::ImportCmd),
     /// Print a VM's spec.
     Dump {
         name: String,
@@ -513,6 +517,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
             }
         }
         Cmd::Vol(cmd) => storage::vol(&c, cmd)?,
+        Cmd::Import(cmd) => import::run(&c, cmd)?,
         Cmd::Create(a) => {
             let start = a.start;
             let spec = spec_from(*a)?;
