@@ -5,6 +5,7 @@
 //! internally consistent; checks that need the host (files exist, images probe) live in the
 //! engine.
 
+mod cloudinit;
 mod hostpath;
 mod lifecycle;
 mod names;
@@ -13,6 +14,7 @@ mod nic;
 mod size;
 mod spec;
 
+pub use cloudinit::{parse_ssh_keys, CloudInit, SeedFiles, MAX_SEED_FILE};
 pub use hostpath::check_host_path;
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};

@@ -776,6 +776,9 @@ pub struct VmSpec {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,
+    /// A cloud-init NoCloud seed hv builds and attaches read-only (see `model::cloudinit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<crate::CloudInit>,
 }
 
 fn default_vcpus() -> u32 {
@@ -812,6 +815,7 @@ impl VmSpec {
             boot_menu: false,
             ephemeral: false,
             autostart: false,
+            cloud_init: None,
         }
     }
 
@@ -952,6 +956,9 @@ impl VmSpec {
             }
         }
         self.graphics.validate()?;
+        if let Some(c) = &self.cloud_init {
+            c.validate(self.name.as_str())?;
+        }
         Ok(())
     }
 }
