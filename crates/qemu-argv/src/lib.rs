@@ -107,6 +107,8 @@ pub struct RunPlan {
     /// Where QEMU listens for hvd's VNC connection (the browser console), unless the VM has
     /// `graphics = none`: a socket in a directory only this VM's QEMU uid (and root) can enter.
     pub vnc_socket: PathBuf,
+    /// The VM's cloud-init seed image (raw, attached read-only), when it has one.
+    pub seed: Option<PathBuf>,
 }
 
 /// The id of the VNC display hvd's browser console connects to (`-vnc unix:...,id=`).
@@ -269,6 +271,19 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         m.netdevs.push(nic_backend(nic, i, tap.as_deref())?);
         m.devices.push(nic_device(nic, i));
     }
+    if let Some(seed) = &plan.seed {
+        // A read-only virtio disk; NoCloud finds it by its `cidata` label.
+        m.blockdevs.extend(block_nodes(
+            SEED_NODE,
+            seed,
+            DiskFormat::Raw,
+            CacheMode::Writeback,
+            true,
+            caps.aio,
+        ));
+        m.devices
+            .push(json!({ "driver": "virtio-blk-pci", "drive": SEED_NODE, "id": SEED_ID }));
+    }
     // VGA is always there (screendump works without a live display).
     m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
     if spec.graphics != GraphicsSpec::None {
@@ -299,6 +314,10 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
     }
     Ok(m)
 }
+
+/// The cloud-init seed disk's device id and block node.
+pub const SEED_ID: &str = "cidata";
+pub const SEED_NODE: &str = "hv-cidata";
 
 /// The CD-ROM drive's device id.
 pub const CDROM_ID: &str = "cdrom0";
@@ -698,7 +717,25 @@ mod tests {
             taps: vec![],
             chains: vec![],
             vnc_socket: "/var/lib/hv/run/7.vnc/sock".into(),
+            seed: None,
         }
+    }
+
+    /// Issue 14: the cloud-init seed is a raw, read-only virtio disk.
+    #[test]
+    fn cloud_init_seed_is_a_read_only_disk() {
+        let mut s = spec("ci");
+        s.disks
+            .push("path=/d/root.qcow2,format=qcow2".parse().unwrap());
+        s.cloud_init = Some(model::CloudInit {
+            hostname: Some("ci".into()),
+            ..Default::default()
+        });
+        let plan = RunPlan {
+            seed: Some("/var/lib/hv/vms/ci/cidata.img".into()),
+            ..plan()
+        };
+        check("cloud-init-seed", &s, &caps(), &plan);
     }
 
     fn spec(name: &str) -> VmSpec {
