@@ -7,6 +7,7 @@
 //! engine re-attaches to every QEMU that is still running ([`Engine::open`]).
 
 mod access;
+mod cloudinit;
 mod confine;
 mod console;
 mod display;
