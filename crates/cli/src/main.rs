@@ -2,6 +2,7 @@
 //! every command is one or two API calls plus formatting.
 
 mod access;
+mod cloudinit;
 mod console;
 mod control;
 mod disks;
@@ -115,6 +116,8 @@ struct CreateArgs {
     /// Start the VM right away.
     #[arg(long)]
     start: bool,
+    #[command(flatten)]
+    cloud_init: cloudinit::CloudInitArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -352,6 +355,7 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     spec.boot_menu = a.boot_menu;
     spec.ephemeral = a.ephemeral;
     spec.autostart = a.autostart;
+    spec.cloud_init = a.cloud_init.into_spec()?;
     spec.validate()?;
     Ok(spec)
 }
