@@ -82,3 +82,84 @@ impl CloudInitArgs {
         Ok(Some(ci))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: CloudInitArgs) -> Result<Option<CloudInit>, String> {
+        args.into_spec().map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn local_files_become_contents_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("hv-cli-ci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ud = dir.join("ud");
+        std::fs::write(&ud, "#cloud-config\nruncmd: [[true]]\n").unwrap();
+        let key = dir.join("k.pub");
+        std::fs::write(
+            &key,
+            "# mine\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0L me\n",
+        )
+        .unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SEED_FILE + 1]).unwrap();
+        let bin = dir.join("bin");
+        std::fs::write(&bin, [0xff, 0xfe, 0x00]).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "# nothing\n").unwrap();
+
+        assert_eq!(check(CloudInitArgs::default()), Ok(None));
+        let ci = check(CloudInitArgs {
+            cloud_init: Some(format!("user-data={}", ud.display())),
+            ssh_keys: vec![key.clone()],
+            hostname: Some("h".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            ci.user_data.as_deref(),
+            Some("#cloud-config\nruncmd: [[true]]\n")
+        );
+        assert_eq!(
+            ci.ssh_keys,
+            vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0L me"]
+        );
+        assert_eq!(ci.hostname.as_deref(), Some("h"));
+
+        let ud_arg = |s: String| CloudInitArgs {
+            cloud_init: Some(s),
+            ..Default::default()
+        };
+        for (args, want) in [
+            (
+                ud_arg(format!("user-data={}", big.display())),
+                "larger than 64 KiB",
+            ),
+            (ud_arg(format!("user-data={}", bin.display())), "not UTF-8"),
+            (
+                ud_arg(format!("user-data={}", dir.join("none").display())),
+                "cannot open",
+            ),
+            (ud_arg("vendor-data=/x".into()), "unknown key"),
+            (ud_arg("user-data".into()), "not KEY=FILE"),
+            (
+                ud_arg(format!("user-data={0},user-data={0}", ud.display())),
+                "given twice",
+            ),
+            (
+                CloudInitArgs {
+                    ssh_keys: vec![empty.clone()],
+                    ..Default::default()
+                },
+                "holds no public key",
+            ),
+        ] {
+            let e = check(args).expect_err(want);
+            assert!(e.contains(want), "{e:?} does not say {want:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
