@@ -10,6 +10,7 @@ use anyhow::Result;
 /// For each crate, the workspace crates it may depend on (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
+    ("cidata", &["model"]),
     ("auth", &[]),
     ("api", &["model"]),
     ("qemu-argv", &["model"]),
@@ -26,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "api",
             "auth",
             "model",
+            "cidata",
             "qemu-argv",
             "qmp",
             "kvm",

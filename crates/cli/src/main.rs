@@ -3,6 +3,7 @@
 
 mod access;
 mod backup;
+mod cloudinit;
 mod console;
 mod control;
 mod disks;
@@ -137,6 +138,8 @@ struct CreateArgs {
     /// Start the VM right away.
     #[arg(long)]
     start: bool,
+    #[command(flatten)]
+    cloud_init: cloudinit::CloudInitArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -393,6 +396,7 @@ fn spec_from(a: CreateArgs) -> Result<VmSpec> {
     spec.ephemeral = a.ephemeral;
     spec.autostart = a.autostart;
     (spec.firmware, spec.secure_boot, spec.tpm) = (a.firmware, a.secure_boot, a.tpm);
+    spec.cloud_init = a.cloud_init.into_spec()?;
     spec.validate()?;
     Ok(spec)
 }

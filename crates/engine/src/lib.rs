@@ -9,6 +9,7 @@
 mod access;
 mod backup;
 mod clone;
+mod cloudinit;
 mod confine;
 mod console;
 mod display;

@@ -219,6 +219,10 @@ impl Engine {
             nvram: (spec.firmware == model::Firmware::Uefi)
                 .then(|| self.nvram_path(spec.name.as_str())),
             tpm_fd: spec.tpm.then_some(crate::firmware::TPM_FD),
+            seed: spec
+                .cloud_init
+                .as_ref()
+                .map(|_| crate::cloudinit::seed_path(&self.inner.cfg.vm_dir(&vm.name))),
         };
         let argv = qemu_argv::build(spec, &qcaps, &plan)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -351,6 +355,7 @@ impl Engine {
         for d in &spec.disks {
             crate::must_exist("disk", &d.path)?;
         }
+        crate::cloudinit::prepare(&dir, &spec)?;
         // Ephemeral VMs write into throw-away overlays; their disks never change.
         let mut overlays: Vec<Option<PathBuf>> = Vec::new();
         let mut made: Vec<PathBuf> = Vec::new();
@@ -551,6 +556,10 @@ impl Engine {
             .flatten();
         for p in read_only {
             self.grant(vm, p, Access::Read)?;
+        }
+        if spec.cloud_init.is_some() {
+            let seed = crate::cloudinit::seed_path(&self.inner.cfg.vm_dir(&vm.name));
+            self.grant(vm, &seed, Access::Read)?;
         }
         let caps = self.caps().await?;
         if self.resolve_accel(&caps, spec.accel)?.0 == qemu_argv::Accel::Kvm {

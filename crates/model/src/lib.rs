@@ -6,6 +6,7 @@
 //! engine.
 
 mod firmware;
+mod cloudinit;
 mod hostpath;
 mod lifecycle;
 mod names;
@@ -16,6 +17,7 @@ mod size;
 mod spec;
 
 pub use firmware::{Firmware, OvmfFiles, NVRAM_FILE, OVMF_DIR, TPM_DIR};
+pub use cloudinit::{parse_ssh_keys, CloudInit, SeedFiles, MAX_SEED_FILE};
 pub use hostpath::check_host_path;
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};

@@ -791,6 +791,9 @@ pub struct VmSpec {
     /// A TPM 2.0 emulated by a per-VM `swtpm`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tpm: bool,
+    /// A cloud-init NoCloud seed hv builds and attaches read-only (see `model::cloudinit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<crate::CloudInit>,
 }
 
 fn default_vcpus() -> u32 {
@@ -832,6 +835,7 @@ impl VmSpec {
             firmware: crate::Firmware::default(),
             secure_boot: false,
             tpm: false,
+            cloud_init: None,
         }
     }
 
@@ -974,6 +978,9 @@ impl VmSpec {
         self.graphics.validate()?;
         crate::firmware::validate(self)?;
         crate::resources::validate(self)?;
+        if let Some(c) = &self.cloud_init {
+            c.validate(self.name.as_str())?;
+        }
         Ok(())
     }
 }

@@ -115,6 +115,8 @@ pub struct RunPlan {
     /// With a TPM: QEMU's end of a connected socket pair whose other end is the VM's
     /// `swtpm` control channel (`-chardev socket,fd=N`).
     pub tpm_fd: Option<i32>,
+    /// The VM's cloud-init seed image (raw, attached read-only), when it has one.
+    pub seed: Option<PathBuf>,
 }
 
 /// The id of the VNC display hvd's browser console connects to (`-vnc unix:...,id=`).
@@ -289,6 +291,19 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
         m.devices
             .push(json!({ "driver": "virtio-balloon-pci", "id": BALLOON_ID }));
     }
+    if let Some(seed) = &plan.seed {
+        // A read-only virtio disk; NoCloud finds it by its `cidata` label.
+        m.blockdevs.extend(block_nodes(
+            SEED_NODE,
+            seed,
+            DiskFormat::Raw,
+            CacheMode::Writeback,
+            true,
+            caps.aio,
+        ));
+        m.devices
+            .push(json!({ "driver": "virtio-blk-pci", "drive": SEED_NODE, "id": SEED_ID }));
+    }
     // VGA is always there (screendump works without a live display).
     m.devices.push(json!({ "driver": "VGA", "id": "video0" }));
     if spec.graphics != GraphicsSpec::None {
@@ -322,6 +337,9 @@ pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, 
 
 /// The memory balloon's device id (only with a memory maximum).
 pub const BALLOON_ID: &str = "balloon0";
+/// The cloud-init seed disk's device id and block node.
+pub const SEED_ID: &str = "cidata";
+pub const SEED_NODE: &str = "hv-cidata";
 
 /// The CD-ROM drive's device id.
 pub const CDROM_ID: &str = "cdrom0";
@@ -735,7 +753,25 @@ mod tests {
             vnc_socket: "/var/lib/hv/run/7.vnc/sock".into(),
             nvram: None,
             tpm_fd: None,
+            seed: None,
         }
+    }
+
+    /// Issue 14: the cloud-init seed is a raw, read-only virtio disk.
+    #[test]
+    fn cloud_init_seed_is_a_read_only_disk() {
+        let mut s = spec("ci");
+        s.disks
+            .push("path=/d/root.qcow2,format=qcow2".parse().unwrap());
+        s.cloud_init = Some(model::CloudInit {
+            hostname: Some("ci".into()),
+            ..Default::default()
+        });
+        let plan = RunPlan {
+            seed: Some("/var/lib/hv/vms/ci/cidata.img".into()),
+            ..plan()
+        };
+        check("cloud-init-seed", &s, &caps(), &plan);
     }
 
     fn spec(name: &str) -> VmSpec {

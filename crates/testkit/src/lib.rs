@@ -5,6 +5,7 @@
 
 pub mod confinement;
 pub mod efi;
+pub mod debian;
 pub mod golden;
 pub mod guest;
 mod hvd;
