@@ -185,6 +185,20 @@ fn secure_boot_refuses_an_unsigned_image() {
         .unwrap_err();
     assert!(e.to_string().contains("no console output"), "{e}");
     assert_eq!(h.client().info("sb").unwrap().state, VmState::Running);
+    // Switching Secure Boot off is refused while it runs, and once it is off makes the
+    // variable store again from the template without keys: then the same image boots.
+    let mut spec = h.client().info("sb").unwrap().spec.unwrap();
+    spec.secure_boot = false;
+    let e = h.client().update("sb", &spec).unwrap_err();
+    assert!(e.to_string().contains("shut down"), "{e}");
+    h.client().destroy("sb").unwrap();
+    h.client().update("sb", &spec).unwrap();
+    assert_eq!(
+        std::fs::read(vm_dir(&h, "sb").join("nvram.fd")).unwrap(),
+        std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap()
+    );
+    h.client().start("sb", false).unwrap();
+    h.wait_console("sb", guest::READY_MARKER, BOOT).unwrap();
     h.client().destroy("sb").unwrap();
 }
 
