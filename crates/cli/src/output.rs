@@ -190,17 +190,6 @@ pub fn host_report(r: &HostReport) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align() {
-        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
-        assert_eq!(t, "A    LONGER\nxyz  1\n");
-    }
-}
-
 /// `hv info`'s firmware line: `bios`, `uefi`, `uefi, secure boot`, each `, TPM 2.0` with a TPM.
 fn firmware_text(spec: &model::VmSpec) -> String {
     let mut s = spec.firmware.to_string();
@@ -211,4 +200,15 @@ fn firmware_text(spec: &model::VmSpec) -> String {
         s.push_str(", TPM 2.0");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+    }
 }

@@ -65,13 +65,27 @@ fn wait_no_swtpm(h: &TestHvd) {
     }
 }
 
+/// Sends TPM2_GetRandom(8) to `/dev/tpm0` in guest "efi" and expects a successful reply.
+/// Each call tags its reply line (`TPM-RN`), so a later call cannot match an earlier reply.
+fn tpm_answers(h: &TestHvd, n: u32) {
+    let cmd = format!(
+        r"exec 3<>/dev/tpm0; printf '\x80\x01\x00\x00\x00\x0c\x00\x00\x01\x7b\x00\x08' >&3; dd bs=64 count=1 <&3 2>/dev/null | hexdump -C | head -1 | sed 's/^/TPM-R{n} /'; exec 3<&-"
+    );
+    h.run_in_guest(
+        "efi",
+        &cmd,
+        &format!("TPM-R{n} 00000000  80 01 00 00 00 14 00 00  00 00 00 08"),
+    )
+    .unwrap();
+}
+
 fn vm_dir(h: &TestHvd, name: &str) -> PathBuf {
     h.state_dir.join("vms").join(name)
 }
 
 #[test]
 fn uefi_guest_boots_from_its_esp_and_sees_its_tpm() {
-    let h = hvd();
+    let mut h = hvd();
     let mut spec = uefi_spec(&h, "efi");
     spec.tpm = true;
     h.client().create(spec, false).unwrap();
@@ -109,6 +123,16 @@ fn uefi_guest_boots_from_its_esp_and_sees_its_tpm() {
         "TPM-AND-EFI-42",
     )
     .unwrap();
+
+    // The TPM answers a real command (TPM2_GetRandom of 8 bytes: a 20-byte reply, rc 0)
+    // through the kernel driver, QEMU and swtpm; and still does after hvd was killed and
+    // came back (swtpm belongs to the VM's run, not to hvd).
+    tpm_answers(&h, 1);
+    h.kill9().unwrap();
+    h.start_again().unwrap();
+    assert_eq!(h.client().info("efi").unwrap().state, VmState::Running);
+    assert_eq!(swtpm_pids(&h), tpms, "the same swtpm after hvd's restart");
+    tpm_answers(&h, 2);
 
     let info = h.client().info("efi").unwrap();
     let s = info.spec.unwrap();
@@ -161,6 +185,20 @@ fn secure_boot_refuses_an_unsigned_image() {
         .unwrap_err();
     assert!(e.to_string().contains("no console output"), "{e}");
     assert_eq!(h.client().info("sb").unwrap().state, VmState::Running);
+    // Switching Secure Boot off is refused while it runs, and once it is off makes the
+    // variable store again from the template without keys: then the same image boots.
+    let mut spec = h.client().info("sb").unwrap().spec.unwrap();
+    spec.secure_boot = false;
+    let e = h.client().update("sb", &spec).unwrap_err();
+    assert!(e.to_string().contains("shut down"), "{e}");
+    h.client().destroy("sb").unwrap();
+    h.client().update("sb", &spec).unwrap();
+    assert_eq!(
+        std::fs::read(vm_dir(&h, "sb").join("nvram.fd")).unwrap(),
+        std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap()
+    );
+    h.client().start("sb", false).unwrap();
+    h.wait_console("sb", guest::READY_MARKER, BOOT).unwrap();
     h.client().destroy("sb").unwrap();
 }
 

@@ -213,3 +213,30 @@ impl Engine {
         ]
     }
 }
+
+impl Engine {
+    /// `hv edit` that changes the firmware or Secure Boot: the variable store came from the
+    /// other template (with or without Microsoft's keys), so it is removed and made again
+    /// from the right one (at once for UEFI; a BIOS VM has none). Only while the VM is off:
+    /// its QEMU has the store open.
+    pub(crate) fn firmware_edited(&self, vm: &Vm, old: &VmSpec, new: &VmSpec) -> Result<()> {
+        if (old.firmware, old.secure_boot) == (new.firmware, new.secure_boot) {
+            return Ok(());
+        }
+        if vm.state().is_active() {
+            return Err(EngineError::Invalid(format!(
+                "VM {} is running; change its firmware or Secure Boot after it is shut down (its QEMU has the UEFI variable store open)",
+                vm.name
+            )));
+        }
+        let path = self.nvram_path(&vm.name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(vm = %vm.name, "UEFI variable store removed: the firmware changed")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(host("remove", &path, e)),
+        }
+        self.ensure_nvram(new).map(drop)
+    }
+}

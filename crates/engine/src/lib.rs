@@ -402,6 +402,7 @@ impl Engine {
             }
         }
         self.check_nics(&spec).await?;
+        self.firmware_edited(&vm, &old, &spec)?;
         let created = self.prepare_host_side(&mut spec).await?;
         if let Err(e) = self.inner.store.update_spec(vm.id, &spec) {
             for p in &created {
