@@ -5,8 +5,8 @@
 //! internally consistent; checks that need the host (files exist, images probe) live in the
 //! engine.
 
-mod firmware;
 mod cloudinit;
+mod firmware;
 mod hostpath;
 mod lifecycle;
 mod names;
@@ -16,8 +16,8 @@ pub mod resources;
 mod size;
 mod spec;
 
-pub use firmware::{Firmware, OvmfFiles, NVRAM_FILE, OVMF_DIR, TPM_DIR};
 pub use cloudinit::{parse_ssh_keys, CloudInit, SeedFiles, MAX_SEED_FILE};
+pub use firmware::{Firmware, OvmfFiles, NVRAM_FILE, OVMF_DIR, TPM_DIR};
 pub use hostpath::check_host_path;
 pub use lifecycle::{Action, InvalidTransition, VmState};
 pub use names::{PoolName, SnapName, VmName, VolName, VolRef};

@@ -4,8 +4,8 @@
 //! PID when the test ends, also when it fails, and the logs are dumped on failure.
 
 pub mod confinement;
-pub mod efi;
 pub mod debian;
+pub mod efi;
 pub mod golden;
 pub mod guest;
 mod hvd;
