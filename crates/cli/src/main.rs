@@ -7,6 +7,7 @@ mod control;
 mod disks;
 mod edit;
 mod events;
+mod generate;
 mod networks;
 mod nics;
 mod operations;
@@ -283,6 +284,12 @@ enum Cmd {
     /// Press key combinations (ctrl-alt-delete, esc, f12, ...) or type --text on a VM's
     /// keyboard.
     SendKey(screen::SendKeyArgs),
+    /// Print a completion script: `source <(hv completion bash)`, or save it where your shell
+    /// looks (the Debian package installs them).
+    Completion(generate::CompletionArgs),
+    /// Write the man pages into DIR (used to build the Debian package).
+    #[command(hide = true)]
+    ManPages(generate::ManPagesArgs),
 }
 
 pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
@@ -400,6 +407,11 @@ fn target(cli: &Cli, m: &clap::ArgMatches) -> Result<Client> {
 }
 
 fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
+    match &cli.cmd {
+        Cmd::Completion(a) => return generate::completion(a).map(|()| 0),
+        Cmd::ManPages(a) => return generate::man_pages(a).map(|()| 0),
+        _ => {}
+    }
     if let Cmd::Remote(cmd) = cli.cmd {
         remotes::run(cmd)?;
         return Ok(0);
@@ -623,6 +635,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         }
         Cmd::Screenshot(a) => screen::screenshot(&c, a)?,
         Cmd::SendKey(a) => screen::send_key(&c, a)?,
+        Cmd::Completion(_) | Cmd::ManPages(_) => {}
     }
     Ok(0)
 }
