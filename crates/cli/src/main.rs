@@ -88,7 +88,8 @@ struct CreateArgs {
     initrd: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
-    /// path=P|vol=POOL/NAME[,format=qcow2|raw][,bus=virtio|ide|sata|scsi][,cache=MODE][,readonly=on][,size=SIZE]
+    /// path=P|vol=POOL/NAME [,format=qcow2|raw] [,bus=virtio|ide|sata|scsi] [,cache=MODE]
+    /// [,readonly=on] [,size=SIZE]
     #[arg(long = "disk")]
     disks: Vec<String>,
     /// An ISO file, or a volume POOL/NAME.
