@@ -141,7 +141,10 @@ fn issue_15_debian_package() {
 
     // The binaries are stripped.
     let file = text(&run(Command::new("objdump").arg("-h").arg(&hvd)));
-    assert!(!file.contains(".debug_info"), "hvd has debug information:\n{file}");
+    assert!(
+        !file.contains(".debug_info"),
+        "hvd has debug information:\n{file}"
+    );
 
     // Bash loads the completion, from `hv completion bash` and from the packaged file.
     let loaded = text(&run(Command::new("bash").arg("-c").arg(format!(
@@ -183,7 +186,6 @@ fn issue_15_debian_package() {
             .args(["--warnings", "-l"])
             .arg(page)
             .env("MANWIDTH", "80")
-            .env("MAN_KEEP_FORMATTING", "0")
             .env("LC_ALL", "C.UTF-8"));
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(stderr.trim().is_empty(), "{}: {stderr}", page.display());
