@@ -13,7 +13,8 @@ pub enum DiskCmd {
     /// stopped one (--live / --config choose).
     Attach {
         vm: String,
-        /// path=P|vol=POOL/NAME[,format=..][,bus=virtio|scsi|..][,cache=..][,readonly=on][,size=SIZE][,target=vdb]
+        /// path=P|vol=POOL/NAME [,format=..] [,bus=virtio|scsi|..] [,cache=..] [,readonly=on]
+        /// [,size=SIZE] [,target=vdb]
         #[arg(long)]
         disk: String,
         #[command(flatten)]
