@@ -174,6 +174,19 @@ pub enum StoreError {
 }
 
 /// Decodes one stored JSON column, or says which row cannot be read.
+/// Runs a write (a commit waits for fsync: milliseconds, up to 100+ ms on a loaded disk) so
+/// that it does not hold one of hvd's few async worker threads: on the multi-threaded runtime
+/// the worker hands its other tasks (the API's reads) to another thread first. Elsewhere (tests
+/// on a current-thread runtime, plain threads) it just runs.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// The columns of a snapshot row, as `load_snapshots` and `load_all_snapshots` select them.
 type SnapshotColumns = (
     i64,
@@ -319,34 +332,42 @@ impl Store {
     }
 
     pub fn insert(&self, spec: &VmSpec) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO vms (name, spec) VALUES (?1, ?2)",
-            params![spec.name.as_str(), to_json(spec)],
-        )?;
-        Ok(conn.last_insert_rowid())
+        off_worker(|| {
+            let conn = self.conn();
+            conn.execute(
+                "INSERT INTO vms (name, spec) VALUES (?1, ?2)",
+                params![spec.name.as_str(), to_json(spec)],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     pub fn update_spec(&self, id: i64, spec: &VmSpec) -> Result<()> {
-        self.conn().execute(
-            "UPDATE vms SET spec = ?1 WHERE id = ?2",
-            params![to_json(spec), id],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE vms SET spec = ?1 WHERE id = ?2",
+                params![to_json(spec), id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn update_runtime(&self, id: i64, rt: &RuntimeRecord) -> Result<()> {
-        self.conn().execute(
-            "UPDATE vms SET runtime = ?1 WHERE id = ?2",
-            params![to_json(rt), id],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE vms SET runtime = ?1 WHERE id = ?2",
+                params![to_json(rt), id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete(&self, id: i64) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            Ok(())
+        })
     }
 }
 
@@ -409,27 +430,31 @@ impl Store {
     }
 
     pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow) -> Result<()> {
-        self.conn().execute(
+        off_worker(|| {
+            self.conn().execute(
             "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Deletes a snapshot and hands its children to its parent, in one transaction.
     pub fn delete_snapshot(&self, vm_id: i64, name: &str, parent: Option<&str>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE snapshots SET parent = ?1 WHERE vm_id = ?2 AND parent = ?3",
-            params![parent, vm_id, name],
-        )?;
-        tx.execute(
-            "DELETE FROM snapshots WHERE vm_id = ?1 AND name = ?2",
-            params![vm_id, name],
-        )?;
-        tx.commit()?;
-        Ok(())
+        off_worker(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE snapshots SET parent = ?1 WHERE vm_id = ?2 AND parent = ?3",
+                params![parent, vm_id, name],
+            )?;
+            tx.execute(
+                "DELETE FROM snapshots WHERE vm_id = ?1 AND name = ?2",
+                params![vm_id, name],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records a snapshot and the VM's new spec together (an external snapshot changes which
@@ -440,18 +465,20 @@ impl Store {
         s: &SnapshotRow,
         spec: &VmSpec,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        off_worker(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
             "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
-        tx.execute(
-            "UPDATE vms SET spec = ?1 WHERE id = ?2",
-            params![to_json(spec), vm_id],
-        )?;
-        tx.commit()?;
-        Ok(())
+            tx.execute(
+                "UPDATE vms SET spec = ?1 WHERE id = ?2",
+                params![to_json(spec), vm_id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Replaces an external snapshot's disk records (after a merge moved images).
@@ -461,17 +488,21 @@ impl Store {
         name: &str,
         disks: &[ExternalDisk],
     ) -> Result<()> {
-        self.conn().execute(
-            "UPDATE snapshots SET data = ?1 WHERE vm_id = ?2 AND name = ?3",
-            params![to_json(&disks), vm_id, name],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE snapshots SET data = ?1 WHERE vm_id = ?2 AND name = ?3",
+                params![to_json(&disks), vm_id, name],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_all_snapshots(&self, vm_id: i64) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
+            Ok(())
+        })
     }
 }
 
@@ -496,33 +527,41 @@ impl Store {
     }
 
     pub fn insert_network(&self, spec: &model::NetworkSpec) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO networks (name, spec) VALUES (?1, ?2)",
-            params![spec.name.as_str(), to_json(spec)],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT INTO networks (name, spec) VALUES (?1, ?2)",
+                params![spec.name.as_str(), to_json(spec)],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn update_network(&self, spec: &model::NetworkSpec) -> Result<()> {
-        self.conn().execute(
-            "UPDATE networks SET spec = ?1 WHERE name = ?2",
-            params![to_json(spec), spec.name.as_str()],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE networks SET spec = ?1 WHERE name = ?2",
+                params![to_json(spec), spec.name.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_network_active(&self, name: &str, active: bool) -> Result<()> {
-        self.conn().execute(
-            "UPDATE networks SET active = ?1 WHERE name = ?2",
-            params![active as i64, name],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE networks SET active = ?1 WHERE name = ?2",
+                params![active as i64, name],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_network(&self, name: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM networks WHERE name = ?1", params![name])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM networks WHERE name = ?1", params![name])?;
+            Ok(())
+        })
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -536,17 +575,21 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_meta(&self, key: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM meta WHERE key = ?1", params![key])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM meta WHERE key = ?1", params![key])?;
+            Ok(())
+        })
     }
 }
 
@@ -573,17 +616,21 @@ impl Store {
     }
 
     pub fn insert_pool(&self, p: &PoolRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO pools (name, path, autostart) VALUES (?1, ?2, ?3)",
-            params![p.name, p.path.display().to_string(), p.autostart as i64],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT INTO pools (name, path, autostart) VALUES (?1, ?2, ?3)",
+                params![p.name, p.path.display().to_string(), p.autostart as i64],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_pool(&self, name: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
+            Ok(())
+        })
     }
 }
 
@@ -658,7 +705,8 @@ impl Store {
     }
 
     pub fn put_image(&self, r: &ImageRow) -> Result<()> {
-        self.conn().execute(
+        off_worker(|| {
+            self.conn().execute(
             "INSERT OR REPLACE INTO images (path, format, origin, dev, ino, backing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 r.path.display().to_string(),
@@ -672,15 +720,18 @@ impl Store {
                     .unwrap_or_default())
             ],
         )?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn delete_image(&self, path: &Path) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM images WHERE path = ?1",
-            params![path.display().to_string()],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "DELETE FROM images WHERE path = ?1",
+                params![path.display().to_string()],
+            )?;
+            Ok(())
+        })
     }
 }
 
