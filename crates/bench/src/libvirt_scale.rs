@@ -18,9 +18,12 @@ use crate::stats::ms;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// A figure's label, hv's values and libvirt's.
+type Figure = (&'static str, Vec<f64>, Vec<f64>);
+
 /// Storm rounds (at most 3; the side that goes first alternates), then the idle figures.
 pub fn storm(bins: &Bins, lv: &mut Libvirt, runs: usize) -> Vec<VsRow> {
-    let r = (|| -> Result<Vec<(&'static str, Vec<f64>, Vec<f64>)>> {
+    let r = (|| -> Result<Vec<Figure>> {
         let h = TestHvd::start(&bins.hvd)?;
         let dir = TempDir::new()?;
         let g = guest::tiny_guest()?;
