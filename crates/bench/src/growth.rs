@@ -16,7 +16,7 @@ use crate::procs::{rss_mib, Bins, Reaped};
 use crate::stats::ms;
 
 /// VMs in the boot storm and the idle figures.
-const STORM: usize = 20;
+pub(crate) const STORM: usize = 20;
 /// VMs defined for the "with 10,000 VMs" figures.
 const MANY: usize = 10_000;
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -110,7 +110,7 @@ pub fn storm(bins: &Bins, runs: usize) -> Vec<ExtraRow> {
 type Storm = (Vec<f64>, Vec<f64>, Vec<f64>, f64, f64);
 
 /// Starts every VM at once (one thread per start call), then waits for all to be ready.
-fn hv_storm(h: &TestHvd, names: &[String]) -> Result<f64> {
+pub(crate) fn hv_storm(h: &TestHvd, names: &[String]) -> Result<f64> {
     let t0 = Instant::now();
     std::thread::scope(|s| -> Result<()> {
         let threads: Vec<_> = names
@@ -143,7 +143,7 @@ fn hv_storm(h: &TestHvd, names: &[String]) -> Result<f64> {
     Ok(ms(t0.elapsed()))
 }
 
-fn stop_all(h: &TestHvd, names: &[String]) -> Result<()> {
+pub(crate) fn stop_all(h: &TestHvd, names: &[String]) -> Result<()> {
     for n in names {
         h.client().destroy(n)?;
     }
@@ -197,7 +197,7 @@ fn raw_storm() -> Result<f64> {
 }
 
 /// A process's CPU time over `span`, in percent of one core.
-fn cpu_percent(pid: u32, span: Duration) -> Result<f64> {
+pub(crate) fn cpu_percent(pid: u32, span: Duration) -> Result<f64> {
     let ticks = |pid: u32| -> Result<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the command (which may hold spaces) start after the last ')'.

@@ -37,7 +37,7 @@ pub struct VsRow {
 }
 
 impl VsRow {
-    fn new(label: &str, r: Result<(Vec<f64>, Vec<f64>)>) -> VsRow {
+    pub(crate) fn new(label: &str, r: Result<(Vec<f64>, Vec<f64>)>) -> VsRow {
         match r {
             Ok((hv, lv)) => VsRow {
                 label: label.into(),
@@ -92,8 +92,13 @@ pub fn table(rows: &[VsRow]) -> String {
 }
 
 /// Every figure with a libvirt equivalent, `runs` pairs each (snapshots: at most 5).
-pub fn measure(bins: &Bins, runs: usize) -> Result<Vec<VsRow>> {
+pub fn measure(bins: &Bins, runs: usize, storm: bool) -> Result<Vec<VsRow>> {
     let mut lv = Libvirt::start()?;
+    if storm {
+        let rows = crate::libvirt_scale::storm(bins, &mut lv, runs);
+        lv.cleanup();
+        return Ok(rows);
+    }
     let hvd = TestHvd::start(&bins.hvd)?;
     let scratch = TempDir::new()?;
     let g = guest::tiny_guest()?;
@@ -278,14 +283,14 @@ fn lv_cycle(vm: &str, serial: &Path) -> Result<[f64; 4]> {
     Ok([ready, info, list, destroy])
 }
 
-fn listen(path: &Path) -> Result<UnixListener> {
+pub(crate) fn listen(path: &Path) -> Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     l.set_nonblocking(true)?;
     Ok(l)
 }
 
-fn wait_marker(l: &UnixListener, deadline: Instant) -> Result<()> {
+pub(crate) fn wait_marker(l: &UnixListener, deadline: Instant) -> Result<()> {
     let left = deadline.saturating_duration_since(Instant::now());
     if !poll_readable(l.as_fd(), left)? {
         bail!("QEMU did not connect its serial port within {READY_TIMEOUT:?}");
@@ -389,7 +394,7 @@ fn snapshots(
 }
 
 /// The libvirt daemons (started here when none runs) and the domains defined in this run.
-struct Libvirt {
+pub(crate) struct Libvirt {
     daemons: Vec<(&'static str, Reaped)>,
     names: Vec<String>,
 }
@@ -437,7 +442,7 @@ impl Libvirt {
         Ok(lv)
     }
 
-    fn define(&mut self, dir: &Path, name: &str, xml: &str) -> Result<()> {
+    pub(crate) fn define(&mut self, dir: &Path, name: &str, xml: &str) -> Result<()> {
         let path = dir.join(format!("{name}.xml"));
         std::fs::write(&path, xml)?;
         self.names.push(name.to_owned());
@@ -447,7 +452,7 @@ impl Libvirt {
 
     /// Destroys and undefines every domain of this run, by name, then stops the daemons this
     /// started, by PID.
-    fn cleanup(&mut self) {
+    pub(crate) fn cleanup(&mut self) {
         for name in std::mem::take(&mut self.names) {
             let _ = virsh(&["destroy", &name]);
             if let Err(e) = virsh(&["undefine", "--snapshots-metadata", &name]) {
@@ -468,7 +473,7 @@ impl Drop for Libvirt {
     }
 }
 
-fn virsh(args: &[&str]) -> Result<String> {
+pub(crate) fn virsh(args: &[&str]) -> Result<String> {
     let out = Command::new("virsh")
         .args(["-q", "-c", URI])
         .args(args)
@@ -518,7 +523,7 @@ fn esc(s: &str) -> String {
 /// The libvirt twin of hv's tiny test VM: TCG, `pc`, direct kernel boot, serial port connected
 /// to `serial` (a socket the bench listens on), VGA with VNC on a Unix socket, no balloon, and
 /// optionally one qcow2 virtio disk.
-fn domain_xml(
+pub(crate) fn domain_xml(
     name: &str,
     mem_mib: u64,
     g: &TinyGuest,

@@ -16,6 +16,7 @@ mod extra;
 mod growth;
 mod kvm;
 mod libvirt;
+mod libvirt_scale;
 mod machine;
 mod power;
 mod procs;
@@ -207,7 +208,8 @@ fn run(args: Args) -> Result<bool> {
         eprintln!("watch: event latency, /metrics and live figures");
         extra.extend(watch::measure(&bins.hvd, plan.runs));
     }
-    if wanted(Group::Storm) {
+    // With `--vs libvirt`, the storm is measured against libvirt's instead (libvirt_scale.rs).
+    if wanted(Group::Storm) && args.vs.is_none() {
         eprintln!("storm: 20 VMs at once, {} rounds", plan.runs.min(3));
         extra.extend(growth::storm(&bins, plan.runs.min(3)));
     }
@@ -231,7 +233,7 @@ fn run(args: Args) -> Result<bool> {
             "vs libvirt: the same figures through virsh, {} runs",
             plan.runs
         );
-        versus = libvirt::measure(&bins, plan.runs)?;
+        versus = libvirt::measure(&bins, plan.runs, args.only.contains(&Group::Storm))?;
     }
 
     println!("Machine: {machine}\n");

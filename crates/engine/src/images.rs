@@ -18,6 +18,7 @@
 //! - A record names the file's device and inode: a file replaced behind hv's back is not the
 //!   recorded one.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -269,17 +270,21 @@ impl Engine {
     /// Records the formats every VM definition and snapshot already names (once per start):
     /// a state dir from before the registry keeps its disks' formats, and no guest-written
     /// disk is ever probed.
-    pub(crate) async fn record_defined_images(&self) -> Result<()> {
+    pub(crate) async fn record_defined_images(
+        &self,
+        snapshots: &BTreeMap<i64, Vec<crate::store::SnapshotRow>>,
+    ) -> Result<()> {
         let vms: Vec<_> = self.read_vms().values().cloned().collect();
         for vm in vms {
-            let spec = vm.lock().spec.clone();
-            let mut known: Vec<(PathBuf, DiskFormat)> = spec
+            let mut known: Vec<(PathBuf, DiskFormat)> = vm
+                .lock()
+                .spec
                 .disks
                 .iter()
                 .filter_map(|d| Some((d.path.clone(), d.format?)))
                 .filter(|(p, _)| !p.as_os_str().is_empty())
                 .collect();
-            for s in self.inner.store.load_snapshots(vm.id)? {
+            for s in snapshots.get(&vm.id).into_iter().flatten() {
                 known.extend(s.disks.iter().map(|d| (d.image.clone(), d.image_format)));
             }
             for (path, format) in known {

@@ -195,9 +195,7 @@ impl Engine {
         let store = Store::open(&cfg.db_path())?;
         let rows = store.load_all()?;
         // Every stored row must read now: an unreadable one stops hvd, it is never skipped.
-        for row in &rows {
-            store.load_snapshots(row.id)?;
-        }
+        let snapshots = store.load_all_snapshots()?;
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()
@@ -228,7 +226,8 @@ impl Engine {
             let vm = Arc::new(Vm::new(row.id, row.spec, row.runtime));
             engine.write_vms().insert(vm.name.clone(), vm);
         }
-        engine.record_defined_images().await?;
+        engine.record_defined_images(&snapshots).await?;
+        drop(snapshots);
         // QEMUs an earlier hvd left without a record first, so adopted ones re-attach too.
         engine.adopt_or_stop_orphans().await;
         let reattach: Vec<Arc<Vm>> = engine

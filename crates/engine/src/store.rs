@@ -1,6 +1,7 @@
 //! Persistence: one SQLite database (WAL) under the state dir holding every VM's spec and the
 //! runtime facts needed to re-attach after a daemon restart.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -173,6 +174,73 @@ pub enum StoreError {
 }
 
 /// Decodes one stored JSON column, or says which row cannot be read.
+/// Runs a write (a commit waits for fsync: milliseconds, up to 100+ ms on a loaded disk) so
+/// that it does not hold one of hvd's few async worker threads: on the multi-threaded runtime
+/// the worker hands its other tasks (the API's reads) to another thread first. Elsewhere (tests
+/// on a current-thread runtime, plain threads) it just runs.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The columns of a snapshot row, as `load_snapshots` and `load_all_snapshots` select them.
+type SnapshotColumns = (
+    i64,
+    String,
+    Option<String>,
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+);
+
+fn snapshot_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotColumns> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+/// Decodes one snapshot row; a bad field is an error naming the row, never skipped.
+fn snapshot_row(c: SnapshotColumns) -> Result<(i64, SnapshotRow)> {
+    let (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) = c;
+    let key = format!("{name:?} of VM id {vm_id}");
+    let vm_state = vm_state.parse().map_err(|e: String| StoreError::BadRow {
+        what: "snapshot",
+        table: "snapshots",
+        key: key.clone(),
+        field: "vm_state",
+        source: e.into(),
+    })?;
+    let row = SnapshotRow {
+        spec: decode(&spec, "snapshot", "snapshots", &key, "spec")?,
+        disks: decode(&data, "snapshot", "snapshots", &key, "data")?,
+        name,
+        parent,
+        created_at: created_at as u64,
+        vm_state,
+        kind,
+        memory: memory != 0,
+        description,
+    };
+    Ok((vm_id, row))
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     json: &str,
     what: &'static str,
@@ -264,34 +332,42 @@ impl Store {
     }
 
     pub fn insert(&self, spec: &VmSpec) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO vms (name, spec) VALUES (?1, ?2)",
-            params![spec.name.as_str(), to_json(spec)],
-        )?;
-        Ok(conn.last_insert_rowid())
+        off_worker(|| {
+            let conn = self.conn();
+            conn.execute(
+                "INSERT INTO vms (name, spec) VALUES (?1, ?2)",
+                params![spec.name.as_str(), to_json(spec)],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     pub fn update_spec(&self, id: i64, spec: &VmSpec) -> Result<()> {
-        self.conn().execute(
-            "UPDATE vms SET spec = ?1 WHERE id = ?2",
-            params![to_json(spec), id],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE vms SET spec = ?1 WHERE id = ?2",
+                params![to_json(spec), id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn update_runtime(&self, id: i64, rt: &RuntimeRecord) -> Result<()> {
-        self.conn().execute(
-            "UPDATE vms SET runtime = ?1 WHERE id = ?2",
-            params![to_json(rt), id],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE vms SET runtime = ?1 WHERE id = ?2",
+                params![to_json(rt), id],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete(&self, id: i64) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM vms WHERE id = ?1", params![id])?;
+            Ok(())
+        })
     }
 }
 
@@ -324,70 +400,61 @@ pub struct ExternalDisk {
 impl Store {
     pub fn load_snapshots(&self, vm_id: i64) -> Result<Vec<SnapshotRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, parent, created_at, vm_state, kind, memory, description, spec, data FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, rowid",
+        // Cached: this runs on every snapshot call and for every VM a start checks for shared
+        // images; parsing the statement each time cost more than running it.
+        let mut stmt = conn.prepare_cached(
+            "SELECT vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data FROM snapshots WHERE vm_id = ?1 ORDER BY created_at, rowid",
         )?;
-        let rows = stmt.query_map(params![vm_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-            ))
-        })?;
+        let rows = stmt.query_map(params![vm_id], snapshot_columns)?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, parent, created_at, vm_state, kind, memory, description, spec, data) = row?;
-            let key = format!("{name:?} of VM id {vm_id}");
-            let vm_state = vm_state.parse().map_err(|e: String| StoreError::BadRow {
-                what: "snapshot",
-                table: "snapshots",
-                key: key.clone(),
-                field: "vm_state",
-                source: e.into(),
-            })?;
-            out.push(SnapshotRow {
-                spec: decode(&spec, "snapshot", "snapshots", &key, "spec")?,
-                disks: decode(&data, "snapshot", "snapshots", &key, "data")?,
-                name,
-                parent,
-                created_at: created_at as u64,
-                vm_state,
-                kind,
-                memory: memory != 0,
-                description,
-            });
+            out.push(snapshot_row(row?)?.1);
+        }
+        Ok(out)
+    }
+
+    /// Every snapshot of every defined VM, by VM id, in one query (hvd's start reads them all:
+    /// one query per VM cost ~10 µs each in statement parsing and file locking).
+    pub fn load_all_snapshots(&self) -> Result<BTreeMap<i64, Vec<SnapshotRow>>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data FROM snapshots WHERE vm_id IN (SELECT id FROM vms) ORDER BY vm_id, created_at, rowid",
+        )?;
+        let rows = stmt.query_map([], snapshot_columns)?;
+        let mut out: BTreeMap<i64, Vec<SnapshotRow>> = BTreeMap::new();
+        for row in rows {
+            let (vm_id, s) = snapshot_row(row?)?;
+            out.entry(vm_id).or_default().push(s);
         }
         Ok(out)
     }
 
     pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow) -> Result<()> {
-        self.conn().execute(
+        off_worker(|| {
+            self.conn().execute(
             "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Deletes a snapshot and hands its children to its parent, in one transaction.
     pub fn delete_snapshot(&self, vm_id: i64, name: &str, parent: Option<&str>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE snapshots SET parent = ?1 WHERE vm_id = ?2 AND parent = ?3",
-            params![parent, vm_id, name],
-        )?;
-        tx.execute(
-            "DELETE FROM snapshots WHERE vm_id = ?1 AND name = ?2",
-            params![vm_id, name],
-        )?;
-        tx.commit()?;
-        Ok(())
+        off_worker(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE snapshots SET parent = ?1 WHERE vm_id = ?2 AND parent = ?3",
+                params![parent, vm_id, name],
+            )?;
+            tx.execute(
+                "DELETE FROM snapshots WHERE vm_id = ?1 AND name = ?2",
+                params![vm_id, name],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Records a snapshot and the VM's new spec together (an external snapshot changes which
@@ -398,18 +465,20 @@ impl Store {
         s: &SnapshotRow,
         spec: &VmSpec,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
+        off_worker(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
             "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
-        tx.execute(
-            "UPDATE vms SET spec = ?1 WHERE id = ?2",
-            params![to_json(spec), vm_id],
-        )?;
-        tx.commit()?;
-        Ok(())
+            tx.execute(
+                "UPDATE vms SET spec = ?1 WHERE id = ?2",
+                params![to_json(spec), vm_id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Replaces an external snapshot's disk records (after a merge moved images).
@@ -419,17 +488,21 @@ impl Store {
         name: &str,
         disks: &[ExternalDisk],
     ) -> Result<()> {
-        self.conn().execute(
-            "UPDATE snapshots SET data = ?1 WHERE vm_id = ?2 AND name = ?3",
-            params![to_json(&disks), vm_id, name],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE snapshots SET data = ?1 WHERE vm_id = ?2 AND name = ?3",
+                params![to_json(&disks), vm_id, name],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_all_snapshots(&self, vm_id: i64) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM snapshots WHERE vm_id = ?1", params![vm_id])?;
+            Ok(())
+        })
     }
 }
 
@@ -454,33 +527,41 @@ impl Store {
     }
 
     pub fn insert_network(&self, spec: &model::NetworkSpec) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO networks (name, spec) VALUES (?1, ?2)",
-            params![spec.name.as_str(), to_json(spec)],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT INTO networks (name, spec) VALUES (?1, ?2)",
+                params![spec.name.as_str(), to_json(spec)],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn update_network(&self, spec: &model::NetworkSpec) -> Result<()> {
-        self.conn().execute(
-            "UPDATE networks SET spec = ?1 WHERE name = ?2",
-            params![to_json(spec), spec.name.as_str()],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE networks SET spec = ?1 WHERE name = ?2",
+                params![to_json(spec), spec.name.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_network_active(&self, name: &str, active: bool) -> Result<()> {
-        self.conn().execute(
-            "UPDATE networks SET active = ?1 WHERE name = ?2",
-            params![active as i64, name],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "UPDATE networks SET active = ?1 WHERE name = ?2",
+                params![active as i64, name],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_network(&self, name: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM networks WHERE name = ?1", params![name])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM networks WHERE name = ?1", params![name])?;
+            Ok(())
+        })
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -494,17 +575,21 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-            params![key, value],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_meta(&self, key: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM meta WHERE key = ?1", params![key])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM meta WHERE key = ?1", params![key])?;
+            Ok(())
+        })
     }
 }
 
@@ -531,17 +616,21 @@ impl Store {
     }
 
     pub fn insert_pool(&self, p: &PoolRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT INTO pools (name, path, autostart) VALUES (?1, ?2, ?3)",
-            params![p.name, p.path.display().to_string(), p.autostart as i64],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "INSERT INTO pools (name, path, autostart) VALUES (?1, ?2, ?3)",
+                params![p.name, p.path.display().to_string(), p.autostart as i64],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn delete_pool(&self, name: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
-        Ok(())
+        off_worker(|| {
+            self.conn()
+                .execute("DELETE FROM pools WHERE name = ?1", params![name])?;
+            Ok(())
+        })
     }
 }
 
@@ -592,7 +681,7 @@ impl ImageOrigin {
 impl Store {
     pub fn image(&self, path: &Path) -> Result<Option<ImageRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT path, format, origin, dev, ino, backing FROM images WHERE path = ?1",
         )?;
         let mut rows = stmt.query_map(params![path.display().to_string()], image_row)?;
@@ -616,7 +705,8 @@ impl Store {
     }
 
     pub fn put_image(&self, r: &ImageRow) -> Result<()> {
-        self.conn().execute(
+        off_worker(|| {
+            self.conn().execute(
             "INSERT OR REPLACE INTO images (path, format, origin, dev, ino, backing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 r.path.display().to_string(),
@@ -630,15 +720,18 @@ impl Store {
                     .unwrap_or_default())
             ],
         )?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn delete_image(&self, path: &Path) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM images WHERE path = ?1",
-            params![path.display().to_string()],
-        )?;
-        Ok(())
+        off_worker(|| {
+            self.conn().execute(
+                "DELETE FROM images WHERE path = ?1",
+                params![path.display().to_string()],
+            )?;
+            Ok(())
+        })
     }
 }
 
