@@ -1,7 +1,7 @@
 //! Project automation (`cargo xtask ...`), in Rust instead of ad-hoc scripts:
 //!
 //! - `deps`  installs the Debian packages hv and its tests need (when missing);
-//! - `guest` builds (or finds cached) the tiny test guest;
+//! - `guest` builds (or finds cached) the tiny test guest; `guest debian` the Debian one;
 //! - `demo`  the README's first command: deps, build, start hvd, boot a demo VM, show its
 //!   console and `hv list`;
 //! - `test`  the README's second command: deps, guest, the whole test suite, then the browser
@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "kmod",
     "iproute2",
+    // The Debian test guest (testkit::debian).
+    "debootstrap",
 ];
 
 fn root() -> PathBuf {
@@ -312,6 +314,8 @@ fn test(extra: &[String]) -> Result<()> {
     test_deps()?;
     let g = testkit::guest::tiny_guest()?;
     eprintln!("tiny guest: {}", g.kernel.display());
+    let d = testkit::debian::debian_guest()?;
+    eprintln!("Debian guest: {}", d.image.display());
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace"])
@@ -369,6 +373,17 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("deps") => deps(),
+        Some("guest") if args.get(1).map(String::as_str) == Some("debian") => {
+            let g = testkit::debian::debian_guest()?;
+            println!(
+                "image {}\nkernel {}\ninitrd {}\ncmdline {}",
+                g.image.display(),
+                g.kernel.display(),
+                g.initrd.display(),
+                testkit::debian::CMDLINE
+            );
+            Ok(())
+        }
         Some("guest") => {
             let g = testkit::guest::tiny_guest()?;
             println!(

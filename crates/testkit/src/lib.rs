@@ -4,6 +4,7 @@
 //! PID when the test ends, also when it fails, and the logs are dumped on failure.
 
 pub mod confinement;
+pub mod debian;
 pub mod golden;
 pub mod guest;
 mod hvd;
