@@ -6,6 +6,7 @@ mod authz;
 mod metrics;
 mod openapi;
 mod routes;
+mod service;
 mod tls;
 mod web;
 
@@ -105,16 +106,6 @@ fn is_admin(cred: &tokio::net::unix::UCred, admin_gid: Option<u32>) -> bool {
                 .map(|g| g.split_whitespace().any(|g| g.parse() == Ok(admin)))
         })
         .unwrap_or(false)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 /// One hvd per state dir.
@@ -259,6 +250,7 @@ async fn run(args: Args) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = serve(listener, admin_gid, tls, app, stop_rx);
     tokio::pin!(server);
+    service::notify_ready(&format!("serving {}", args.socket.display()));
     tokio::select! {
         () = &mut server => {},
         _ = async {
@@ -268,6 +260,7 @@ async fn run(args: Args) -> Result<()> {
             }
         } => {
             tracing::info!("stopping hvd; running VMs keep running");
+            service::notify_stopping();
             let _ = stop_tx.send(());
             // Long polls and console followers must not hold hvd up.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
@@ -438,7 +431,7 @@ fn spawn_connection<I>(
 
 fn main() {
     let args = Args::parse();
-    init_logging();
+    service::init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
