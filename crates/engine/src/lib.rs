@@ -21,6 +21,7 @@ mod nics;
 mod operations;
 mod orphans;
 mod run;
+mod scope;
 mod seats;
 mod snapshot;
 mod snapshot_external;
@@ -110,6 +111,8 @@ pub(crate) struct Inner {
     ops: Operations,
     /// The previous CPU sample of each QEMU (`stats.rs`).
     samples: stats::Samples,
+    /// Whether VMs get systemd scopes (`scope.rs`).
+    systemd: host_exec::systemd::Presence,
 }
 
 /// The engine. Cheap to clone.
@@ -209,6 +212,7 @@ impl Engine {
                 boot_id,
                 ops: Operations::with_events(events),
                 samples: Default::default(),
+                systemd: scope::detect_and_log(),
             }),
         };
         engine.ensure_default_pool()?;
@@ -320,6 +324,7 @@ impl Engine {
         let mut report = host_probe::check_host(&self.inner.cfg.qemu_binary).await;
         report.checks.push(self.firewall_check().await);
         report.checks.push(self.confinement_check());
+        report.checks.push(self.systemd_check());
         report
     }
 
