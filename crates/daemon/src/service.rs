@@ -20,9 +20,12 @@ pub fn init_logging() {
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journal) => {
-                registry
-                    .with(journal.with_syslog_identifier("hvd".to_owned()))
-                    .init();
+                // No `F_` prefix: fields are `VM=`, `OP=`, ... as operators query them (none of
+                // hv's field names is a journal field of its own).
+                let journal = journal
+                    .with_syslog_identifier("hvd".to_owned())
+                    .with_field_prefix(None);
+                registry.with(journal).init();
                 return;
             }
             Err(e) => eprintln!("hvd: cannot log to journald ({e}); logging to stderr"),

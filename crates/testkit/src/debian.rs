@@ -158,7 +158,16 @@ pub fn overlay_in(guest: &DebianGuest, dir: &Path) -> Result<PathBuf> {
     fs::copy(&guest.image, &base).with_context(|| format!("copying {}", guest.image.display()))?;
     let overlay = dir.join("root.qcow2");
     run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "debian-base.qcow2"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "debian-base.qcow2",
+        ])
         .arg(&overlay))?;
     Ok(overlay)
 }
