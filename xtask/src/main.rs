@@ -8,11 +8,13 @@
 //!   tests in `e2e/` (`node --test`, after `npm ci`);
 //! - `e2e`   only the browser tests (after `cargo build -p daemon -p cli`);
 //! - `e2e-assets` prints the guest files the browser tests boot (JSON);
+//! - `deb [--profile release|debug]` the Debian package `target/deb/hv_VERSION_amd64.deb`;
 //! - `tidy`  repository policy (dependency rules, process spawning, docs);
 //! - `bench-deps` installs and configures libvirt for `hv-bench --vs libvirt` (no test needs it);
 //! - `vendor-web` refreshes `web/vendor/` (noVNC, xterm.js) from `npm pack`.
 
 mod bench_deps;
+mod deb;
 mod e2e;
 mod tidy;
 mod vendor_web;
@@ -264,7 +266,23 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 /// The Prometheus parser the metrics test checks `GET /metrics` with, pinned likewise.
 const PROMETHEUS_CLIENT: &str = "prometheus-client==0.21.1";
 
+/// Installs the Debian packages of `list` that are missing.
+fn apt_install(list: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = list.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn test_deps() -> Result<()> {
+    // The package test (xtask/tests/deb.rs) builds the .deb and checks it.
+    apt_install(deb::BUILD_PACKAGES)?;
+    apt_install(deb::TEST_PACKAGES)?;
     let have = Command::new("python3")
         .args(["-m", "schemathesis.cli", "--version"])
         .output()
@@ -316,10 +334,14 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("tiny guest: {}", g.kernel.display());
     let d = testkit::debian::debian_guest()?;
     eprintln!("Debian guest: {}", d.image.display());
+    // The package test (daemon/tests/systemd.rs) installs this in the Debian guest.
+    apt_install(deb::BUILD_PACKAGES)?;
+    let package = deb::deb(&root(), deb::Profile::Debug, &mut cargo())?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace"])
         .args(extra)
+        .env("HV_TEST_DEB", &package)
         .stdout(Stdio::piped());
     eprintln!("+ {cmd:?}");
     let mut child = cmd.spawn().context("cannot run cargo test")?;
@@ -396,6 +418,13 @@ fn main() -> Result<()> {
         }
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("deb") => {
+            let profile = deb::parse_args(&args[1..])?;
+            apt_install(deb::BUILD_PACKAGES)?;
+            let path = deb::deb(&root(), profile, &mut cargo())?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Some("bench-deps") => bench_deps::bench_deps(installed, run),
         Some("vendor-web") => vendor_web::vendor_web(&root()),
         Some("e2e") => {
@@ -424,7 +453,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask deps|guest|demo|test [cargo test args]|e2e|e2e-assets|tidy|vendor-web|bench-deps"
+                "usage: cargo xtask deps|guest|demo|test [cargo test args]|e2e|e2e-assets|tidy|vendor-web|bench-deps|deb [--profile release|debug]"
             );
             std::process::exit(2);
         }

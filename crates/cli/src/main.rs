@@ -7,6 +7,7 @@ mod control;
 mod disks;
 mod edit;
 mod events;
+mod generate;
 mod networks;
 mod nics;
 mod operations;
@@ -87,7 +88,8 @@ struct CreateArgs {
     initrd: Option<PathBuf>,
     #[arg(long, requires = "kernel")]
     cmdline: Option<String>,
-    /// path=P|vol=POOL/NAME[,format=qcow2|raw][,bus=virtio|ide|sata|scsi][,cache=MODE][,readonly=on][,size=SIZE]
+    /// path=P|vol=POOL/NAME [,format=qcow2|raw] [,bus=virtio|ide|sata|scsi] [,cache=MODE]
+    /// [,readonly=on] [,size=SIZE]
     #[arg(long = "disk")]
     disks: Vec<String>,
     /// An ISO file, or a volume POOL/NAME.
@@ -283,6 +285,12 @@ enum Cmd {
     /// Press key combinations (ctrl-alt-delete, esc, f12, ...) or type --text on a VM's
     /// keyboard.
     SendKey(screen::SendKeyArgs),
+    /// Print a completion script: `source <(hv completion bash)`, or save it where your shell
+    /// looks (the Debian package installs them).
+    Completion(generate::CompletionArgs),
+    /// Write the man pages into DIR (used to build the Debian package).
+    #[command(hide = true)]
+    ManPages(generate::ManPagesArgs),
 }
 
 pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
@@ -400,6 +408,11 @@ fn target(cli: &Cli, m: &clap::ArgMatches) -> Result<Client> {
 }
 
 fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
+    match &cli.cmd {
+        Cmd::Completion(a) => return generate::completion(a).map(|()| 0),
+        Cmd::ManPages(a) => return generate::man_pages(a).map(|()| 0),
+        _ => {}
+    }
     if let Cmd::Remote(cmd) = cli.cmd {
         remotes::run(cmd)?;
         return Ok(0);
@@ -623,6 +636,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
         }
         Cmd::Screenshot(a) => screen::screenshot(&c, a)?,
         Cmd::SendKey(a) => screen::send_key(&c, a)?,
+        Cmd::Completion(_) | Cmd::ManPages(_) => {}
     }
     Ok(0)
 }

@@ -3,6 +3,7 @@
 
 mod access_routes;
 mod authz;
+mod config;
 mod metrics;
 mod openapi;
 mod routes;
@@ -15,12 +16,29 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// The hv daemon: owns VMs and serves the hv API.
 #[derive(Parser, Debug)]
 #[command(name = "hvd", version)]
 struct Args {
+    /// Read settings from this TOML file (default: /etc/hv/hvd.toml if it exists); flags and
+    /// environment variables take precedence over it.
+    #[arg(long, env = "HV_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration, print the settings hvd would run with, and exit (0: valid).
+    #[arg(long)]
+    check_config: bool,
+    /// Write the man page hvd.8 into DIR and exit (used to build the Debian package).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man_page: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such as
+    /// `info,engine=debug`.
+    #[arg(long, env = "HV_LOG", value_name = "FILTER", default_value = "info")]
+    log_level: String,
+    /// How log lines look on stderr.
+    #[arg(long, env = "HV_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: config::LogFormat,
     /// Unix socket to serve the API on (mode 0600).
     #[arg(long, env = "HV_SOCKET", default_value = "/run/hv/hvd.sock")]
     socket: PathBuf,
@@ -429,9 +447,58 @@ fn spawn_connection<I>(
     });
 }
 
+/// Flags and environment, then the config file under them; `Err` is a message for stderr.
+fn settings() -> Result<Args> {
+    let m = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    if let Some(dir) = &args.man_page {
+        clap_mangen::Man::new(Args::command())
+            .section("8")
+            .generate_to(dir)
+            .with_context(|| format!("cannot write hvd.8 into {}", dir.display()))?;
+        std::process::exit(0);
+    }
+    let default_exists = Path::new(config::DEFAULT_PATH).exists();
+    if let Some(path) = config::choose(args.config.as_deref(), default_exists) {
+        let file = config::load(&path)?;
+        config::apply(&mut args, &m, file);
+        args.config = Some(path);
+    }
+    if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err() {
+        bail!(
+            "--log-level {:?} is not a level (error, warn, info, debug, trace) or filter",
+            args.log_level
+        );
+    }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        bail!("the TLS certificate and key go together: give both --tls-cert and --tls-key");
+    }
+    if let Some(group) = &args.admin_group {
+        group_gid(group)?;
+    }
+    Ok(args)
+}
+
 fn main() {
-    let args = Args::parse();
-    service::init_logging();
+    let args = match settings() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if args.check_config {
+        match &args.config {
+            Some(p) => println!(
+                "# hvd settings (from {}, flags and environment)",
+                p.display()
+            ),
+            None => println!("# hvd settings (no config file; flags and environment)"),
+        }
+        print!("{}", config::effective(&args));
+        std::process::exit(0);
+    }
+    service::init_logging(&args.log_level, args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -373,12 +373,18 @@ impl std::str::FromStr for Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl Cidr {
     /// 127.0.0.0/8 and ::1.
     pub fn loopback() -> Vec<Cidr> {
         vec![
             Cidr {
-                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                addr: std::net::Ipv4Addr::new(127, 0, 0, 0).into(),
                 prefix: 8,
             },
             Cidr {

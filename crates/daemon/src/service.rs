@@ -8,13 +8,15 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use crate::config::LogFormat;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Sets up the one tracing subscriber of hvd: journald under systemd, stderr otherwise.
-/// `HV_LOG` is the filter (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HV_LOG")
+/// Sets up the one tracing subscriber of hvd: journald under systemd, stderr otherwise (in
+/// `format`). `level` is the filter (`--log-level`, already validated).
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
@@ -31,13 +33,13 @@ pub fn init_logging() {
             Err(e) => eprintln!("hvd: cannot log to journald ({e}); logging to stderr"),
         }
     }
-    registry
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false),
-        )
-        .init();
+    let text = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => registry.with(text).init(),
+        LogFormat::Compact => registry.with(text.compact()).init(),
+    }
 }
 
 /// True when stderr is the stream systemd connected to the journal: `JOURNAL_STREAM` is

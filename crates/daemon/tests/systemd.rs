@@ -133,7 +133,7 @@ fn issue_15_package_in_a_systemd_guest() {
     let root = testkit::debian::overlay_in(&debian, &work).expect("overlay");
     let data = work.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
-    let deb = testkit::package::hv_deb(hvd_bin.as_ref(), &work).expect("hv's .deb");
+    let deb = testkit::package::hv_deb().expect("hv's .deb");
     let deb_name = deb
         .file_name()
         .expect("deb name")
