@@ -341,10 +341,14 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("tiny guest: {}", g.kernel.display());
     let d = testkit::debian::debian_guest()?;
     eprintln!("Debian guest: {}", d.image.display());
+    // The package test (daemon/tests/systemd.rs) installs this in the Debian guest.
+    apt_install(deb::BUILD_PACKAGES)?;
+    let package = deb::deb(&root(), deb::Profile::Debug, &mut cargo())?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace"])
         .args(extra)
+        .env("HV_TEST_DEB", &package)
         .stdout(Stdio::piped());
     eprintln!("+ {cmd:?}");
     let mut child = cmd.spawn().context("cannot run cargo test")?;

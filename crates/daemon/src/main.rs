@@ -7,6 +7,7 @@ mod config;
 mod metrics;
 mod openapi;
 mod routes;
+mod service;
 mod tls;
 mod web;
 
@@ -123,19 +124,6 @@ fn is_admin(cred: &tokio::net::unix::UCred, admin_gid: Option<u32>) -> bool {
                 .map(|g| g.split_whitespace().any(|g| g.parse() == Ok(admin)))
         })
         .unwrap_or(false)
-}
-
-fn init_logging(level: &str, format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        config::LogFormat::Text => fmt.init(),
-        config::LogFormat::Compact => fmt.compact().init(),
-    }
 }
 
 /// One hvd per state dir.
@@ -280,6 +268,7 @@ async fn run(args: Args) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = serve(listener, admin_gid, tls, app, stop_rx);
     tokio::pin!(server);
+    service::notify_ready(&format!("serving {}", args.socket.display()));
     tokio::select! {
         () = &mut server => {},
         _ = async {
@@ -289,6 +278,7 @@ async fn run(args: Args) -> Result<()> {
             }
         } => {
             tracing::info!("stopping hvd; running VMs keep running");
+            service::notify_stopping();
             let _ = stop_tx.send(());
             // Long polls and console followers must not hold hvd up.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
@@ -508,7 +498,7 @@ fn main() {
         print!("{}", config::effective(&args));
         std::process::exit(0);
     }
-    init_logging(&args.log_level, args.log_format);
+    service::init_logging(&args.log_level, args.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

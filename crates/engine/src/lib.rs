@@ -26,6 +26,7 @@ mod operations;
 mod orphans;
 mod resize;
 mod run;
+mod scope;
 mod seats;
 mod snapshot;
 mod snapshot_external;
@@ -116,6 +117,8 @@ pub(crate) struct Inner {
     ops: Operations,
     /// The previous CPU sample of each QEMU (`stats.rs`).
     samples: stats::Samples,
+    /// Whether VMs get systemd scopes (`scope.rs`).
+    systemd: host_exec::systemd::Presence,
 }
 
 /// The engine. Cheap to clone.
@@ -213,6 +216,7 @@ impl Engine {
                 boot_id,
                 ops: Operations::with_events(events),
                 samples: Default::default(),
+                systemd: scope::detect_and_log(),
             }),
         };
         engine.ensure_default_pool()?;
@@ -327,6 +331,7 @@ impl Engine {
         report.checks.push(self.firewall_check().await);
         report.checks.push(self.confinement_check());
         report.checks.extend(self.firmware_checks());
+        report.checks.push(self.systemd_check());
         report
     }
 

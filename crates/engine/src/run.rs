@@ -640,11 +640,16 @@ impl Engine {
             st.stopping
         };
         let saved = self.persist_runtime(vm);
-        if destroyed || saved.is_err() {
+        // Under systemd: out of hvd's cgroup, so restarting hvd's unit leaves the VM running.
+        let scoped = match saved {
+            Ok(()) if !destroyed => self.place_in_scope(spec, &[d.pid]).await,
+            other => other,
+        };
+        if destroyed || scoped.is_err() {
             let _ = d.child.start_kill();
             let _ = d.child.wait().await;
             self.forget_start(vm);
-            return Err(saved
+            return Err(scoped
                 .err()
                 .unwrap_or_else(|| EngineError::Qemu(String::new())));
         }

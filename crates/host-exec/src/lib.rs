@@ -6,6 +6,8 @@
 //! (detached, or as a probe) runs under the [`Credentials`] it is given: an unprivileged uid
 //! and gid, no supplementary groups, no capabilities, no new privileges.
 
+pub mod systemd;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;

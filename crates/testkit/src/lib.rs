@@ -12,6 +12,7 @@ mod hvd;
 pub mod iso;
 pub mod media;
 mod netns;
+pub mod package;
 
 pub use hvd::{TestHvd, VmOpts};
 pub use netns::NetNs;
