@@ -9,6 +9,7 @@
 mod access;
 mod backup;
 mod clone;
+mod clone_linked;
 mod cloudinit;
 mod confine;
 mod console;
