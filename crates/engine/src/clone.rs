@@ -93,6 +93,7 @@ impl Engine {
         let mut out = spec.clone();
         out.name = new.clone();
         out.autostart = false;
+        out.uuid = None;
         for nic in &mut out.nics {
             nic.mac = None;
         }

@@ -43,6 +43,7 @@ impl Engine {
         model::assign_targets(&mut out.disks);
         out.name = new.clone();
         out.autostart = false;
+        out.uuid = None;
         for nic in &mut out.nics {
             nic.mac = None;
         }

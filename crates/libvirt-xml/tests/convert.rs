@@ -64,7 +64,12 @@ fn nat_network_vm_as_virsh_dumpxml_writes_it() {
     assert_eq!(s.nics[0].source.as_deref(), Some("default"));
     assert_eq!(s.nics[0].mac.unwrap().to_string(), "52:54:00:6b:3c:58");
     assert!(matches!(s.graphics, GraphicsSpec::Vnc(ref v) if v.port.is_none()));
-    assert!(note(&c, "/domain/uuid").contains("no UUID"));
+    assert_eq!(
+        s.uuid.unwrap().to_string(),
+        "5b1a3f4e-8c1d-4a6e-9d0b-2f6c1e7a9b10",
+        "libvirt's UUID is the VM's"
+    );
+    assert!(!has_note(&c, "/domain/uuid"));
     assert!(has_note(&c, "/domain/devices/disk[1]/driver/@discard"));
     assert!(has_note(&c, "/domain/devices/disk[1]/address"));
     assert!(has_note(&c, "/domain/devices/interface[1]/target"));
