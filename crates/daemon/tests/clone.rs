@@ -3,7 +3,8 @@
 //! read-only disk, and its writes do not reach the source. A running source, a taken name and
 //! a clone whose second disk cannot be made are refused and leave no volume and no VM.
 //! A linked clone of a running source, on a disk-only snapshot, reads the source's data as of
-//! the snapshot, and keeps that layer from being written while it exists.
+//! the snapshot, and keeps that layer from being written while it exists. Every clone gets
+//! its own UUID, which its guest sees; a UUID another VM has is refused.
 
 use api::{CloneRequest, CreateVolRequest, ErrorCode};
 use model::{DiskFormat, Size};
@@ -56,6 +57,20 @@ fn marker(h: &TestHvd, vm: &str, tag: &str) -> String {
     m.trim_start_matches(&format!("{tag}-"))
         .trim_end_matches("-END")
         .to_string()
+}
+
+/// The SMBIOS system UUID the guest's kernel reports.
+fn guest_uuid(h: &TestHvd, vm: &str) -> String {
+    let m = h
+        .run_in_guest(
+            vm,
+            "echo U-$(cat /sys/class/dmi/id/product_uuid)-END",
+            r"U-[0-9a-fA-F-]{36}-END",
+        )
+        .unwrap();
+    m.trim_start_matches("U-")
+        .trim_end_matches("-END")
+        .to_lowercase()
 }
 
 #[test]
@@ -131,6 +146,21 @@ fn a_full_clone_boots_beside_its_source_with_the_data_and_its_own_identity() {
     assert_eq!(s.disks[2].path, k.disks[2].path, "read-only disk shared");
     h.wait_ready("cl").unwrap();
     h.wait_ready("src").unwrap();
+    // Each has its own UUID, and the guest sees it as its SMBIOS system UUID.
+    let (su, ku) = (s.uuid.unwrap(), k.uuid.unwrap());
+    assert_ne!(su, ku);
+    assert_eq!(guest_uuid(&h, "cl"), ku.to_string());
+    assert_eq!(guest_uuid(&h, "src"), su.to_string());
+    // A UUID another VM has is refused at define.
+    let mut dup = h.tiny_spec("dup", VmOpts::default()).unwrap();
+    dup.uuid = Some(su);
+    let e = c.create(dup, false).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::AlreadyExists), "{e}");
+    assert!(
+        e.to_string().contains("UUID") && e.to_string().contains("src"),
+        "{e}"
+    );
+    assert!(c.info("dup").is_err());
     assert_eq!(marker(&h, "cl", "R1"), "HVMARK-SRC");
     assert_eq!(marker(&h, "src", "R2"), "HVMARK-SRC");
     // The clone's writes stay in the clone.
@@ -213,6 +243,9 @@ fn a_linked_clone_of_a_running_source_shares_its_snapshot_layer_and_keeps_it_unw
         "default/ln-vda.qcow2"
     );
     h.wait_ready("ln").unwrap();
+    let su = c.info("src").unwrap().spec.unwrap().uuid.unwrap();
+    assert_ne!(k.uuid.unwrap(), su);
+    assert_eq!(guest_uuid(&h, "ln"), k.uuid.unwrap().to_string());
     assert_eq!(marker(&h, "ln", "R1"), "HVMARK-OLD", "the data as of s1");
     assert_eq!(marker(&h, "src", "R2"), "HVMARK-NEW");
     h.run_in_guest(
