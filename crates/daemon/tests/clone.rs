@@ -264,6 +264,21 @@ fn a_linked_clone_of_a_running_source_shares_its_snapshot_layer_and_keeps_it_unw
     assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
     assert!(e.to_string().contains("ln"), "{e}");
     assert!(c.vol_delete("default", "data.qcow2").is_err());
+    let e = c
+        .vol_resize(
+            "default",
+            "data.qcow2",
+            &api::ResizeVolRequest {
+                size: Size(32 * MIB),
+                allow_shrink: false,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
+    let e = c
+        .vol_upload("default", "data.qcow2", 4, &mut &b"junk"[..])
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InUse), "{e}");
     c.undefine("src", true, true).unwrap();
     assert!(vol_names(c).contains(&"data.qcow2".to_string()));
     c.destroy("ln").unwrap();
