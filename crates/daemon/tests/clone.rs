@@ -286,4 +286,8 @@ fn a_linked_clone_of_a_running_source_shares_its_snapshot_layer_and_keeps_it_unw
     h.wait_ready("ln").unwrap();
     assert_eq!(marker(&h, "ln", "R5"), "HVMARK-LNK");
     c.destroy("ln").unwrap();
+    // Once the clone is gone with its storage, the layer is free again.
+    c.undefine("ln", true, false).unwrap();
+    assert!(!vol_names(c).contains(&"ln-vda.qcow2".to_string()));
+    c.vol_delete("default", "data.qcow2").unwrap();
 }
