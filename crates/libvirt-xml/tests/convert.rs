@@ -313,6 +313,32 @@ fn refused(from: &str, to: &str, xpath: &str, says: &str) {
 }
 
 #[test]
+fn the_uuid_is_kept_in_any_form_libvirt_takes_and_a_bad_one_is_refused() {
+    let xml = std::fs::read_to_string(data("kernel-boot.xml")).unwrap();
+    let with = |u: &str| {
+        xml.replacen(
+            "<name>tiny</name>",
+            &format!("<name>tiny</name><uuid>{u}</uuid>"),
+            1,
+        )
+    };
+    let c = convert(&with(" 0F3C2A1B4D5E4F608A7B9C0D1E2F3A4B ")).unwrap();
+    assert_eq!(
+        c.spec.uuid.unwrap().to_string(),
+        "0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+    );
+    for bad in [
+        "0f3c2a1b",
+        "zz3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        "0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b0",
+    ] {
+        let e = convert(&with(bad)).expect_err(bad);
+        assert_eq!(e.xpath(), Some("/domain/uuid"), "{e}");
+        assert!(e.to_string().contains("not a UUID"), "{e}");
+    }
+}
+
+#[test]
 fn essentials_hv_cannot_express_are_errors_naming_the_xpath() {
     refused(
         "type='qemu'",
