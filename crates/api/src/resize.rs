@@ -40,14 +40,18 @@ pub struct ResourcesInfo {
     pub live: Option<ResourceValues>,
 }
 
-/// `POST /v1/vms/{name}/clone`: a full copy of the (stopped) VM `{name}` as `name`.
-/// `linked` is refused for now.
+/// `POST /v1/vms/{name}/clone`: a full copy of the (stopped) VM `{name}` as `name`, or with
+/// `linked` and `snapshot` (an external snapshot of `{name}`, which may be running) qcow2
+/// overlays on that snapshot's frozen layers.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     pub name: model::VmName,
     #[serde(default)]
     pub linked: bool,
+    /// With `linked`: the external (disk-only) snapshot whose layers the clone shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     #[serde(default)]
     pub start: bool,
 }

@@ -179,13 +179,17 @@ enum Cmd {
     Stats(stats::StatsArgs),
     /// Change a VM's vCPUs and/or memory (live if it runs, and in its definition).
     Set(resize::SetArgs),
-    /// Copy a stopped VM: every writable disk (full copy), new MACs, read-only media shared.
+    /// Copy a stopped VM (every writable disk), or link to a disk-only snapshot of it; new MACs.
     Clone {
         src: String,
         new: VmName,
-        /// A qcow2 overlay on the source's disks (not supported yet: refused).
+        /// qcow2 overlays on the frozen layers of an external snapshot (needs --snapshot; the
+        /// source may run).
         #[arg(long)]
         linked: bool,
+        /// With --linked: the source's disk-only snapshot to share.
+        #[arg(long, requires = "linked")]
+        snapshot: Option<String>,
         /// Start the clone.
         #[arg(long)]
         start: bool,
@@ -501,6 +505,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
             src,
             new,
             linked,
+            snapshot,
             start,
         } => {
             let v = c.clone_vm(
@@ -508,6 +513,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
                 &api::CloneRequest {
                     name: new,
                     linked,
+                    snapshot,
                     start,
                 },
             )?;

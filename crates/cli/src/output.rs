@@ -121,6 +121,9 @@ pub fn vm_details(v: &VmInfo, resources: Option<Vec<(String, String)>>) -> Strin
         rows.push(("VNC".into(), format!("{}:{}", vnc.host, vnc.port)));
     }
     if let Some(spec) = &v.spec {
+        if let Some(u) = spec.uuid {
+            rows.push(("UUID".into(), u.to_string()));
+        }
         rows.push(("Machine".into(), spec.machine.to_string()));
         rows.push(("Firmware".into(), firmware_text(spec)));
         for (i, d) in spec.disks.iter().enumerate() {

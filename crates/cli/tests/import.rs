@@ -111,7 +111,10 @@ fn issue_14_import_libvirt_direct_kernel_boot_starts_and_failures_define_nothing
     // --dry-run prints the spec and the notes, and defines nothing.
     let out = ok(&h, &["import", "libvirt", good, "--dry-run"]);
     assert!(out.contains("name = \"imp\""), "{out}");
-    assert!(out.contains("# /domain/uuid: dropped"), "{out}");
+    assert!(
+        out.contains("uuid = \"4dea22b3-1d52-d8f3-2516-782e98ab3fa0\""),
+        "libvirt's UUID is kept: {out}"
+    );
     assert!(out.contains("# /domain/devices/sound[1]: dropped"), "{out}");
     assert!(
         out.contains("# /domain/devices/disk[1]/driver/@discard: dropped"),
@@ -157,7 +160,9 @@ fn issue_14_import_libvirt_direct_kernel_boot_starts_and_failures_define_nothing
             &g,
             &disk2,
             "<interface type='network'><source network='nosuchnet'/><model type='virtio'/></interface>",
-        ),
+        )
+        // Its own UUID: the refusal is the network's.
+        .replace("4dea22b3-", "5dea22b3-"),
     )
     .unwrap();
     fails(

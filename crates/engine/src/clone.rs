@@ -5,9 +5,9 @@
 //! exists). A failure at any step (a name taken, a copy that fails, a full disk) removes every
 //! file made so far and defines nothing.
 //!
-//! Not done yet: `--linked` (a qcow2 overlay on the source's disk would be corrupted by the
-//! source's next write unless the source moves onto an overlay of its own too, or the base is
-//! an external snapshot's frozen layer), and cloning a running source. Both are refused.
+//! A running source is refused: a copy of disks in use would not be consistent. A linked
+//! clone (`--linked --snapshot NAME`, `clone_linked.rs`) takes an external snapshot's frozen
+//! layers instead, and may be made while the source runs.
 
 use std::path::{Path, PathBuf};
 
@@ -32,16 +32,26 @@ impl Engine {
         src: &str,
         new: VmName,
         linked: bool,
+        snapshot: Option<String>,
         start: bool,
     ) -> Result<VmInfo> {
-        if linked {
-            return Err(EngineError::Invalid(
-                "linked clones are not supported yet; clone without --linked (a full copy)".into(),
-            ));
-        }
+        let snap = match (linked, snapshot) {
+            (true, Some(s)) => Some(s),
+            (true, None) => {
+                return Err(EngineError::Invalid(format!(
+                    "a linked clone needs an external snapshot to share: an overlay on {src}'s current disks would be corrupted by its next write; take one with hv snapshot create {src} NAME --disk-only and clone with --linked --snapshot NAME"
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(EngineError::Invalid(
+                    "--snapshot names the layers a linked clone shares: give --linked too".into(),
+                ))
+            }
+            (false, None) => None,
+        };
         let vm = self.get(src)?;
         let _op = vm.begin("clone")?;
-        if vm.state().is_active() {
+        if snap.is_none() && vm.state().is_active() {
             return Err(EngineError::WrongState(format!(
                 "VM {src} is running; a copy of disks in use would not be consistent: shut it \
                  down first"
@@ -52,7 +62,10 @@ impl Engine {
         }
         let spec = vm.lock().spec.clone();
         let mut made: Vec<PathBuf> = Vec::new();
-        let copied = self.copy_disks(&spec, &new, &mut made).await;
+        let copied = match &snap {
+            Some(s) => self.link_disks(&vm, s, &new, &mut made).await,
+            None => self.copy_disks(&spec, &new, &mut made).await,
+        };
         let result = match copied {
             Ok(new_spec) => self.define(new_spec, start).await,
             Err(e) => Err(e),
@@ -64,7 +77,7 @@ impl Engine {
             }
         }
         if result.is_ok() {
-            tracing::info!(vm = src, clone = %new, disks = made.len(), "cloned");
+            tracing::info!(vm = src, clone = %new, disks = made.len(), snapshot = ?snap, "cloned");
         }
         result
     }
@@ -80,6 +93,7 @@ impl Engine {
         let mut out = spec.clone();
         out.name = new.clone();
         out.autostart = false;
+        out.uuid = None;
         for nic in &mut out.nics {
             nic.mac = None;
         }

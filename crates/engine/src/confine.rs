@@ -174,7 +174,8 @@ impl Engine {
                 )));
             }
             let owners = self.other_owners(vm, layer);
-            if !owners.is_empty() {
+            // A linked clone reads its source's frozen snapshot layer (`clone_linked.rs`).
+            if !owners.is_empty() && !self.frozen_for_clone(vm, &above, layer)? {
                 return Err(EngineError::Invalid(format!(
                     "the backing chain of {} reaches {}, which belongs to VM {}; hv does not let one VM's QEMU read another VM's disk (the image may have been rewritten to point there); give this VM its own copy (hv vol clone without --linked)",
                     path.display(),

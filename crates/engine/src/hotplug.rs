@@ -410,7 +410,11 @@ impl Engine {
         self.save_spec(vm, spec)
     }
 
-    pub(crate) fn save_spec(&self, vm: &Vm, spec: VmSpec) -> Result<()> {
+    pub(crate) fn save_spec(&self, vm: &Vm, mut spec: VmSpec) -> Result<()> {
+        // A spec from before UUIDs (an old snapshot's) keeps the VM's.
+        if spec.uuid.is_none() {
+            spec.uuid = vm.lock().spec.uuid;
+        }
         self.inner.store.update_spec(vm.id, &spec)?;
         vm.lock().spec = spec;
         self.emit(&vm.name, api::EventKind::Updated);

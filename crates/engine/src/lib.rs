@@ -9,6 +9,7 @@
 mod access;
 mod backup;
 mod clone;
+mod clone_linked;
 mod cloudinit;
 mod confine;
 mod console;
@@ -34,6 +35,7 @@ mod stats;
 mod storage;
 mod store;
 mod vm;
+mod vm_uuid;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -343,6 +345,7 @@ impl Engine {
         spec.validate()?;
         self.pin_machine(&mut spec).await?;
         spec.graphics.restore_password(None)?;
+        self.assign_uuid(&mut spec, None)?;
         let name = spec.name.to_string();
         if self.read_vms().contains_key(&name) {
             return Err(EngineError::VmExists(name));
@@ -360,6 +363,7 @@ impl Engine {
             if vms.contains_key(&name) {
                 return Err(undo(EngineError::VmExists(name)));
             }
+            vm_uuid::check_unique(vms.values(), &spec, None).map_err(undo)?;
             let id = self.inner.store.insert(&spec).map_err(undo)?;
             let vm = Arc::new(Vm::new(id, spec, Default::default()));
             vms.insert(name.clone(), vm.clone());
@@ -400,6 +404,8 @@ impl Engine {
         // Keep MACs the user did not change, and the VNC password the answers left out.
         let old = vm.lock().spec.clone();
         spec.graphics.restore_password(Some(&old.graphics))?;
+        self.assign_uuid(&mut spec, Some(&old))?;
+        vm_uuid::check_unique(self.read_vms().values(), &spec, Some(vm.id))?;
         for (i, nic) in spec.nics.iter_mut().enumerate() {
             if nic.mac.is_none() {
                 nic.mac = old.nics.get(i).and_then(|n| n.mac);

@@ -466,6 +466,18 @@ impl Engine {
             )));
         }
         for d in &row.disks {
+            let clones = self.linked_clones_on(vm, &d.image).await?;
+            if !clones.is_empty() {
+                return Err(EngineError::InUse(format!(
+                    "snapshot {:?} of VM {:?} holds {}, which linked clone {} reads; deleting it would write that layer: undefine the clone first",
+                    row.name,
+                    vm.name,
+                    d.image.display(),
+                    clones.join(", ")
+                )));
+            }
+        }
+        for d in &row.disks {
             let still_frozen = rows
                 .iter()
                 .any(|r| r.name != row.name && r.disks.iter().any(|x| x.image == d.image));

@@ -566,6 +566,8 @@ impl Engine {
             .await
             .map_err(host(format!("volume {pool}/{name}")))?;
         let shrink = size < i.virtual_size;
+        self.refuse_if_backing(pool, name, &path, "resizing")
+            .await?;
         if shrink && !allow_shrink {
             return Err(EngineError::Invalid(format!(
                 "{size} bytes is smaller than the current {} bytes: shrinking loses the data at the end; pass --allow-shrink if that is intended",
@@ -632,6 +634,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses to change a volume that backs an overlay (a linked clone, a snapshot layer):
+    /// the overlay's data would no longer match.
+    async fn refuse_if_backing(
+        &self,
+        pool: &str,
+        name: &str,
+        path: &Path,
+        what: &str,
+    ) -> Result<()> {
+        match self.overlay_on(path).await? {
+            Some(child) => Err(EngineError::InUse(format!(
+                "{pool}/{name} backs {child}; {what} would corrupt it: remove that overlay first"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// A volume (`POOL/NAME`) in any pool whose backing file is `path`.
     pub(crate) async fn overlay_on(&self, path: &Path) -> Result<Option<String>> {
         for p in self.inner.store.load_pools()? {
@@ -659,6 +678,8 @@ impl Engine {
                 running.join(", ")
             )));
         }
+        self.refuse_if_backing(pool, name, &path, "replacing its bytes")
+            .await?;
         // Unique per upload: two concurrent uploads never share a temp file (the last rename wins).
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

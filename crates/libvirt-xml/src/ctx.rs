@@ -206,7 +206,6 @@ pub(crate) fn attr_xpath(n: N, name: &str) -> String {
 /// Why an element nobody read is dropped, in words an admin knows.
 fn dropped_because(n: N) -> String {
     let why = match n.tag_name().name() {
-        "uuid" => "hv's spec has no UUID; hvd identifies the VM by its name",
         "title" | "description" | "metadata" => "hv keeps no descriptions or metadata",
         "sound" => "hv gives VMs no sound card",
         "hostdev" => "hv does not pass host devices through",

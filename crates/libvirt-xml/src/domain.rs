@@ -51,6 +51,9 @@ pub(crate) fn convert(ctx: &mut Ctx, dom: N) -> Result<VmSpec, ImportError> {
         .map_err(|e: model::SpecError| invalid(name_el, e.message))?;
     let mut spec = VmSpec::new(name);
     spec.accel = accel;
+    if let Some(u) = ctx.child(dom, "uuid") {
+        spec.uuid = Some(uuid(u)?);
+    }
 
     memory(ctx, dom, &mut spec)?;
     vcpus(ctx, dom, &mut spec)?;
@@ -69,6 +72,25 @@ pub(crate) fn convert(ctx: &mut Ctx, dom: N) -> Result<VmSpec, ImportError> {
     }
     spec.boot = boot_order(ctx, &spec, os_boot, boots);
     Ok(spec)
+}
+
+/// libvirt takes 32 hex digits with dashes anywhere; hv's form is 8-4-4-4-12.
+fn uuid(el: N) -> Result<model::VmUuid, ImportError> {
+    let hex: String = text(el).trim().chars().filter(|c| *c != '-').collect();
+    let canonical = match (hex.len(), hex.is_ascii()) {
+        (32, true) => format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        ),
+        _ => hex,
+    };
+    canonical
+        .parse()
+        .map_err(|e: model::UuidError| invalid(el, e.to_string()))
 }
 
 fn memory(ctx: &mut Ctx, dom: N, spec: &mut VmSpec) -> Result<(), ImportError> {

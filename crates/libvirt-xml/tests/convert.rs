@@ -64,7 +64,12 @@ fn nat_network_vm_as_virsh_dumpxml_writes_it() {
     assert_eq!(s.nics[0].source.as_deref(), Some("default"));
     assert_eq!(s.nics[0].mac.unwrap().to_string(), "52:54:00:6b:3c:58");
     assert!(matches!(s.graphics, GraphicsSpec::Vnc(ref v) if v.port.is_none()));
-    assert!(note(&c, "/domain/uuid").contains("no UUID"));
+    assert_eq!(
+        s.uuid.unwrap().to_string(),
+        "5b1a3f4e-8c1d-4a6e-9d0b-2f6c1e7a9b10",
+        "libvirt's UUID is the VM's"
+    );
+    assert!(!has_note(&c, "/domain/uuid"));
     assert!(has_note(&c, "/domain/devices/disk[1]/driver/@discard"));
     assert!(has_note(&c, "/domain/devices/disk[1]/address"));
     assert!(has_note(&c, "/domain/devices/interface[1]/target"));
@@ -305,6 +310,32 @@ fn refused(from: &str, to: &str, xpath: &str, says: &str) {
     let e = convert(&xml.replacen(from, to, 1)).expect_err(to);
     assert_eq!(e.xpath(), Some(xpath), "{e}");
     assert!(e.to_string().contains(says), "{e}");
+}
+
+#[test]
+fn the_uuid_is_kept_in_any_form_libvirt_takes_and_a_bad_one_is_refused() {
+    let xml = std::fs::read_to_string(data("kernel-boot.xml")).unwrap();
+    let with = |u: &str| {
+        xml.replacen(
+            "<name>tiny</name>",
+            &format!("<name>tiny</name><uuid>{u}</uuid>"),
+            1,
+        )
+    };
+    let c = convert(&with(" 0F3C2A1B4D5E4F608A7B9C0D1E2F3A4B ")).unwrap();
+    assert_eq!(
+        c.spec.uuid.unwrap().to_string(),
+        "0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+    );
+    for bad in [
+        "0f3c2a1b",
+        "zz3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+        "0f3c2a1b-4d5e-4f60-8a7b-9c0d1e2f3a4b0",
+    ] {
+        let e = convert(&with(bad)).expect_err(bad);
+        assert_eq!(e.xpath(), Some("/domain/uuid"), "{e}");
+        assert!(e.to_string().contains("not a UUID"), "{e}");
+    }
 }
 
 #[test]

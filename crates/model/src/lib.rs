@@ -15,6 +15,7 @@ mod nic;
 pub mod resources;
 mod size;
 mod spec;
+mod uuid;
 
 pub use cloudinit::{parse_ssh_keys, CloudInit, SeedFiles, MAX_SEED_FILE};
 pub use firmware::{Firmware, OvmfFiles, NVRAM_FILE, OVMF_DIR, TPM_DIR};
@@ -29,3 +30,4 @@ pub use spec::{
     DiskSpec, GraphicsSpec, KernelBoot, Machine, MachineFamily, NicKind, NicModel, SpecError,
     VmSpec, VncSpec,
 };
+pub use uuid::{UuidError, VmUuid};

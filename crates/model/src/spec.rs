@@ -794,6 +794,9 @@ pub struct VmSpec {
     /// A cloud-init NoCloud seed hv builds and attaches read-only (see `model::cloudinit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<crate::CloudInit>,
+    /// The SMBIOS system UUID (`-uuid`); hv makes one at define when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<crate::VmUuid>,
 }
 
 fn default_vcpus() -> u32 {
@@ -836,6 +839,7 @@ impl VmSpec {
             secure_boot: false,
             tpm: false,
             cloud_init: None,
+            uuid: None,
         }
     }
 

@@ -154,6 +154,8 @@ pub struct SocketChardev {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Machine {
     pub name: String,
+    /// `-uuid`: the SMBIOS system UUID.
+    pub uuid: Option<String>,
     pub machine_type: MachineType,
     pub accel: Accel,
     pub cpu: Option<String>,
@@ -182,6 +184,7 @@ pub struct Machine {
 pub fn lower(spec: &VmSpec, caps: &QemuCaps, plan: &RunPlan) -> Result<Machine, ArgvError> {
     let mut m = Machine {
         name: spec.name.to_string(),
+        uuid: spec.uuid.map(|u| u.to_string()),
         // Unpinned (a definition from before hvd pinned them): the machine of this QEMU.
         machine_type: spec.machine.pinned((caps.version.0, caps.version.1)),
         accel: caps.accel,
@@ -604,6 +607,9 @@ impl Machine {
             "-name",
             format!("guest={},debug-threads=on", self.name.replace(',', ",,")),
         );
+        if let Some(u) = &self.uuid {
+            push("-uuid", u.clone());
+        }
         push(
             "-machine",
             format!("{}{}", self.machine_type, self.firmware.machine_props()),
@@ -758,6 +764,13 @@ mod tests {
     }
 
     /// Issue 14: the cloud-init seed is a raw, read-only virtio disk.
+    #[test]
+    fn the_vm_uuid_is_the_smbios_system_uuid() {
+        let mut s = spec("uu");
+        s.uuid = Some("0b7d3f4e-6a1c-4d2b-9f3e-5c8a1b2d3e4f".parse().unwrap());
+        check("uuid", &s, &caps(), &plan());
+    }
+
     #[test]
     fn cloud_init_seed_is_a_read_only_disk() {
         let mut s = spec("ci");

@@ -1,5 +1,5 @@
-//! `POST /v1/vms/{name}/clone` (issue 14): a full copy of a stopped VM under a new name, as an
-//! operation (`engine/src/clone.rs`). Right: `VM.Allocate` on all VMs, since it defines a VM
+//! `POST /v1/vms/{name}/clone` (issue 14): a full copy of a stopped VM, or a linked clone on
+//! an external snapshot of it, under a new name, as an operation (`engine/src/clone.rs`). Right: `VM.Allocate` on all VMs, since it defines a VM
 //! whose name is not in the path and reads every disk of the source.
 
 use axum::body::Bytes;
@@ -22,7 +22,8 @@ async fn clone(
     let req: api::CloneRequest = body(&b)?;
     Ok(Json(
         op(&e, "clone", format!("vm/{name}"), move |e| async move {
-            e.clone_vm(&name, req.name, req.linked, req.start).await
+            e.clone_vm(&name, req.name, req.linked, req.snapshot, req.start)
+                .await
         })
         .await?,
     ))
