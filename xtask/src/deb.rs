@@ -229,16 +229,28 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Builds the package; returns its path.
-pub fn deb(root: &Path, profile: Profile, cargo: &mut Command) -> Result<PathBuf> {
-    cargo
-        .current_dir(root)
-        .args(["build", "-p", "daemon", "-p", "cli"]);
-    if profile == Profile::Release {
-        cargo.arg("--release");
+/// Builds the package; returns its path. With `cargo`, builds hv and hvd first; without, packs
+/// the binaries already in the profile's target directory (`cargo xtask test` packs those its
+/// `cargo test --workspace` build made, so nothing is built twice).
+pub fn deb(root: &Path, profile: Profile, cargo: Option<&mut Command>) -> Result<PathBuf> {
+    if let Some(cargo) = cargo {
+        cargo
+            .current_dir(root)
+            .args(["build", "-p", "daemon", "-p", "cli"]);
+        if profile == Profile::Release {
+            cargo.arg("--release");
+        }
+        crate::run(cargo)?;
     }
-    crate::run(cargo)?;
     let bin = root.join("target").join(profile.target_dir());
+    for name in ["hv", "hvd"] {
+        if !bin.join(name).is_file() {
+            bail!(
+                "{} is missing: build it first (cargo build -p daemon -p cli)",
+                bin.join(name).display()
+            );
+        }
+    }
     // The debug package goes into its own directory, so it never replaces the release one.
     let out_dir = match profile {
         Profile::Release => root.join("target/deb"),

@@ -341,9 +341,18 @@ fn test(extra: &[String]) -> Result<()> {
     eprintln!("tiny guest: {}", g.kernel.display());
     let d = testkit::debian::debian_guest()?;
     eprintln!("Debian guest: {}", d.image.display());
-    // The package test (daemon/tests/systemd.rs) installs this in the Debian guest.
+    // Build every test first, so the package holds the very hv and hvd the tests run (and
+    // nothing is built twice); the package tests (xtask/tests/deb.rs, and daemon/tests/
+    // systemd.rs, which installs it in the Debian guest) take it from HV_TEST_DEB.
+    let cargo_args: Vec<&String> = extra.iter().take_while(|a| *a != "--").collect();
+    let mut build = cargo();
+    build
+        .current_dir(root())
+        .args(["test", "--workspace", "--no-run"])
+        .args(&cargo_args);
+    run(&mut build)?;
     apt_install(deb::BUILD_PACKAGES)?;
-    let package = deb::deb(&root(), deb::Profile::Debug, &mut cargo())?;
+    let package = deb::deb(&root(), deb::Profile::Debug, None)?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["test", "--workspace"])
@@ -428,7 +437,7 @@ fn main() -> Result<()> {
         Some("deb") => {
             let profile = deb::parse_args(&args[1..])?;
             apt_install(deb::BUILD_PACKAGES)?;
-            let path = deb::deb(&root(), profile, &mut cargo())?;
+            let path = deb::deb(&root(), profile, Some(&mut cargo()))?;
             println!("{}", path.display());
             Ok(())
         }

@@ -3,15 +3,8 @@
 //! `man -l`, `systemd-analyze verify`, lintian). `cargo xtask test` installs them
 //! (`deb::BUILD_PACKAGES`, `deb::TEST_PACKAGES`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
-}
 
 fn run(cmd: &mut Command) -> Output {
     let o = cmd
@@ -49,15 +42,10 @@ impl Drop for TempDir {
     }
 }
 
+/// `$HV_TEST_DEB` (what `cargo xtask test` packed from the binaries it built for the tests),
+/// or `cargo xtask deb --profile debug` run now.
 fn build_debug_package() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o =
-        run(Command::new(cargo)
-            .current_dir(root())
-            .args(["xtask", "deb", "--profile", "debug"]));
-    let path = PathBuf::from(text(&o).lines().last().expect("a path").trim());
-    assert!(path.is_file(), "{} is not a file", path.display());
-    path
+    testkit::package::hv_deb().expect("hv's debug package")
 }
 
 #[test]
