@@ -50,12 +50,25 @@ impl Engine {
             .ok()
             .and_then(|id| base.checked_add(id))
             .filter(|id| *id < u32::MAX - 1 && base > 0)
-            .map(|id| Credentials { uid: id, gid: id })
+            .map(|id| Credentials {
+                uid: id,
+                gid: id,
+                group: None,
+            })
             .ok_or_else(|| {
                 EngineError::Invalid(format!(
                     "VM id {vm_id} has no QEMU uid under --qemu-uid-base {base}; choose a base that leaves room for every VM id"
                 ))
             })
+    }
+
+    /// The group a KVM QEMU also runs in: the one that owns `/dev/kvm` with read-write group
+    /// access (Debian's `kvm`, udev's rule), unless that is root's. Without udev (`/dev/kvm`
+    /// root's alone) there is none, and the ACL entry `grant` gives is what lets QEMU in.
+    pub(crate) fn kvm_group() -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata("/dev/kvm").ok()?;
+        (m.gid() != 0 && m.mode() & 0o060 == 0o060).then_some(m.gid())
     }
 
     /// Lets the VM's QEMU reach `path` with `access`, and records what changed.

@@ -587,7 +587,13 @@ impl Engine {
         mpsc::UnboundedReceiver<QmpEvent>,
         Arc<PidFd>,
     )> {
-        let ids = self.qemu_ids(vm.id)?;
+        let mut ids = self.qemu_ids(vm.id)?;
+        if argv
+            .windows(2)
+            .any(|w| w[0] == "-accel" && w[1].starts_with("kvm"))
+        {
+            ids.group = Self::kvm_group();
+        }
         let qmp_fd = bind_listener(&paths.qmp)?;
         let ser_fd = bind_listener(&paths.serial)?;
         // "Since the VM last started": QEMU appends (O_APPEND) so the file must start empty.

@@ -220,6 +220,10 @@ pub struct Daemonized {
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
+    /// One supplementary group, or none: the group that owns `/dev/kvm` (Debian's `kvm`),
+    /// for a QEMU that uses KVM. An ACL entry alone does not last on a host with udev and
+    /// logind: they rewrite `/dev/kvm`'s ACL (its `uaccess` tag) at boot and at seat changes.
+    pub group: Option<u32>,
 }
 
 /// The highest capability number any kernel knows today is 40; dropping up to 63 also covers
@@ -227,7 +231,7 @@ pub struct Credentials {
 const CAP_SCAN_LAST: libc::c_ulong = 63;
 
 fn check_unprivileged(program: &str, creds: Credentials) -> Result<(), ExecError> {
-    if creds.uid == 0 || creds.gid == 0 {
+    if creds.uid == 0 || creds.gid == 0 || creds.group == Some(0) {
         return Err(ExecError::Root {
             program: program.to_string(),
             uid: creds.uid,
@@ -242,7 +246,7 @@ fn check_unprivileged(program: &str, creds: Credentials) -> Result<(), ExecError
 /// and effective sets), then no-new-privs so nothing is ever regained. Only system calls with
 /// plain integers and a null list; nothing is allocated.
 fn drop_privileges(creds: Credentials) -> io::Result<()> {
-    let Credentials { uid, gid } = creds;
+    let Credentials { uid, gid, group } = creds;
     for cap in 0..=CAP_SCAN_LAST {
         // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes no pointers.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
@@ -252,9 +256,12 @@ fn drop_privileges(creds: Credentials) -> io::Result<()> {
             }
         }
     }
-    // SAFETY: setgroups with a count of 0 reads no memory; the others take integers.
+    let groups: [libc::gid_t; 1] = [group.unwrap_or(0)];
+    let count = usize::from(group.is_some());
+    // SAFETY: setgroups reads `count` (0 or 1) gids from a live local array; the others take
+    // integers.
     let failed = unsafe {
-        libc::setgroups(0, std::ptr::null()) < 0
+        libc::setgroups(count, groups.as_ptr()) < 0
             || libc::setresgid(gid, gid, gid) < 0
             || libc::setresuid(uid, uid, uid) < 0
             || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
@@ -466,6 +473,7 @@ mod tests {
         let creds = Credentials {
             uid: 4_242_004,
             gid: 4_242_005,
+            group: None,
         };
         let out = run_as(
             "sh",
@@ -480,6 +488,36 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out.stdout.trim(), "4242004:4242005:4242005");
+    }
+
+    #[tokio::test]
+    async fn the_one_supplementary_group_is_the_only_one() {
+        let creds = Credentials {
+            uid: 4_242_006,
+            gid: 4_242_006,
+            group: Some(4_242_007),
+        };
+        let out = run_as(
+            "sh",
+            &[OsStr::new("-c"), OsStr::new("id -G")],
+            b"",
+            Duration::from_secs(5),
+            Some(creds),
+        )
+        .await
+        .unwrap();
+        let mut got: Vec<&str> = out.stdout.split_whitespace().collect();
+        got.sort();
+        assert_eq!(got, ["4242006", "4242007"]);
+        let root_group = Credentials {
+            group: Some(0),
+            ..creds
+        };
+        assert!(
+            run_as("true", &[], b"", Duration::from_secs(5), Some(root_group))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -505,6 +543,7 @@ mod tests {
             Credentials {
                 uid: 4_242_001,
                 gid: 4_242_001,
+                group: None,
             },
         )
         .unwrap();
@@ -529,6 +568,7 @@ mod tests {
         let creds = Credentials {
             uid: 4_242_002,
             gid: 4_242_003,
+            group: None,
         };
         let mut d = spawn_detached(Path::new("/bin/sh"), &argv, vec![], log, creds).unwrap();
         assert_eq!(Exit::from(d.child.wait().await.unwrap()), Exit::Code(0));
@@ -558,7 +598,11 @@ mod tests {
                 &[],
                 vec![],
                 log.try_clone().unwrap(),
-                Credentials { uid, gid },
+                Credentials {
+                    uid,
+                    gid,
+                    group: None,
+                },
             )
             .err()
             .unwrap();
