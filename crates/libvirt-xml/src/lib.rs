@@ -8,7 +8,7 @@
 //! x86_64, a disk source hv cannot open, an unknown memory unit ...) is an [`ImportError`]:
 //! the caller defines nothing.
 //!
-//! Mapped: `name`; `memory`/`currentMemory` in every libvirt unit (KiB when absent; a
+//! Mapped: `name`; `uuid` (any form libvirt takes); `memory`/`currentMemory` in every libvirt unit (KiB when absent; a
 //! `currentMemory` below `memory` becomes `memory`, with `memory` as `max_memory`); `vcpu`
 //! and its `current` (`vcpus`, `max_vcpus`); `os` (machine `pc`/`q35`/versioned, a
 //! distribution's own versions to their family; `boot dev=` and per-device `boot order=`;
@@ -26,7 +26,7 @@
 //! a value that does not parse, a `block`/`network`/`dir` disk source, a `lun` disk, an image
 //! format other than qcow2/raw, a disk or interface without its source, an interface type
 //! other than network/bridge/user (macvtap `direct`, `ethernet`, `vhostuser` ...), and a
-//! spec hv's checks refuse. Everything else is noted by XPath: dropped (UUID, metadata, CPU
+//! spec hv's checks refuse. Everything else is noted by XPath: dropped (metadata, CPU
 //! model and tuning, addresses, sound, host devices, USB redirection, channels, balloon,
 //! RNG, watchdog ...) or mapped to something near (non-VGA video, a tablet, a SPICE display,
 //! a non-pty serial, a floppy, further CD-ROMs and displays).
