@@ -36,9 +36,14 @@ pub(crate) fn completion(a: &CompletionArgs) -> Result<()> {
         Shell::Fish => clap_complete::Shell::Fish,
     };
     let mut cmd = crate::Cli::command();
-    let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut cmd, "hv", &mut out);
-    Ok(())
+    // Into memory first: clap_complete panics on a write error, and a reader that stops early
+    // (`hv completion bash | head`) is not one.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "hv", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// Writes the man pages of hv and of each of its (visible) subcommands.
