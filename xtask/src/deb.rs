@@ -332,6 +332,11 @@ pub fn deb(root: &Path, profile: Profile, cargo: Option<&mut Command>) -> Result
     let readme = std::fs::read(root.join("README.md")).context("cannot read README.md")?;
     put(&doc.join("README.md.gz"), &gzip(&readme)?, 0o644)?;
     put(&doc.join("copyright"), &read("debian/copyright")?, 0o644)?;
+    put(
+        &stage.join("usr/share/lintian/overrides/hv"),
+        &read("debian/lintian-overrides")?,
+        0o644,
+    )?;
     let commit =
         out(Command::new("git")
             .current_dir(root)
