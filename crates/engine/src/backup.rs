@@ -69,14 +69,7 @@ fn stale_db_copy(name: &str) -> bool {
     else {
         return false;
     };
-    let Some((pid, n)) = rest.split_once('-') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(pid)
-        && digits(n)
-        && pid != std::process::id().to_string()
-        && !Path::new("/proc").join(pid).exists()
+    crate::dead_hvd_tag(rest)
 }
 
 /// Removes itself: the database copy lives only while the archive is written.

@@ -150,6 +150,20 @@ async fn probe_aio(qemu: &str, probe: host_exec::Credentials) -> qemu_argv::Aio 
     }
 }
 
+/// Whether `tag` (`PID-N`, the tail of a temp file's name) names a process that is gone and is
+/// not this hvd: what a crash or kill in the middle of an upload or a backup leaves behind.
+/// A live process's file may be another hvd's that shares the directory.
+pub(crate) fn dead_hvd_tag(tag: &str) -> bool {
+    let Some((pid, n)) = tag.split_once('-') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(pid)
+        && digits(n)
+        && pid != std::process::id().to_string()
+        && !Path::new("/proc").join(pid).exists()
+}
+
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

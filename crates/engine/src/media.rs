@@ -64,15 +64,7 @@ fn stale_upload(name: &str) -> bool {
     let Some((_, tail)) = rest.rsplit_once(".upload-") else {
         return false;
     };
-    let Some((pid, n)) = tail.split_once('-') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    // A live process's upload may be another hvd's that shares the directory.
-    digits(pid)
-        && digits(n)
-        && pid != std::process::id().to_string()
-        && !Path::new("/proc").join(pid).exists()
+    crate::dead_hvd_tag(tail)
 }
 
 impl Engine {
