@@ -21,6 +21,7 @@ mod hotplug;
 mod images;
 pub mod logcap;
 mod media;
+mod migrate;
 mod network;
 mod nics;
 mod operations;

@@ -1,0 +1,5 @@
+//! Live and offline migration between hv hosts.
+
+// Wired into the source orchestration and the incoming session with the protocol.
+#[allow(dead_code)]
+pub(crate) mod storage;
