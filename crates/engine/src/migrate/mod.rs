@@ -2,4 +2,6 @@
 
 // Wired into the source orchestration and the incoming session with the protocol.
 #[allow(dead_code)]
+pub(crate) mod offline;
+#[allow(dead_code)]
 pub(crate) mod storage;
