@@ -4,4 +4,6 @@
 #[allow(dead_code)]
 pub(crate) mod offline;
 #[allow(dead_code)]
+pub(crate) mod placement;
+#[allow(dead_code)]
 pub(crate) mod storage;
