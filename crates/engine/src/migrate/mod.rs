@@ -9,3 +9,5 @@ pub(crate) mod offline;
 pub(crate) mod placement;
 #[allow(dead_code)]
 pub(crate) mod storage;
+#[allow(dead_code)]
+pub(crate) mod vmfiles;
