@@ -2,6 +2,8 @@
 
 // Wired into the source orchestration and the incoming session with the protocol.
 #[allow(dead_code)]
+pub(crate) mod copy;
+#[allow(dead_code)]
 pub(crate) mod disks;
 #[allow(dead_code)]
 pub(crate) mod offline;

@@ -36,6 +36,28 @@ pub struct LayerPlan {
     pub backing: Option<usize>,
 }
 
+impl From<&LayerPlan> for api::IncomingLayer {
+    fn from(l: &LayerPlan) -> Self {
+        api::IncomingLayer {
+            file_name: l.file_name.clone(),
+            format: l.format,
+            virtual_size: l.virtual_size,
+            backing: l.backing,
+        }
+    }
+}
+
+impl From<&api::IncomingLayer> for LayerPlan {
+    fn from(l: &api::IncomingLayer) -> Self {
+        LayerPlan {
+            file_name: l.file_name.clone(),
+            format: l.format,
+            virtual_size: l.virtual_size,
+            backing: l.backing,
+        }
+    }
+}
+
 /// A source image as the registry knows it: path, recorded format, virtual size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceLayer {
@@ -180,6 +202,119 @@ where
             "the target did not confirm {} (the link broke or it refused the file; its log says why): {e}",
             path.display()
         ))),
+    }
+}
+
+/// Layer `n` of the `file-N` channels: disks in order, each disk's layers base first.
+pub fn layer_index(disks: &[Vec<LayerPlan>], n: usize) -> Option<(usize, usize)> {
+    let mut n = n;
+    for (d, layers) in disks.iter().enumerate() {
+        if n < layers.len() {
+            return Some((d, n));
+        }
+        n -= layers.len();
+    }
+    None
+}
+
+/// Sends every layer of `plans` in channel order, each over the channel `open` gives for its
+/// name (`file-N`). `on_bytes` hears the bytes sent in total.
+pub async fn send_all<S, F, Fut>(
+    plans: &[DiskPlan],
+    mut open: F,
+    mut on_bytes: impl FnMut(u64),
+) -> Result<u64>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<S>>,
+{
+    let mut total = 0u64;
+    let mut n = 0usize;
+    for p in plans {
+        for file in &p.files {
+            let mut stream = open(format!("file-{n}")).await?;
+            let before = total;
+            total += send_layer(file, &mut stream, |b| on_bytes(before + b)).await?;
+            n += 1;
+        }
+    }
+    Ok(total)
+}
+
+/// What the target has received of an offline migration's layers.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Per disk: the directory its layers go to and the layers.
+    disks: Vec<(PathBuf, Vec<LayerPlan>)>,
+    got: std::collections::BTreeMap<(usize, usize), PathBuf>,
+}
+
+impl Received {
+    pub fn new(disks: Vec<(PathBuf, Vec<LayerPlan>)>) -> Received {
+        Received {
+            disks,
+            got: Default::default(),
+        }
+    }
+
+    /// Where layer `n` goes, what it is, and its backing layer's file on this host (which
+    /// must have arrived already: layers come base first).
+    #[allow(clippy::type_complexity)]
+    pub fn next(&self, n: usize) -> Result<(PathBuf, LayerPlan, Option<(PathBuf, DiskFormat)>)> {
+        let lists: Vec<Vec<LayerPlan>> = self.disks.iter().map(|d| d.1.clone()).collect();
+        let (d, l) = layer_index(&lists, n)
+            .ok_or_else(|| EngineError::NotFound(format!("this migration has no layer {n}")))?;
+        if self.got.contains_key(&(d, l)) {
+            return Err(EngineError::AlreadyExists(format!(
+                "layer {n} arrived already"
+            )));
+        }
+        let layer = lists[d][l].clone();
+        let backing = match layer.backing {
+            None => None,
+            Some(b) if b < l => {
+                let path = self.got.get(&(d, b)).ok_or_else(|| {
+                    EngineError::WrongState(format!(
+                        "layer {n} came before its backing layer; send base layers first"
+                    ))
+                })?;
+                Some((path.clone(), lists[d][b].format))
+            }
+            Some(_) => {
+                return Err(EngineError::Invalid(format!(
+                    "layer {n} names a backing layer above it"
+                )))
+            }
+        };
+        Ok((self.disks[d].0.clone(), layer, backing))
+    }
+
+    pub fn arrived(&mut self, n: usize, path: PathBuf) {
+        let lists: Vec<Vec<LayerPlan>> = self.disks.iter().map(|d| d.1.clone()).collect();
+        if let Some(k) = layer_index(&lists, n) {
+            self.got.insert(k, path);
+        }
+    }
+
+    /// Every layer is here.
+    pub fn complete(&self) -> bool {
+        self.got.len() == self.disks.iter().map(|d| d.1.len()).sum::<usize>()
+    }
+
+    /// The files received so far (to remove on abort), upper layers first.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.got.values().rev().cloned().collect()
+    }
+
+    /// `source` (a path the source's spec or snapshot rows name) as a file on this host: the
+    /// received layer of the same file name (names are unique within a migration).
+    pub fn map(&self, source: &Path) -> Option<PathBuf> {
+        let name = source.file_name()?;
+        self.got
+            .values()
+            .find(|p| p.file_name() == Some(name))
+            .cloned()
     }
 }
 

@@ -266,3 +266,46 @@ fn names_must_be_plain_and_unique() {
     ];
     plan_disk("vda", &raw_below).unwrap();
 }
+
+#[test]
+fn layers_are_numbered_across_disks_and_arrive_base_first() {
+    let l = |name: &str, backing: Option<usize>| LayerPlan {
+        file_name: name.into(),
+        format: DiskFormat::Qcow2,
+        virtual_size: 1,
+        backing,
+    };
+    let a = vec![l("a0", None), l("a1", Some(0))];
+    let b = vec![l("b0", None)];
+    let lists = vec![a.clone(), b.clone()];
+    assert_eq!(layer_index(&lists, 0), Some((0, 0)));
+    assert_eq!(layer_index(&lists, 1), Some((0, 1)));
+    assert_eq!(layer_index(&lists, 2), Some((1, 0)));
+    assert_eq!(layer_index(&lists, 3), None);
+
+    let mut r = Received::new(vec![("/p".into(), a), ("/q".into(), b)]);
+    let e = r.next(1).unwrap_err().to_string();
+    assert!(e.contains("before its backing layer"), "{e}");
+    let (dir, layer, backing) = r.next(0).unwrap();
+    assert_eq!(
+        (dir.as_path(), layer.file_name.as_str(), backing),
+        (Path::new("/p"), "a0", None)
+    );
+    r.arrived(0, "/p/a0".into());
+    let (_, _, backing) = r.next(1).unwrap();
+    assert_eq!(backing, Some((PathBuf::from("/p/a0"), DiskFormat::Qcow2)));
+    assert!(r.next(0).is_err(), "twice");
+    r.arrived(1, "/p/a1".into());
+    assert!(!r.complete());
+    let (dir, _, _) = r.next(2).unwrap();
+    assert_eq!(dir, Path::new("/q"));
+    r.arrived(2, "/q/b0".into());
+    assert!(r.complete());
+    assert!(r.next(3).is_err());
+    assert_eq!(
+        r.map(Path::new("/src/pool/a1")),
+        Some(PathBuf::from("/p/a1"))
+    );
+    assert_eq!(r.map(Path::new("/src/pool/zz")), None);
+    assert_eq!(r.files().len(), 3);
+}
