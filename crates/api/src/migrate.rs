@@ -278,6 +278,9 @@ pub struct IncomingRequest {
     /// The source VM was paused when the migration began: the target stays paused at finish.
     #[serde(default)]
     pub paused: bool,
+    /// Post-copy may be used: the target's QEMU needs the capability too.
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// The target's answer: a session id and the tunnel channels it opened.
