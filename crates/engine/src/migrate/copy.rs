@@ -63,7 +63,118 @@ impl Mirror {
     }
 }
 
+/// The source's `--copy-storage` in progress: the NBD connections tunnelled to the target
+/// and the mirror. Dropped without [`CopyPhase::finish`] (a failure, a cancel), the mirror is
+/// aborted in the background: the source keeps running on its own disks.
+pub(crate) struct CopyPhase {
+    mirror: Option<Mirror>,
+    acceptor: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
+}
+
+impl CopyPhase {
+    /// Disk bytes copied so far.
+    pub(crate) async fn progress(&self) -> Option<DiskProgress> {
+        match &self.mirror {
+            Some(m) => m.progress().await.ok(),
+            None => None,
+        }
+    }
+
+    /// After RAM migration completed: see [`Mirror::finish`].
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        let r = match self.mirror.take() {
+            Some(m) => m.finish().await,
+            None => Ok(()),
+        };
+        self.acceptor.abort();
+        r
+    }
+}
+
+impl Drop for CopyPhase {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(m) = self.mirror.take() {
+            tokio::spawn(m.abort());
+        }
+    }
+}
+
 impl Engine {
+    /// Source: the disks phase of `--copy-storage`. Tunnels each NBD connection of the VM's
+    /// QEMU to the target's `nbd` channel, mirrors every writable disk and returns once all
+    /// are in sync (the mirrors keep running until [`CopyPhase::finish`]). A cancel or a
+    /// failure leaves the source as it was.
+    pub(crate) async fn migration_copy_phase(
+        &self,
+        vm: &Arc<Vm>,
+        peer: &Arc<dyn super::Peer>,
+        id: &str,
+        speed: Option<u64>,
+        mut on_progress: impl FnMut(DiskProgress),
+    ) -> Result<CopyPhase> {
+        let listener = self.migration_nbd_listen(vm)?;
+        let socket = self.migration_nbd_out_socket(vm.id);
+        let (peer2, id2, name) = (peer.clone(), id.to_string(), vm.name.clone());
+        let acceptor = tokio::spawn(async move {
+            let mut pumps = tokio::task::JoinSet::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                let (peer, id, name) = (peer2.clone(), id2.clone(), name.clone());
+                pumps.spawn(async move {
+                    match peer.tunnel(&id, api::migrate::channel::NBD).await {
+                        Ok(t) => {
+                            if let Err(e) = super::tunnel::pump(conn, t).await {
+                                tracing::debug!(vm = %name, error = %e, "an NBD tunnel ended");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm = %name, error = %e, "cannot open an NBD tunnel to the target")
+                        }
+                    }
+                });
+            }
+        });
+        let mut phase = CopyPhase {
+            mirror: None,
+            acceptor,
+            socket,
+        };
+        let spec = vm.lock().spec.clone();
+        let snapshots: Vec<String> = self
+            .inner
+            .store
+            .load_snapshots(vm.id)?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        phase.mirror = Some(self.migration_mirror(vm, &spec, &snapshots, speed).await?);
+        let mut cancel = crate::operations::cancel_signal();
+        let cancelled = async {
+            match cancel.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|c| *c).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let mirror = phase
+            .mirror
+            .as_mut()
+            .ok_or_else(|| EngineError::Internal("no mirror".into()))?;
+        tokio::select! {
+            r = mirror.wait_ready(&mut on_progress) => r?,
+            _ = cancelled => {
+                return Err(EngineError::Cancelled(format!(
+                    "the migration of {:?} was cancelled while its disks were copied; it keeps running on this host",
+                    vm.name
+                )));
+            }
+        }
+        Ok(phase)
+    }
+
     /// Target: where the incoming QEMU serves its disks.
     pub(crate) fn migration_nbd_socket(&self, vm_id: i64) -> PathBuf {
         self.private_dir(vm_id).join("nbd.sock")

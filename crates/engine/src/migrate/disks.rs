@@ -58,6 +58,14 @@ pub fn retarget_external(
         .collect()
 }
 
+/// An image's virtual size, read as its known format.
+pub(crate) async fn virtual_size(path: &Path, format: DiskFormat) -> Result<u64> {
+    Ok(host_storage::info(path, format)
+        .await
+        .map_err(host)?
+        .virtual_size)
+}
+
 impl Engine {
     /// The host's pools, for placement.
     pub(crate) fn migration_pool_dirs(&self) -> Result<Vec<PoolDir>> {

@@ -33,6 +33,9 @@ struct Session {
     error: Option<String>,
     paused: bool,
     autostart: bool,
+    /// `--copy-storage`: the disks are served over NBD until finish.
+    copy_storage: bool,
+    memory_used: bool,
     state_tx: tokio::sync::watch::Sender<IncomingState>,
 }
 
@@ -140,15 +143,16 @@ impl Engine {
                 EngineError::WrongState(text)
             });
         }
+        let placed = self.incoming_place(&req)?;
         if req.check_only {
             return Ok(IncomingReady {
                 id: String::new(),
                 channels: vec![],
             });
         }
-        if req.mode == MigrationMode::Offline || req.copy_storage {
+        if req.mode == MigrationMode::Offline {
             return Err(EngineError::Invalid(
-                "--offline and --copy-storage are not supported by this hvd yet; use shared storage for a live migration".into(),
+                "--offline is not supported by this hvd yet; use shared storage or --copy-storage for a live migration".into(),
             ));
         }
         let name = req.vm.to_string();
@@ -171,9 +175,15 @@ impl Engine {
                 dir.join(MARKER).display()
             )));
         }
-        let mut spec = req.spec.clone();
+        if let Err(e) = self.incoming_provision(&dir, &placed, &req).await {
+            self.incoming_remove_disks(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let mut spec = placed;
         spec.autostart = false;
         if let Err(e) = self.define(spec, false).await {
+            self.incoming_remove_disks(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -191,6 +201,8 @@ impl Engine {
                 error: None,
                 paused: req.paused,
                 autostart: req.autostart,
+                copy_storage: req.copy_storage,
+                memory_used: false,
                 state_tx,
             },
         );
@@ -216,6 +228,10 @@ impl Engine {
             )
             .await
             .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            if req.copy_storage {
+                let spec = vm.lock().spec.clone();
+                self.migration_export(&vm, &spec).await?;
+            }
             Ok::<(), EngineError>(())
         }
         .await;
@@ -225,10 +241,11 @@ impl Engine {
         }
         tracing::info!(vm = %name, id, source = %req.source.hostname, "incoming migration prepared");
         self.watch_idle(&id, IncomingState::Waiting);
-        Ok(IncomingReady {
-            id,
-            channels: vec![api::migrate::channel::MEMORY.to_string()],
-        })
+        let mut channels = vec![api::migrate::channel::MEMORY.to_string()];
+        if req.copy_storage {
+            channels.push(api::migrate::channel::NBD.to_string());
+        }
+        Ok(IncomingReady { id, channels })
     }
 
     fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
@@ -294,6 +311,9 @@ impl Engine {
         id: &str,
         channel: &str,
     ) -> Result<tokio::net::UnixStream> {
+        if channel == api::migrate::channel::NBD {
+            return self.incoming_connect_nbd(id).await;
+        }
         if channel != api::migrate::channel::MEMORY {
             return Err(EngineError::NotFound(format!(
                 "incoming migration {id:?} has no channel {channel:?}"
@@ -302,13 +322,17 @@ impl Engine {
         let vm_name = {
             let mut g = self.sessions().lock();
             let s = g.get_mut(id).ok_or_else(|| no_session(id))?;
-            if s.state != IncomingState::Waiting {
+            // With --copy-storage the disks' channels made the session `receiving` already.
+            let open = s.state == IncomingState::Waiting
+                || (s.copy_storage && s.state == IncomingState::Receiving);
+            if !open || s.memory_used {
                 return Err(EngineError::WrongState(format!(
                     "incoming migration {id:?} is {:?}: its memory channel was already used",
                     s.state
                 )));
             }
             s.state = IncomingState::Receiving;
+            s.memory_used = true;
             s.state_tx.send_replace(IncomingState::Receiving);
             s.vm.clone()
         };
@@ -368,6 +392,31 @@ impl Engine {
         Ok(stream)
     }
 
+    /// `--copy-storage`: hvd's connection to the incoming QEMU's NBD server (one per disk
+    /// the source mirrors). Disk traffic counts as receiving.
+    async fn incoming_connect_nbd(&self, id: &str) -> Result<tokio::net::UnixStream> {
+        let vm_name = {
+            let mut g = self.sessions().lock();
+            let s = g.get_mut(id).ok_or_else(|| no_session(id))?;
+            if !s.copy_storage
+                || !matches!(s.state, IncomingState::Waiting | IncomingState::Receiving)
+            {
+                return Err(EngineError::WrongState(format!(
+                    "incoming migration {id:?} is {:?} and takes no disk copies",
+                    s.state
+                )));
+            }
+            s.state = IncomingState::Receiving;
+            s.state_tx.send_replace(IncomingState::Receiving);
+            s.vm.clone()
+        };
+        let vm = self.get(&vm_name)?;
+        let sock = self.migration_nbd_socket(vm.id);
+        tokio::net::UnixStream::connect(&sock)
+            .await
+            .map_err(|e| EngineError::Host(format!("cannot connect to {}: {e}", sock.display())))
+    }
+
     /// The daemon's tunnel for `id` ended: unless QEMU reports the stream complete soon, the
     /// source went away and the session aborts itself.
     pub async fn incoming_tunnel_closed(&self, id: &str) {
@@ -413,10 +462,10 @@ impl Engine {
         let _ = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
             .await
             .is_ok();
-        let (vm_name, paused, autostart, state) = {
+        let (vm_name, paused, autostart, state, copy_storage) = {
             let g = self.sessions().lock();
             let s = g.get(id).ok_or_else(|| no_session(id))?;
-            (s.vm.clone(), s.paused, s.autostart, s.state)
+            (s.vm.clone(), s.paused, s.autostart, s.state, s.copy_storage)
         };
         if state == IncomingState::Committed {
             return self.info(&vm_name);
@@ -432,6 +481,10 @@ impl Engine {
             .qmp
             .clone()
             .ok_or_else(|| EngineError::Qemu("the incoming QEMU is gone".into()))?;
+        if copy_storage {
+            let spec = vm.lock().spec.clone();
+            self.migration_unexport(&vm, &spec).await;
+        }
         if !paused {
             if let Err(e) = qmp.cont().await {
                 let e = EngineError::Qemu(format!("cannot continue the received VM: {e}"));
@@ -449,6 +502,7 @@ impl Engine {
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
+        self.incoming_keep_disks(&dir);
         self.set_session(id, IncomingState::Committed, None);
         vm.release();
         if autostart {
@@ -513,6 +567,7 @@ impl Engine {
             tracing::error!(vm = %vm.name, error = %e, "cannot stop the incoming QEMU");
         }
         vm.release();
+        self.incoming_remove_disks(&self.inner.cfg.vm_dir(&vm.name));
         if let Err(e) = self.remove_definition(vm) {
             tracing::error!(vm = %vm.name, error = %e, "cannot remove the incoming VM's definition");
         }
@@ -532,6 +587,7 @@ impl Engine {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if e.path().join(MARKER).exists() && !self.read_vms().contains_key(&name) {
+                    self.incoming_remove_disks(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

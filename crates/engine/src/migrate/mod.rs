@@ -17,6 +17,7 @@ pub(crate) mod copy;
 #[allow(dead_code)]
 pub(crate) mod disks;
 mod incoming;
+mod incoming_disks;
 #[allow(dead_code)]
 pub(crate) mod offline;
 #[allow(dead_code)]

@@ -58,31 +58,37 @@ pub fn place(
 ) -> std::result::Result<(Vec<DiskHome>, Option<PathBuf>), Vec<String>> {
     let mut problems = Vec::new();
     let mut homes = Vec::new();
-    let medium = |what: &str, file: &Path, problems: &mut Vec<String>| -> Option<PathBuf> {
-        let Some(src) = pool_of(file, source_pools) else {
+    let medium = |what: &str,
+                  file: &Path,
+                  vol: Option<&model::VolRef>,
+                  problems: &mut Vec<String>|
+     -> Option<PathBuf> {
+        let name = file.file_name()?.to_string_lossy().into_owned();
+        // Which pool it is in: the volume reference, the source's pools, or the same path in
+        // one of this host's pools.
+        let pool = vol
+            .map(|v| v.pool.to_string())
+            .or_else(|| pool_of(file, source_pools).map(|p| p.name.clone()))
+            .or_else(|| pool_of(file, pools).map(|p| p.name.clone()));
+        let Some(pool) = pool else {
             problems.push(format!(
-                "{what} {} is not in a pool on the source; put it in a pool that both hosts have (hv vol import), or remove it before migrating",
+                "{what} {} is not in a pool; put it in a pool that both hosts have (hv vol import), or remove it before migrating",
                 file.display()
             ));
             return None;
         };
-        let name = file.file_name()?;
-        let Some(dst) = pools.iter().find(|p| p.name == src.name) else {
+        let name = vol.map(|v| v.name.to_string()).unwrap_or(name);
+        let Some(dst) = pools.iter().find(|p| p.name == pool) else {
             problems.push(format!(
-                "{what} {}/{} is read-only shared media: the target has no pool {} (it has: {}); create it there with the same volume",
-                src.name,
-                name.to_string_lossy(),
-                src.name,
+                "{what} {pool}/{name} is read-only shared media: the target has no pool {pool} (it has: {}); create it there with the same volume",
                 pool_list(pools)
             ));
             return None;
         };
-        let there = dst.path.join(name);
+        let there = dst.path.join(&name);
         if !exists(&there) {
             problems.push(format!(
-                "{what} {}/{} is read-only shared media and does not exist on the target; copy it there first (hv vol upload), or remove it before migrating",
-                src.name,
-                name.to_string_lossy()
+                "{what} {pool}/{name} is read-only shared media and does not exist on the target; copy it there first (hv vol upload), or remove it before migrating"
             ));
             return None;
         }
@@ -91,7 +97,7 @@ pub fn place(
     for (i, d) in spec.disks.iter().enumerate() {
         let what = format!("disk {}", d.target.clone().unwrap_or_else(|| i.to_string()));
         if d.readonly {
-            if let Some(p) = medium(&what, &d.path, &mut problems) {
+            if let Some(p) = medium(&what, &d.path, d.vol.as_ref(), &mut problems) {
                 homes.push(DiskHome::Medium(p));
             }
             continue;
@@ -122,7 +128,7 @@ pub fn place(
     let cdrom = spec
         .cdrom
         .as_ref()
-        .and_then(|c| medium("the CD-ROM", c, &mut problems));
+        .and_then(|c| medium("the CD-ROM", c, None, &mut problems));
     if problems.is_empty() {
         Ok((homes, cdrom))
     } else {
