@@ -1,0 +1,227 @@
+//! Issue 12, disks: `--copy-storage` between two hvds that share no storage (each in its own
+//! network namespace and state dir, over TLS with tokens), with real guests under TCG: the
+//! disk's bytes arrive, the guest keeps counting on the target, the source forgets the VM and
+//! its disk; a target killed mid-copy leaves the source running and nothing on the target; a
+//! VM with snapshots is refused.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use api::{CreateSnapshotRequest, CreateVolRequest, MigrateRequest, MigrationPhase};
+use model::{Size, VmState};
+use testkit::pair::{ticks, HostPair};
+use testkit::{TestHvd, VmOpts};
+
+const HVD: &str = env!("CARGO_BIN_EXE_hvd");
+
+fn migrate_req(p: &HostPair) -> MigrateRequest {
+    MigrateRequest {
+        to: p.peer.clone(),
+        copy_storage: true,
+        offline: false,
+        downtime_ms: None,
+        bandwidth: None,
+        postcopy: false,
+        keep_source: false,
+    }
+}
+
+/// A VM with a qcow2 volume `default/NAME.qcow2` of `mib` MiB, booted.
+fn vm_with_disk(h: &TestHvd, name: &str, mib: u64) -> PathBuf {
+    let vol = format!("{name}.qcow2");
+    h.client()
+        .vol_create(
+            "default",
+            &CreateVolRequest {
+                name: vol.parse().unwrap(),
+                size: Some(Size(mib << 20)),
+                format: None,
+                backing: None,
+            },
+        )
+        .unwrap();
+    let mut spec = h.tiny_spec(name, VmOpts::default()).unwrap();
+    spec.disks
+        .push(format!("vol=default/{vol}").parse().unwrap());
+    h.client().create(spec, true).unwrap();
+    h.wait_ready(name).unwrap();
+    pool_dir(h).join(vol)
+}
+
+fn pool_dir(h: &TestHvd) -> PathBuf {
+    h.client()
+        .pools()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "default")
+        .expect("a default pool")
+        .path
+}
+
+/// Runs a guest command and waits for its end marker.
+fn sh(h: &TestHvd, vm: &str, cmd: &str, step: &str) {
+    h.run_in_guest(
+        vm,
+        &format!("{cmd}; echo {step}-$((0+1))"),
+        &format!("{step}-1"),
+    )
+    .unwrap();
+}
+
+/// The SHA-256 of an image's guest-visible bytes (read shared: the VM may run).
+fn content_sha(image: &Path) -> String {
+    let raw = image.with_extension(format!("check-{}.raw", std::process::id()));
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(std::fs::read(&raw).unwrap());
+    let _ = std::fs::remove_file(&raw);
+    sum.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what} did not happen within {timeout:?}");
+}
+
+#[test]
+fn copy_storage_moves_a_running_guest_and_its_disk() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let src_img = vm_with_disk(&p.source, "cs", 32);
+    // Known bytes on the disk: a marker at the start and 4 MiB of random data further in.
+    sh(
+        &p.source,
+        "cs",
+        "echo disk-M | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null; dd if=/dev/urandom of=/dev/vda bs=64k count=64 seek=32 conv=notrunc,fsync 2>/dev/null",
+        "w1",
+    );
+    let before = content_sha(&src_img);
+    HostPair::start_counter(&p.source, "cs").unwrap();
+
+    let done = p.source.client().migrate("cs", &migrate_req(&p)).unwrap();
+    assert_eq!(done.phase, MigrationPhase::Done);
+    assert_eq!(done.disk_total, 32 << 20, "{done:?}");
+    assert_eq!(done.disk_transferred, done.disk_total, "{done:?}");
+
+    // The guest goes on counting on the target.
+    let t = &p.target;
+    assert_eq!(t.client().info("cs").unwrap().state, VmState::Running);
+    let last = *ticks(&p.source.console_text("cs")).last().unwrap_or(&0);
+    t.wait_console(
+        "cs",
+        &format!(r"tick {}\b", last + 10),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    // The source forgot the VM and its disk.
+    assert!(p.source.client().info("cs").is_err());
+    assert!(!src_img.exists(), "the source's disk is still there");
+    // The target's disk is its own volume, with the same bytes.
+    let dst_img = pool_dir(t).join("cs.qcow2");
+    let vols = t.client().vols("default").unwrap();
+    assert!(vols.iter().any(|v| v.name == "cs.qcow2"), "{vols:?}");
+    t.client().destroy("cs").unwrap();
+    assert_eq!(content_sha(&dst_img), before);
+    // And it boots there from that disk.
+    t.client().start("cs", false).unwrap();
+    t.wait_ready("cs").unwrap();
+    t.run_in_guest("cs", "head -c 6 /dev/vda; echo", "disk-M")
+        .unwrap();
+}
+
+#[test]
+fn a_target_killed_mid_copy_leaves_the_source_running_and_nothing_on_the_target() {
+    let mut p = HostPair::new(HVD.as_ref()).expect("pair");
+    let src_img = vm_with_disk(&p.source, "kc", 64);
+    sh(
+        &p.source,
+        "kc",
+        "dd if=/dev/urandom of=/dev/vda bs=64k count=512 conv=notrunc,fsync 2>/dev/null",
+        "w1",
+    );
+    let before = content_sha(&src_img);
+    let mut req = migrate_req(&p);
+    // 2 MiB/s: the copy of 32 MiB of data is under way long enough to kill the target.
+    req.bandwidth = Some(2 << 20);
+    let source = &p.source;
+    let err = std::thread::scope(|s| {
+        let m = s.spawn(|| source.client().migrate("kc", &req));
+        wait_for("the disk copy", Duration::from_secs(120), || {
+            source.client().operations().unwrap().iter().any(|o| {
+                o.migration.as_ref().is_some_and(|m| {
+                    m.phase == MigrationPhase::Disks && m.disk_transferred > (4 << 20)
+                })
+            })
+        });
+        // The target's copy exists while it is being written.
+        assert!(pool_dir(&p.target).join("kc.qcow2").exists());
+        p.target.kill9().unwrap();
+        m.join().unwrap().unwrap_err().to_string()
+    });
+    assert!(!err.is_empty());
+    // The source runs on, on its own disk, unchanged.
+    let c = p.source.client();
+    assert_eq!(c.info("kc").unwrap().state, VmState::Running);
+    sh(&p.source, "kc", "true", "alive");
+    assert_eq!(content_sha(&src_img), before);
+    // The restarted target removes the half-received VM and its half-copied disk.
+    p.target.start_again().unwrap();
+    wait_for("the target's clean-up", Duration::from_secs(60), || {
+        p.target.client().info("kc").is_err() && !pool_dir(&p.target).join("kc.qcow2").exists()
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(pool_dir(&p.target))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn copy_storage_of_a_vm_with_snapshots_is_refused() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let img = vm_with_disk(&p.source, "sn", 16);
+    p.source
+        .client()
+        .snapshot_create(
+            "sn",
+            &CreateSnapshotRequest {
+                name: "s1".parse().unwrap(),
+                description: None,
+                disk_only: false,
+            },
+        )
+        .unwrap();
+    let e = p
+        .source
+        .client()
+        .migrate("sn", &migrate_req(&p))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has snapshots (s1)") && e.contains("--offline"),
+        "{e}"
+    );
+    assert_eq!(
+        p.source.client().info("sn").unwrap().state,
+        VmState::Running
+    );
+    assert!(img.exists());
+    assert!(p.target.client().info("sn").is_err());
+    assert!(!pool_dir(&p.target).join("sn.qcow2").exists());
+}
