@@ -112,6 +112,7 @@ fn copy_storage_moves_a_running_guest_and_its_disk() {
     );
     let before = content_sha(&src_img);
     HostPair::start_counter(&p.source, "cs").unwrap();
+    let seen = *ticks(&p.source.console_text("cs")).last().unwrap();
 
     let done = p.source.client().migrate("cs", &migrate_req(&p)).unwrap();
     assert_eq!(done.phase, MigrationPhase::Done);
@@ -121,10 +122,17 @@ fn copy_storage_moves_a_running_guest_and_its_disk() {
     // The guest goes on counting on the target.
     let t = &p.target;
     assert_eq!(t.client().info("cs").unwrap().state, VmState::Running);
-    let last = *ticks(&p.source.console_text("cs")).last().unwrap_or(&0);
+    // Ticks go on from where the source was (the guest's RAM, shell loop included, moved).
+    t.wait_console("cs", r"tick \d+", Duration::from_secs(30))
+        .unwrap();
+    let first = ticks(&t.console_text("cs"))[0];
+    assert!(
+        first > seen,
+        "the target counts from {first}, the source had reached {seen}"
+    );
     t.wait_console(
         "cs",
-        &format!(r"tick {}\b", last + 10),
+        &format!(r"tick {}\b", first + 10),
         Duration::from_secs(60),
     )
     .unwrap();

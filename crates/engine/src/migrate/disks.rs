@@ -195,6 +195,20 @@ impl Engine {
         Ok(path)
     }
 
+    /// Source, after a `--copy-storage` handover: the disks' top images now live on the
+    /// target; each goes unless another VM here still uses it. Backing images stay (other
+    /// VMs' chains may share them).
+    pub(crate) fn migration_drop_copied(&self, spec: &VmSpec) {
+        for d in spec.disks.iter().filter(|d| !d.readonly) {
+            let users = self.users_of(&d.path);
+            if !users.is_empty() {
+                tracing::info!(file = %d.path.display(), ?users, "kept a migrated disk other VMs use");
+                continue;
+            }
+            self.migration_remove_images(std::slice::from_ref(&d.path));
+        }
+    }
+
     /// Removes images a migration made (on abort or failure) and their records.
     pub(crate) fn migration_remove_images(&self, paths: &[PathBuf]) {
         for p in paths.iter().rev() {

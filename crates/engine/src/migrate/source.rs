@@ -236,6 +236,9 @@ impl Engine {
             self.save_spec_pub(&vm, spec)?;
         } else {
             self.remove_definition(&vm)?;
+            if req.copy_storage {
+                self.migration_drop_copied(&resolved);
+            }
         }
         progress.phase = MigrationPhase::Done;
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
