@@ -138,7 +138,8 @@ pub struct MigrationProgress {
     pub dirty_rate: u64,
     #[serde(default)]
     pub expected_downtime_ms: u64,
-    /// The final downtime, as QEMU measured it.
+    /// The final downtime: QEMU's measured switchover plus hv's handover (until the target
+    /// has continued the guest), so the whole pause the guest sees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
     /// The whole migration's duration, once done.

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use api::migrate::paths;
-use api::{IncomingReady, IncomingRequest, IncomingStatus, MigrateRequest, MigrationProgress, VmInfo};
+use api::{
+    IncomingReady, IncomingRequest, IncomingStatus, MigrateRequest, MigrationProgress, VmInfo,
+};
 
 use crate::{Client, Result};
 
@@ -41,7 +43,11 @@ impl Client {
         self.call("GET", &paths::incoming(id), None::<&()>)
     }
     pub fn incoming_finish(&self, id: &str) -> Result<VmInfo> {
-        self.call("POST", &paths::incoming_finish(id), Some(&serde_json::json!({})))
+        self.call(
+            "POST",
+            &paths::incoming_finish(id),
+            Some(&serde_json::json!({})),
+        )
     }
     pub fn incoming_abort(&self, id: &str) -> Result<()> {
         self.call::<serde_json::Value>("DELETE", &paths::incoming(id), None::<&()>)

@@ -66,7 +66,10 @@ async fn incoming_status(
     Ok(Json(e.incoming_status(&id)?))
 }
 
-async fn incoming_finish(State(e): State<Engine>, Path(id): Path<String>) -> ApiResult<api::VmInfo> {
+async fn incoming_finish(
+    State(e): State<Engine>,
+    Path(id): Path<String>,
+) -> ApiResult<api::VmInfo> {
     Ok(Json(e.incoming_finish(&id).await?))
 }
 
@@ -117,7 +120,10 @@ async fn incoming_tunnel(
     );
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = r.headers_mut();
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
     h.insert(
         header::UPGRADE,
         header::HeaderValue::from_static(MIGRATION_PROTOCOL),
@@ -141,9 +147,13 @@ impl HttpsPeer {
                 format!("the migration target: {e}"),
             )
         };
-        let client = client::Client::https(&to.url, &to.token, Some(&to.fingerprint)).map_err(bad)?;
+        let client =
+            client::Client::https(&to.url, &to.token, Some(&to.fingerprint)).map_err(bad)?;
         let raw = client.raw_endpoint().ok_or_else(|| {
-            ApiError(ErrorCode::InvalidArgument, "the target needs an https:// url".into())
+            ApiError(
+                ErrorCode::InvalidArgument,
+                "the target needs an https:// url".into(),
+            )
         })?;
         Ok(HttpsPeer { client, raw })
     }
