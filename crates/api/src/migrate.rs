@@ -185,7 +185,8 @@ pub struct SourceFacts {
 }
 
 /// A disk's probe for shared storage: the source wrote `token` into the file `path` (in the
-/// disk's directory); the target reads it at the same path.
+/// disk's directory); the target reads the file of that name in the directory where IT finds
+/// the disk (the pool of the same name, or the same path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SharedProbe {
     pub path: std::path::PathBuf,
