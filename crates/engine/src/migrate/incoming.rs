@@ -92,17 +92,22 @@ impl Engine {
             "default".into()
         };
         let networks = self.inner.nets.lock().await.map.keys().cloned().collect();
+        // Each disk as THIS host resolves it (a volume in its pool of that name, or the same
+        // path): shared when the source's probe file is in that directory here too.
+        let mut here = req.spec.clone();
+        let resolved = self.resolve_volumes(&mut here).is_ok();
         let shared = req
             .disks
             .iter()
-            .map(|d| {
-                d.shared.as_ref().is_some_and(|p| {
-                    p.path.is_absolute()
-                        && p.path
-                            .file_name()
-                            .and_then(|f| f.to_str())
-                            .is_some_and(|f| f.starts_with(super::source::PROBE_PREFIX))
-                        && std::fs::read_to_string(&p.path).is_ok_and(|t| t == p.token)
+            .enumerate()
+            .map(|(i, d)| {
+                let dir = here.disks.get(i).and_then(|x| x.path.parent());
+                d.shared.as_ref().zip(dir).is_some_and(|(p, dir)| {
+                    let name = p.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                    resolved
+                        && name.starts_with(super::source::PROBE_PREFIX)
+                        && !name.contains('/')
+                        && std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t == p.token)
                 })
             })
             .collect();

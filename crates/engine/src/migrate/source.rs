@@ -193,6 +193,7 @@ impl Engine {
             }
         }
         // Handover: the target owns the VM once it says so.
+        let completed_at = Instant::now();
         progress.phase = MigrationPhase::Handover;
         report_migration(&progress);
         let committed = match peer.finish(&ready.id).await {
@@ -226,6 +227,11 @@ impl Engine {
             }
         };
         debug_assert!(committed);
+        // The guest's pause as hv sees it: QEMU's switchover plus the handover (the target
+        // continues the guest before it answers finish).
+        let handover = completed_at.elapsed().as_millis() as u64;
+        tracing::info!(vm = name, qemu_downtime_ms = ?progress.downtime_ms, handover_ms = handover, "handover done");
+        progress.downtime_ms = Some(progress.downtime_ms.unwrap_or(0) + handover);
         // The target runs the VM: this QEMU goes, and the definition with it.
         if let Err(e) = self.destroy_vm(&vm).await {
             tracing::error!(vm = name, error = %e, "cannot stop the source QEMU after the handover");
