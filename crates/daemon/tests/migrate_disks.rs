@@ -233,3 +233,85 @@ fn copy_storage_of_a_vm_with_snapshots_is_refused() {
     assert!(p.target.client().info("sn").is_err());
     assert!(!pool_dir(&p.target).join("sn.qcow2").exists());
 }
+
+#[test]
+fn offline_moves_a_stopped_vm_with_its_qcow2_chain_and_snapshots() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let c = p.source.client();
+    let base = vm_with_disk(&p.source, "off", 16);
+    sh(
+        &p.source,
+        "off",
+        "echo disk-A | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null",
+        "w1",
+    );
+    c.destroy("off").unwrap();
+    // An external snapshot: the base freezes, an overlay takes the writes.
+    let s1 = c
+        .snapshot_create(
+            "off",
+            &CreateSnapshotRequest {
+                name: "s1".parse().unwrap(),
+                description: None,
+                disk_only: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(s1.kind, "external");
+    c.start("off", false).unwrap();
+    p.source.wait_ready("off").unwrap();
+    sh(
+        &p.source,
+        "off",
+        "echo disk-B | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null",
+        "w2",
+    );
+    c.destroy("off").unwrap();
+    let overlay = pool_dir(&p.source).join("off.s1.qcow2");
+    assert!(overlay.exists());
+
+    let mut req = migrate_req(&p);
+    req.copy_storage = false;
+    req.offline = true;
+    let done = c.migrate("off", &req).unwrap();
+    assert_eq!(done.phase, MigrationPhase::Done);
+    assert!(
+        done.disk_total > 0 && done.disk_transferred == done.disk_total,
+        "{done:?}"
+    );
+
+    // The source forgot the VM and both layers.
+    assert!(c.info("off").is_err());
+    assert!(!base.exists() && !overlay.exists());
+    // The target has the chain, linked on its own files, and the snapshot.
+    let t = &p.target;
+    let tc = t.client();
+    assert_eq!(tc.info("off").unwrap().state, VmState::Shutoff);
+    let (tbase, tover) = (
+        pool_dir(t).join("off.qcow2"),
+        pool_dir(t).join("off.s1.qcow2"),
+    );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json", "--backing-chain"])
+        .arg(&tover)
+        .output()
+        .unwrap();
+    let chain: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(chain[1]["filename"], tbase.display().to_string(), "{chain}");
+    let snaps = tc.snapshots("off").unwrap();
+    assert_eq!(
+        snaps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["s1"]
+    );
+    // It boots there with the newest data, and the snapshot reverts to the older.
+    tc.start("off", false).unwrap();
+    t.wait_ready("off").unwrap();
+    t.run_in_guest("off", "head -c 6 /dev/vda; echo", "disk-B")
+        .unwrap();
+    tc.destroy("off").unwrap();
+    tc.snapshot_revert("off", "s1").unwrap();
+    tc.start("off", false).unwrap();
+    t.wait_ready("off").unwrap();
+    t.run_in_guest("off", "head -c 6 /dev/vda; echo", "disk-A")
+        .unwrap();
+}

@@ -21,22 +21,45 @@ use crate::vm::Vm;
 use crate::Engine;
 
 /// The marker file in `vms/NAME/` of a VM that is still being received.
-const MARKER: &str = "incoming";
+pub(super) const MARKER: &str = "incoming";
 /// How long a prepared session waits for its stream, and a received one for `finish`.
-const IDLE_LIMIT: Duration = Duration::from_secs(120);
+pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// How long, after the stream ended, QEMU may take to report the outcome.
 const SETTLE: Duration = Duration::from_secs(30);
 
-struct Session {
-    vm: String,
-    state: IncomingState,
+pub(super) struct Session {
+    pub(super) vm: String,
+    pub(super) state: IncomingState,
     error: Option<String>,
     paused: bool,
     autostart: bool,
     /// `--copy-storage`: the disks are served over NBD until finish.
     copy_storage: bool,
     memory_used: bool,
-    state_tx: tokio::sync::watch::Sender<IncomingState>,
+    /// `--offline`: what arrived so far (no QEMU, nothing defined until finish).
+    pub(super) offline: Option<Arc<tokio::sync::Mutex<super::incoming_offline::Offline>>>,
+    pub(super) state_tx: tokio::sync::watch::Sender<IncomingState>,
+}
+
+impl Session {
+    /// An `--offline` session: nothing runs, files arrive.
+    pub(super) fn offline(
+        vm: String,
+        offline: Arc<tokio::sync::Mutex<super::incoming_offline::Offline>>,
+        state_tx: tokio::sync::watch::Sender<IncomingState>,
+    ) -> Session {
+        Session {
+            vm,
+            state: IncomingState::Waiting,
+            error: None,
+            paused: false,
+            autostart: false,
+            copy_storage: false,
+            memory_used: false,
+            offline: Some(offline),
+            state_tx,
+        }
+    }
 }
 
 /// The incoming sessions of this hvd.
@@ -46,7 +69,7 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -70,7 +93,7 @@ fn no_session(id: &str) -> EngineError {
 }
 
 impl Engine {
-    fn sessions(&self) -> &Sessions {
+    pub(super) fn sessions(&self) -> &Sessions {
         &self.inner.incoming
     }
 
@@ -156,9 +179,7 @@ impl Engine {
             });
         }
         if req.mode == MigrationMode::Offline {
-            return Err(EngineError::Invalid(
-                "--offline is not supported by this hvd yet; use shared storage or --copy-storage for a live migration".into(),
-            ));
+            return self.incoming_prepare_offline(req, placed).await;
         }
         let name = req.vm.to_string();
         let dir = self.inner.cfg.vm_dir(&name);
@@ -208,6 +229,7 @@ impl Engine {
                 autostart: req.autostart,
                 copy_storage: req.copy_storage,
                 memory_used: false,
+                offline: None,
                 state_tx,
             },
         );
@@ -253,7 +275,7 @@ impl Engine {
         Ok(IncomingReady { id, channels })
     }
 
-    fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
+    pub(super) fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
         for s in &req.snapshots {
             let disks = serde_json::from_value(s.disks.clone()).unwrap_or_default();
             self.inner.store.insert_snapshot(
@@ -275,7 +297,7 @@ impl Engine {
     }
 
     /// Aborts the session `id` unless it has moved on from `from` within [`IDLE_LIMIT`].
-    fn watch_idle(&self, id: &str, from: IncomingState) {
+    pub(super) fn watch_idle(&self, id: &str, from: IncomingState) {
         let Some(mut rx) = self
             .sessions()
             .lock()
@@ -300,7 +322,7 @@ impl Engine {
         });
     }
 
-    fn set_session(&self, id: &str, state: IncomingState, error: Option<String>) {
+    pub(super) fn set_session(&self, id: &str, state: IncomingState, error: Option<String>) {
         if let Some(s) = self.sessions().lock().get_mut(id) {
             s.state = state;
             if error.is_some() {
@@ -318,6 +340,9 @@ impl Engine {
     ) -> Result<tokio::net::UnixStream> {
         if channel == api::migrate::channel::NBD {
             return self.incoming_connect_nbd(id).await;
+        }
+        if channel.starts_with("file-") || channel == super::vmfiles::CHANNEL {
+            return self.incoming_connect_offline(id, channel).await;
         }
         if channel != api::migrate::channel::MEMORY {
             return Err(EngineError::NotFound(format!(
@@ -429,6 +454,7 @@ impl Engine {
             .sessions()
             .lock()
             .get(id)
+            .filter(|s| s.offline.is_none())
             .map(|s| s.state_tx.subscribe())
         else {
             return;
@@ -457,6 +483,14 @@ impl Engine {
 
     /// `POST /v1/migrations/incoming/{id}/finish`: the VM is this host's from now on.
     pub async fn incoming_finish(&self, id: &str) -> Result<VmInfo> {
+        let offline = self
+            .sessions()
+            .lock()
+            .get(id)
+            .is_some_and(|s| s.offline.is_some());
+        if offline {
+            return self.incoming_finish_offline(id).await;
+        }
         let rx = self
             .sessions()
             .lock()
@@ -537,7 +571,7 @@ impl Engine {
     }
 
     /// Ends a session that did not commit: QEMU, definition and marker are removed.
-    async fn incoming_fail(&self, id: &str, why: &str) {
+    pub(super) async fn incoming_fail(&self, id: &str, why: &str) {
         let vm_name = {
             let mut g = self.sessions().lock();
             let Some(s) = g.get_mut(id) else { return };
@@ -557,6 +591,15 @@ impl Engine {
             s.vm.clone()
         };
         tracing::warn!(vm = %vm_name, id, why, "incoming migration ended without a handover");
+        let offline = self
+            .sessions()
+            .lock()
+            .get(id)
+            .and_then(|s| s.offline.clone());
+        if let Some(o) = offline {
+            self.incoming_drop_offline(&vm_name, &o).await;
+            return;
+        }
         if let Ok(vm) = self.get(&vm_name) {
             self.drop_incoming_vm(&vm).await;
         }

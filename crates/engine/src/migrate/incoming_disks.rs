@@ -22,7 +22,8 @@ impl Engine {
     /// the pool of the same name here (media where they are here). Every placement problem is
     /// one refusal, before anything is made.
     pub(crate) fn incoming_place(&self, req: &IncomingRequest) -> Result<VmSpec> {
-        if !req.copy_storage {
+        let offline = req.mode == api::MigrationMode::Offline;
+        if !req.copy_storage && !offline {
             return Ok(req.spec.clone());
         }
         let pools = self.migration_pool_dirs()?;
@@ -38,7 +39,7 @@ impl Engine {
                 ))
             })?;
         let spec = placement::rewrite(&spec, &homes, cdrom);
-        for d in spec.disks.iter().filter(|d| !d.readonly) {
+        for d in spec.disks.iter().filter(|d| !d.readonly && !offline) {
             if d.path.exists() {
                 return Err(EngineError::AlreadyExists(format!(
                     "{} already exists on {}; remove or rename it there before migrating VM {:?} with --copy-storage",
@@ -79,16 +80,7 @@ impl Engine {
             .filter(|d| !d.readonly)
             .map(|d| d.path.clone())
             .collect();
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(vm_dir.join(LIST))?;
-            for p in &list {
-                writeln!(f, "{}", p.display())?;
-            }
-            f.sync_all()
-        };
-        write().map_err(|e| {
-            EngineError::Host(format!("cannot write {}: {e}", vm_dir.join(LIST).display()))
-        })?;
+        self.incoming_list_disks(vm_dir, &list)?;
         let disks: Vec<CopyDisk> = req
             .disks
             .iter()
@@ -100,6 +92,20 @@ impl Engine {
             .collect();
         self.migration_provision_copies(spec, &disks).await?;
         Ok(())
+    }
+
+    /// Lists (durably) the images an incoming migration is about to make in `vm_dir`.
+    pub(crate) fn incoming_list_disks(&self, vm_dir: &Path, list: &[PathBuf]) -> Result<()> {
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(vm_dir.join(LIST))?;
+            for p in list {
+                writeln!(f, "{}", p.display())?;
+            }
+            f.sync_all()
+        };
+        write().map_err(|e| {
+            EngineError::Host(format!("cannot write {}: {e}", vm_dir.join(LIST).display()))
+        })
     }
 
     /// Removes the images listed in `vm_dir` (a migration that did not finish).

@@ -18,8 +18,10 @@ pub(crate) mod copy;
 pub(crate) mod disks;
 mod incoming;
 mod incoming_disks;
+mod incoming_offline;
 #[allow(dead_code)]
 pub(crate) mod offline;
+mod offline_source;
 #[allow(dead_code)]
 pub(crate) mod placement;
 mod source;

@@ -70,9 +70,7 @@ impl Engine {
         peer: Arc<dyn Peer>,
     ) -> Result<MigrationProgress> {
         if req.offline {
-            return Err(EngineError::Invalid(
-                "--offline is not supported yet; migrate a running VM whose disks are on storage both hosts share, or use --copy-storage".into(),
-            ));
+            return self.migrate_offline(name, req, peer).await;
         }
         let vm = self.get(name)?;
         let _op = vm.begin("migrate")?;
