@@ -426,20 +426,23 @@ impl Engine {
     async fn migrate_rollback(&self, vm: &Arc<Vm>, peer: &Arc<dyn Peer>, id: &str, was: VmState) {
         let qmp = vm.lock().qmp.clone();
         if let Some(q) = &qmp {
-            let _ = q.execute("migrate_cancel", None).await;
-            // QEMU ends the migration asynchronously; wait (bounded) until it has.
-            for _ in 0..50 {
-                match q.execute("query-migrate", None).await {
-                    Ok(v)
-                        if matches!(
-                            v["status"].as_str(),
-                            Some("active" | "device" | "cancelling" | "pre-switchover" | "setup")
-                        ) =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    _ => break,
-                }
+            let active = |v: &Value| {
+                matches!(
+                    v["status"].as_str(),
+                    Some("active" | "device" | "cancelling" | "pre-switchover" | "setup")
+                )
+            };
+            let mut events = vm.subscribe_qmp_events();
+            if q.execute("query-migrate", None)
+                .await
+                .is_ok_and(|v| active(&v))
+            {
+                let _ = q.execute("migrate_cancel", None).await;
+                // QEMU ends the migration asynchronously: wait (bounded) for its event.
+                let _ = Vm::wait_qmp_event(&mut events, Duration::from_secs(10), |ev| {
+                    ev.event == "MIGRATION" && !active(&ev.data)
+                })
+                .await;
             }
             if was == VmState::Running {
                 if let Ok(s) = q.query_status().await {
