@@ -128,7 +128,9 @@ pub fn check(req: &IncomingRequest, t: &TargetFacts) -> Vec<String> {
         }
     }
     // --offline carries the variable store and TPM state (the `vm-files` channel).
-    if req.mode == MigrationMode::Live && (req.spec.firmware == model::Firmware::Uefi || req.spec.tpm) {
+    if req.mode == MigrationMode::Live
+        && (req.spec.firmware == model::Firmware::Uefi || req.spec.tpm)
+    {
         out.push(
             "firmware: hv does not migrate UEFI or TPM VMs yet (their variable store and TPM state live in files next to the VM); shut the VM down and move it with --offline".into(),
         );

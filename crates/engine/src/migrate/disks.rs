@@ -32,15 +32,6 @@ pub fn retarget(path: &Path, map: &PathMap) -> PathBuf {
     map.get(path).cloned().unwrap_or_else(|| path.to_path_buf())
 }
 
-/// A spec's disk paths as the target knows them.
-pub fn retarget_spec(spec: &VmSpec, map: &PathMap) -> VmSpec {
-    let mut s = spec.clone();
-    for d in &mut s.disks {
-        d.path = retarget(&d.path, map);
-    }
-    s
-}
-
 /// An external snapshot's per-disk rows (`[{target, image, image_format, overlay}]`, as the
 /// source stores them) with their files as the target knows them.
 pub fn retarget_external(
@@ -79,23 +70,6 @@ impl Engine {
                 path: p.path,
             })
             .collect())
-    }
-
-    /// Source: the writable disks of `spec` with their recorded format and virtual size.
-    pub(crate) async fn migration_copy_disks(&self, spec: &VmSpec) -> Result<Vec<CopyDisk>> {
-        let mut out = Vec::new();
-        for (i, d) in spec.disks.iter().enumerate().filter(|(_, d)| !d.readonly) {
-            let target = d.target.clone().unwrap_or_else(|| format!("disk{i}"));
-            let what = format!("disk {target}");
-            let format = self.image_format(&d.path, d.format, &what).await?;
-            let info = host_storage::info(&d.path, format).await.map_err(host)?;
-            out.push(CopyDisk {
-                target,
-                format,
-                virtual_size: info.virtual_size,
-            });
-        }
-        Ok(out)
     }
 
     /// Source: every writable disk's chain, base first, from the registry (`--offline`).

@@ -11,24 +11,17 @@
 //! goes away (its tunnel closed before QEMU completed, or no finish in time) aborts itself.
 
 pub mod checks;
-// Disks (B): wired into the source orchestration and the incoming session.
-#[allow(dead_code)]
 pub(crate) mod copy;
-#[allow(dead_code)]
 pub(crate) mod disks;
 mod incoming;
 mod incoming_disks;
 mod incoming_offline;
-#[allow(dead_code)]
 pub(crate) mod offline;
 mod offline_source;
-#[allow(dead_code)]
 pub(crate) mod placement;
 mod source;
-#[allow(dead_code)]
 pub(crate) mod storage;
 pub mod tunnel;
-#[allow(dead_code)]
 pub(crate) mod vmfiles;
 
 use std::future::Future;
