@@ -315,3 +315,35 @@ fn offline_moves_a_stopped_vm_with_its_qcow2_chain_and_snapshots() {
     t.run_in_guest("off", "head -c 6 /dev/vda; echo", "disk-A")
         .unwrap();
 }
+
+#[test]
+fn offline_refusals_leave_both_hosts_as_they_were() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let c = p.source.client();
+    let img = vm_with_disk(&p.source, "fo", 16);
+    let mut req = migrate_req(&p);
+    req.copy_storage = false;
+    req.offline = true;
+    // A running VM is not moved offline.
+    let e = c.migrate("fo", &req).unwrap_err().to_string();
+    assert!(e.contains("--offline moves a stopped VM"), "{e}");
+    assert_eq!(c.info("fo").unwrap().state, VmState::Running);
+    c.destroy("fo").unwrap();
+    // A file of the same name in the target's pool is never overwritten.
+    let theirs = pool_dir(&p.target).join("fo.qcow2");
+    std::fs::write(&theirs, b"the target's own file").unwrap();
+    let e = c.migrate("fo", &req).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"the target's own file");
+    assert!(p.target.client().info("fo").is_err());
+    assert!(p
+        .target
+        .client()
+        .list()
+        .unwrap()
+        .iter()
+        .all(|v| v.name != "fo"));
+    // The source still has the VM and its disk.
+    assert_eq!(c.info("fo").unwrap().state, VmState::Shutoff);
+    assert!(img.exists());
+}
