@@ -83,7 +83,9 @@ fn content_sha(image: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     use sha2::Digest;
-    let sum = sha2::Sha256::digest(std::fs::read(&raw).unwrap());
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&raw).unwrap(), &mut h).unwrap();
+    let sum = h.finalize();
     let _ = std::fs::remove_file(&raw);
     sum.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -346,4 +348,54 @@ fn offline_refusals_leave_both_hosts_as_they_were() {
     // The source still has the VM and its disk.
     assert_eq!(c.info("fo").unwrap().state, VmState::Shutoff);
     assert!(img.exists());
+}
+
+#[test]
+fn a_target_killed_mid_offline_copy_leaves_nothing_there_and_the_source_whole() {
+    let mut p = HostPair::new(HVD.as_ref()).expect("pair");
+    let c = p.source.client();
+    let img = vm_with_disk(&p.source, "ko", 1024);
+    c.destroy("ko").unwrap();
+    // 768 MiB of data (written on the host: the guest would take long under TCG).
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 768M"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = content_sha(&img);
+    let mut req = migrate_req(&p);
+    req.copy_storage = false;
+    req.offline = true;
+    let source = &p.source;
+    let err = std::thread::scope(|s| {
+        let m = s.spawn(|| source.client().migrate("ko", &req));
+        wait_for("the layer copy", Duration::from_secs(120), || {
+            source.client().operations().unwrap().iter().any(|o| {
+                o.migration
+                    .as_ref()
+                    .is_some_and(|m| m.phase == MigrationPhase::Disks && m.disk_transferred > 0)
+            })
+        });
+        p.target.kill9().unwrap();
+        m.join().unwrap().unwrap_err().to_string()
+    });
+    assert!(!err.is_empty());
+    // The source keeps the VM and its disk, unchanged.
+    assert_eq!(c.info("ko").unwrap().state, VmState::Shutoff);
+    assert_eq!(content_sha(&img), before);
+    // The restarted target removes the half-received files and the session's directory.
+    p.target.start_again().unwrap();
+    wait_for("the target's clean-up", Duration::from_secs(60), || {
+        std::fs::read_dir(pool_dir(&p.target))
+            .unwrap()
+            .next()
+            .is_none()
+    });
+    assert!(p.target.client().info("ko").is_err());
+    assert!(!p.target.state_dir.join("vms/ko").exists());
 }
