@@ -32,6 +32,12 @@ impl Offline {
     }
 }
 
+/// What one channel brought.
+enum Arrived {
+    Layer(usize, PathBuf),
+    Files(Vec<PathBuf>),
+}
+
 fn bad_channel(id: &str, channel: &str) -> EngineError {
     EngineError::NotFound(format!(
         "incoming migration {id:?} has no channel {channel:?}"
@@ -164,38 +170,43 @@ impl Engine {
             let r = match (&job, layer) {
                 (Some((dir, plan, backing)), Some(n)) => {
                     let backing = backing.as_ref().map(|(p, f)| (p.as_path(), *f));
-                    match e
-                        .migration_receive_layer(&mut ours, dir, plan, backing)
+                    e.migration_receive_layer(&mut ours, dir, plan, backing)
                         .await
-                    {
-                        Ok(path) => {
-                            o.lock().await.received.arrived(n, path);
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
+                        .map(|path| Arrived::Layer(n, path))
                 }
                 _ => {
                     let dir = e.inner.cfg.vm_dir(&vm_name);
-                    match super::vmfiles::receive(&mut ours, &dir).await {
-                        Ok(made) => {
-                            o.lock().await.vm_files = Some(made);
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
+                    super::vmfiles::receive(&mut ours, &dir)
+                        .await
+                        .map(Arrived::Files)
                 }
+            };
+            // Recorded (and the session completed) before the source hears of it: it goes on
+            // to the next layer, or to finish, only then.
+            let r = match r {
+                Ok(arrived) => {
+                    let complete = {
+                        let mut g = o.lock().await;
+                        match arrived {
+                            Arrived::Layer(n, path) => g.received.arrived(n, path),
+                            Arrived::Files(made) => g.vm_files = Some(made),
+                        }
+                        g.complete()
+                    };
+                    if complete {
+                        e.set_session(&id, IncomingState::Completed, None);
+                    }
+                    super::offline::confirm(&mut ours).await.map(|()| complete)
+                }
+                Err(err) => Err(err),
             };
             match r {
                 Err(err) => {
                     e.incoming_fail(&id, &format!("receiving {}: {err}", job_name(layer)))
                         .await
                 }
-                Ok(()) if o.lock().await.complete() => {
-                    e.set_session(&id, IncomingState::Completed, None);
-                    e.watch_idle(&id, IncomingState::Completed);
-                }
-                Ok(()) => e.watch_offline_idle(&id, o.clone()),
+                Ok(true) => e.watch_idle(&id, IncomingState::Completed),
+                Ok(false) => e.watch_offline_idle(&id, o.clone()),
             }
         });
         Ok(theirs)

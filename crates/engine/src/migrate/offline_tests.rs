@@ -98,6 +98,9 @@ async fn transfer(plan: &DiskPlan, dst: &Path) -> Result<Vec<PathBuf>> {
             .backing
             .map(|j| (done[j].as_path(), plan.layers[j].format));
         let got = receive_layer(&mut b, dst, layer, backing).await;
+        if got.is_ok() {
+            confirm(&mut b).await.unwrap();
+        }
         drop(b);
         let sent = sender.await.unwrap();
         let path = got?;

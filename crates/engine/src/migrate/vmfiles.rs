@@ -59,7 +59,8 @@ where
     Ok(())
 }
 
-/// Receives the VM's files into `vm_dir` (created if missing). Returns the files made.
+/// Receives the VM's files into `vm_dir` (created if missing). Returns the files made;
+/// `offline::confirm` tells the source.
 pub async fn receive<S>(stream: &mut S, vm_dir: &Path) -> Result<Vec<PathBuf>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -87,21 +88,9 @@ where
         )));
     }
     let dir = vm_dir.to_path_buf();
-    let made = tokio::task::spawn_blocking(move || unpack(&bytes, &dir))
+    tokio::task::spawn_blocking(move || unpack(&bytes, &dir))
         .await
-        .map_err(|e| EngineError::Internal(format!("unpacking the VM's files: {e}")))??;
-    if let Err(e) = async {
-        stream.write_all(&[0]).await?;
-        stream.flush().await
-    }
-    .await
-    {
-        remove(vm_dir, &made);
-        return Err(EngineError::Host(format!(
-            "the source went away after the VM's files arrived: {e}"
-        )));
-    }
-    Ok(made)
+        .map_err(|e| EngineError::Internal(format!("unpacking the VM's files: {e}")))?
 }
 
 /// Removes files [`receive`] made in `vm_dir` (on abort), and the directories below `vm_dir`
@@ -226,6 +215,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64 << 10);
         let sender = tokio::spawn(async move { send(&bytes, &mut a).await });
         let made = receive(&mut b, &dst).await.unwrap();
+        super::super::offline::confirm(&mut b).await.unwrap();
         sender.await.unwrap().unwrap();
         assert_eq!(made.len(), 2, "{made:?}");
         assert_eq!(
