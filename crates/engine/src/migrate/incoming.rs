@@ -33,6 +33,8 @@ struct Session {
     error: Option<String>,
     paused: bool,
     autostart: bool,
+    reservations: Vec<api::IncomingReservation>,
+    forwards: Vec<api::IncomingForward>,
     state_tx: tokio::sync::watch::Sender<IncomingState>,
 }
 
@@ -131,7 +133,12 @@ impl Engine {
             )));
         }
         let facts = self.target_facts(&req).await?;
-        let problems = checks::check(&req, &facts);
+        let mut problems = checks::check(&req, &facts);
+        problems.extend(super::netstate::conflicts(
+            &req,
+            &self.network_specs().await,
+            &facts.hostname,
+        ));
         if !problems.is_empty() {
             let text = format!(
                 "{} refuses the migration of VM {:?}:\n- {}",
@@ -196,6 +203,8 @@ impl Engine {
                 error: None,
                 paused: req.paused,
                 autostart: req.autostart,
+                reservations: req.reservations.clone(),
+                forwards: req.forwards.clone(),
                 state_tx,
             },
         );
@@ -418,10 +427,17 @@ impl Engine {
         let _ = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
             .await
             .is_ok();
-        let (vm_name, paused, autostart, state) = {
+        let (vm_name, paused, autostart, state, res, fwd) = {
             let g = self.sessions().lock();
             let s = g.get(id).ok_or_else(|| no_session(id))?;
-            (s.vm.clone(), s.paused, s.autostart, s.state)
+            (
+                s.vm.clone(),
+                s.paused,
+                s.autostart,
+                s.state,
+                s.reservations.clone(),
+                s.forwards.clone(),
+            )
         };
         if state == IncomingState::Committed {
             return self.info(&vm_name);
@@ -456,6 +472,7 @@ impl Engine {
         }
         self.set_session(id, IncomingState::Committed, None);
         vm.release();
+        self.adopt_net_entries(&res, &fwd).await;
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");

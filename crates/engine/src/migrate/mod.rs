@@ -12,6 +12,7 @@
 
 pub mod checks;
 mod incoming;
+mod netstate;
 mod source;
 pub mod tunnel;
 

@@ -139,6 +139,8 @@ impl Engine {
                 disks: serde_json::to_value(&s.disks).unwrap_or(Value::Null),
             })
             .collect();
+        let (reservations, forwards) =
+            super::netstate::entries_of(name, &spec, &self.network_specs().await);
         let mut ireq = IncomingRequest {
             vm: spec.name.clone(),
             spec: spec.clone(),
@@ -154,8 +156,8 @@ impl Engine {
             snapshots,
             current_snapshot: vm.lock().rec.current_snapshot.clone(),
             autostart: spec.autostart,
-            reservations: vec![],
-            forwards: vec![],
+            reservations,
+            forwards,
             check_only: true,
             paused: state == VmState::Paused,
             postcopy: req.postcopy,
@@ -227,6 +229,8 @@ impl Engine {
             self.save_spec_pub(&vm, spec)?;
         } else {
             self.remove_definition(&vm)?;
+            self.drop_net_entries(&ireq.reservations, &ireq.forwards)
+                .await;
         }
         progress.phase = MigrationPhase::Done;
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
