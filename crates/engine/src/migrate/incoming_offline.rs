@@ -295,6 +295,11 @@ impl Engine {
         }
         self.incoming_keep_disks(&dir);
         self.set_session(id, IncomingState::Committed, None);
+        {
+            let g = o.lock().await;
+            self.adopt_net_entries(&g.req.reservations, &g.req.forwards)
+                .await;
+        }
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");

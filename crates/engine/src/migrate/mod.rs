@@ -16,6 +16,7 @@ pub(crate) mod disks;
 mod incoming;
 mod incoming_disks;
 mod incoming_offline;
+mod netstate;
 pub(crate) mod offline;
 mod offline_source;
 pub(crate) mod placement;
