@@ -399,3 +399,53 @@ fn a_target_killed_mid_offline_copy_leaves_nothing_there_and_the_source_whole() 
     assert!(p.target.client().info("ko").is_err());
     assert!(!p.target.state_dir.join("vms/ko").exists());
 }
+
+#[test]
+fn cancel_during_the_disk_copy_keeps_the_source_and_removes_the_targets_copy() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let img = vm_with_disk(&p.source, "cc", 64);
+    sh(
+        &p.source,
+        "cc",
+        "dd if=/dev/urandom of=/dev/vda bs=64k count=512 conv=notrunc,fsync 2>/dev/null",
+        "w1",
+    );
+    let before = content_sha(&img);
+    let mut req = migrate_req(&p);
+    req.bandwidth = Some(2 << 20);
+    let source = &p.source;
+    let err = std::thread::scope(|s| {
+        let m = s.spawn(|| source.client().migrate("cc", &req));
+        let mut id = 0;
+        wait_for("the disk copy", Duration::from_secs(120), || {
+            let ops = source.client().operations().unwrap();
+            let op = ops.iter().find(|o| {
+                o.migration.as_ref().is_some_and(|m| {
+                    m.phase == MigrationPhase::Disks && m.disk_transferred > (2 << 20)
+                })
+            });
+            id = op.map(|o| o.id).unwrap_or(0);
+            op.is_some()
+        });
+        assert!(pool_dir(&p.target).join("cc.qcow2").exists());
+        source.client().operation_cancel(id).unwrap();
+        m.join().unwrap().unwrap_err()
+    });
+    assert_eq!(err.code(), Some(api::ErrorCode::Cancelled), "{err}");
+    // The source runs on its own disk; QEMU has no copy job or NBD node left.
+    let c = p.source.client();
+    assert_eq!(c.info("cc").unwrap().state, VmState::Running);
+    sh(&p.source, "cc", "true", "alive");
+    assert_eq!(content_sha(&img), before);
+    // (The mirror is undone in the background once the operation has ended.)
+    wait_for("the NBD node's removal", Duration::from_secs(30), || {
+        let qmp =
+            std::fs::read_to_string(p.source.state_dir.join("vms/cc/qmp.log")).unwrap_or_default();
+        qmp.rfind("block-job-cancel")
+            .is_some_and(|i| qmp[i..].contains(r#""execute":"blockdev-del""#))
+    });
+    // The target aborted its session without a restart: no VM, no image.
+    wait_for("the target's clean-up", Duration::from_secs(30), || {
+        p.target.client().info("cc").is_err() && !pool_dir(&p.target).join("cc.qcow2").exists()
+    });
+}
