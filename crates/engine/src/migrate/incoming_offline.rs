@@ -24,6 +24,8 @@ pub(crate) struct Offline {
     spec: VmSpec,
     received: Received,
     vm_files: Option<Vec<PathBuf>>,
+    /// `finish` defined the VM (only then is its definition this session's to remove).
+    defined: std::sync::atomic::AtomicBool,
 }
 
 impl Offline {
@@ -101,6 +103,7 @@ impl Engine {
             spec: placed,
             received: Received::new(disks),
             vm_files: None,
+            defined: Default::default(),
         };
         let (state_tx, _) = tokio::sync::watch::channel(IncomingState::Waiting);
         self.sessions().lock().insert(
@@ -256,6 +259,7 @@ impl Engine {
             spec.autostart = false;
             // The define takes the files as they are: they are recorded already.
             self.define(spec, false).await?;
+            g.defined.store(true, std::sync::atomic::Ordering::Relaxed);
             let vm = self.get(&vm_name)?;
             let mut req = g.req.clone();
             for s in &mut req.snapshots {
@@ -320,14 +324,25 @@ impl Engine {
         if !dir.join(MARKER).exists() {
             return;
         }
-        if let Ok(vm) = self.get(vm_name) {
-            if let Err(e) = self.remove_definition(&vm) {
-                tracing::error!(vm = %vm_name, error = %e, "cannot remove the incoming VM's definition");
+        let g = o.lock().await;
+        self.migration_remove_images(&g.received.files());
+        self.incoming_remove_disks(&dir);
+        if g.defined.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(vm) = self.get(vm_name) {
+                if let Err(e) = self.remove_definition(&vm) {
+                    tracing::error!(vm = %vm_name, error = %e, "cannot remove the incoming VM's definition");
+                }
             }
         }
-        let files = o.lock().await.received.files();
-        self.migration_remove_images(&files);
-        self.incoming_remove_disks(&dir);
+        if self.get(vm_name).is_ok() {
+            // Someone defined a VM of this name meanwhile: its directory is not ours to
+            // remove, only what this session put there.
+            if let Some(made) = &g.vm_files {
+                super::vmfiles::remove(&dir, made);
+            }
+            let _ = std::fs::remove_file(dir.join(MARKER));
+            return;
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
