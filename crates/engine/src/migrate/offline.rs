@@ -443,5 +443,5 @@ async fn check_received(
 }
 
 #[cfg(test)]
-#[path = "offline_tests.rs"]
+#[path = "tests/offline.rs"]
 mod tests;

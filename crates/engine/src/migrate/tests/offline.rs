@@ -2,6 +2,7 @@
 //! its links re-pointed at the new files and reads the same; a cut link, a wrong declaration
 //! or a name taken leave nothing behind.
 
+#[cfg(test)]
 use super::*;
 
 struct Dir(PathBuf);
