@@ -449,3 +449,65 @@ fn cancel_during_the_disk_copy_keeps_the_source_and_removes_the_targets_copy() {
         p.target.client().info("cc").is_err() && !pool_dir(&p.target).join("cc.qcow2").exists()
     });
 }
+
+/// The files hv keeps with a VM travel with `--offline`: the UEFI variable store and the
+/// TPM's state arrive byte for byte.
+#[test]
+fn offline_takes_the_uefi_variables_and_tpm_state_along() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let c = p.source.client();
+    let disk = pool_dir(&p.source).join("efi.raw");
+    std::fs::copy(testkit::efi::esp_disk().expect("EFI disk builds"), &disk).unwrap();
+    let mut spec = model::VmSpec::new("efi".parse().unwrap());
+    spec.memory = Size(256 << 20);
+    spec.machine = model::Machine::Q35;
+    spec.firmware = model::Firmware::Uefi;
+    spec.tpm = true;
+    spec.disks
+        .push("vol=default/efi.raw,format=raw".parse().unwrap());
+    c.create(spec, false).unwrap();
+    // A start pins the machine type and lets swtpm make its state; no need to boot.
+    c.start("efi", false).unwrap();
+    let vm_dir = |h: &TestHvd| h.state_dir.join("vms/efi");
+    wait_for("the TPM state", Duration::from_secs(60), || {
+        std::fs::read_dir(vm_dir(&p.source).join("tpm"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    });
+    c.destroy("efi").unwrap();
+    // Variables of this VM's own (not the template's).
+    let nvram = vm_dir(&p.source).join("nvram.fd");
+    let mut vars = std::fs::read(&nvram).unwrap();
+    let n = vars.len();
+    vars[n - 16..].copy_from_slice(b"hv-migrate-vars!");
+    std::fs::write(&nvram, &vars).unwrap();
+    let tpm: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(vm_dir(&p.source).join("tpm"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    assert!(!tpm.is_empty());
+
+    let mut req = migrate_req(&p);
+    req.copy_storage = false;
+    req.offline = true;
+    c.migrate("efi", &req).unwrap();
+    let t = &p.target;
+    assert_eq!(t.client().info("efi").unwrap().state, VmState::Shutoff);
+    assert_eq!(std::fs::read(vm_dir(t).join("nvram.fd")).unwrap(), vars);
+    for (name, bytes) in &tpm {
+        assert_eq!(
+            &std::fs::read(vm_dir(t).join("tpm").join(name)).unwrap(),
+            bytes,
+            "{name:?}"
+        );
+    }
+    assert!(!vm_dir(&p.source).exists());
+    assert!(!disk.exists());
+    // It starts there (OVMF and swtpm take the arrived files).
+    assert_eq!(
+        t.client().start("efi", false).unwrap().state,
+        VmState::Running
+    );
+}

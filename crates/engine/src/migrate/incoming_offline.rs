@@ -261,6 +261,15 @@ impl Engine {
             self.define(spec, false).await?;
             g.defined.store(true, std::sync::atomic::Ordering::Relaxed);
             let vm = self.get(&vm_name)?;
+            // The TPM's state is its swtpm's, which runs as this VM's uid here (another than on
+            // the source); the variable store is granted at each start.
+            let ids = self.qemu_ids(vm.id)?;
+            let tpm = self.tpm_dir(&vm_name);
+            for f in g.vm_files.iter().flatten().filter(|f| f.starts_with(&tpm)) {
+                std::os::unix::fs::chown(f, Some(ids.uid), Some(ids.gid)).map_err(|e| {
+                    EngineError::Host(format!("cannot give {} to the VM's uid: {e}", f.display()))
+                })?;
+            }
             let mut req = g.req.clone();
             for s in &mut req.snapshots {
                 for d in s.spec.disks.iter_mut().filter(|d| !d.readonly) {
