@@ -420,3 +420,27 @@ fn reservations_snapshots_and_pause_follow_the_vm() {
         .run_in_guest("res", "echo alive-after-move", "alive-after-move\\r?\\n")
         .unwrap();
 }
+
+#[test]
+fn a_cut_link_leaves_the_vm_running_on_the_source_and_the_target_cleans_itself() {
+    let p = HostPair::with(HVD.as_ref(), PairOpts { shared_pool: true }).expect("pair");
+    boot_shared(&p, "cut");
+    let run = slow_migration(&p, "cut");
+    wait_memory_phase(&p);
+    p.set_link(false).unwrap();
+    let e = run.join().unwrap().expect_err("the migration fails");
+    assert!(e.to_string().contains("migration"), "{e}");
+    still_counting(&p.source, "cut");
+    // The target noticed the silent link by itself: no VM, no QEMU, no files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while p.target.client().info("cut").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target kept the half-received VM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nothing_left(&p.target, "cut");
+    assert!(p.target.hvd_log().contains("tunnel broke"));
+    p.set_link(true).unwrap();
+}

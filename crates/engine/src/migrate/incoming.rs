@@ -458,9 +458,22 @@ impl Engine {
             .map_err(|e| EngineError::Host(format!("cannot connect to {}: {e}", sock.display())))
     }
 
-    /// The daemon's tunnel for `id` ended: unless QEMU reports the stream complete soon, the
-    /// source went away and the session aborts itself.
-    pub async fn incoming_tunnel_closed(&self, id: &str) {
+    /// The daemon's tunnel for `id` ended (`broke`: with an error, say a cut link): unless
+    /// QEMU reports the stream complete (soon, after a clean end), the source went away and
+    /// the session aborts itself.
+    pub async fn incoming_tunnel_closed(&self, id: &str, broke: bool) {
+        if broke
+            && self
+                .incoming_status(id)
+                .is_ok_and(|s| s.state == IncomingState::Receiving)
+        {
+            self.incoming_fail(
+                id,
+                "the migration tunnel broke before QEMU received all of it",
+            )
+            .await;
+            return;
+        }
         let Some(mut rx) = self
             .sessions()
             .lock()

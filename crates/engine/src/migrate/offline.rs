@@ -192,7 +192,10 @@ where
     }
     stream.flush().await.map_err(link)?;
     let mut ack = [0u8; 1];
-    match stream.read_exact(&mut ack).await {
+    let got = stream.read_exact(&mut ack).await;
+    // A clean end of the channel (not a broken tunnel, which fails the target's session).
+    let _ = stream.shutdown().await;
+    match got {
         Ok(_) if ack[0] == LAYER_OK => Ok(sent),
         Ok(_) => Err(EngineError::Host(format!(
             "the target refused {}; its log says why",

@@ -46,7 +46,9 @@ where
     stream.write_all(bytes).await.map_err(link)?;
     stream.flush().await.map_err(link)?;
     let mut ack = [1u8; 1];
-    stream.read_exact(&mut ack).await.map_err(|e| {
+    let got = stream.read_exact(&mut ack).await;
+    let _ = stream.shutdown().await;
+    got.map_err(|e| {
         EngineError::Host(format!(
             "the target did not confirm the VM's files (its log says why): {e}"
         ))
