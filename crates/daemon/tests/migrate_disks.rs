@@ -511,3 +511,24 @@ fn offline_takes_the_uefi_variables_and_tpm_state_along() {
         VmState::Running
     );
 }
+
+/// A slow RAM phase: the disk copies stay in sync over NBD links that carry nothing while the
+/// guest does not write (longer than the memory stream's silence limit).
+#[test]
+fn quiet_disk_links_survive_a_slow_memory_phase() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    // An idle guest (so RAM converges at this rate) and a small disk: ~100 MB of RAM at
+    // 2 MiB/s keeps the NBD links silent for far longer than 20 s.
+    let _img = vm_with_disk(&p.source, "qs", 8);
+    let mut req = migrate_req(&p);
+    req.bandwidth = Some(2 << 20);
+    let started = Instant::now();
+    let done = p.source.client().migrate("qs", &req).unwrap();
+    let took = started.elapsed();
+    assert_eq!(done.phase, MigrationPhase::Done);
+    assert_eq!(done.disk_transferred, 8 << 20);
+    eprintln!("slow copy-storage migration: {took:?}, {done:?}");
+    p.target
+        .run_in_guest("qs", "echo alive-$((1+1))", "alive-2")
+        .unwrap();
+}
