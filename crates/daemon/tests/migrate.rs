@@ -149,6 +149,16 @@ fn shared_storage_live_migration_keeps_the_guest_counting() {
         )
         .unwrap();
     p.target.check_qemus_confined().unwrap();
+    // Audited on both hosts: the migrate request here, the incoming session and finish there.
+    let q: api::AuditQuery = serde_json::from_value(serde_json::json!({})).unwrap();
+    let here = serde_json::to_string(&p.source.client().audit(&q).unwrap()).unwrap();
+    assert!(here.contains("VM.Migrate"), "{here}");
+    let there = serde_json::to_string(&p.target.client().audit(&q).unwrap()).unwrap();
+    assert!(there.contains("/v1/migrations/incoming"), "{there}");
+    assert!(
+        there.contains("finish") && there.contains("migrator"),
+        "{there}"
+    );
     eprintln!(
         "migrated: gap {gap} ms, downtime {downtime} ms, total {:?} ms",
         done.total_ms

@@ -119,6 +119,8 @@ impl Engine {
             free_memory: mem_available(),
             shared,
             disk_space: None,
+            userfaultfd: std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                .is_ok_and(|v| v.trim() == "1"),
         })
     }
 
@@ -210,6 +212,10 @@ impl Engine {
         );
         let started = async {
             self.store_snapshots(&vm, &req)?;
+            if req.current_snapshot.is_some() {
+                vm.lock().rec.current_snapshot = req.current_snapshot.clone();
+                self.persist_runtime_pub(&vm)?;
+            }
             vm.lock().incoming = true;
             let spec = vm.lock().spec.clone();
             let r = self.launch(&vm, spec, true, None).await;
