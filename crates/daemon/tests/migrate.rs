@@ -245,6 +245,15 @@ fn cancel_leaves_the_vm_running_on_the_source_and_nothing_on_the_target() {
     boot_shared(&p, "cancelme");
     let run = slow_migration(&p, "cancelme");
     let id = wait_memory_phase(&p);
+    // Meanwhile the target lists the VM as incoming and refuses every action on it.
+    let t = p.target.client().info("cancelme").unwrap();
+    assert!(t.incoming, "{t:?}");
+    let e = p
+        .target
+        .client()
+        .undefine("cancelme", false, true)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(api::ErrorCode::Busy), "{e}");
     p.source.client().operation_cancel(id).unwrap();
     let e = run.join().unwrap().expect_err("cancelled");
     assert_eq!(e.code(), Some(api::ErrorCode::Cancelled), "{e}");

@@ -192,7 +192,7 @@ impl Engine {
             return Err(e);
         }
         let vm = self.get(&name)?;
-        if let Err(e) = vm.hold("incoming migration") {
+        if let Err(e) = vm.hold(super::INCOMING_OP) {
             self.drop_incoming_vm(&vm).await;
             return Err(e);
         }

@@ -26,6 +26,9 @@ pub(crate) use incoming::Sessions;
 use crate::error::Result;
 use crate::vm::Vm;
 
+/// The operation marker an incoming VM is held with.
+pub(crate) const INCOMING_OP: &str = "incoming migration";
+
 /// A boxed future of a [`Peer`] call.
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
