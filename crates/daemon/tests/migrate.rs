@@ -168,9 +168,11 @@ fn shared_storage_live_migration_keeps_the_guest_counting() {
         .expect("ticks on the target after the source's last");
     assert_eq!(n_first, n_last + 1, "a tick went missing across the switch");
     let gap = t_first.duration_since(t_last).as_millis() as u64;
-    // One tick interval, plus console delivery on two hosts under TCG.
+    // The guest's pause (QEMU's switchover plus hv's handover, as measured) plus one tick
+    // interval (100 ms), plus up to 200 ms for the console lines' trip through two hvds on a
+    // loaded CI host: a lost tick or a pause of seconds still fails.
     assert!(
-        gap <= downtime + 200,
+        gap <= downtime + 300,
         "gap of {gap} ms across the switch, measured downtime {downtime} ms"
     );
     // The disk's data is intact on the target.
