@@ -39,7 +39,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "daemon",
-        &["api", "auth", "model", "engine", "fdcopy", "kvm"],
+        // client: a migration's source talks to the target hvd as its HTTPS client.
+        &["api", "auth", "model", "engine", "fdcopy", "kvm", "client"],
     ),
     ("client", &["api", "model", "fdcopy"]),
     ("libvirt-xml", &["model"]),

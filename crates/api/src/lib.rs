@@ -280,6 +280,10 @@ pub struct VmInfo {
     /// Each NIC's address from its network's DHCP leases (in `info`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NicAddress>,
+    /// Being received by an incoming migration: every action answers `busy` until it is
+    /// finished or aborted (`hv list` shows it as `incoming`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incoming: bool,
 }
 
 /// A NIC's IPv4 address as the network's DHCP server leased it.

@@ -66,7 +66,11 @@ pub fn vm_table(vms: &[VmInfo]) -> String {
         .map(|v| {
             vec![
                 v.name.clone(),
-                v.state.to_string(),
+                if v.incoming {
+                    "incoming".to_string()
+                } else {
+                    v.state.to_string()
+                },
                 v.vcpus.to_string(),
                 mem(v.memory_mib),
                 if v.autostart { "yes" } else { "no" }.into(),

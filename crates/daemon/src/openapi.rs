@@ -177,6 +177,10 @@ fn param_schema(path: &str, param: &str) -> Value {
         "key" => json!({ "type": "string", "pattern": format!("({MAC})|({NAME})") }),
         "proto" => json!({ "type": "string", "enum": ["tcp", "udp"] }),
         "port" => json!({ "type": "integer", "minimum": 1, "maximum": 65535 }),
+        "id" if path.starts_with("/v1/migrations") => {
+            json!({ "type": "string", "pattern": "^[0-9a-f]{32}$" })
+        }
+        "channel" => json!({ "type": "string", "pattern": "^(memory|nbd|file-[0-9]{1,4})$" }),
         "id" if path.starts_with("/v1/tokens") => {
             json!({ "type": "string", "pattern": "^[0-9a-f]{12}$" })
         }
@@ -210,7 +214,7 @@ pub fn document() -> Value {
                 .replace(['{', '}'], "")
             )),
         );
-        let params: Vec<Value> = ["path", "name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user"]
+        let params: Vec<Value> = ["path", "name", "target", "snap", "net", "proto", "port", "key", "mac", "bridge", "pool", "vol", "id", "user", "channel"]
             .iter()
             .filter(|p| doc_path.contains(&format!("{{{p}}}")))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": param_schema(route.path, p) }))

@@ -34,8 +34,12 @@ fn pair_harness_reaches_the_target_and_counts() {
     p.source.client().create(spec, true).unwrap();
     p.source.wait_ready("count").unwrap();
     HostPair::start_counter(&p.source, "count").unwrap();
+    p.source
+        .wait_console("count", r"tick 6\b", std::time::Duration::from_secs(30))
+        .unwrap();
     let ticks = testkit::pair::ticks(&p.source.console_text("count"));
-    assert!(ticks.len() >= 3, "{ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    assert!(ticks.contains(&6), "{ticks:?}");
     assert_eq!(
         p.source.client().info("count").unwrap().state,
         VmState::Running
@@ -54,9 +58,34 @@ fn migrate_req(p: &HostPair) -> api::MigrateRequest {
     }
 }
 
-/// A VM with a 32 MiB qcow2 disk on the shared pool, booted on the source, counter running and
-/// a marker written to its disk.
+/// The isolated network `lan` (same subnet) on both hosts, started; once per pair.
+fn lan_on_both(p: &HostPair) {
+    for h in [&p.source, &p.target] {
+        if h.client().net_info("lan").is_ok() {
+            continue;
+        }
+        h.client()
+            .net_create(&model::NetworkSpec {
+                subnet: Some("10.88.1.0/24".into()),
+                ..model::NetworkSpec::new("lan".parse().unwrap(), model::NetMode::Isolated)
+            })
+            .unwrap();
+        h.client().net_start("lan").unwrap();
+    }
+}
+
+/// No tap, no tap guard and no QEMU of hv's left in a host's namespace.
+fn no_taps(ns: &testkit::NetNs) {
+    let links = ns.run(&["ip", "-o", "link", "show"]).unwrap();
+    assert!(!links.contains("hvtap"), "taps left: {links}");
+    let tables = ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("hv-guard"), "tap guards left: {tables}");
+}
+
+/// A VM with a 32 MiB qcow2 disk on the shared pool and a NIC on `lan`, booted on the source,
+/// counter running and a marker written to its disk.
 fn boot_shared(p: &HostPair, name: &str) {
+    lan_on_both(p);
     let c = p.source.client();
     c.vol_create(
         testkit::pair::SHARED_POOL,
@@ -73,6 +102,9 @@ fn boot_shared(p: &HostPair, name: &str) {
         format!("vol={}/{name}.qcow2", testkit::pair::SHARED_POOL)
             .parse()
             .unwrap(),
+    );
+    spec.nics.push(
+        serde_json::from_value(serde_json::json!({"type": "network", "source": "lan"})).unwrap(),
     );
     c.create(spec, true).unwrap();
     p.source.wait_ready(name).unwrap();
@@ -120,6 +152,7 @@ fn shared_storage_live_migration_keeps_the_guest_counting() {
     let info = p.target.client().info("mover").unwrap();
     assert_eq!(info.state, VmState::Running);
     nothing_left(&p.source, "mover");
+    no_taps(&p.source_ns);
     // The counter continues on the target.
     p.target
         .wait_console("mover", r"tick \d+", Duration::from_secs(30))
@@ -135,9 +168,11 @@ fn shared_storage_live_migration_keeps_the_guest_counting() {
         .expect("ticks on the target after the source's last");
     assert_eq!(n_first, n_last + 1, "a tick went missing across the switch");
     let gap = t_first.duration_since(t_last).as_millis() as u64;
-    // One tick interval, plus console delivery on two hosts under TCG.
+    // The guest's pause (QEMU's switchover plus hv's handover, as measured) plus one tick
+    // interval (100 ms), plus up to 200 ms for the console lines' trip through two hvds on a
+    // loaded CI host: a lost tick or a pause of seconds still fails.
     assert!(
-        gap <= downtime + 200,
+        gap <= downtime + 300,
         "gap of {gap} ms across the switch, measured downtime {downtime} ms"
     );
     // The disk's data is intact on the target.
@@ -149,6 +184,16 @@ fn shared_storage_live_migration_keeps_the_guest_counting() {
         )
         .unwrap();
     p.target.check_qemus_confined().unwrap();
+    // Audited on both hosts: the migrate request here, the incoming session and finish there.
+    let q: api::AuditQuery = serde_json::from_value(serde_json::json!({})).unwrap();
+    let here = serde_json::to_string(&p.source.client().audit(&q).unwrap()).unwrap();
+    assert!(here.contains("VM.Migrate"), "{here}");
+    let there = serde_json::to_string(&p.target.client().audit(&q).unwrap()).unwrap();
+    assert!(there.contains("/v1/migrations/incoming"), "{there}");
+    assert!(
+        there.contains("finish") && there.contains("migrator"),
+        "{there}"
+    );
     eprintln!(
         "migrated: gap {gap} ms, downtime {downtime} ms, total {:?} ms",
         done.total_ms
@@ -216,6 +261,7 @@ fn killing_the_target_hvd_midway_leaves_the_vm_running_on_the_source() {
     // The restarted target removes the half-received VM and its QEMU.
     p.target.start_again().unwrap();
     nothing_left(&p.target, "stay");
+    no_taps(&p.target_ns);
     assert!(p
         .target
         .hvd_log()
@@ -235,11 +281,21 @@ fn cancel_leaves_the_vm_running_on_the_source_and_nothing_on_the_target() {
     boot_shared(&p, "cancelme");
     let run = slow_migration(&p, "cancelme");
     let id = wait_memory_phase(&p);
+    // Meanwhile the target lists the VM as incoming and refuses every action on it.
+    let t = p.target.client().info("cancelme").unwrap();
+    assert!(t.incoming, "{t:?}");
+    let e = p
+        .target
+        .client()
+        .undefine("cancelme", false, true)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(api::ErrorCode::Busy), "{e}");
     p.source.client().operation_cancel(id).unwrap();
     let e = run.join().unwrap().expect_err("cancelled");
     assert_eq!(e.code(), Some(api::ErrorCode::Cancelled), "{e}");
     still_counting(&p.source, "cancelme");
     nothing_left(&p.target, "cancelme");
+    no_taps(&p.target_ns);
     let op = p.source.client().operation(id).unwrap();
     assert_eq!(op.status, api::OperationStatus::Cancelled);
 }
@@ -345,15 +401,7 @@ fn keep_source_leaves_a_stopped_definition_without_autostart() {
 #[test]
 fn reservations_snapshots_and_pause_follow_the_vm() {
     let p = HostPair::with(HVD.as_ref(), PairOpts { shared_pool: true }).expect("pair");
-    for h in [&p.source, &p.target] {
-        h.client()
-            .net_create(&model::NetworkSpec {
-                subnet: Some("10.88.1.0/24".into()),
-                ..model::NetworkSpec::new("lan".parse().unwrap(), model::NetMode::Isolated)
-            })
-            .unwrap();
-        h.client().net_start("lan").unwrap();
-    }
+    lan_on_both(&p);
     let c = p.source.client();
     c.vol_create(
         testkit::pair::SHARED_POOL,
@@ -441,6 +489,7 @@ fn a_cut_link_leaves_the_vm_running_on_the_source_and_the_target_cleans_itself()
         std::thread::sleep(Duration::from_millis(200));
     }
     nothing_left(&p.target, "cut");
+    no_taps(&p.target_ns);
     assert!(p.target.hvd_log().contains("tunnel broke"));
     p.set_link(true).unwrap();
 }

@@ -681,6 +681,7 @@ impl Engine {
             accel_reason: st.rec.accel_reason.clone().filter(|_| active),
             spec: with_spec.then(|| st.spec.redacted()),
             addresses: Vec::new(),
+            incoming: vm.current_op() == Some(migrate::INCOMING_OP),
         }
     }
 

@@ -109,6 +109,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The operation in progress, if any.
+    pub fn current_op(&self) -> Option<&'static str> {
+        *self.op.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ends the operation [`hold`](Self::hold) marked.
     pub fn release(&self) {
         *self.op.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -223,13 +223,16 @@ impl HostPair {
     }
 }
 
+/// The tick a console line shows (`tick N`, possibly after a shell prompt), if any.
+pub fn tick_of(line: &str) -> Option<u64> {
+    let (_, rest) = line.rsplit_once("tick ")?;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
 /// The ticks (`tick N`) in a console text, in order.
 pub fn ticks(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
+    console.lines().filter_map(tick_of).collect()
 }
 
 fn truncate(s: &str) -> String {
@@ -303,11 +306,7 @@ pub fn follow_ticks(
         };
         for line in std::io::BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
-            if let Some(n) = line
-                .trim()
-                .strip_prefix("tick ")
-                .and_then(|n| n.trim().parse().ok())
-            {
+            if let Some(n) = tick_of(&line) {
                 out.push((Instant::now(), n));
             }
             if stop.load(Ordering::Relaxed) {

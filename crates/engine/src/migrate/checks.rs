@@ -21,6 +21,9 @@ pub struct TargetFacts {
     /// Free bytes where copied disks would go, and how many bytes they need (`--copy-storage`,
     /// `--offline`); `None` when nothing is copied.
     pub disk_space: Option<(u64, u64)>,
+    /// Whether unprivileged processes (QEMU) may use userfaultfd, which post-copy needs on the
+    /// target (`vm.unprivileged_userfaultfd`).
+    pub userfaultfd: bool,
 }
 
 /// The CPU model a VM runs with: `-cpu X` of its argv, or QEMU's default for the accelerator.
@@ -127,6 +130,11 @@ pub fn check(req: &IncomingRequest, t: &TargetFacts) -> Vec<String> {
             ));
         }
     }
+    if req.postcopy && !t.userfaultfd {
+        out.push(format!(
+            "post-copy: QEMU runs unprivileged and {host} does not let it use userfaultfd; set vm.unprivileged_userfaultfd=1 there (sysctl -w vm.unprivileged_userfaultfd=1), or migrate without --postcopy"
+        ));
+    }
     // --offline carries the variable store and TPM state (the `vm-files` channel).
     if req.mode == MigrationMode::Live
         && (req.spec.firmware == model::Firmware::Uefi || req.spec.tpm)
@@ -192,6 +200,7 @@ mod tests {
             free_memory: 1 << 30,
             shared: vec![true],
             disk_space: None,
+            userfaultfd: false,
         }
     }
 
@@ -240,6 +249,12 @@ mod tests {
         let mut t = facts();
         t.disk_space = Some((1, 2 << 20));
         assert!(check(&req(), &t)[0].starts_with("disk:"));
+        let mut r = req();
+        r.postcopy = true;
+        assert!(check(&r, &facts())[0].contains("vm.unprivileged_userfaultfd=1"));
+        let mut t = facts();
+        t.userfaultfd = true;
+        assert!(check(&r, &t).is_empty());
     }
 
     #[test]

@@ -147,6 +147,8 @@ impl Engine {
             free_memory: mem_available(),
             shared,
             disk_space: None,
+            userfaultfd: std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                .is_ok_and(|v| v.trim() == "1"),
         })
     }
 
@@ -223,7 +225,7 @@ impl Engine {
             return Err(e);
         }
         let vm = self.get(&name)?;
-        if let Err(e) = vm.hold("incoming migration") {
+        if let Err(e) = vm.hold(super::INCOMING_OP) {
             self.drop_incoming_vm(&vm).await;
             return Err(e);
         }
@@ -246,6 +248,10 @@ impl Engine {
         );
         let started = async {
             self.store_snapshots(&vm, &req)?;
+            if req.current_snapshot.is_some() {
+                vm.lock().rec.current_snapshot = req.current_snapshot.clone();
+                self.persist_runtime_pub(&vm)?;
+            }
             vm.lock().incoming = true;
             let spec = vm.lock().spec.clone();
             let r = self.launch(&vm, spec, true, None).await;

@@ -49,6 +49,9 @@ pub fn tunnel_idle(channel: &str) -> std::time::Duration {
 /// The silence limit of disk channels (see [`tunnel_idle`]).
 pub const DISK_CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The operation marker an incoming VM is held with.
+pub(crate) const INCOMING_OP: &str = "incoming migration";
+
 /// A boxed future of a [`Peer`] call.
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
