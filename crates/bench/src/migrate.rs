@@ -1,0 +1,265 @@
+//! `hv-bench --only migrate` (issue 12): live migration between two hosts, each figure next to
+//! an anchor measured on the same link in the same run, interleaved run by run (which side goes
+//! first alternates):
+//! - the total time (request → the VM runs on the target) and QEMU's downtime of `hv migrate`
+//!   with shared storage, for a 256 MiB and a 1 GiB tiny guest, against a raw QEMU-to-QEMU
+//!   migration over plain TCP of the same guest, device set and disk, with the same downtime
+//!   limit and bandwidth;
+//! - `hv migrate --copy-storage` of a 1 GiB disk full of non-zero data against a plain TCP copy
+//!   of the same bytes (written and fsynced on the receiving side).
+//!
+//! The link is two network namespaces joined by a veth ([`link::Link`]); everything started is
+//! stopped by PID and the namespaces are removed, also when a measurement fails.
+
+mod link;
+mod qmp;
+mod raw;
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use testkit::guest;
+
+use crate::procs::{Bins, TempDir};
+use crate::stats::Summary;
+
+/// The downtime limit and bandwidth both sides are given (QEMU's default bandwidth, 32 MiB/s,
+/// would bound the figures instead of the link).
+#[derive(Debug, Clone, Copy)]
+pub struct Knobs {
+    pub downtime_ms: u64,
+    /// Bytes per second.
+    pub bandwidth: u64,
+}
+
+pub const KNOBS: Knobs = Knobs {
+    downtime_ms: 300,
+    bandwidth: 1 << 30,
+};
+
+/// Guest sizes measured.
+const MEMORY_MIB: [u64; 2] = [256, 1024];
+/// The copied disk's size.
+const DISK_BYTES: u64 = 1 << 30;
+
+/// One live migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Request (or spawning the incoming QEMU) → the VM runs on the target.
+    pub total_ms: f64,
+    /// QEMU's `total-time`.
+    pub qemu_total_ms: Option<f64>,
+    /// QEMU's `downtime`.
+    pub downtime_ms: Option<f64>,
+}
+
+/// One line of the migration table: hv's samples and the anchor's.
+pub struct MigRow {
+    label: String,
+    unit: &'static str,
+    hv: Result<Vec<f64>>,
+    anchor: Result<Vec<f64>>,
+    target: &'static str,
+}
+
+impl MigRow {
+    pub fn failed(&self) -> bool {
+        self.hv.is_err() || self.anchor.is_err()
+    }
+}
+
+/// Samples of one side, or the first error that side hit (it is not tried again).
+struct Side<T> {
+    samples: Vec<T>,
+    error: Option<String>,
+}
+
+impl<T> Side<T> {
+    fn new() -> Self {
+        Side {
+            samples: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn run(&mut self, what: &str, f: impl FnOnce() -> Result<T>) {
+        if self.error.is_some() {
+            return;
+        }
+        match f() {
+            Ok(s) => self.samples.push(s),
+            Err(e) => {
+                let e = format!("{e:#}");
+                eprintln!("  {what}: {e}");
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn values(&self, f: impl Fn(&T) -> Option<f64>) -> Result<Vec<f64>> {
+        match &self.error {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => self
+                .samples
+                .iter()
+                .map(|s| f(s).context("not reported"))
+                .collect(),
+        }
+    }
+}
+
+pub fn measure(bins: &Bins, runs: usize) -> Vec<MigRow> {
+    match measure_all(bins, runs) {
+        Ok(rows) => rows,
+        Err(e) => vec![MigRow {
+            label: "live migration".into(),
+            unit: "ms",
+            hv: Err(anyhow::anyhow!("{e:#}")),
+            anchor: Err(anyhow::anyhow!("{e:#}")),
+            target: "",
+        }],
+    }
+}
+
+fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
+    let g = guest::tiny_guest()?;
+    let scratch = TempDir::new()?;
+    let disk = raw::shared_disk(scratch.path())?;
+    let link = link::Link::new()?;
+    let mut rows = Vec::new();
+    for mem in MEMORY_MIB {
+        eprintln!("migrate: {mem} MiB guest, {runs} pairs of hv and raw QEMU");
+        let (mut hv, mut raw) = (Side::new(), Side::new());
+        for i in 0..runs {
+            let mut raw_run = || {
+                raw.run("raw QEMU", || {
+                    raw::migration(&link, &g, scratch.path(), &disk, mem, KNOBS)
+                })
+            };
+            let mut hv_run = || hv.run("hv", || hv_migration(bins, mem));
+            if i % 2 == 0 {
+                raw_run();
+                hv_run();
+            } else {
+                hv_run();
+                raw_run();
+            }
+            eprintln!(
+                "  pair {}: hv {:?}, raw {:?}",
+                i + 1,
+                hv.samples.last(),
+                raw.samples.last()
+            );
+        }
+        let size = if mem >= 1024 {
+            format!("{} GiB", mem / 1024)
+        } else {
+            format!("{mem} MiB")
+        };
+        rows.push(MigRow {
+            label: format!(
+                "live migration, {size} guest, shared disk: request → runs on the target"
+            ),
+            unit: "ms",
+            hv: hv.values(|s| Some(s.total_ms)),
+            anchor: raw.values(|s| Some(s.total_ms)),
+            target: "hv / raw ≤ 1.10",
+        });
+        rows.push(MigRow {
+            label: format!("… QEMU's migration time (`query-migrate` total-time), {size}"),
+            unit: "ms",
+            hv: hv.values(|s| s.qemu_total_ms),
+            anchor: raw.values(|s| s.qemu_total_ms),
+            target: "—",
+        });
+        rows.push(MigRow {
+            label: format!("… downtime (QEMU's figure), {size}"),
+            unit: "ms",
+            hv: hv.values(|s| s.downtime_ms),
+            anchor: raw.values(|s| s.downtime_ms),
+            target: "hv ≤ 300 ms",
+        });
+    }
+    eprintln!("migrate: 1 GiB disk copy, {runs} pairs of --copy-storage and plain TCP");
+    let src = scratch.path().join("data.raw");
+    raw::fill(&src, DISK_BYTES)?;
+    let dst = scratch.path().join("copy.raw");
+    let (mut hv, mut tcp) = (Side::new(), Side::new());
+    for i in 0..runs {
+        let mut tcp_run = || {
+            tcp.run("plain TCP", || {
+                let r = raw::tcp_copy(&link, &src, &dst);
+                let _ = std::fs::remove_file(&dst);
+                r
+            })
+        };
+        let mut hv_run = || hv.run("hv --copy-storage", || hv_copy_storage(bins, &src));
+        if i % 2 == 0 {
+            tcp_run();
+            hv_run();
+        } else {
+            hv_run();
+            tcp_run();
+        }
+        eprintln!(
+            "  pair {}: hv {:?} MiB/s, TCP {:?} MiB/s",
+            i + 1,
+            hv.samples.last(),
+            tcp.samples.last()
+        );
+    }
+    rows.push(MigRow {
+        label: "1 GiB disk (non-zero data) copied: `--copy-storage` / plain TCP copy".into(),
+        unit: "MiB/s",
+        hv: hv.values(|v| Some(*v)),
+        anchor: tcp.values(|v| Some(*v)),
+        target: "hv / TCP ≥ 0.8",
+    });
+    Ok(rows)
+}
+
+/// `hv migrate` with shared storage (not on this branch yet).
+fn hv_migration(_bins: &Bins, _mem: u64) -> Result<Sample> {
+    anyhow::bail!("hv's migrate API is not on this branch yet")
+}
+
+/// `hv migrate --copy-storage` of a VM whose disk holds `data` (not on this branch yet): MiB/s.
+fn hv_copy_storage(_bins: &Bins, _data: &std::path::Path) -> Result<f64> {
+    anyhow::bail!("hv's --copy-storage is not on this branch yet")
+}
+
+/// The Markdown table: both medians with their ranges, and the ratio of the medians.
+pub fn table(rows: &[MigRow]) -> String {
+    let mut out = String::from(
+        "| figure | n | hv median (min – max) | anchor median (min – max) | hv / anchor | target |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let cell = |r: &Result<Vec<f64>>, unit: &str| -> (usize, Option<f64>, String) {
+        match r {
+            Ok(v) => match Summary::of(v) {
+                Some(s) => (
+                    s.n,
+                    Some(s.median),
+                    format!("{:.0} {unit} ({:.0} – {:.0})", s.median, s.min, s.max),
+                ),
+                None => (0, None, "-".into()),
+            },
+            Err(e) => (0, None, format!("failed: {e:#}")),
+        }
+    };
+    for r in rows {
+        let (hn, hm, h) = cell(&r.hv, r.unit);
+        let (an, am, a) = cell(&r.anchor, r.unit);
+        let ratio = match (hm, am) {
+            (Some(h), Some(a)) if a > 0.0 => format!("{:.2}", h / a),
+            _ => "-".into(),
+        };
+        let n = if hn == 0 { an } else { hn.min(an.max(hn)) };
+        let _ = writeln!(
+            out,
+            "| {} | {n} | {h} | {a} | {ratio} | {} |",
+            r.label, r.target
+        );
+    }
+    out
+}
