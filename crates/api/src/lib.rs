@@ -17,6 +17,13 @@ mod console;
 pub use console::*;
 mod media;
 pub use media::*;
+pub mod migrate;
+pub use migrate::{
+    IncomingDisk, IncomingForward, IncomingLayer, IncomingReady, IncomingRequest,
+    IncomingReservation, IncomingSnapshot, IncomingState, IncomingStatus, MigrateRequest,
+    MigrationMode, MigrationPhase, MigrationProgress, PeerTarget, SharedProbe, SourceFacts,
+    MIGRATE_OPERATION, MIGRATION_PROTOCOL,
+};
 mod resize;
 pub use resize::*;
 mod screen;
@@ -349,6 +356,9 @@ pub struct OperationInfo {
     /// The error of a failed or cancelled operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A migration's progress (operations of kind `migrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationProgress>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

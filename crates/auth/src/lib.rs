@@ -80,9 +80,9 @@ impl Role {
             VmConsoleInput | VmPowerMgmt | VmMedia | VmSnapshot | OperationCancel => {
                 self >= Role::Operator
             }
-            VmSnapshotDelete | VmConfig | VmAllocate | HostPaths | HostAudit | HostAdmin
-            | NetworkAudit | NetworkAdmin | StorageAudit | StorageAdmin | UserAdmin | AuditRead
-            | MetricsRead => self == Role::Admin,
+            VmSnapshotDelete | VmConfig | VmAllocate | VmMigrate | HostPaths | HostAudit
+            | HostAdmin | NetworkAudit | NetworkAdmin | StorageAudit | StorageAdmin | UserAdmin
+            | AuditRead | MetricsRead => self == Role::Admin,
         }
     }
 }
@@ -206,6 +206,8 @@ pub enum Action {
     VmConfig,
     /// Define and undefine VMs.
     VmAllocate,
+    /// Move a VM to another host (`hv migrate`): admin only, since the VM leaves this host.
+    VmMigrate,
     /// Name host paths (not pool volumes) in a VM's disks, kernel or media.
     HostPaths,
     HostAudit,
@@ -243,6 +245,7 @@ impl Action {
             VmSnapshotDelete => "VM.Snapshot.Delete",
             VmConfig => "VM.Config",
             VmAllocate => "VM.Allocate",
+            VmMigrate => "VM.Migrate",
             HostPaths => "Host.Paths",
             HostAudit => "Host.Audit",
             HostAdmin => "Host.Admin",

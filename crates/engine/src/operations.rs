@@ -107,6 +107,7 @@ impl Operations {
                         finished_ms: None,
                         cancellable: cancel == Cancel::AtAnyAwait,
                         progress_percent: None,
+                        migration: None,
                         error: None,
                     },
                     cancel: tx,

@@ -62,6 +62,11 @@ impl TestHvd {
         Self::start_with(hvd_bin, Some(netns), &[])
     }
 
+    /// Like [`start_in_netns`](Self::start_in_netns), with more hvd arguments.
+    pub fn start_in_netns_with_args(hvd_bin: &Path, netns: &str, args: &[&str]) -> Result<TestHvd> {
+        Self::start_with(hvd_bin, Some(netns), args)
+    }
+
     /// Like [`start`](Self::start), with extra environment variables for hvd.
     pub fn start_with_env(hvd_bin: &Path, env: &[(&str, &str)]) -> Result<TestHvd> {
         Self::start_full(hvd_bin, None, env, &[])

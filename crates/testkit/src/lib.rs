@@ -13,6 +13,7 @@ pub mod iso;
 pub mod media;
 mod netns;
 pub mod package;
+pub mod pair;
 
 pub use hvd::{TestHvd, VmOpts};
 pub use netns::NetNs;
