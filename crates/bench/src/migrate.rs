@@ -11,6 +11,7 @@
 //! The link is two network namespaces joined by a veth ([`link::Link`]); everything started is
 //! stopped by PID and the namespaces are removed, also when a measurement fails.
 
+mod hv;
 mod link;
 mod qmp;
 mod raw;
@@ -19,6 +20,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use testkit::guest;
+use testkit::pair::{HostPair, PairOpts};
 
 use crate::procs::{Bins, TempDir};
 use crate::stats::Summary;
@@ -124,19 +126,44 @@ pub fn measure(bins: &Bins, runs: usize) -> Vec<MigRow> {
 fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
     let g = guest::tiny_guest()?;
     let scratch = TempDir::new()?;
-    let disk = raw::shared_disk(scratch.path())?;
-    let link = link::Link::new()?;
+    // The raw QEMUs run over the very link (namespaces, veth) of the hvds' pair; without a pair
+    // (hvd cannot start), over a link of the same shape, and the hv figures report the error.
+    let pair = HostPair::with(&bins.hvd, PairOpts { shared_pool: true });
+    let (link, pair) = match pair {
+        Ok(p) => (link::Link::of_pair(&p), Ok(p)),
+        Err(e) => (link::Link::new()?, Err(format!("{e:#}"))),
+    };
+    let disk_dir = match &pair {
+        Ok(p) => p
+            .shared_dir
+            .clone()
+            .context("the pair has no shared pool")?,
+        Err(_) => scratch.path().to_path_buf(),
+    };
+    let disk = raw::shared_disk(&disk_dir)?;
     let mut rows = Vec::new();
     for mem in MEMORY_MIB {
         eprintln!("migrate: {mem} MiB guest, {runs} pairs of hv and raw QEMU");
         let (mut hv, mut raw) = (Side::new(), Side::new());
+        let vol = match &pair {
+            Ok(p) => hv::shared_volume(p, mem).map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.clone()),
+        };
         for i in 0..runs {
             let mut raw_run = || {
                 raw.run("raw QEMU", || {
                     raw::migration(&link, &g, scratch.path(), &disk, mem, KNOBS)
                 })
             };
-            let mut hv_run = || hv.run("hv", || hv_migration(bins, mem));
+            let mut hv_run = || {
+                hv.run("hv", || {
+                    let (p, vol) = match (&pair, &vol) {
+                        (Ok(p), Ok(v)) => (p, v),
+                        (Err(e), _) | (_, Err(e)) => anyhow::bail!("{e}"),
+                    };
+                    hv::migration(p, &format!("m{mem}-{i}"), mem, vol, KNOBS)
+                })
+            };
             if i % 2 == 0 {
                 raw_run();
                 hv_run();
@@ -216,11 +243,6 @@ fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
         target: "hv / TCP ≥ 0.8",
     });
     Ok(rows)
-}
-
-/// `hv migrate` with shared storage (not on this branch yet).
-fn hv_migration(_bins: &Bins, _mem: u64) -> Result<Sample> {
-    anyhow::bail!("hv's migrate API is not on this branch yet")
 }
 
 /// `hv migrate --copy-storage` of a VM whose disk holds `data` (not on this branch yet): MiB/s.

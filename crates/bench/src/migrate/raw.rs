@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use testkit::guest::{self, TinyGuest};
 
-use super::link::{self, Link, TARGET_IP};
+use super::link::{self, Link};
 use super::qmp::Qmp;
 use super::{Knobs, Sample};
 use crate::boot::read_until;
@@ -71,7 +71,7 @@ fn qemu(ns: &str, guest: &TinyGuest, disk: &Path, mem_mib: u64, qmp: &Path) -> C
 
 /// A qcow2 disk both QEMUs open (shared storage).
 pub fn shared_disk(dir: &Path) -> Result<PathBuf> {
-    let disk = dir.join("shared.qcow2");
+    let disk = dir.join("hvb-raw-shared.qcow2");
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
@@ -102,7 +102,7 @@ pub fn migration(
     for p in [&src_qmp, &dst_qmp] {
         let _ = std::fs::remove_file(p);
     }
-    let mut cmd = qemu(&link.source.name, guest, disk, mem_mib, &src_qmp);
+    let mut cmd = qemu(&link.source, guest, disk, mem_mib, &src_qmp);
     cmd.args(["-serial", "stdio"])
         .stdout(Stdio::piped())
         .stderr(File::create(&src_log)?);
@@ -121,19 +121,22 @@ pub fn migration(
     )?;
 
     let t0 = Instant::now();
-    let mut cmd = qemu(&link.target.name, guest, disk, mem_mib, &dst_qmp);
+    let mut cmd = qemu(&link.target, guest, disk, mem_mib, &dst_qmp);
     cmd.args([
         "-serial",
         &format!("file:{}", dir.join("dst.serial").display()),
     ])
     .arg("-incoming")
-    .arg(format!("tcp:{TARGET_IP}:{PORT}"))
+    .arg(format!("tcp:{}:{PORT}", link.target_ip))
     .stdout(Stdio::null())
     .stderr(File::create(&dst_log)?);
     let _dst = Reaped::new(cmd.spawn().context("spawning the target QEMU")?);
     let mut dq = Qmp::connect(&dst_qmp, Duration::from_secs(30))
         .with_context(|| log_of("target", &dst_log))?;
-    sq.execute("migrate", json!({"uri": format!("tcp:{TARGET_IP}:{PORT}")}))?;
+    sq.execute(
+        "migrate",
+        json!({"uri": format!("tcp:{}:{PORT}", link.target_ip)}),
+    )?;
     let info = loop {
         let info = sq.execute("query-migrate", json!({}))?;
         match info["status"].as_str() {
@@ -205,7 +208,7 @@ pub fn tcp_copy(link: &Link, src: &Path, dst: &Path) -> Result<f64> {
     std::thread::scope(|s| {
         let receiver = s.spawn(|| -> Result<Instant> {
             link::enter(&link.target)?;
-            let l = TcpListener::bind((TARGET_IP, 0));
+            let l = TcpListener::bind((link.target_ip.as_str(), 0));
             let l = match l {
                 Ok(l) => l,
                 Err(e) => {
@@ -246,7 +249,7 @@ pub fn tcp_copy(link: &Link, src: &Path, dst: &Path) -> Result<f64> {
                 .flatten()
                 .context("the receiver did not start")?;
             let t0 = Instant::now();
-            let mut conn = TcpStream::connect((TARGET_IP, port))?;
+            let mut conn = TcpStream::connect((link.target_ip.as_str(), port))?;
             let mut f = File::open(src)?;
             std::io::copy(&mut f, &mut conn)?;
             conn.shutdown(Shutdown::Write)?;
