@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use api::{MigrateRequest, OperationInfo, OperationStatus};
+use api::{MigrateRequest, MigrationPhase, OperationInfo, OperationStatus};
 use model::{Size, VmState};
 use testkit::pair::{HostPair, SHARED_POOL};
 use testkit::VmOpts;
@@ -83,6 +83,8 @@ pub fn migration(p: &HostPair, vm: &str, mem: u64, vol: &str, knobs: Knobs) -> R
 pub struct Done {
     pub op: OperationInfo,
     pub total_ms: f64,
+    /// From the first poll that saw the `disks` phase to the first that saw a later one.
+    pub disks_ms: Option<f64>,
 }
 
 /// Posts the migrate request and waits for its operation to end (it must succeed).
@@ -93,8 +95,17 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
     let op: OperationInfo = src
         .call("POST", &api::migrate::paths::vm_migrate(vm), Some(req))
         .context("POST migrate")?;
+    let (mut disks_from, mut disks_ms) = (None, None);
     let op = loop {
         let op = src.operation(op.id)?;
+        let phase = op.migration.as_ref().map(|m| m.phase);
+        match (phase, disks_from) {
+            (Some(MigrationPhase::Disks), None) => disks_from = Some(Instant::now()),
+            (Some(ph), Some(t)) if ph != MigrationPhase::Disks && disks_ms.is_none() => {
+                disks_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            _ => {}
+        }
         if op.status != OperationStatus::Running {
             break op;
         }
@@ -115,5 +126,88 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
         Some(f) => f as f64 - t_wall.as_secs_f64() * 1000.0,
         None => elapsed.as_secs_f64() * 1000.0,
     };
-    Ok(Done { op, total_ms })
+    Ok(Done {
+        op,
+        total_ms,
+        disks_ms,
+    })
+}
+
+/// The source's data volume for `--copy-storage` (re-created when a migration took it away).
+const DATA_VOL: &str = "hvb-data.raw";
+
+/// `hv migrate --copy-storage` of a 128 MiB guest whose disk (a raw volume in the source's
+/// `default` pool) holds `data`'s bytes: MiB/s of disk over the whole operation (request →
+/// done, RAM migration included), and over the time the operation was seen in its `disks`
+/// phase (10 ms polls).
+pub fn copy_storage(
+    p: &HostPair,
+    vm: &str,
+    data: &std::path::Path,
+    knobs: Knobs,
+) -> Result<(f64, Option<f64>)> {
+    let src = p.source.client();
+    let bytes = std::fs::metadata(data)?.len();
+    if src.vol_info("default", DATA_VOL).is_err() {
+        let v = src
+            .vol_create(
+                "default",
+                &api::CreateVolRequest {
+                    name: DATA_VOL.parse()?,
+                    size: Some(Size(bytes)),
+                    format: None,
+                    backing: None,
+                },
+            )
+            .context("creating the data volume")?;
+        copy_into(data, &v.path)?;
+    }
+    let spec = p.source.tiny_spec(
+        vm,
+        VmOpts {
+            disks: vec![serde_json::from_value(
+                serde_json::json!({ "vol": format!("default/{DATA_VOL}") }),
+            )?],
+            ..VmOpts::default()
+        },
+    )?;
+    src.create(spec, true)
+        .context("creating the VM on the source")?;
+    p.source.wait_ready(vm)?;
+    let req = MigrateRequest {
+        to: p.peer.clone(),
+        copy_storage: true,
+        offline: false,
+        downtime_ms: Some(knobs.downtime_ms),
+        bandwidth: Some(knobs.bandwidth),
+        postcopy: false,
+        keep_source: false,
+    };
+    let done = run_operation(p, vm, &req)?;
+    let dst = p.target.client();
+    let info = dst.info(vm).context("the VM on the target")?;
+    if info.state != VmState::Running {
+        bail!("{vm} is {} on the target after the migration", info.state);
+    }
+    let qemu = ExitWatch::open(info.pid.context("the target VM has no QEMU PID")?)?;
+    dst.destroy(vm)?;
+    qemu.wait(Duration::from_secs(30))?;
+    dst.undefine(vm, true, true)?;
+    let mib = bytes as f64 / f64::from(1 << 20);
+    Ok((
+        mib / (done.total_ms / 1000.0),
+        done.disks_ms.map(|d| mib / (d / 1000.0)),
+    ))
+}
+
+/// Overwrites the volume file at `path` with `data` (same size), keeping its owner and mode.
+fn copy_into(data: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    let mut from = std::fs::File::open(data)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    std::io::copy(&mut from, &mut to)?;
+    to.sync_all()?;
+    Ok(())
 }
