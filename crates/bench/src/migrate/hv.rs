@@ -155,7 +155,7 @@ pub fn copy_storage(
                 &api::CreateVolRequest {
                     name: DATA_VOL.parse()?,
                     size: Some(Size(bytes)),
-                    format: None,
+                    format: Some(model::DiskFormat::Raw),
                     backing: None,
                 },
             )
