@@ -138,7 +138,8 @@ pub struct MigrationProgress {
     pub dirty_rate: u64,
     #[serde(default)]
     pub expected_downtime_ms: u64,
-    /// The final downtime, as QEMU measured it.
+    /// The final downtime: QEMU's measured switchover plus hv's handover (until the target
+    /// has continued the guest), so the whole pause the guest sees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
     /// The whole migration's duration, once done.
@@ -184,7 +185,8 @@ pub struct SourceFacts {
 }
 
 /// A disk's probe for shared storage: the source wrote `token` into the file `path` (in the
-/// disk's directory); the target reads it at the same path.
+/// disk's directory); the target reads the file of that name in the directory where IT finds
+/// the disk (the pool of the same name, or the same path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SharedProbe {
     pub path: std::path::PathBuf,
@@ -278,6 +280,9 @@ pub struct IncomingRequest {
     /// The source VM was paused when the migration began: the target stays paused at finish.
     #[serde(default)]
     pub paused: bool,
+    /// Post-copy may be used: the target's QEMU needs the capability too.
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// The target's answer: a session id and the tunnel channels it opened.

@@ -11,6 +11,7 @@ mod edit;
 mod events;
 mod generate;
 mod import;
+mod migrate;
 mod networks;
 mod nics;
 mod operations;
@@ -194,6 +195,8 @@ enum Cmd {
         #[arg(long)]
         start: bool,
     },
+    /// Move a running VM to another hvd (a remote from `hv remote list`).
+    Migrate(migrate::MigrateArgs),
     /// Users of the HTTPS API and their grants.
     #[command(subcommand)]
     User(access::UserCmd),
@@ -523,6 +526,7 @@ fn run(cli: Cli, m: &clap::ArgMatches) -> Result<i32> {
                 if start { " and started" } else { "" }
             );
         }
+        Cmd::Migrate(a) => migrate::run(&c, a)?,
         Cmd::User(cmd) => access::user(&c, cmd)?,
         Cmd::Token(cmd) => access::token(&c, cmd)?,
         Cmd::Audit {

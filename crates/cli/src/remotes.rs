@@ -131,6 +131,17 @@ pub fn client_for(name: &str) -> Result<Client> {
     Ok(Client::https(&r.url, &r.token, Some(&r.fingerprint))?.named(name))
 }
 
+/// The remote `name` as a migration target (its token goes to the source hvd).
+pub fn peer_for(name: &str) -> Result<api::PeerTarget> {
+    let remotes = Remotes::load(&path()?)?;
+    let r = remotes.get(name)?;
+    Ok(api::PeerTarget {
+        url: r.url.clone(),
+        token: r.token.clone(),
+        fingerprint: r.fingerprint.clone(),
+    })
+}
+
 /// The default remote, when one is set.
 pub fn default_remote() -> Result<Option<String>> {
     Ok(Remotes::load(&path()?)?.default)

@@ -168,6 +168,15 @@ impl Https {
         Ok(tls)
     }
 
+    pub(crate) fn raw_endpoint(&self) -> crate::RawEndpoint {
+        crate::RawEndpoint {
+            tls: self.tls.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            authorization: self.bearer(),
+        }
+    }
+
     pub(crate) fn bearer(&self) -> String {
         format!("Bearer {}", self.token)
     }

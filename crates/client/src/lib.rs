@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 mod https;
+mod migrate;
+pub use migrate::RawEndpoint;
 mod pin;
 mod volume_data;
 mod watch;

@@ -255,6 +255,12 @@ pub const RULES: &[(&str, &str, Rule)] = {
         ("post", "/v1/vms/{name}/resources", rule(VmConfig, Vm)),
         // Defines a VM not named in the path: allocation on all VMs.
         ("post", "/v1/vms/{name}/clone", rule(VmAllocate, Global)),
+        ("post", "/v1/vms/{name}/migrate", rule(VmMigrate, Vm)),
+        ("post", "/v1/migrations/incoming", rule(HostAdmin, Global)),
+        ("get", "/v1/migrations/incoming/{id}", rule(HostAdmin, Global)),
+        ("delete", "/v1/migrations/incoming/{id}", rule(HostAdmin, Global)),
+        ("post", "/v1/migrations/incoming/{id}/finish", rule(HostAdmin, Global)),
+        ("get", "/v1/migrations/incoming/{id}/tunnel/{channel}", rule(HostAdmin, Global)),
         ("post", "/v1/vms/{name}/media", rule(VmMedia, VmWithPaths)),
         ("post", "/v1/vms/{name}/media/eject", rule(VmMedia, Vm)),
         // Lists what VM.Media may insert, so it needs that right, but it only reads.

@@ -23,6 +23,7 @@ mod clone;
 pub mod consoles;
 mod events;
 mod media;
+mod migrate;
 mod resize;
 mod screen;
 mod stats;
@@ -237,6 +238,7 @@ pub fn router(engine: Engine) -> Router {
         .merge(media::routes())
         .merge(resize::routes())
         .merge(clone::routes())
+        .merge(migrate::routes())
         .fallback(|| async { ApiError(ErrorCode::NotFound, "no such API path".into()) })
         .with_state(engine)
 }

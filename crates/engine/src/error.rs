@@ -43,6 +43,9 @@ pub enum EngineError {
     Internal(String),
     #[error("{0}")]
     Cancelled(String),
+    /// Another hvd (a migration's target) refused, with its code and message.
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
     /// The database cannot be used as it is (too new, a row that does not read).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -65,6 +68,7 @@ impl EngineError {
             EngineError::Qemu(_) => ErrorCode::QemuError,
             EngineError::Internal(_) | EngineError::Store(_) => ErrorCode::Internal,
             EngineError::Cancelled(_) => ErrorCode::Cancelled,
+            EngineError::Remote { code, .. } => *code,
         }
     }
 }

@@ -21,6 +21,7 @@ mod hotplug;
 mod images;
 pub mod logcap;
 mod media;
+pub mod migrate;
 mod network;
 mod nics;
 mod operations;
@@ -121,6 +122,8 @@ pub(crate) struct Inner {
     samples: stats::Samples,
     /// Whether VMs get systemd scopes (`scope.rs`).
     systemd: host_exec::systemd::Presence,
+    /// Incoming migrations (`migrate/incoming.rs`).
+    incoming: migrate::Sessions,
 }
 
 /// The engine. Cheap to clone.
@@ -233,6 +236,7 @@ impl Engine {
                 ops: Operations::with_events(events),
                 samples: Default::default(),
                 systemd: scope::detect_and_log(),
+                incoming: Default::default(),
             }),
         };
         engine.ensure_default_pool()?;
@@ -259,6 +263,7 @@ impl Engine {
         for vm in reattach {
             engine.reattach(vm).await;
         }
+        engine.remove_half_received().await;
         // Probe QEMU now, in the background, so the first start does not pay for it.
         let warm = engine.clone();
         tokio::spawn(async move {

@@ -50,6 +50,8 @@ pub enum Cancel {
     Never,
     /// Only waits (on a guest, a timeout) remain after any await: dropping it is safe.
     AtAnyAwait,
+    /// The work watches [`cancel_signal`] and undoes itself (a migration).
+    Cooperative,
 }
 
 impl Operations {
@@ -105,7 +107,7 @@ impl Operations {
                         status: OperationStatus::Running,
                         created_ms: now_ms(),
                         finished_ms: None,
-                        cancellable: cancel == Cancel::AtAnyAwait,
+                        cancellable: cancel != Cancel::Never,
                         progress_percent: None,
                         migration: None,
                         error: None,
@@ -127,7 +129,7 @@ impl Operations {
         };
         let task = CURRENT.scope(progress, async move {
             let result = match cancel {
-                Cancel::Never => work.await,
+                Cancel::Never | Cancel::Cooperative => work.await,
                 Cancel::AtAnyAwait => tokio::select! {
                     r = work => r,
                     _ = rx.wait_for(|c| *c) => Err(EngineError::Cancelled(format!(
@@ -261,6 +263,24 @@ pub(crate) fn report_progress(percent: f64) {
             if before != Some(percent.floor()) {
                 p.ops.events.operation(&e.info);
             }
+        }
+    });
+}
+
+/// For [`Cancel::Cooperative`] work: turns true when the operation is cancelled.
+pub(crate) fn cancel_signal() -> Option<watch::Receiver<bool>> {
+    CURRENT
+        .try_with(|p| p.ops.lock().ops.get(&p.id).map(|e| e.cancel.subscribe()))
+        .ok()
+        .flatten()
+}
+
+/// Publishes a migration's progress on the operation this task works for, if any.
+pub(crate) fn report_migration(m: &api::MigrationProgress) {
+    let _ = CURRENT.try_with(|p| {
+        if let Some(e) = p.ops.lock().ops.get_mut(&p.id) {
+            e.info.migration = Some(m.clone());
+            p.ops.events.operation(&e.info);
         }
     });
 }

@@ -24,7 +24,7 @@ use crate::{now_secs, Engine};
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 /// `-cpu` for KVM hosts where `host` cannot set MSR 0x10a (IA32_ARCH_CAPABILITIES).
-const KVM_CPU_FALLBACK: &str = "host,-arch-capabilities";
+pub(crate) const KVM_CPU_FALLBACK: &str = "host,-arch-capabilities";
 
 /// Does QEMU's failure say that `-cpu host` could not set a model-specific register?
 fn needs_cpu_fallback(error: &str) -> bool {
@@ -407,7 +407,7 @@ impl Engine {
                 .plan_argv(vm, &spec, paused, &overlays, loadvm, &taps)
                 .await
             {
-                Ok(x) => x,
+                Ok(x) => crate::migrate::incoming_argv(vm, x),
                 Err(e) => {
                     self.revoke_all(vm);
                     cleanup_files(&made);

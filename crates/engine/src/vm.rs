@@ -22,6 +22,8 @@ pub(crate) struct VmRt {
     pub vnc: Option<VncInfo>,
     /// hv itself asked QEMU to go away (destroy): its exit is not a crash.
     pub stopping: bool,
+    /// The next launch waits for a migration stream (`-incoming defer`, `migrate/incoming.rs`).
+    pub incoming: bool,
 }
 
 pub(crate) struct Vm {
@@ -68,6 +70,7 @@ impl Vm {
                 pidfd: None,
                 vnc: None,
                 stopping: false,
+                incoming: false,
             }),
             op: Mutex::new(None),
             state_tx: watch::channel(state).0,
@@ -97,6 +100,18 @@ impl Vm {
         }
         *cur = Some(op);
         Ok(OpGuard(&self.op))
+    }
+
+    /// Marks an operation that outlives any one call (an incoming migration): like
+    /// [`begin`](Self::begin), ended by [`release`](Self::release).
+    pub fn hold(&self, op: &'static str) -> Result<()> {
+        std::mem::forget(self.begin(op)?);
+        Ok(())
+    }
+
+    /// Ends the operation [`hold`](Self::hold) marked.
+    pub fn release(&self) {
+        *self.op.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// QMP events from now on. The stream ends when QEMU ends (at once when it is not running).

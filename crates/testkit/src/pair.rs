@@ -194,11 +194,12 @@ impl HostPair {
         peer_of(&self.target, &self.target_ip, user, role, vm_glob)
     }
 
-    /// Starts the counter on a booted tiny guest's console: `tick N` every 100 ms.
+    /// Starts the counter on a booted tiny guest's console: `tick N` every 100 ms, in the
+    /// background (the shell still takes commands).
     pub fn start_counter(h: &TestHvd, vm: &str) -> Result<()> {
         h.type_line(
             vm,
-            "i=0; while :; do echo tick $i; i=$((i+1)); usleep 100000; done",
+            "(i=0; while :; do echo tick $i; i=$((i+1)); usleep 100000; done) &",
         )?;
         h.wait_console(vm, r"tick 3\b", Duration::from_secs(30))
             .map(drop)
@@ -259,5 +260,43 @@ fn peer_of(
         url: format!("https://{addr}:{PORT}"),
         token,
         fingerprint,
+    })
+}
+
+/// Follows a VM's console on `h` from now on, in a thread, recording when each `tick N` line
+/// arrives; retries until the VM exists there (a migration's target). Stops when `stop` is set.
+pub fn follow_ticks(
+    h: &TestHvd,
+    vm: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, u64)>> {
+    let client = h.client().clone();
+    let vm = vm.to_string();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut out = Vec::new();
+        let reader = loop {
+            if stop.load(Ordering::Relaxed) {
+                return out;
+            }
+            match client.console_log(&vm, true) {
+                Ok(r) => break r,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if let Some(n) = line
+                .trim()
+                .strip_prefix("tick ")
+                .and_then(|n| n.trim().parse().ok())
+            {
+                out.push((Instant::now(), n));
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        out
     })
 }

@@ -1,0 +1,545 @@
+//! The target of a migration: an incoming session per VM being received.
+//!
+//! `prepare` runs the pre-checks, defines the VM (with a marker file `vms/NAME/incoming` that
+//! makes a restarted hvd remove it) and starts its QEMU through the normal launch path with
+//! `-incoming defer`, the VM held busy by the operation marker so every other action refuses
+//! it. The `memory` channel issues `migrate-incoming` to a socket in the VM's private run dir
+//! and hands hvd's connection to it to the daemon's tunnel. `finish` continues the guest and
+//! makes the definition the target's own; `abort` (or the source going away) leaves nothing:
+//! no QEMU, no definition, no marker.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::{IncomingReady, IncomingRequest, IncomingState, IncomingStatus, MigrationMode, VmInfo};
+use serde_json::json;
+
+use super::checks::{self, TargetFacts};
+use crate::error::{EngineError, Result};
+use crate::vm::Vm;
+use crate::Engine;
+
+/// The marker file in `vms/NAME/` of a VM that is still being received.
+const MARKER: &str = "incoming";
+/// How long a prepared session waits for its stream, and a received one for `finish`.
+const IDLE_LIMIT: Duration = Duration::from_secs(120);
+/// How long, after the stream ended, QEMU may take to report the outcome.
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Session {
+    vm: String,
+    state: IncomingState,
+    error: Option<String>,
+    paused: bool,
+    autostart: bool,
+    state_tx: tokio::sync::watch::Sender<IncomingState>,
+}
+
+/// The incoming sessions of this hvd.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<BTreeMap<String, Session>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn no_session(id: &str) -> EngineError {
+    EngineError::NotFound(format!(
+        "incoming migration {id:?} does not exist (it was aborted, or this hvd restarted)"
+    ))
+}
+
+impl Engine {
+    fn sessions(&self) -> &Sessions {
+        &self.inner.incoming
+    }
+
+    /// What the checks need to know about this host.
+    async fn target_facts(&self, req: &IncomingRequest) -> Result<TargetFacts> {
+        let caps = self.caps().await?;
+        let kvm = caps.kvm && req.spec.accel != model::Accel::Tcg;
+        let cpu_model = if kvm {
+            if self
+                .inner
+                .kvm_cpu_fallback
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                crate::run::KVM_CPU_FALLBACK.to_string()
+            } else {
+                "host".into()
+            }
+        } else {
+            "default".into()
+        };
+        let networks = self.inner.nets.lock().await.map.keys().cloned().collect();
+        // Each disk as THIS host resolves it (a volume in its pool of that name, or the same
+        // path): shared when the source's probe file is in that directory here too.
+        let mut here = req.spec.clone();
+        let resolved = self.resolve_volumes(&mut here).is_ok();
+        let shared = req
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let dir = here.disks.get(i).and_then(|x| x.path.parent());
+                d.shared.as_ref().zip(dir).is_some_and(|(p, dir)| {
+                    let name = p.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                    resolved
+                        && name.starts_with(super::source::PROBE_PREFIX)
+                        && !name.contains('/')
+                        && std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t == p.token)
+                })
+            })
+            .collect();
+        Ok(TargetFacts {
+            hostname: super::hostname(),
+            qemu_version: caps.qemu_version,
+            cpu_model,
+            networks,
+            vm_exists: self.read_vms().contains_key(req.vm.as_str()),
+            free_memory: mem_available(),
+            shared,
+            disk_space: None,
+        })
+    }
+
+    /// `POST /v1/migrations/incoming`: checks, and unless `check_only`, defines the VM and
+    /// starts its QEMU waiting for the stream.
+    pub async fn incoming_prepare(&self, req: IncomingRequest) -> Result<IncomingReady> {
+        if req.spec.name != req.vm {
+            return Err(EngineError::Invalid(format!(
+                "the definition names VM {:?}, the request {:?}",
+                req.spec.name.as_str(),
+                req.vm.as_str()
+            )));
+        }
+        let facts = self.target_facts(&req).await?;
+        let problems = checks::check(&req, &facts);
+        if !problems.is_empty() {
+            let text = format!(
+                "{} refuses the migration of VM {:?}:\n- {}",
+                facts.hostname,
+                req.vm.as_str(),
+                problems.join("\n- ")
+            );
+            return Err(if problems.len() == 1 && facts.vm_exists {
+                EngineError::AlreadyExists(text)
+            } else {
+                EngineError::WrongState(text)
+            });
+        }
+        if req.check_only {
+            return Ok(IncomingReady {
+                id: String::new(),
+                channels: vec![],
+            });
+        }
+        if req.mode == MigrationMode::Offline || req.copy_storage {
+            return Err(EngineError::Invalid(
+                "--offline and --copy-storage are not supported by this hvd yet; use shared storage for a live migration".into(),
+            ));
+        }
+        let name = req.vm.to_string();
+        let dir = self.inner.cfg.vm_dir(&name);
+        // The marker comes first, in a directory that must not exist yet, so a crash at any
+        // later point leaves something the next start recognises and removes.
+        std::fs::create_dir(&dir).map_err(|e| {
+            EngineError::AlreadyExists(format!(
+                "cannot receive VM {name:?}: {} cannot be created ({e}); remove it if no VM uses it",
+                dir.display()
+            ))
+        })?;
+        let id = super::random_hex(16);
+        let marked = std::fs::write(dir.join(MARKER), &id)
+            .and_then(|_| std::fs::File::open(dir.join(MARKER))?.sync_all());
+        if let Err(e) = marked {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(EngineError::Host(format!(
+                "cannot write {}: {e}",
+                dir.join(MARKER).display()
+            )));
+        }
+        let mut spec = req.spec.clone();
+        spec.autostart = false;
+        if let Err(e) = self.define(spec, false).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let vm = self.get(&name)?;
+        if let Err(e) = vm.hold("incoming migration") {
+            self.drop_incoming_vm(&vm).await;
+            return Err(e);
+        }
+        let (state_tx, _) = tokio::sync::watch::channel(IncomingState::Waiting);
+        self.sessions().lock().insert(
+            id.clone(),
+            Session {
+                vm: name.clone(),
+                state: IncomingState::Waiting,
+                error: None,
+                paused: req.paused,
+                autostart: req.autostart,
+                state_tx,
+            },
+        );
+        let started = async {
+            self.store_snapshots(&vm, &req)?;
+            vm.lock().incoming = true;
+            let spec = vm.lock().spec.clone();
+            let r = self.launch(&vm, spec, true, None).await;
+            vm.lock().incoming = false;
+            r?;
+            let qmp = vm
+                .lock()
+                .qmp
+                .clone()
+                .ok_or_else(|| EngineError::Qemu("the incoming QEMU ended at start".into()))?;
+            let mut caps = vec![json!({"capability": "events", "state": true})];
+            if req.postcopy {
+                caps.push(json!({"capability": "postcopy-ram", "state": true}));
+            }
+            qmp.execute(
+                "migrate-set-capabilities",
+                Some(json!({ "capabilities": caps })),
+            )
+            .await
+            .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        if let Err(e) = started {
+            self.incoming_fail(&id, &e.to_string()).await;
+            return Err(e);
+        }
+        tracing::info!(vm = %name, id, source = %req.source.hostname, "incoming migration prepared");
+        self.watch_idle(&id, IncomingState::Waiting);
+        Ok(IncomingReady {
+            id,
+            channels: vec![api::migrate::channel::MEMORY.to_string()],
+        })
+    }
+
+    fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
+        for s in &req.snapshots {
+            let disks = serde_json::from_value(s.disks.clone()).unwrap_or_default();
+            self.inner.store.insert_snapshot(
+                vm.id,
+                &crate::store::SnapshotRow {
+                    name: s.name.clone(),
+                    parent: s.parent.clone(),
+                    created_at: s.created_at,
+                    vm_state: s.vm_state,
+                    kind: s.kind.clone(),
+                    memory: s.memory,
+                    description: s.description.clone(),
+                    spec: s.spec.clone(),
+                    disks,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the session `id` unless it has moved on from `from` within [`IDLE_LIMIT`].
+    fn watch_idle(&self, id: &str, from: IncomingState) {
+        let Some(mut rx) = self
+            .sessions()
+            .lock()
+            .get(id)
+            .map(|s| s.state_tx.subscribe())
+        else {
+            return;
+        };
+        let (e, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let stuck = tokio::time::timeout(IDLE_LIMIT, rx.wait_for(|s| *s != from))
+                .await
+                .is_err();
+            if stuck {
+                let why = match from {
+                    IncomingState::Waiting => "the source never sent the migration stream",
+                    _ => "the source never finished the migration",
+                };
+                tracing::warn!(id, "{why}; aborting the incoming migration");
+                e.incoming_fail(&id, why).await;
+            }
+        });
+    }
+
+    fn set_session(&self, id: &str, state: IncomingState, error: Option<String>) {
+        if let Some(s) = self.sessions().lock().get_mut(id) {
+            s.state = state;
+            if error.is_some() {
+                s.error = error;
+            }
+            s.state_tx.send_replace(state);
+        }
+    }
+
+    /// The target end of `channel`: hvd's connection to the incoming QEMU's socket.
+    pub async fn incoming_connect(
+        &self,
+        id: &str,
+        channel: &str,
+    ) -> Result<tokio::net::UnixStream> {
+        if channel != api::migrate::channel::MEMORY {
+            return Err(EngineError::NotFound(format!(
+                "incoming migration {id:?} has no channel {channel:?}"
+            )));
+        }
+        let vm_name = {
+            let mut g = self.sessions().lock();
+            let s = g.get_mut(id).ok_or_else(|| no_session(id))?;
+            if s.state != IncomingState::Waiting {
+                return Err(EngineError::WrongState(format!(
+                    "incoming migration {id:?} is {:?}: its memory channel was already used",
+                    s.state
+                )));
+            }
+            s.state = IncomingState::Receiving;
+            s.state_tx.send_replace(IncomingState::Receiving);
+            s.vm.clone()
+        };
+        let vm = self.get(&vm_name)?;
+        let qmp = vm
+            .lock()
+            .qmp
+            .clone()
+            .ok_or_else(|| EngineError::Qemu("the incoming QEMU is gone".into()))?;
+        let sock = self.private_dir(vm.id).join("mig-in.sock");
+        let mut events = vm.subscribe_qmp_events();
+        let r = async {
+            qmp.execute(
+                "migrate-incoming",
+                Some(json!({ "uri": format!("unix:{}", sock.display()) })),
+            )
+            .await
+            .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            tokio::net::UnixStream::connect(&sock).await.map_err(|e| {
+                EngineError::Host(format!("cannot connect to {}: {e}", sock.display()))
+            })
+        }
+        .await;
+        let stream = match r {
+            Ok(s) => s,
+            Err(e) => {
+                self.incoming_fail(id, &e.to_string()).await;
+                return Err(e);
+            }
+        };
+        // QEMU's own verdict on the stream.
+        let (e, id2) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(ev) if ev.event == "MIGRATION" => match ev.data["status"].as_str() {
+                        Some("completed") => {
+                            e.set_session(&id2, IncomingState::Completed, None);
+                            e.watch_idle(&id2, IncomingState::Completed);
+                            return;
+                        }
+                        Some("failed") | Some("cancelled") => {
+                            e.incoming_fail(&id2, "QEMU could not load the migration stream")
+                                .await;
+                            return;
+                        }
+                        _ => {}
+                    },
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => {
+                        e.incoming_fail(&id2, "the incoming QEMU ended").await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(stream)
+    }
+
+    /// The daemon's tunnel for `id` ended: unless QEMU reports the stream complete soon, the
+    /// source went away and the session aborts itself.
+    pub async fn incoming_tunnel_closed(&self, id: &str) {
+        let Some(mut rx) = self
+            .sessions()
+            .lock()
+            .get(id)
+            .map(|s| s.state_tx.subscribe())
+        else {
+            return;
+        };
+        let stuck = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
+            .await
+            .is_err();
+        if stuck {
+            self.incoming_fail(
+                id,
+                "the migration stream ended before QEMU received all of it",
+            )
+            .await;
+        }
+    }
+
+    /// `GET /v1/migrations/incoming/{id}`.
+    pub fn incoming_status(&self, id: &str) -> Result<IncomingStatus> {
+        let g = self.sessions().lock();
+        let s = g.get(id).ok_or_else(|| no_session(id))?;
+        Ok(IncomingStatus {
+            state: s.state,
+            error: s.error.clone(),
+        })
+    }
+
+    /// `POST /v1/migrations/incoming/{id}/finish`: the VM is this host's from now on.
+    pub async fn incoming_finish(&self, id: &str) -> Result<VmInfo> {
+        let rx = self
+            .sessions()
+            .lock()
+            .get(id)
+            .map(|s| s.state_tx.subscribe())
+            .ok_or_else(|| no_session(id))?;
+        let mut rx = rx;
+        let _ = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
+            .await
+            .is_ok();
+        let (vm_name, paused, autostart, state) = {
+            let g = self.sessions().lock();
+            let s = g.get(id).ok_or_else(|| no_session(id))?;
+            (s.vm.clone(), s.paused, s.autostart, s.state)
+        };
+        if state == IncomingState::Committed {
+            return self.info(&vm_name);
+        }
+        if state != IncomingState::Completed {
+            return Err(EngineError::WrongState(format!(
+                "incoming migration {id:?} is {state:?}, not completed: nothing to finish"
+            )));
+        }
+        let vm = self.get(&vm_name)?;
+        let qmp = vm
+            .lock()
+            .qmp
+            .clone()
+            .ok_or_else(|| EngineError::Qemu("the incoming QEMU is gone".into()))?;
+        if !paused {
+            if let Err(e) = qmp.cont().await {
+                let e = EngineError::Qemu(format!("cannot continue the received VM: {e}"));
+                self.incoming_fail(id, &e.to_string()).await;
+                return Err(e);
+            }
+        }
+        // Commit: the marker goes (durably) and the definition is this host's own.
+        let dir = self.inner.cfg.vm_dir(&vm_name);
+        if let Err(e) = std::fs::remove_file(dir.join(MARKER)) {
+            let e = EngineError::Host(format!("cannot commit the incoming VM: {e}"));
+            self.incoming_fail(id, &e.to_string()).await;
+            return Err(e);
+        }
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        self.set_session(id, IncomingState::Committed, None);
+        vm.release();
+        if autostart {
+            if let Err(e) = self.set_autostart(&vm_name, true) {
+                tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");
+            }
+        }
+        tracing::info!(vm = %vm_name, id, "incoming migration finished: this host owns the VM");
+        self.info(&vm_name)
+    }
+
+    /// `DELETE /v1/migrations/incoming/{id}`: nothing of the migration is left.
+    pub async fn incoming_abort(&self, id: &str) -> Result<()> {
+        let state = self
+            .sessions()
+            .lock()
+            .get(id)
+            .map(|s| s.state)
+            .ok_or_else(|| no_session(id))?;
+        if state == IncomingState::Committed {
+            return Err(EngineError::WrongState(format!(
+                "incoming migration {id:?} was finished: this host owns the VM now"
+            )));
+        }
+        self.incoming_fail(id, "aborted by the source").await;
+        Ok(())
+    }
+
+    /// Ends a session that did not commit: QEMU, definition and marker are removed.
+    async fn incoming_fail(&self, id: &str, why: &str) {
+        let vm_name = {
+            let mut g = self.sessions().lock();
+            let Some(s) = g.get_mut(id) else { return };
+            if matches!(
+                s.state,
+                IncomingState::Committed | IncomingState::Aborted | IncomingState::Failed
+            ) {
+                return;
+            }
+            s.state = if why == "aborted by the source" {
+                IncomingState::Aborted
+            } else {
+                IncomingState::Failed
+            };
+            s.error = Some(why.to_string());
+            s.state_tx.send_replace(s.state);
+            s.vm.clone()
+        };
+        tracing::warn!(vm = %vm_name, id, why, "incoming migration ended without a handover");
+        if let Ok(vm) = self.get(&vm_name) {
+            self.drop_incoming_vm(&vm).await;
+        }
+    }
+
+    /// Stops the incoming VM's QEMU and removes its definition (only a VM still marked
+    /// incoming: never one this host owns).
+    async fn drop_incoming_vm(&self, vm: &Arc<Vm>) {
+        if !self.inner.cfg.vm_dir(&vm.name).join(MARKER).exists() {
+            return;
+        }
+        if let Err(e) = self.destroy_vm(vm).await {
+            tracing::error!(vm = %vm.name, error = %e, "cannot stop the incoming QEMU");
+        }
+        vm.release();
+        if let Err(e) = self.remove_definition(vm) {
+            tracing::error!(vm = %vm.name, error = %e, "cannot remove the incoming VM's definition");
+        }
+    }
+
+    /// At start: VMs an earlier hvd was still receiving are removed.
+    pub(crate) async fn remove_half_received(&self) {
+        let vms: Vec<Arc<Vm>> = self.read_vms().values().cloned().collect();
+        for vm in vms {
+            if self.inner.cfg.vm_dir(&vm.name).join(MARKER).exists() {
+                tracing::warn!(vm = %vm.name, "removing a VM whose incoming migration did not finish before hvd stopped");
+                self.drop_incoming_vm(&vm).await;
+            }
+        }
+        // A marker without a definition (a crash between the two).
+        if let Ok(rd) = std::fs::read_dir(self.inner.cfg.state_dir.join("vms")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path().join(MARKER).exists() && !self.read_vms().contains_key(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Live migration between hv hosts (issue 12).
+//!
+//! The source hvd ([`source`]) drives it and asks the target hvd, through the [`Peer`] the
+//! daemon implements over HTTPS, to check and prepare an incoming VM ([`incoming`]), to carry
+//! QEMU's stream (a tunnel per channel, see [`tunnel`]), and to take the VM over or abort.
+//! The engine stays HTTP-free: it sees the target only as a [`Peer`].
+//!
+//! Ownership: the source owns the VM until the target answers `finish`; if that answer is
+//! lost, the source asks the target's session state (`committed` or not) before it decides.
+//! A target that restarts with a half-received VM removes it at start; a session whose source
+//! goes away (its tunnel closed before QEMU completed, or no finish in time) aborts itself.
+
+pub mod checks;
+mod incoming;
+mod source;
+pub mod tunnel;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use api::{IncomingReady, IncomingRequest, IncomingStatus, VmInfo};
+
+pub(crate) use incoming::Sessions;
+
+use crate::error::Result;
+use crate::vm::Vm;
+
+/// A boxed future of a [`Peer`] call.
+pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A raw byte stream to one channel of the target.
+pub trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Tunnel for T {}
+
+/// What the source asks of the target hvd (the daemon implements it with hv's HTTPS client).
+/// Errors the target answered come back as [`EngineError::Remote`](crate::EngineError::Remote)
+/// with its code; a target that cannot be reached as `Host`.
+pub trait Peer: Send + Sync {
+    fn incoming(&self, req: &IncomingRequest) -> PeerFuture<'_, IncomingReady>;
+    fn tunnel(&self, id: &str, channel: &str) -> PeerFuture<'_, Box<dyn Tunnel>>;
+    fn finish(&self, id: &str) -> PeerFuture<'_, VmInfo>;
+    fn status(&self, id: &str) -> PeerFuture<'_, IncomingStatus>;
+    fn abort(&self, id: &str) -> PeerFuture<'_, ()>;
+}
+
+/// `-incoming defer` for a launch that receives a migration (see `VmRt::incoming`).
+pub(crate) fn incoming_argv<A>(vm: &Vm, (mut argv, accel): (Vec<String>, A)) -> (Vec<String>, A) {
+    if vm.lock().incoming {
+        argv.extend(["-incoming".to_string(), "defer".to_string()]);
+    }
+    (argv, accel)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
