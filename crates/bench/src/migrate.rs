@@ -49,10 +49,11 @@ const DISK_BYTES: u64 = 1 << 30;
 pub struct Sample {
     /// Request (or spawning the incoming QEMU) → the VM runs on the target.
     pub total_ms: f64,
-    /// QEMU's `total-time`.
-    pub qemu_total_ms: Option<f64>,
-    /// QEMU's `downtime`.
+    /// The guest's pause: hv's figure (QEMU's switchover plus the handover, until the target
+    /// continued the guest); raw QEMU's own (its target runs the guest as soon as it loaded it).
     pub downtime_ms: Option<f64>,
+    /// QEMU's `downtime` figure alone.
+    pub qemu_downtime_ms: Option<f64>,
 }
 
 /// One line of the migration table: hv's samples and the anchor's.
@@ -193,18 +194,18 @@ fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
             target: "hv / raw ≤ 1.10",
         });
         rows.push(MigRow {
-            label: format!("… QEMU's migration time (`query-migrate` total-time), {size}"),
-            unit: "ms",
-            hv: hv.values(|s| s.qemu_total_ms),
-            anchor: raw.values(|s| s.qemu_total_ms),
-            target: "—",
-        });
-        rows.push(MigRow {
-            label: format!("… downtime (QEMU's figure), {size}"),
+            label: format!("… downtime, {size} (hv: QEMU's + the handover until the target runs)"),
             unit: "ms",
             hv: hv.values(|s| s.downtime_ms),
             anchor: raw.values(|s| s.downtime_ms),
             target: "hv ≤ 300 ms",
+        });
+        rows.push(MigRow {
+            label: format!("… of which QEMU's own downtime (`query-migrate`), {size}"),
+            unit: "ms",
+            hv: hv.values(|s| s.qemu_downtime_ms),
+            anchor: raw.values(|s| s.qemu_downtime_ms),
+            target: "—",
         });
     }
     eprintln!("migrate: 1 GiB disk copy, {runs} pairs of --copy-storage and plain TCP");

@@ -1,20 +1,20 @@
 //! The hv side: `hv migrate` through the source hvd's API between the two hvds of a
-//! [`HostPair`], timed from the request until hvd finished the operation (its `finished_ms`,
-//! same host clock, so the polling interval does not count), with QEMU's own total time and
-//! downtime from the operation's migration progress.
+//! [`HostPair`], timed from the request until hvd answers (the migration is over and the
+//! target runs the VM), with the downtime hvd reports (QEMU's plus the handover) and QEMU's
+//! own part of it (hvd's `handover done` log line).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use api::{MigrateRequest, MigrationPhase, OperationInfo, OperationStatus};
+use api::{MigrateRequest, MigrationPhase, MigrationProgress, OperationStatus};
+use client::Client;
 use model::{Size, VmState};
 use testkit::pair::{HostPair, SHARED_POOL};
 use testkit::VmOpts;
 
 use super::{Knobs, Sample};
 use crate::procs::ExitWatch;
-
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The shared-pool volume the hv guests of `mem` MiB boot with (created once).
 pub fn shared_volume(p: &HostPair, mem: u64) -> Result<String> {
@@ -60,12 +60,11 @@ pub fn migration(p: &HostPair, vm: &str, mem: u64, vol: &str, knobs: Knobs) -> R
         postcopy: false,
         keep_source: false,
     };
-    let op = run_operation(p, vm, &req)?;
-    let m = op.op.migration.as_ref();
+    let done = run_operation(p, vm, &req)?;
     let sample = Sample {
-        total_ms: op.total_ms,
-        qemu_total_ms: m.and_then(|m| m.total_ms).map(|v| v as f64),
-        downtime_ms: m.and_then(|m| m.downtime_ms).map(|v| v as f64),
+        total_ms: done.total_ms,
+        qemu_downtime_ms: done.qemu_downtime_ms,
+        downtime_ms: done.progress.downtime_ms.map(|v| v as f64),
     };
     let dst = p.target.client();
     let info = dst.info(vm).context("the VM on the target")?;
@@ -79,58 +78,102 @@ pub fn migration(p: &HostPair, vm: &str, mem: u64, vol: &str, knobs: Knobs) -> R
     Ok(sample)
 }
 
-/// A finished migrate operation and its total time in ms.
+/// A finished migration.
 pub struct Done {
-    pub op: OperationInfo,
+    /// What hvd answered: its final figures (`downtime_ms` is QEMU's plus the handover).
+    pub progress: MigrationProgress,
+    /// Request → answer, as the client sees it.
     pub total_ms: f64,
     /// From the first poll that saw the `disks` phase to the first that saw a later one.
     pub disks_ms: Option<f64>,
+    /// QEMU's own downtime and the handover, from hvd's log line `handover done`.
+    pub qemu_downtime_ms: Option<f64>,
 }
 
-/// Posts the migrate request and waits for its operation to end (it must succeed).
+/// `POST /v1/vms/{vm}/migrate` (it answers when the migration is over), while a second
+/// client polls the operation's phase every 10 ms.
 pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Done> {
-    let src = p.source.client();
-    let t_wall = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    let t0 = Instant::now();
-    let op: OperationInfo = src
-        .call("POST", &api::migrate::paths::vm_migrate(vm), Some(req))
-        .context("POST migrate")?;
-    let (mut disks_from, mut disks_ms) = (None, None);
-    let op = loop {
-        let op = src.operation(op.id)?;
-        let phase = op.migration.as_ref().map(|m| m.phase);
-        match (phase, disks_from) {
-            (Some(MigrationPhase::Disks), None) => disks_from = Some(Instant::now()),
-            (Some(ph), Some(t)) if ph != MigrationPhase::Disks && disks_ms.is_none() => {
-                disks_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+    let done = AtomicBool::new(false);
+    let (progress, elapsed, disks_ms) = std::thread::scope(|s| {
+        let poller = s.spawn(|| disks_phase(&Client::new(&p.source.socket), vm, &done));
+        let t0 = Instant::now();
+        let r = p.source.client().migrate(vm, req);
+        let elapsed = t0.elapsed();
+        done.store(true, Ordering::Relaxed);
+        let disks_ms = poller.join().ok().flatten();
+        (r, elapsed, disks_ms)
+    });
+    let progress = progress.with_context(|| {
+        format!(
+            "POST migrate; the source hvd's log ends:\n{}",
+            tail(&p.source.hvd_log(), 15)
+        )
+    })?;
+    Ok(Done {
+        qemu_downtime_ms: qemu_downtime(&p.source.hvd_log(), vm),
+        progress,
+        total_ms: elapsed.as_secs_f64() * 1000.0,
+        disks_ms,
+    })
+}
+
+/// How long `vm`'s migrate operation was seen in the `disks` phase.
+fn disks_phase(c: &Client, vm: &str, done: &AtomicBool) -> Option<f64> {
+    let target = format!("vm/{vm}");
+    let (mut from, mut took) = (None, None);
+    while !done.load(Ordering::Relaxed) && took.is_none() {
+        let phase = c.operations().ok().and_then(|ops| {
+            ops.into_iter()
+                .find(|o| {
+                    o.kind == api::migrate::MIGRATE_OPERATION
+                        && o.target == target
+                        && o.status == OperationStatus::Running
+                })
+                .and_then(|o| o.migration.map(|m| m.phase))
+        });
+        match (phase, from) {
+            (Some(MigrationPhase::Disks), None) => from = Some(Instant::now()),
+            (Some(ph), Some(t)) if ph != MigrationPhase::Disks => {
+                took = Some(t.elapsed().as_secs_f64() * 1000.0);
             }
             _ => {}
         }
-        if op.status != OperationStatus::Running {
-            break op;
-        }
-        if t0.elapsed() > OPERATION_TIMEOUT {
-            bail!("the migration still runs after {OPERATION_TIMEOUT:?}");
-        }
         std::thread::sleep(Duration::from_millis(10));
-    };
-    let elapsed = t0.elapsed();
-    if op.status != OperationStatus::Succeeded {
-        bail!(
-            "the migration {}: {}",
-            op.status,
-            op.error.as_deref().unwrap_or("no error given")
-        );
     }
-    let total_ms = match op.finished_ms {
-        Some(f) => f as f64 - t_wall.as_secs_f64() * 1000.0,
-        None => elapsed.as_secs_f64() * 1000.0,
-    };
-    Ok(Done {
-        op,
-        total_ms,
-        disks_ms,
-    })
+    took
+}
+
+/// QEMU's downtime for `vm` from the last `handover done` line of hvd's log.
+fn qemu_downtime(log: &str, vm: &str) -> Option<f64> {
+    let line = log.lines().rev().map(strip_ansi).find(|l| {
+        l.contains("handover done")
+            && l.split_whitespace()
+                .any(|t| t == format!("vm={vm}") || t == format!("vm={vm:?}"))
+    })?;
+    let v = line.split("qemu_downtime_ms=Some(").nth(1)?;
+    v.split(')').next()?.parse().ok()
+}
+
+fn strip_ansi(l: &str) -> String {
+    let mut out = String::with_capacity(l.len());
+    let mut chars = l.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The source's data volume for `--copy-storage` (re-created when a migration took it away).
@@ -210,4 +253,19 @@ fn copy_into(data: &std::path::Path, path: &std::path::Path) -> Result<()> {
     std::io::copy(&mut from, &mut to)?;
     to.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_downtime_comes_from_the_vms_last_handover_line() {
+        let log = "2026-12-02T07:00:00Z  INFO handover done vm=\"m256-0\" qemu_downtime_ms=Some(13) handover_ms=40\n\
+                   2026-12-02T07:00:01Z  INFO \u{1b}[3mhandover done\u{1b}[0m vm=\"m256-1\" \u{1b}[3mqemu_downtime_ms\u{1b}[0m=Some(21) handover_ms=35\n\
+                   2026-12-02T07:00:02Z  INFO handover done vm=\"m256-10\" qemu_downtime_ms=Some(99) handover_ms=35\n";
+        assert_eq!(qemu_downtime(log, "m256-0"), Some(13.0));
+        assert_eq!(qemu_downtime(log, "m256-1"), Some(21.0));
+        assert_eq!(qemu_downtime(log, "m256-2"), None);
+    }
 }

@@ -165,10 +165,11 @@ pub fn migration(
             .as_f64()
             .with_context(|| format!("query-migrate has no {k}: {info}"))
     };
+    let downtime = num("downtime")?;
     Ok(Sample {
         total_ms: total,
-        qemu_total_ms: Some(num("total-time")?),
-        downtime_ms: Some(num("downtime")?),
+        qemu_downtime_ms: Some(downtime),
+        downtime_ms: Some(downtime),
     })
 }
 
