@@ -54,7 +54,7 @@ pub struct BackupArchive {
 }
 
 /// Log files are not metadata: `console.log`, `qemu.log.1`, ...
-fn is_log(name: &str) -> bool {
+pub(crate) fn is_log(name: &str) -> bool {
     name.ends_with(".log")
         || name
             .rsplit_once(".log.")
@@ -142,7 +142,7 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path) ->
 
 /// Appends the regular files under `dir` (recursively, never following symlinks) below
 /// `prefix`, skipping what `skip` names.
-fn append_tree<W: Write>(
+pub(crate) fn append_tree<W: Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,
     prefix: &Path,

@@ -77,7 +77,8 @@ pub fn check(req: &IncomingRequest, t: &TargetFacts) -> Vec<String> {
             req.source.machine
         )),
     }
-    if req.source.cpu_model != t.cpu_model {
+    // A stopped VM (--offline) starts afresh on the target: its CPU and memory are not moved.
+    if req.mode == MigrationMode::Live && req.source.cpu_model != t.cpu_model {
         out.push(format!(
             "CPU model: the VM runs with CPU model {:?} on the source but would get {:?} on {host} (one uses KVM and the other TCG, or their KVM CPUs differ); migrate between hosts with the same accelerator",
             req.source.cpu_model, t.cpu_model
@@ -110,7 +111,7 @@ pub fn check(req: &IncomingRequest, t: &TargetFacts) -> Vec<String> {
             req.vm.as_str()
         ));
     }
-    if req.spec.memory.0 > t.free_memory {
+    if req.mode == MigrationMode::Live && req.spec.memory.0 > t.free_memory {
         out.push(format!(
             "memory: the VM needs {} MiB and {host} has {} MiB available; free memory there or pick another host",
             req.spec.memory.0 >> 20,
@@ -126,9 +127,12 @@ pub fn check(req: &IncomingRequest, t: &TargetFacts) -> Vec<String> {
             ));
         }
     }
-    if req.spec.firmware == model::Firmware::Uefi || req.spec.tpm {
+    // --offline carries the variable store and TPM state (the `vm-files` channel).
+    if req.mode == MigrationMode::Live
+        && (req.spec.firmware == model::Firmware::Uefi || req.spec.tpm)
+    {
         out.push(
-            "firmware: hv does not migrate UEFI or TPM VMs yet (their variable store and TPM state live in files next to the VM); shut the VM down and move it by other means".into(),
+            "firmware: hv does not migrate UEFI or TPM VMs yet (their variable store and TPM state live in files next to the VM); shut the VM down and move it with --offline".into(),
         );
     }
     out

@@ -21,19 +21,45 @@ use crate::vm::Vm;
 use crate::Engine;
 
 /// The marker file in `vms/NAME/` of a VM that is still being received.
-const MARKER: &str = "incoming";
+pub(super) const MARKER: &str = "incoming";
 /// How long a prepared session waits for its stream, and a received one for `finish`.
-const IDLE_LIMIT: Duration = Duration::from_secs(120);
+pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// How long, after the stream ended, QEMU may take to report the outcome.
 const SETTLE: Duration = Duration::from_secs(30);
 
-struct Session {
-    vm: String,
-    state: IncomingState,
+pub(super) struct Session {
+    pub(super) vm: String,
+    pub(super) state: IncomingState,
     error: Option<String>,
     paused: bool,
     autostart: bool,
-    state_tx: tokio::sync::watch::Sender<IncomingState>,
+    /// `--copy-storage`: the disks are served over NBD until finish.
+    copy_storage: bool,
+    memory_used: bool,
+    /// `--offline`: what arrived so far (no QEMU, nothing defined until finish).
+    pub(super) offline: Option<Arc<tokio::sync::Mutex<super::incoming_offline::Offline>>>,
+    pub(super) state_tx: tokio::sync::watch::Sender<IncomingState>,
+}
+
+impl Session {
+    /// An `--offline` session: nothing runs, files arrive.
+    pub(super) fn offline(
+        vm: String,
+        offline: Arc<tokio::sync::Mutex<super::incoming_offline::Offline>>,
+        state_tx: tokio::sync::watch::Sender<IncomingState>,
+    ) -> Session {
+        Session {
+            vm,
+            state: IncomingState::Waiting,
+            error: None,
+            paused: false,
+            autostart: false,
+            copy_storage: false,
+            memory_used: false,
+            offline: Some(offline),
+            state_tx,
+        }
+    }
 }
 
 /// The incoming sessions of this hvd.
@@ -43,7 +69,7 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Session>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -67,7 +93,7 @@ fn no_session(id: &str) -> EngineError {
 }
 
 impl Engine {
-    fn sessions(&self) -> &Sessions {
+    pub(super) fn sessions(&self) -> &Sessions {
         &self.inner.incoming
     }
 
@@ -145,16 +171,15 @@ impl Engine {
                 EngineError::WrongState(text)
             });
         }
+        let placed = self.incoming_place(&req)?;
         if req.check_only {
             return Ok(IncomingReady {
                 id: String::new(),
                 channels: vec![],
             });
         }
-        if req.mode == MigrationMode::Offline || req.copy_storage {
-            return Err(EngineError::Invalid(
-                "--offline and --copy-storage are not supported by this hvd yet; use shared storage for a live migration".into(),
-            ));
+        if req.mode == MigrationMode::Offline {
+            return self.incoming_prepare_offline(req, placed).await;
         }
         let name = req.vm.to_string();
         let dir = self.inner.cfg.vm_dir(&name);
@@ -176,9 +201,15 @@ impl Engine {
                 dir.join(MARKER).display()
             )));
         }
-        let mut spec = req.spec.clone();
+        if let Err(e) = self.incoming_provision(&dir, &placed, &req).await {
+            self.incoming_remove_disks(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let mut spec = placed;
         spec.autostart = false;
         if let Err(e) = self.define(spec, false).await {
+            self.incoming_remove_disks(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -196,6 +227,9 @@ impl Engine {
                 error: None,
                 paused: req.paused,
                 autostart: req.autostart,
+                copy_storage: req.copy_storage,
+                memory_used: false,
+                offline: None,
                 state_tx,
             },
         );
@@ -221,6 +255,10 @@ impl Engine {
             )
             .await
             .map_err(|e| EngineError::Qemu(e.to_string()))?;
+            if req.copy_storage {
+                let spec = vm.lock().spec.clone();
+                self.migration_export(&vm, &spec).await?;
+            }
             Ok::<(), EngineError>(())
         }
         .await;
@@ -230,13 +268,14 @@ impl Engine {
         }
         tracing::info!(vm = %name, id, source = %req.source.hostname, "incoming migration prepared");
         self.watch_idle(&id, IncomingState::Waiting);
-        Ok(IncomingReady {
-            id,
-            channels: vec![api::migrate::channel::MEMORY.to_string()],
-        })
+        let mut channels = vec![api::migrate::channel::MEMORY.to_string()];
+        if req.copy_storage {
+            channels.push(api::migrate::channel::NBD.to_string());
+        }
+        Ok(IncomingReady { id, channels })
     }
 
-    fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
+    pub(super) fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
         for s in &req.snapshots {
             let disks = serde_json::from_value(s.disks.clone()).unwrap_or_default();
             self.inner.store.insert_snapshot(
@@ -258,7 +297,7 @@ impl Engine {
     }
 
     /// Aborts the session `id` unless it has moved on from `from` within [`IDLE_LIMIT`].
-    fn watch_idle(&self, id: &str, from: IncomingState) {
+    pub(super) fn watch_idle(&self, id: &str, from: IncomingState) {
         let Some(mut rx) = self
             .sessions()
             .lock()
@@ -283,7 +322,7 @@ impl Engine {
         });
     }
 
-    fn set_session(&self, id: &str, state: IncomingState, error: Option<String>) {
+    pub(super) fn set_session(&self, id: &str, state: IncomingState, error: Option<String>) {
         if let Some(s) = self.sessions().lock().get_mut(id) {
             s.state = state;
             if error.is_some() {
@@ -299,6 +338,12 @@ impl Engine {
         id: &str,
         channel: &str,
     ) -> Result<tokio::net::UnixStream> {
+        if channel == api::migrate::channel::NBD {
+            return self.incoming_connect_nbd(id).await;
+        }
+        if channel.starts_with("file-") || channel == super::vmfiles::CHANNEL {
+            return self.incoming_connect_offline(id, channel).await;
+        }
         if channel != api::migrate::channel::MEMORY {
             return Err(EngineError::NotFound(format!(
                 "incoming migration {id:?} has no channel {channel:?}"
@@ -307,13 +352,17 @@ impl Engine {
         let vm_name = {
             let mut g = self.sessions().lock();
             let s = g.get_mut(id).ok_or_else(|| no_session(id))?;
-            if s.state != IncomingState::Waiting {
+            // With --copy-storage the disks' channels made the session `receiving` already.
+            let open = s.state == IncomingState::Waiting
+                || (s.copy_storage && s.state == IncomingState::Receiving);
+            if !open || s.memory_used {
                 return Err(EngineError::WrongState(format!(
                     "incoming migration {id:?} is {:?}: its memory channel was already used",
                     s.state
                 )));
             }
             s.state = IncomingState::Receiving;
+            s.memory_used = true;
             s.state_tx.send_replace(IncomingState::Receiving);
             s.vm.clone()
         };
@@ -373,6 +422,31 @@ impl Engine {
         Ok(stream)
     }
 
+    /// `--copy-storage`: hvd's connection to the incoming QEMU's NBD server (one per disk
+    /// the source mirrors). Disk traffic counts as receiving.
+    async fn incoming_connect_nbd(&self, id: &str) -> Result<tokio::net::UnixStream> {
+        let vm_name = {
+            let mut g = self.sessions().lock();
+            let s = g.get_mut(id).ok_or_else(|| no_session(id))?;
+            if !s.copy_storage
+                || !matches!(s.state, IncomingState::Waiting | IncomingState::Receiving)
+            {
+                return Err(EngineError::WrongState(format!(
+                    "incoming migration {id:?} is {:?} and takes no disk copies",
+                    s.state
+                )));
+            }
+            s.state = IncomingState::Receiving;
+            s.state_tx.send_replace(IncomingState::Receiving);
+            s.vm.clone()
+        };
+        let vm = self.get(&vm_name)?;
+        let sock = self.migration_nbd_socket(vm.id);
+        tokio::net::UnixStream::connect(&sock)
+            .await
+            .map_err(|e| EngineError::Host(format!("cannot connect to {}: {e}", sock.display())))
+    }
+
     /// The daemon's tunnel for `id` ended: unless QEMU reports the stream complete soon, the
     /// source went away and the session aborts itself.
     pub async fn incoming_tunnel_closed(&self, id: &str) {
@@ -380,6 +454,7 @@ impl Engine {
             .sessions()
             .lock()
             .get(id)
+            .filter(|s| s.offline.is_none())
             .map(|s| s.state_tx.subscribe())
         else {
             return;
@@ -408,6 +483,14 @@ impl Engine {
 
     /// `POST /v1/migrations/incoming/{id}/finish`: the VM is this host's from now on.
     pub async fn incoming_finish(&self, id: &str) -> Result<VmInfo> {
+        let offline = self
+            .sessions()
+            .lock()
+            .get(id)
+            .is_some_and(|s| s.offline.is_some());
+        if offline {
+            return self.incoming_finish_offline(id).await;
+        }
         let rx = self
             .sessions()
             .lock()
@@ -418,10 +501,10 @@ impl Engine {
         let _ = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
             .await
             .is_ok();
-        let (vm_name, paused, autostart, state) = {
+        let (vm_name, paused, autostart, state, copy_storage) = {
             let g = self.sessions().lock();
             let s = g.get(id).ok_or_else(|| no_session(id))?;
-            (s.vm.clone(), s.paused, s.autostart, s.state)
+            (s.vm.clone(), s.paused, s.autostart, s.state, s.copy_storage)
         };
         if state == IncomingState::Committed {
             return self.info(&vm_name);
@@ -437,6 +520,10 @@ impl Engine {
             .qmp
             .clone()
             .ok_or_else(|| EngineError::Qemu("the incoming QEMU is gone".into()))?;
+        if copy_storage {
+            let spec = vm.lock().spec.clone();
+            self.migration_unexport(&vm, &spec).await;
+        }
         if !paused {
             if let Err(e) = qmp.cont().await {
                 let e = EngineError::Qemu(format!("cannot continue the received VM: {e}"));
@@ -454,6 +541,7 @@ impl Engine {
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
+        self.incoming_keep_disks(&dir);
         self.set_session(id, IncomingState::Committed, None);
         vm.release();
         if autostart {
@@ -483,7 +571,7 @@ impl Engine {
     }
 
     /// Ends a session that did not commit: QEMU, definition and marker are removed.
-    async fn incoming_fail(&self, id: &str, why: &str) {
+    pub(super) async fn incoming_fail(&self, id: &str, why: &str) {
         let vm_name = {
             let mut g = self.sessions().lock();
             let Some(s) = g.get_mut(id) else { return };
@@ -503,6 +591,15 @@ impl Engine {
             s.vm.clone()
         };
         tracing::warn!(vm = %vm_name, id, why, "incoming migration ended without a handover");
+        let offline = self
+            .sessions()
+            .lock()
+            .get(id)
+            .and_then(|s| s.offline.clone());
+        if let Some(o) = offline {
+            self.incoming_drop_offline(&vm_name, &o).await;
+            return;
+        }
         if let Ok(vm) = self.get(&vm_name) {
             self.drop_incoming_vm(&vm).await;
         }
@@ -518,6 +615,7 @@ impl Engine {
             tracing::error!(vm = %vm.name, error = %e, "cannot stop the incoming QEMU");
         }
         vm.release();
+        self.incoming_remove_disks(&self.inner.cfg.vm_dir(&vm.name));
         if let Err(e) = self.remove_definition(vm) {
             tracing::error!(vm = %vm.name, error = %e, "cannot remove the incoming VM's definition");
         }
@@ -537,6 +635,7 @@ impl Engine {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if e.path().join(MARKER).exists() && !self.read_vms().contains_key(&name) {
+                    self.incoming_remove_disks(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

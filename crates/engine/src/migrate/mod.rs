@@ -11,9 +11,18 @@
 //! goes away (its tunnel closed before QEMU completed, or no finish in time) aborts itself.
 
 pub mod checks;
+pub(crate) mod copy;
+pub(crate) mod disks;
 mod incoming;
+mod incoming_disks;
+mod incoming_offline;
+pub(crate) mod offline;
+mod offline_source;
+pub(crate) mod placement;
 mod source;
+pub(crate) mod storage;
 pub mod tunnel;
+pub(crate) mod vmfiles;
 
 use std::future::Future;
 use std::pin::Pin;

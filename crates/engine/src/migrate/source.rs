@@ -69,10 +69,8 @@ impl Engine {
         req: MigrateRequest,
         peer: Arc<dyn Peer>,
     ) -> Result<MigrationProgress> {
-        if req.offline || req.copy_storage {
-            return Err(EngineError::Invalid(
-                "--offline and --copy-storage are not supported yet; migrate a running VM whose disks are on storage both hosts share".into(),
-            ));
+        if req.offline {
+            return self.migrate_offline(name, req, peer).await;
         }
         let vm = self.get(name)?;
         let _op = vm.begin("migrate")?;
@@ -91,6 +89,16 @@ impl Engine {
                 "VM {name:?} is ephemeral: its writes live in overlays on this host only; it cannot migrate"
             )));
         }
+        if req.copy_storage {
+            let snaps: Vec<String> = self
+                .inner
+                .store
+                .load_snapshots(vm.id)?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            super::placement::check_copy_storage(name, &snaps)?;
+        }
         let mut progress = MigrationProgress::new(MigrationPhase::Checking);
         report_migration(&progress);
         let caps = self.caps().await?;
@@ -106,6 +114,7 @@ impl Engine {
             let probe = d
                 .path
                 .parent()
+                .filter(|_| !req.copy_storage)
                 .map(|dir| dir.join(format!("{PROBE_PREFIX}{}", super::random_hex(8))));
             let shared = match probe {
                 Some(p) if std::fs::write(&p, &token).is_ok() => {
@@ -114,10 +123,14 @@ impl Engine {
                 }
                 _ => None,
             };
+            let virtual_size = match req.copy_storage {
+                true => super::disks::virtual_size(&d.path, format).await?,
+                false => 0,
+            };
             disks.push(IncomingDisk {
                 target,
                 format,
-                virtual_size: 0,
+                virtual_size,
                 shared,
                 layers: vec![],
             });
@@ -227,6 +240,9 @@ impl Engine {
             self.save_spec_pub(&vm, spec)?;
         } else {
             self.remove_definition(&vm)?;
+            if req.copy_storage {
+                self.migration_drop_copied(&resolved);
+            }
         }
         progress.phase = MigrationPhase::Done;
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
@@ -245,7 +261,23 @@ impl Engine {
         progress: &mut MigrationProgress,
         started: Instant,
     ) -> Result<()> {
-        // The disks phase: with shared storage nothing is copied (--copy-storage hooks here).
+        // The disks phase: with shared storage nothing is copied.
+        let copy = match req.copy_storage {
+            true => {
+                progress.phase = MigrationPhase::Disks;
+                report_migration(progress);
+                let p = &mut *progress;
+                let phase = self
+                    .migration_copy_phase(vm, peer, id, req.bandwidth, |d| {
+                        p.disk_total = d.total;
+                        p.disk_transferred = d.transferred;
+                        report_migration(p);
+                    })
+                    .await?;
+                Some(phase)
+            }
+            false => None,
+        };
         let qmp = vm
             .lock()
             .qmp
@@ -345,6 +377,9 @@ impl Engine {
                     if let Ok(q) = qmp.execute("query-migrate", None).await {
                         let phase = progress.phase;
                         *progress = progress_of(phase, &q);
+                        if let Some(d) = match &copy { Some(c) => c.progress().await, None => None } {
+                            (progress.disk_total, progress.disk_transferred) = (d.total, d.transferred);
+                        }
                         report_migration(progress);
                     }
                 }
@@ -362,11 +397,22 @@ impl Engine {
                 }
             }
         }
+        // The target's disks hold a consistent copy only once the mirrors stopped in sync.
+        let disk = match &copy {
+            Some(c) => c.progress().await,
+            None => None,
+        };
+        if let Some(c) = copy {
+            c.finish().await?;
+        }
         let q = qmp
             .execute("query-migrate", None)
             .await
             .map_err(qemu_err("query-migrate"))?;
         *progress = progress_of(MigrationPhase::Handover, &q);
+        if let Some(d) = disk {
+            (progress.disk_total, progress.disk_transferred) = (d.total, d.transferred);
+        }
         progress.total_ms = Some(started.elapsed().as_millis() as u64);
         // Let the tunnel deliver QEMU's last bytes before the target is asked to finish.
         if !pump_done {
