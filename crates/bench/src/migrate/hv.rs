@@ -62,6 +62,7 @@ pub fn migration(p: &HostPair, vm: &str, mem: u64, vol: &str, knobs: Knobs) -> R
     };
     let done = run_operation(p, vm, &req)?;
     let sample = Sample {
+        hvd_cpu_ms: done.hvd_cpu_ms,
         total_ms: done.total_ms,
         qemu_downtime_ms: done.qemu_downtime_ms,
         downtime_ms: done.progress.downtime_ms.map(|v| v as f64),
@@ -88,12 +89,21 @@ pub struct Done {
     pub disks_ms: Option<f64>,
     /// QEMU's own downtime and the handover, from hvd's log line `handover done`.
     pub qemu_downtime_ms: Option<f64>,
+    /// CPU time (user + system) the source and the target hvd used during the migration.
+    pub hvd_cpu_ms: (Option<f64>, Option<f64>),
 }
 
 /// `POST /v1/vms/{vm}/migrate` (it answers when the migration is over), while a second
 /// client polls the operation's phase every 10 ms.
 pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Done> {
     let done = AtomicBool::new(false);
+    let cpu = || {
+        (
+            p.source.hvd_pid().and_then(cpu_ms),
+            p.target.hvd_pid().and_then(cpu_ms),
+        )
+    };
+    let cpu0 = cpu();
     let (progress, elapsed, disks_ms) = std::thread::scope(|s| {
         let poller = s.spawn(|| disks_phase(&Client::new(&p.source.socket), vm, &done));
         let t0 = Instant::now();
@@ -103,6 +113,9 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
         let disks_ms = poller.join().ok().flatten();
         (r, elapsed, disks_ms)
     });
+    let cpu1 = cpu();
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    let hvd_cpu_ms = (diff(cpu0.0, cpu1.0), diff(cpu0.1, cpu1.1));
     let progress = progress.with_context(|| {
         format!(
             "POST migrate; the source hvd's log ends:\n{}",
@@ -114,6 +127,7 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
         progress,
         total_ms: elapsed.as_secs_f64() * 1000.0,
         disks_ms,
+        hvd_cpu_ms,
     })
 }
 
@@ -154,6 +168,18 @@ fn qemu_downtime(log: &str, vm: &str) -> Option<f64> {
     v.split(')').next()?.parse().ok()
 }
 
+/// A process's CPU time so far (utime + stime from `/proc/PID/stat`), in ms.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf(3) only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks * 1000.0 / hz as f64)
+}
+
 fn strip_ansi(l: &str) -> String {
     let mut out = String::with_capacity(l.len());
     let mut chars = l.chars();
@@ -188,7 +214,7 @@ pub fn copy_storage(
     vm: &str,
     data: &std::path::Path,
     knobs: Knobs,
-) -> Result<(f64, Option<f64>)> {
+) -> Result<Copied> {
     let src = p.source.client();
     let bytes = std::fs::metadata(data)?.len();
     if src.vol_info("default", DATA_VOL).is_err() {
@@ -237,10 +263,22 @@ pub fn copy_storage(
     qemu.wait(Duration::from_secs(30))?;
     dst.undefine(vm, true, true)?;
     let mib = bytes as f64 / f64::from(1 << 20);
-    Ok((
-        mib / (done.total_ms / 1000.0),
-        done.disks_ms.map(|d| mib / (d / 1000.0)),
-    ))
+    Ok(Copied {
+        whole: mib / (done.total_ms / 1000.0),
+        disks: done.disks_ms.map(|d| mib / (d / 1000.0)),
+        hvd_cpu_ms: done.hvd_cpu_ms,
+    })
+}
+
+/// One `--copy-storage` run.
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    /// MiB/s of disk over the whole operation.
+    pub whole: f64,
+    /// MiB/s over the `disks` phase.
+    pub disks: Option<f64>,
+    /// CPU ms of the source and the target hvd during the operation.
+    pub hvd_cpu_ms: (Option<f64>, Option<f64>),
 }
 
 /// Overwrites the volume file at `path` with `data` (same size), keeping its owner and mode.

@@ -167,6 +167,7 @@ pub fn migration(
     };
     let downtime = num("downtime")?;
     Ok(Sample {
+        hvd_cpu_ms: (None, None),
         total_ms: total,
         qemu_downtime_ms: Some(downtime),
         downtime_ms: Some(downtime),
