@@ -14,7 +14,7 @@ use testkit::pair::{HostPair, SHARED_POOL};
 use testkit::VmOpts;
 
 use super::{Knobs, Sample};
-use crate::procs::ExitWatch;
+use crate::procs::{ExitWatch, Reaped};
 
 /// The shared-pool volume the hv guests of `mem` MiB boot with (created once).
 pub fn shared_volume(p: &HostPair, mem: u64) -> Result<String> {
@@ -252,7 +252,12 @@ pub fn copy_storage(
         postcopy: false,
         keep_source: false,
     };
-    let done = run_operation(p, vm, &req)?;
+    let perf = perf_record(p, vm)?;
+    let done = run_operation(p, vm, &req);
+    if let Some(mut perf) = perf {
+        perf.stop(libc::SIGINT)?;
+    }
+    let done = done?;
     let dst = p.target.client();
     let info = dst.info(vm).context("the VM on the target")?;
     if info.state != VmState::Running {
@@ -268,6 +273,32 @@ pub fn copy_storage(
         disks: done.disks_ms.map(|d| mib / (d / 1000.0)),
         hvd_cpu_ms: done.hvd_cpu_ms,
     })
+}
+
+/// With `HV_BENCH_PERF=DIR`: `perf record` of both hvds and the source QEMU during the copy,
+/// into `DIR/copy-VM.data` (for `perf report --sort comm,dso,sym`).
+fn perf_record(p: &HostPair, vm: &str) -> Result<Option<Reaped>> {
+    let Some(dir) = std::env::var_os("HV_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let mut pids: Vec<String> = [p.source.hvd_pid(), p.target.hvd_pid()]
+        .into_iter()
+        .flatten()
+        .map(|p| p.to_string())
+        .collect();
+    if let Some(q) = p.source.client().info(vm)?.pid {
+        pids.push(q.to_string());
+    }
+    let out = std::path::Path::new(&dir).join(format!("copy-{vm}.data"));
+    let child = std::process::Command::new("perf")
+        .args(["record", "-q", "-F", "499", "-p", &pids.join(","), "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running perf")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Some(Reaped::new(child)))
 }
 
 /// One `--copy-storage` run.
