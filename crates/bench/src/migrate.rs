@@ -54,6 +54,12 @@ pub struct Sample {
     pub downtime_ms: Option<f64>,
     /// QEMU's `downtime` figure alone.
     pub qemu_downtime_ms: Option<f64>,
+    /// Until QEMU's migration starts: hv's checks and incoming VM (first poll that saw the
+    /// `memory` phase); raw: spawning the incoming QEMU until its QMP answers.
+    pub setup_ms: Option<f64>,
+    /// After QEMU's migration completed until the target runs the guest: hv's handover (first
+    /// poll that saw it → the answer); raw: until the target's `query-status` says running.
+    pub handover_ms: Option<f64>,
     /// hv: CPU ms of the source and the target hvd during the migration.
     pub hvd_cpu_ms: (Option<f64>, Option<f64>),
 }
@@ -207,6 +213,22 @@ fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
             unit: "ms",
             hv: hv.values(|s| s.qemu_downtime_ms),
             anchor: raw.values(|s| s.qemu_downtime_ms),
+            target: "—",
+        });
+        rows.push(MigRow {
+            label: format!(
+                "… setup before QEMU's migration starts, {size} (hv: checks, incoming VM)"
+            ),
+            unit: "ms",
+            hv: hv.values(|s| s.setup_ms),
+            anchor: raw.values(|s| s.setup_ms),
+            target: "—",
+        });
+        rows.push(MigRow {
+            label: format!("… QEMU done → the target runs, {size} (hv: the handover)"),
+            unit: "ms",
+            hv: hv.values(|s| s.handover_ms),
+            anchor: raw.values(|s| s.handover_ms),
             target: "—",
         });
         for (side, pick) in [

@@ -62,6 +62,8 @@ pub fn migration(p: &HostPair, vm: &str, mem: u64, vol: &str, knobs: Knobs) -> R
     };
     let done = run_operation(p, vm, &req)?;
     let sample = Sample {
+        setup_ms: done.setup_ms,
+        handover_ms: done.handover_ms,
         hvd_cpu_ms: done.hvd_cpu_ms,
         total_ms: done.total_ms,
         qemu_downtime_ms: done.qemu_downtime_ms,
@@ -87,6 +89,10 @@ pub struct Done {
     pub total_ms: f64,
     /// From the first poll that saw the `disks` phase to the first that saw a later one.
     pub disks_ms: Option<f64>,
+    /// Until the first poll that saw the `disks` or `memory` phase (checks, the incoming VM).
+    pub setup_ms: Option<f64>,
+    /// From the first poll that saw the `handover` phase to the answer.
+    pub handover_ms: Option<f64>,
     /// QEMU's own downtime and the handover, from hvd's log line `handover done`.
     pub qemu_downtime_ms: Option<f64>,
     /// CPU time (user + system) the source and the target hvd used during the migration.
@@ -104,15 +110,17 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
         )
     };
     let cpu0 = cpu();
-    let (progress, elapsed, disks_ms) = std::thread::scope(|s| {
-        let poller = s.spawn(|| disks_phase(&Client::new(&p.source.socket), vm, &done));
-        let t0 = Instant::now();
+    let t0 = Instant::now();
+    let (progress, elapsed, seen) = std::thread::scope(|s| {
+        let poller = s.spawn(|| phases(&Client::new(&p.source.socket), vm, &done, t0));
         let r = p.source.client().migrate(vm, req);
         let elapsed = t0.elapsed();
         done.store(true, Ordering::Relaxed);
-        let disks_ms = poller.join().ok().flatten();
-        (r, elapsed, disks_ms)
+        let seen = poller.join().unwrap_or_default();
+        (r, elapsed, seen)
     });
+    let total_ms = elapsed.as_secs_f64() * 1000.0;
+    let (setup_ms, disks_ms, handover_ms) = breakdown(&seen, total_ms);
     let cpu1 = cpu();
     let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     let hvd_cpu_ms = (diff(cpu0.0, cpu1.0), diff(cpu0.1, cpu1.1));
@@ -125,17 +133,20 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
     Ok(Done {
         qemu_downtime_ms: qemu_downtime(&p.source.hvd_log(), vm),
         progress,
-        total_ms: elapsed.as_secs_f64() * 1000.0,
+        total_ms,
         disks_ms,
+        setup_ms,
+        handover_ms,
         hvd_cpu_ms,
     })
 }
 
-/// How long `vm`'s migrate operation was seen in the `disks` phase.
-fn disks_phase(c: &Client, vm: &str, done: &AtomicBool) -> Option<f64> {
+/// When each phase of `vm`'s migrate operation was first seen (ms after `t0`), polling
+/// every 10 ms until `done`.
+fn phases(c: &Client, vm: &str, done: &AtomicBool, t0: Instant) -> Vec<(MigrationPhase, f64)> {
     let target = format!("vm/{vm}");
-    let (mut from, mut took) = (None, None);
-    while !done.load(Ordering::Relaxed) && took.is_none() {
+    let mut seen: Vec<(MigrationPhase, f64)> = Vec::new();
+    while !done.load(Ordering::Relaxed) {
         let phase = c.operations().ok().and_then(|ops| {
             ops.into_iter()
                 .find(|o| {
@@ -145,16 +156,33 @@ fn disks_phase(c: &Client, vm: &str, done: &AtomicBool) -> Option<f64> {
                 })
                 .and_then(|o| o.migration.map(|m| m.phase))
         });
-        match (phase, from) {
-            (Some(MigrationPhase::Disks), None) => from = Some(Instant::now()),
-            (Some(ph), Some(t)) if ph != MigrationPhase::Disks => {
-                took = Some(t.elapsed().as_secs_f64() * 1000.0);
+        if let Some(ph) = phase {
+            if seen.iter().all(|(p, _)| *p != ph) {
+                seen.push((ph, t0.elapsed().as_secs_f64() * 1000.0));
             }
-            _ => {}
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    took
+    seen
+}
+
+/// The breakdown of one migration from the phases seen: (setup until the disks or memory
+/// phase, the disks phase, the handover until the answer).
+fn breakdown(
+    seen: &[(MigrationPhase, f64)],
+    total: f64,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let at = |ph| seen.iter().find(|(p, _)| *p == ph).map(|(_, t)| *t);
+    let setup = seen
+        .iter()
+        .find(|(p, _)| matches!(p, MigrationPhase::Disks | MigrationPhase::Memory))
+        .map(|(_, t)| *t);
+    let disks = at(MigrationPhase::Disks).and_then(|d| {
+        let next = seen.iter().find(|(_, t)| *t > d).map(|(_, t)| *t)?;
+        Some(next - d)
+    });
+    let handover = at(MigrationPhase::Handover).map(|h| total - h);
+    (setup, disks, handover)
 }
 
 /// QEMU's downtime for `vm` from the last `handover done` line of hvd's log.

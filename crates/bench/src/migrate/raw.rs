@@ -133,6 +133,7 @@ pub fn migration(
     let _dst = Reaped::new(cmd.spawn().context("spawning the target QEMU")?);
     let mut dq = Qmp::connect(&dst_qmp, Duration::from_secs(30))
         .with_context(|| log_of("target", &dst_log))?;
+    let setup = ms(t0.elapsed());
     sq.execute(
         "migrate",
         json!({"uri": format!("tcp:{}:{PORT}", link.target_ip)}),
@@ -149,6 +150,7 @@ pub fn migration(
             _ => std::thread::sleep(Duration::from_millis(5)),
         }
     };
+    let completed = Instant::now();
     loop {
         let st = dq.execute("query-status", json!({}))?;
         if st["status"] == "running" {
@@ -167,6 +169,8 @@ pub fn migration(
     };
     let downtime = num("downtime")?;
     Ok(Sample {
+        setup_ms: Some(setup),
+        handover_ms: Some(ms(completed.elapsed())),
         hvd_cpu_ms: (None, None),
         total_ms: total,
         qemu_downtime_ms: Some(downtime),
