@@ -339,3 +339,108 @@ fn keep_source_leaves_a_stopped_definition_without_autostart() {
     assert!(there.autostart);
     still_counting(&p.target, "kept");
 }
+
+/// DHCP reservations follow the VM to the network of the same name; a paused VM arrives
+/// paused; snapshots' metadata moves.
+#[test]
+fn reservations_snapshots_and_pause_follow_the_vm() {
+    let p = HostPair::with(HVD.as_ref(), PairOpts { shared_pool: true }).expect("pair");
+    for h in [&p.source, &p.target] {
+        h.client()
+            .net_create(&model::NetworkSpec {
+                subnet: Some("10.88.1.0/24".into()),
+                ..model::NetworkSpec::new("lan".parse().unwrap(), model::NetMode::Isolated)
+            })
+            .unwrap();
+        h.client().net_start("lan").unwrap();
+    }
+    let c = p.source.client();
+    c.vol_create(
+        testkit::pair::SHARED_POOL,
+        &api::CreateVolRequest {
+            name: "res.qcow2".parse().unwrap(),
+            size: Some(model::Size(8 << 20)),
+            format: None,
+            backing: None,
+        },
+    )
+    .unwrap();
+    let mut spec = p.source.tiny_spec("res", VmOpts::default()).unwrap();
+    spec.disks.push(
+        format!("vol={}/res.qcow2", testkit::pair::SHARED_POOL)
+            .parse()
+            .unwrap(),
+    );
+    spec.nics.push(
+        serde_json::from_value(serde_json::json!({"type": "network", "source": "lan"})).unwrap(),
+    );
+    c.create(spec, true).unwrap();
+    p.source.wait_ready("res").unwrap();
+    c.net_reservation_add(
+        "lan",
+        &api::AddReservationRequest {
+            mac: None,
+            vm: Some("res".into()),
+            ip: "10.88.1.50".parse().unwrap(),
+            hostname: None,
+        },
+    )
+    .unwrap();
+    c.snapshot_create(
+        "res",
+        &api::CreateSnapshotRequest {
+            name: "before-move".parse().unwrap(),
+            description: None,
+            disk_only: false,
+        },
+    )
+    .unwrap();
+    c.pause("res").unwrap();
+    p.source.client().migrate("res", &migrate_req(&p)).unwrap();
+    // Paused before, paused after.
+    assert_eq!(
+        p.target.client().info("res").unwrap().state,
+        VmState::Paused
+    );
+    let there = p.target.client().net_reservations("lan").unwrap();
+    assert!(
+        there.iter().any(|r| r.ip.to_string() == "10.88.1.50"),
+        "{there:?}"
+    );
+    assert!(p
+        .source
+        .client()
+        .net_reservations("lan")
+        .unwrap()
+        .is_empty());
+    let snaps = p.target.client().snapshots("res").unwrap();
+    assert!(snaps.iter().any(|s| s.name == "before-move"), "{snaps:?}");
+    p.target.client().resume("res").unwrap();
+    p.target
+        .run_in_guest("res", "echo alive-after-move", "alive-after-move\\r?\\n")
+        .unwrap();
+}
+
+#[test]
+fn a_cut_link_leaves_the_vm_running_on_the_source_and_the_target_cleans_itself() {
+    let p = HostPair::with(HVD.as_ref(), PairOpts { shared_pool: true }).expect("pair");
+    boot_shared(&p, "cut");
+    let run = slow_migration(&p, "cut");
+    wait_memory_phase(&p);
+    p.set_link(false).unwrap();
+    let e = run.join().unwrap().expect_err("the migration fails");
+    assert!(e.to_string().contains("migration"), "{e}");
+    still_counting(&p.source, "cut");
+    // The target noticed the silent link by itself: no VM, no QEMU, no files.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while p.target.client().info("cut").is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the target kept the half-received VM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nothing_left(&p.target, "cut");
+    assert!(p.target.hvd_log().contains("tunnel broke"));
+    p.set_link(true).unwrap();
+}

@@ -399,3 +399,115 @@ fn a_target_killed_mid_offline_copy_leaves_nothing_there_and_the_source_whole() 
     assert!(p.target.client().info("ko").is_err());
     assert!(!p.target.state_dir.join("vms/ko").exists());
 }
+
+#[test]
+fn cancel_during_the_disk_copy_keeps_the_source_and_removes_the_targets_copy() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let img = vm_with_disk(&p.source, "cc", 64);
+    sh(
+        &p.source,
+        "cc",
+        "dd if=/dev/urandom of=/dev/vda bs=64k count=512 conv=notrunc,fsync 2>/dev/null",
+        "w1",
+    );
+    let before = content_sha(&img);
+    let mut req = migrate_req(&p);
+    req.bandwidth = Some(2 << 20);
+    let source = &p.source;
+    let err = std::thread::scope(|s| {
+        let m = s.spawn(|| source.client().migrate("cc", &req));
+        let mut id = 0;
+        wait_for("the disk copy", Duration::from_secs(120), || {
+            let ops = source.client().operations().unwrap();
+            let op = ops.iter().find(|o| {
+                o.migration.as_ref().is_some_and(|m| {
+                    m.phase == MigrationPhase::Disks && m.disk_transferred > (2 << 20)
+                })
+            });
+            id = op.map(|o| o.id).unwrap_or(0);
+            op.is_some()
+        });
+        assert!(pool_dir(&p.target).join("cc.qcow2").exists());
+        source.client().operation_cancel(id).unwrap();
+        m.join().unwrap().unwrap_err()
+    });
+    assert_eq!(err.code(), Some(api::ErrorCode::Cancelled), "{err}");
+    // The source runs on its own disk; QEMU has no copy job or NBD node left.
+    let c = p.source.client();
+    assert_eq!(c.info("cc").unwrap().state, VmState::Running);
+    sh(&p.source, "cc", "true", "alive");
+    assert_eq!(content_sha(&img), before);
+    // (The mirror is undone in the background once the operation has ended.)
+    wait_for("the NBD node's removal", Duration::from_secs(30), || {
+        let qmp =
+            std::fs::read_to_string(p.source.state_dir.join("vms/cc/qmp.log")).unwrap_or_default();
+        qmp.rfind("block-job-cancel")
+            .is_some_and(|i| qmp[i..].contains(r#""execute":"blockdev-del""#))
+    });
+    // The target aborted its session without a restart: no VM, no image.
+    wait_for("the target's clean-up", Duration::from_secs(30), || {
+        p.target.client().info("cc").is_err() && !pool_dir(&p.target).join("cc.qcow2").exists()
+    });
+}
+
+/// The files hv keeps with a VM travel with `--offline`: the UEFI variable store and the
+/// TPM's state arrive byte for byte.
+#[test]
+fn offline_takes_the_uefi_variables_and_tpm_state_along() {
+    let p = HostPair::new(HVD.as_ref()).expect("pair");
+    let c = p.source.client();
+    let disk = pool_dir(&p.source).join("efi.raw");
+    std::fs::copy(testkit::efi::esp_disk().expect("EFI disk builds"), &disk).unwrap();
+    let mut spec = model::VmSpec::new("efi".parse().unwrap());
+    spec.memory = Size(256 << 20);
+    spec.machine = model::Machine::Q35;
+    spec.firmware = model::Firmware::Uefi;
+    spec.tpm = true;
+    spec.disks
+        .push("vol=default/efi.raw,format=raw".parse().unwrap());
+    c.create(spec, false).unwrap();
+    // A start pins the machine type and lets swtpm make its state; no need to boot.
+    c.start("efi", false).unwrap();
+    let vm_dir = |h: &TestHvd| h.state_dir.join("vms/efi");
+    wait_for("the TPM state", Duration::from_secs(60), || {
+        std::fs::read_dir(vm_dir(&p.source).join("tpm"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    });
+    c.destroy("efi").unwrap();
+    // Variables of this VM's own (not the template's).
+    let nvram = vm_dir(&p.source).join("nvram.fd");
+    let mut vars = std::fs::read(&nvram).unwrap();
+    let n = vars.len();
+    vars[n - 16..].copy_from_slice(b"hv-migrate-vars!");
+    std::fs::write(&nvram, &vars).unwrap();
+    let tpm: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(vm_dir(&p.source).join("tpm"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    assert!(!tpm.is_empty());
+
+    let mut req = migrate_req(&p);
+    req.copy_storage = false;
+    req.offline = true;
+    c.migrate("efi", &req).unwrap();
+    let t = &p.target;
+    assert_eq!(t.client().info("efi").unwrap().state, VmState::Shutoff);
+    assert_eq!(std::fs::read(vm_dir(t).join("nvram.fd")).unwrap(), vars);
+    for (name, bytes) in &tpm {
+        assert_eq!(
+            &std::fs::read(vm_dir(t).join("tpm").join(name)).unwrap(),
+            bytes,
+            "{name:?}"
+        );
+    }
+    assert!(!vm_dir(&p.source).exists());
+    assert!(!disk.exists());
+    // It starts there (OVMF and swtpm take the arrived files).
+    assert_eq!(
+        t.client().start("efi", false).unwrap().state,
+        VmState::Running
+    );
+}

@@ -621,7 +621,7 @@ impl Engine {
 
     /// Changes a network's definition: checks the result, applies it to the running network
     /// (nft table, dnsmasq), then stores it. Nothing changes when any step fails.
-    async fn change_spec(
+    pub(crate) async fn change_spec(
         &self,
         name: &str,
         change: impl FnOnce(&mut NetworkSpec) -> Result<()>,

@@ -39,6 +39,9 @@ pub struct HostPair {
     pub peer: PeerTarget,
     /// How the target hvd reaches the source (for migrating back).
     pub peer_back: PeerTarget,
+    /// The veth ends (in the source's and the target's namespace).
+    pub source_veth: String,
+    pub target_veth: String,
     /// The shared pool's directory, when [`PairOpts::shared_pool`].
     pub shared_dir: Option<PathBuf>,
     pub source_ns: NetNs,
@@ -149,6 +152,8 @@ impl HostPair {
             target_ip,
             peer,
             peer_back,
+            source_veth: va,
+            target_veth: vb,
             shared_dir,
             source_ns,
             target_ns,
@@ -181,6 +186,18 @@ impl HostPair {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Cuts (`false`) or restores the link: the source's veth end goes down or up.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.source_ns.name,
+            "link",
+            "set",
+            &self.source_veth,
+            if up { "up" } else { "down" },
+        ])
     }
 
     /// A token on the target for a new user `user` with `role` on `vm_glob` (all VMs with

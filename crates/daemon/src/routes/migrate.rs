@@ -4,6 +4,7 @@
 //! (`Upgrade: hv-migration`) that carries one channel of QEMU's bytes over hv's TLS link.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::migrate::paths;
 use api::{ErrorCode, MIGRATION_PROTOCOL};
@@ -19,6 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use super::{body, run_op, ApiError, ApiResult};
+
+/// The limit of a status, finish or abort call to the target.
+const SHORT: Duration = Duration::from_secs(30);
 
 pub fn routes() -> Router<Engine> {
     Router::new()
@@ -105,16 +109,27 @@ async fn incoming_tunnel(
         async move {
             let r = async {
                 let up = hyper_util::rt::TokioIo::new(on_upgrade.await?);
-                Ok::<_, anyhow::Error>(engine::migrate::tunnel::pump(unix, up).await?)
+                Ok::<_, anyhow::Error>(
+                    engine::migrate::tunnel::pump_with(
+                        unix,
+                        up,
+                        engine::migrate::tunnel_idle(&channel),
+                    )
+                    .await?,
+                )
             }
             .await;
-            match r {
+            let broke = match r {
                 Ok((to_peer, from_peer)) => {
-                    tracing::info!(from_peer, to_peer, "migration tunnel closed")
+                    tracing::info!(from_peer, to_peer, "migration tunnel closed");
+                    false
                 }
-                Err(err) => tracing::warn!("migration tunnel broke: {err:#}"),
-            }
-            e.incoming_tunnel_closed(&id).await;
+                Err(err) => {
+                    tracing::warn!("migration tunnel broke: {err:#}");
+                    true
+                }
+            };
+            e.incoming_tunnel_closed(&id, broke).await;
         }
         .instrument(span),
     );
@@ -158,15 +173,23 @@ impl HttpsPeer {
         Ok(HttpsPeer { client, raw })
     }
 
-    fn call<T, F>(&self, f: F) -> PeerFuture<'_, T>
+    /// One call, bounded by `limit`: a cut link never answers (a pooled connection's read
+    /// would wait for TCP to give up), and a migration must not hang on it.
+    fn call<T, F>(&self, limit: Duration, f: F) -> PeerFuture<'_, T>
     where
         T: Send + 'static,
         F: FnOnce(client::Client) -> client::Result<T> + Send + 'static,
     {
         let c = self.client.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(c))
+            tokio::time::timeout(limit, tokio::task::spawn_blocking(move || f(c)))
                 .await
+                .map_err(|_| {
+                    EngineError::Host(format!(
+                        "the target hvd did not answer within {} s",
+                        limit.as_secs()
+                    ))
+                })?
                 .map_err(|e| EngineError::Internal(e.to_string()))?
                 .map_err(peer_error)
         })
@@ -190,19 +213,20 @@ fn peer_error(e: client::ClientError) -> EngineError {
 impl Peer for HttpsPeer {
     fn incoming(&self, req: &api::IncomingRequest) -> PeerFuture<'_, api::IncomingReady> {
         let req = req.clone();
-        self.call(move |c| c.incoming_prepare(&req))
+        // The target starts a QEMU before it answers.
+        self.call(Duration::from_secs(120), move |c| c.incoming_prepare(&req))
     }
     fn finish(&self, id: &str) -> PeerFuture<'_, api::VmInfo> {
         let id = id.to_string();
-        self.call(move |c| c.incoming_finish(&id))
+        self.call(SHORT, move |c| c.incoming_finish(&id))
     }
     fn status(&self, id: &str) -> PeerFuture<'_, api::IncomingStatus> {
         let id = id.to_string();
-        self.call(move |c| c.incoming_status(&id))
+        self.call(SHORT, move |c| c.incoming_status(&id))
     }
     fn abort(&self, id: &str) -> PeerFuture<'_, ()> {
         let id = id.to_string();
-        self.call(move |c| c.incoming_abort(&id))
+        self.call(SHORT, move |c| c.incoming_abort(&id))
     }
     fn tunnel(&self, id: &str, channel: &str) -> PeerFuture<'_, Box<dyn Tunnel>> {
         let path = paths::incoming_tunnel(id, channel);
@@ -216,6 +240,12 @@ impl Peer for HttpsPeer {
 }
 
 async fn open_tunnel(raw: &client::RawEndpoint, path: &str) -> anyhow::Result<Box<dyn Tunnel>> {
+    tokio::time::timeout(SHORT, open_tunnel_now(raw, path))
+        .await
+        .map_err(|_| anyhow::anyhow!("the target did not answer within {} s", SHORT.as_secs()))?
+}
+
+async fn open_tunnel_now(raw: &client::RawEndpoint, path: &str) -> anyhow::Result<Box<dyn Tunnel>> {
     let tcp = tokio::net::TcpStream::connect((raw.host.as_str(), raw.port)).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(raw.host.clone())?;

@@ -125,7 +125,8 @@ impl Engine {
                 pumps.spawn(async move {
                     match peer.tunnel(&id, api::migrate::channel::NBD).await {
                         Ok(t) => {
-                            if let Err(e) = super::tunnel::pump(conn, t).await {
+                            let idle = super::DISK_CHANNEL_IDLE;
+                            if let Err(e) = super::tunnel::pump_with(conn, t, idle).await {
                                 tracing::debug!(vm = %name, error = %e, "an NBD tunnel ended");
                             }
                         }

@@ -33,6 +33,8 @@ pub(super) struct Session {
     error: Option<String>,
     paused: bool,
     autostart: bool,
+    reservations: Vec<api::IncomingReservation>,
+    forwards: Vec<api::IncomingForward>,
     /// `--copy-storage`: the disks are served over NBD until finish.
     copy_storage: bool,
     memory_used: bool,
@@ -54,6 +56,8 @@ impl Session {
             error: None,
             paused: false,
             autostart: false,
+            reservations: vec![],
+            forwards: vec![],
             copy_storage: false,
             memory_used: false,
             offline: Some(offline),
@@ -157,7 +161,12 @@ impl Engine {
             )));
         }
         let facts = self.target_facts(&req).await?;
-        let problems = checks::check(&req, &facts);
+        let mut problems = checks::check(&req, &facts);
+        problems.extend(super::netstate::conflicts(
+            &req,
+            &self.network_specs().await,
+            &facts.hostname,
+        ));
         if !problems.is_empty() {
             let text = format!(
                 "{} refuses the migration of VM {:?}:\n- {}",
@@ -227,6 +236,8 @@ impl Engine {
                 error: None,
                 paused: req.paused,
                 autostart: req.autostart,
+                reservations: req.reservations.clone(),
+                forwards: req.forwards.clone(),
                 copy_storage: req.copy_storage,
                 memory_used: false,
                 offline: None,
@@ -447,9 +458,22 @@ impl Engine {
             .map_err(|e| EngineError::Host(format!("cannot connect to {}: {e}", sock.display())))
     }
 
-    /// The daemon's tunnel for `id` ended: unless QEMU reports the stream complete soon, the
-    /// source went away and the session aborts itself.
-    pub async fn incoming_tunnel_closed(&self, id: &str) {
+    /// The daemon's tunnel for `id` ended (`broke`: with an error, say a cut link): unless
+    /// QEMU reports the stream complete (soon, after a clean end), the source went away and
+    /// the session aborts itself.
+    pub async fn incoming_tunnel_closed(&self, id: &str, broke: bool) {
+        if broke
+            && self
+                .incoming_status(id)
+                .is_ok_and(|s| s.state == IncomingState::Receiving)
+        {
+            self.incoming_fail(
+                id,
+                "the migration tunnel broke before QEMU received all of it",
+            )
+            .await;
+            return;
+        }
         let Some(mut rx) = self
             .sessions()
             .lock()
@@ -501,10 +525,18 @@ impl Engine {
         let _ = tokio::time::timeout(SETTLE, rx.wait_for(|s| *s != IncomingState::Receiving))
             .await
             .is_ok();
-        let (vm_name, paused, autostart, state, copy_storage) = {
+        let (vm_name, paused, autostart, state, res, fwd, copy_storage) = {
             let g = self.sessions().lock();
             let s = g.get(id).ok_or_else(|| no_session(id))?;
-            (s.vm.clone(), s.paused, s.autostart, s.state, s.copy_storage)
+            (
+                s.vm.clone(),
+                s.paused,
+                s.autostart,
+                s.state,
+                s.reservations.clone(),
+                s.forwards.clone(),
+                s.copy_storage,
+            )
         };
         if state == IncomingState::Committed {
             return self.info(&vm_name);
@@ -544,6 +576,7 @@ impl Engine {
         self.incoming_keep_disks(&dir);
         self.set_session(id, IncomingState::Committed, None);
         vm.release();
+        self.adopt_net_entries(&res, &fwd).await;
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");

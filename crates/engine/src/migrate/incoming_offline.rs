@@ -24,12 +24,20 @@ pub(crate) struct Offline {
     spec: VmSpec,
     received: Received,
     vm_files: Option<Vec<PathBuf>>,
+    /// `finish` defined the VM (only then is its definition this session's to remove).
+    defined: std::sync::atomic::AtomicBool,
 }
 
 impl Offline {
     fn complete(&self) -> bool {
         self.received.complete() && self.vm_files.is_some()
     }
+}
+
+/// What one channel brought.
+enum Arrived {
+    Layer(usize, PathBuf),
+    Files(Vec<PathBuf>),
 }
 
 fn bad_channel(id: &str, channel: &str) -> EngineError {
@@ -95,6 +103,7 @@ impl Engine {
             spec: placed,
             received: Received::new(disks),
             vm_files: None,
+            defined: Default::default(),
         };
         let (state_tx, _) = tokio::sync::watch::channel(IncomingState::Waiting);
         self.sessions().lock().insert(
@@ -164,38 +173,43 @@ impl Engine {
             let r = match (&job, layer) {
                 (Some((dir, plan, backing)), Some(n)) => {
                     let backing = backing.as_ref().map(|(p, f)| (p.as_path(), *f));
-                    match e
-                        .migration_receive_layer(&mut ours, dir, plan, backing)
+                    e.migration_receive_layer(&mut ours, dir, plan, backing)
                         .await
-                    {
-                        Ok(path) => {
-                            o.lock().await.received.arrived(n, path);
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
+                        .map(|path| Arrived::Layer(n, path))
                 }
                 _ => {
                     let dir = e.inner.cfg.vm_dir(&vm_name);
-                    match super::vmfiles::receive(&mut ours, &dir).await {
-                        Ok(made) => {
-                            o.lock().await.vm_files = Some(made);
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
+                    super::vmfiles::receive(&mut ours, &dir)
+                        .await
+                        .map(Arrived::Files)
                 }
+            };
+            // Recorded (and the session completed) before the source hears of it: it goes on
+            // to the next layer, or to finish, only then.
+            let r = match r {
+                Ok(arrived) => {
+                    let complete = {
+                        let mut g = o.lock().await;
+                        match arrived {
+                            Arrived::Layer(n, path) => g.received.arrived(n, path),
+                            Arrived::Files(made) => g.vm_files = Some(made),
+                        }
+                        g.complete()
+                    };
+                    if complete {
+                        e.set_session(&id, IncomingState::Completed, None);
+                    }
+                    super::offline::confirm(&mut ours).await.map(|()| complete)
+                }
+                Err(err) => Err(err),
             };
             match r {
                 Err(err) => {
                     e.incoming_fail(&id, &format!("receiving {}: {err}", job_name(layer)))
                         .await
                 }
-                Ok(()) if o.lock().await.complete() => {
-                    e.set_session(&id, IncomingState::Completed, None);
-                    e.watch_idle(&id, IncomingState::Completed);
-                }
-                Ok(()) => e.watch_offline_idle(&id, o.clone()),
+                Ok(true) => e.watch_idle(&id, IncomingState::Completed),
+                Ok(false) => e.watch_offline_idle(&id, o.clone()),
             }
         });
         Ok(theirs)
@@ -245,7 +259,17 @@ impl Engine {
             spec.autostart = false;
             // The define takes the files as they are: they are recorded already.
             self.define(spec, false).await?;
+            g.defined.store(true, std::sync::atomic::Ordering::Relaxed);
             let vm = self.get(&vm_name)?;
+            // The TPM's state is its swtpm's, which runs as this VM's uid here (another than on
+            // the source); the variable store is granted at each start.
+            let ids = self.qemu_ids(vm.id)?;
+            let tpm = self.tpm_dir(&vm_name);
+            for f in g.vm_files.iter().flatten().filter(|f| f.starts_with(&tpm)) {
+                std::os::unix::fs::chown(f, Some(ids.uid), Some(ids.gid)).map_err(|e| {
+                    EngineError::Host(format!("cannot give {} to the VM's uid: {e}", f.display()))
+                })?;
+            }
             let mut req = g.req.clone();
             for s in &mut req.snapshots {
                 for d in s.spec.disks.iter_mut().filter(|d| !d.readonly) {
@@ -284,6 +308,11 @@ impl Engine {
         }
         self.incoming_keep_disks(&dir);
         self.set_session(id, IncomingState::Committed, None);
+        {
+            let g = o.lock().await;
+            self.adopt_net_entries(&g.req.reservations, &g.req.forwards)
+                .await;
+        }
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");
@@ -304,14 +333,25 @@ impl Engine {
         if !dir.join(MARKER).exists() {
             return;
         }
-        if let Ok(vm) = self.get(vm_name) {
-            if let Err(e) = self.remove_definition(&vm) {
-                tracing::error!(vm = %vm_name, error = %e, "cannot remove the incoming VM's definition");
+        let g = o.lock().await;
+        self.migration_remove_images(&g.received.files());
+        self.incoming_remove_disks(&dir);
+        if g.defined.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(vm) = self.get(vm_name) {
+                if let Err(e) = self.remove_definition(&vm) {
+                    tracing::error!(vm = %vm_name, error = %e, "cannot remove the incoming VM's definition");
+                }
             }
         }
-        let files = o.lock().await.received.files();
-        self.migration_remove_images(&files);
-        self.incoming_remove_disks(&dir);
+        if self.get(vm_name).is_ok() {
+            // Someone defined a VM of this name meanwhile: its directory is not ours to
+            // remove, only what this session put there.
+            if let Some(made) = &g.vm_files {
+                super::vmfiles::remove(&dir, made);
+            }
+            let _ = std::fs::remove_file(dir.join(MARKER));
+            return;
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

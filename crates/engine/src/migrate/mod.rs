@@ -16,6 +16,7 @@ pub(crate) mod disks;
 mod incoming;
 mod incoming_disks;
 mod incoming_offline;
+mod netstate;
 pub(crate) mod offline;
 mod offline_source;
 pub(crate) mod placement;
@@ -33,6 +34,20 @@ pub(crate) use incoming::Sessions;
 
 use crate::error::Result;
 use crate::vm::Vm;
+
+/// How long a tunnel of `channel` may stay silent both ways before it counts as a cut link.
+/// The memory stream never rests; disk channels do: an NBD connection is quiet while an idle
+/// guest's mirror is in sync, and a layer's sender waits while the target makes it durable.
+pub fn tunnel_idle(channel: &str) -> std::time::Duration {
+    if channel == api::migrate::channel::MEMORY {
+        tunnel::IDLE
+    } else {
+        DISK_CHANNEL_IDLE
+    }
+}
+
+/// The silence limit of disk channels (see [`tunnel_idle`]).
+pub const DISK_CHANNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A boxed future of a [`Peer`] call.
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;

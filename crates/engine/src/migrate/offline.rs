@@ -192,7 +192,10 @@ where
     }
     stream.flush().await.map_err(link)?;
     let mut ack = [0u8; 1];
-    match stream.read_exact(&mut ack).await {
+    let got = stream.read_exact(&mut ack).await;
+    // A clean end of the channel (not a broken tunnel, which fails the target's session).
+    let _ = stream.shutdown().await;
+    match got {
         Ok(_) if ack[0] == LAYER_OK => Ok(sent),
         Ok(_) => Err(EngineError::Host(format!(
             "the target refused {}; its log says why",
@@ -321,8 +324,8 @@ impl Received {
 // ---- target ---------------------------------------------------------------------------------
 
 /// Receives one layer into `dir` under `layer.file_name`, backed (qcow2) by `backing` (the
-/// final path and format of its backing layer, already received). Returns the final path. On
-/// any failure nothing is left in `dir`.
+/// final path and format of its backing layer, already received). Returns the final path
+/// ([`confirm`] tells the source). On any failure nothing is left in `dir`.
 pub async fn receive_layer<S>(
     stream: &mut S,
     dir: &Path,
@@ -387,18 +390,18 @@ where
         )),
         _ => EngineError::Host(format!("cannot put {} in place: {e}", dst.display())),
     })?;
-    if let Err(e) = async {
+    Ok(dst)
+}
+
+/// Tells the source that what it sent on this channel is in place (and recorded): only then
+/// does it go on, so the target never sees a layer before its backing one is known.
+pub async fn confirm<S: AsyncWrite + Unpin>(stream: &mut S) -> Result<()> {
+    async {
         stream.write_all(&[LAYER_OK]).await?;
         stream.flush().await
     }
     .await
-    {
-        let _ = std::fs::remove_file(&dst);
-        return Err(EngineError::Host(format!(
-            "the source went away after {name} arrived: {e}"
-        )));
-    }
-    Ok(dst)
+    .map_err(|e| EngineError::Host(format!("the source went away before the confirmation: {e}")))
 }
 
 /// The received file is what the source said: the declared format and virtual size, no data
@@ -443,5 +446,5 @@ async fn check_received(
 }
 
 #[cfg(test)]
-#[path = "offline_tests.rs"]
+#[path = "tests/offline.rs"]
 mod tests;

@@ -85,6 +85,8 @@ impl Engine {
                 disks: serde_json::to_value(&s.disks).unwrap_or(Value::Null),
             })
             .collect();
+        let (reservations, forwards) =
+            super::netstate::entries_of(name, &spec, &self.network_specs().await);
         let caps = self.caps().await?;
         let (a, b, c) = caps.qemu_version;
         let mut ireq = IncomingRequest {
@@ -102,8 +104,8 @@ impl Engine {
             snapshots,
             current_snapshot: vm.lock().rec.current_snapshot.clone(),
             autostart: spec.autostart,
-            reservations: vec![],
-            forwards: vec![],
+            reservations,
+            forwards,
             check_only: true,
             paused: false,
             postcopy: false,
@@ -191,6 +193,8 @@ impl Engine {
             self.save_spec_pub(&vm, spec)?;
         } else {
             self.remove_definition(&vm)?;
+            self.drop_net_entries(&ireq.reservations, &ireq.forwards)
+                .await;
             for p in plans.iter().rev() {
                 for f in p.files.iter().rev() {
                     let users = self.all_users_of(f).await;

@@ -249,6 +249,19 @@ mod tests {
     }
 
     #[test]
+    fn the_target_knows_media_by_their_volume_or_their_path_in_its_pools() {
+        // The target does not know the source's pools: a read-only volume names its pool, a
+        // CD-ROM path is taken where one of the target's pools holds that very path.
+        let dst = pools(&[("default", "/b/default")]);
+        let mut ro = disk("/a/x/debian.iso", true);
+        ro.vol = Some("default/debian.iso".parse().unwrap());
+        let s = spec(vec![ro], Some("/b/default/tools.iso"));
+        let (homes, cd) = place(&s, &[], &dst, |_| true).unwrap();
+        assert_eq!(homes, [DiskHome::Medium("/b/default/debian.iso".into())]);
+        assert_eq!(cd.as_deref(), Some(Path::new("/b/default/tools.iso")));
+    }
+
+    #[test]
     fn copy_storage_refuses_snapshots_and_names_the_way_out() {
         check_copy_storage("web", &[]).unwrap();
         let e = check_copy_storage("web", &["s1".into()])

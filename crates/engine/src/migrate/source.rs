@@ -152,6 +152,8 @@ impl Engine {
                 disks: serde_json::to_value(&s.disks).unwrap_or(Value::Null),
             })
             .collect();
+        let (reservations, forwards) =
+            super::netstate::entries_of(name, &spec, &self.network_specs().await);
         let mut ireq = IncomingRequest {
             vm: spec.name.clone(),
             spec: spec.clone(),
@@ -167,8 +169,8 @@ impl Engine {
             snapshots,
             current_snapshot: vm.lock().rec.current_snapshot.clone(),
             autostart: spec.autostart,
-            reservations: vec![],
-            forwards: vec![],
+            reservations,
+            forwards,
             check_only: true,
             paused: state == VmState::Paused,
             postcopy: req.postcopy,
@@ -240,6 +242,8 @@ impl Engine {
             self.save_spec_pub(&vm, spec)?;
         } else {
             self.remove_definition(&vm)?;
+            self.drop_net_entries(&ireq.reservations, &ireq.forwards)
+                .await;
             if req.copy_storage {
                 self.migration_drop_copied(&resolved);
             }

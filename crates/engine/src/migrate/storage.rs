@@ -455,5 +455,5 @@ async fn remove_nodes(qmp: &Qmp, targets: &[String]) {
 }
 
 #[cfg(test)]
-#[path = "storage_tests.rs"]
+#[path = "tests/storage.rs"]
 mod tests;

@@ -46,7 +46,9 @@ where
     stream.write_all(bytes).await.map_err(link)?;
     stream.flush().await.map_err(link)?;
     let mut ack = [1u8; 1];
-    stream.read_exact(&mut ack).await.map_err(|e| {
+    let got = stream.read_exact(&mut ack).await;
+    let _ = stream.shutdown().await;
+    got.map_err(|e| {
         EngineError::Host(format!(
             "the target did not confirm the VM's files (its log says why): {e}"
         ))
@@ -59,7 +61,8 @@ where
     Ok(())
 }
 
-/// Receives the VM's files into `vm_dir` (created if missing). Returns the files made.
+/// Receives the VM's files into `vm_dir` (created if missing). Returns the files made;
+/// `offline::confirm` tells the source.
 pub async fn receive<S>(stream: &mut S, vm_dir: &Path) -> Result<Vec<PathBuf>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -87,21 +90,9 @@ where
         )));
     }
     let dir = vm_dir.to_path_buf();
-    let made = tokio::task::spawn_blocking(move || unpack(&bytes, &dir))
+    tokio::task::spawn_blocking(move || unpack(&bytes, &dir))
         .await
-        .map_err(|e| EngineError::Internal(format!("unpacking the VM's files: {e}")))??;
-    if let Err(e) = async {
-        stream.write_all(&[0]).await?;
-        stream.flush().await
-    }
-    .await
-    {
-        remove(vm_dir, &made);
-        return Err(EngineError::Host(format!(
-            "the source went away after the VM's files arrived: {e}"
-        )));
-    }
-    Ok(made)
+        .map_err(|e| EngineError::Internal(format!("unpacking the VM's files: {e}")))?
 }
 
 /// Removes files [`receive`] made in `vm_dir` (on abort), and the directories below `vm_dir`
@@ -226,6 +217,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64 << 10);
         let sender = tokio::spawn(async move { send(&bytes, &mut a).await });
         let made = receive(&mut b, &dst).await.unwrap();
+        super::super::offline::confirm(&mut b).await.unwrap();
         sender.await.unwrap().unwrap();
         assert_eq!(made.len(), 2, "{made:?}");
         assert_eq!(

@@ -2,6 +2,7 @@
 //! its links re-pointed at the new files and reads the same; a cut link, a wrong declaration
 //! or a name taken leave nothing behind.
 
+#[cfg(test)]
 use super::*;
 
 struct Dir(PathBuf);
@@ -98,6 +99,9 @@ async fn transfer(plan: &DiskPlan, dst: &Path) -> Result<Vec<PathBuf>> {
             .backing
             .map(|j| (done[j].as_path(), plan.layers[j].format));
         let got = receive_layer(&mut b, dst, layer, backing).await;
+        if got.is_ok() {
+            confirm(&mut b).await.unwrap();
+        }
         drop(b);
         let sent = sender.await.unwrap();
         let path = got?;

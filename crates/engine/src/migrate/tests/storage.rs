@@ -2,6 +2,7 @@
 //! socket relays (what hvd's tunnel does, without hvd): the source mirrors into the target's
 //! NBD export, RAM migrates, and the target's image ends up equal to the source's.
 
+#[cfg(test)]
 use super::*;
 use std::path::PathBuf;
 use std::process::Stdio;
