@@ -18,6 +18,7 @@ mod kvm;
 mod libvirt;
 mod libvirt_scale;
 mod machine;
+mod migrate;
 mod power;
 mod procs;
 mod remote;
@@ -105,6 +106,8 @@ enum Group {
     Many,
     /// 50 API readers while 10 VMs start and stop (issue 16).
     Busy,
+    /// Live migration between two hvds against raw QEMU and a TCP copy (issue 12).
+    Migrate,
 }
 
 /// VMs defined for the figures "with 1,000 VMs defined".
@@ -227,6 +230,11 @@ fn run(args: Args) -> Result<bool> {
         extra.extend(extra::network(&bins.hvd, plan.runs));
     }
 
+    let mut migration = Vec::new();
+    if wanted(Group::Migrate) {
+        migration = migrate::measure(&bins, plan.runs.min(5));
+    }
+
     let mut versus = Vec::new();
     if args.vs == Some(Vs::Libvirt) {
         eprintln!(
@@ -259,9 +267,17 @@ fn run(args: Args) -> Result<bool> {
             libvirt::table(&versus)
         );
     }
+    if !migration.is_empty() {
+        println!(
+            "\nLive migration between two network namespaces (hv against raw QEMU over plain TCP, \
+             and a plain TCP copy, in this run):\n\n{}",
+            migrate::table(&migration)
+        );
+    }
+    let migration_ok = migration.iter().all(|r| !r.failed());
     let extra_ok = extra.iter().all(|r| r.error.is_none());
     let versus_ok = versus.iter().all(|r| !r.failed());
-    Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok && versus_ok)
+    Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok && versus_ok && migration_ok)
 }
 
 /// The table rows and the notes printed under the table.
