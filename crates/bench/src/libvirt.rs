@@ -32,6 +32,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// One line of the side-by-side table.
 pub struct VsRow {
     pub label: String,
+    /// What the values are in ("ms" unless the label says otherwise).
+    pub unit: &'static str,
     pub hv: Result<Vec<f64>>,
     pub libvirt: Result<Vec<f64>>,
 }
@@ -41,6 +43,7 @@ impl VsRow {
         match r {
             Ok((hv, lv)) => VsRow {
                 label: label.into(),
+                unit: "ms",
                 hv: Ok(hv),
                 libvirt: Ok(lv),
             },
@@ -49,6 +52,7 @@ impl VsRow {
                 eprintln!("  {label}: {e}");
                 VsRow {
                     label: label.into(),
+                    unit: "ms",
                     hv: Err(anyhow::anyhow!("{e}")),
                     libvirt: Err(anyhow::anyhow!("{e}")),
                 }
@@ -56,12 +60,17 @@ impl VsRow {
         }
     }
 
+    /// The same row with values in `unit`.
+    pub(crate) fn in_unit(self, unit: &'static str) -> VsRow {
+        VsRow { unit, ..self }
+    }
+
     pub fn failed(&self) -> bool {
         self.hv.is_err() || self.libvirt.is_err()
     }
 }
 
-/// The Markdown table: both medians (ms) and the ratio of the medians.
+/// The Markdown table: both medians and the ratio of the medians ("-" when libvirt's is 0).
 pub fn table(rows: &[VsRow]) -> String {
     let mut out = String::from(
         "| figure | n | hv median | libvirt median | hv / libvirt |\n|---|---|---|---|---|\n",
@@ -70,14 +79,19 @@ pub fn table(rows: &[VsRow]) -> String {
         let med = |s: &Result<Vec<f64>>| s.as_ref().ok().and_then(|v| Summary::of(v));
         match (med(&r.hv), med(&r.libvirt), &r.hv) {
             (Some(h), Some(l), _) => {
+                let ratio = if l.median > 0.0 {
+                    format!("{:.2}", h.median / l.median)
+                } else {
+                    "-".into()
+                };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.1} ms | {:.1} ms | {:.2} |",
+                    "| {} | {} | {:.1} {u} | {:.1} {u} | {ratio} |",
                     r.label,
                     h.n.min(l.n),
                     h.median,
                     l.median,
-                    h.median / l.median
+                    u = r.unit,
                 );
             }
             (_, _, Err(e)) => {
@@ -614,6 +628,19 @@ pub(crate) fn domain_xml(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_shows_each_rows_unit_and_no_ratio_to_zero() {
+        let rows = [
+            VsRow::new("a", Ok((vec![1.0], vec![4.0]))),
+            VsRow::new("b", Ok((vec![15.6], vec![36.8]))).in_unit("KiB"),
+            VsRow::new("c", Ok((vec![0.0], vec![0.0]))).in_unit("%"),
+        ];
+        let t = table(&rows);
+        assert!(t.contains("| a | 1 | 1.0 ms | 4.0 ms | 0.25 |"), "{t}");
+        assert!(t.contains("| b | 1 | 15.6 KiB | 36.8 KiB | 0.42 |"), "{t}");
+        assert!(t.contains("| c | 1 | 0.0 % | 0.0 % | - |"), "{t}");
+    }
 
     #[test]
     fn the_domain_has_the_guest_and_escapes_paths() {
