@@ -32,6 +32,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// One line of the side-by-side table.
 pub struct VsRow {
     pub label: String,
+    /// What the values are in ("ms" unless the label says otherwise).
+    pub unit: &'static str,
     pub hv: Result<Vec<f64>>,
     pub libvirt: Result<Vec<f64>>,
 }
@@ -41,6 +43,7 @@ impl VsRow {
         match r {
             Ok((hv, lv)) => VsRow {
                 label: label.into(),
+                unit: "ms",
                 hv: Ok(hv),
                 libvirt: Ok(lv),
             },
@@ -49,6 +52,7 @@ impl VsRow {
                 eprintln!("  {label}: {e}");
                 VsRow {
                     label: label.into(),
+                    unit: "ms",
                     hv: Err(anyhow::anyhow!("{e}")),
                     libvirt: Err(anyhow::anyhow!("{e}")),
                 }
@@ -56,12 +60,17 @@ impl VsRow {
         }
     }
 
+    /// The same row with values in `unit`.
+    pub(crate) fn in_unit(self, unit: &'static str) -> VsRow {
+        VsRow { unit, ..self }
+    }
+
     pub fn failed(&self) -> bool {
         self.hv.is_err() || self.libvirt.is_err()
     }
 }
 
-/// The Markdown table: both medians (ms) and the ratio of the medians.
+/// The Markdown table: both medians and the ratio of the medians ("-" when libvirt's is 0).
 pub fn table(rows: &[VsRow]) -> String {
     let mut out = String::from(
         "| figure | n | hv median | libvirt median | hv / libvirt |\n|---|---|---|---|---|\n",
@@ -70,14 +79,19 @@ pub fn table(rows: &[VsRow]) -> String {
         let med = |s: &Result<Vec<f64>>| s.as_ref().ok().and_then(|v| Summary::of(v));
         match (med(&r.hv), med(&r.libvirt), &r.hv) {
             (Some(h), Some(l), _) => {
+                let ratio = if l.median > 0.0 {
+                    format!("{:.2}", h.median / l.median)
+                } else {
+                    "-".into()
+                };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.1} ms | {:.1} ms | {:.2} |",
+                    "| {} | {} | {:.1} {u} | {:.1} {u} | {ratio} |",
                     r.label,
                     h.n.min(l.n),
                     h.median,
                     l.median,
-                    h.median / l.median
+                    u = r.unit,
                 );
             }
             (_, _, Err(e)) => {
@@ -91,23 +105,59 @@ pub fn table(rows: &[VsRow]) -> String {
     out
 }
 
-/// Every figure with a libvirt equivalent, `runs` pairs each (snapshots: at most 5).
-pub fn measure(bins: &Bins, runs: usize, storm: bool) -> Result<Vec<VsRow>> {
+/// Which side-by-side figures to measure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parts {
+    /// Define, start → ready, info, list, destroy.
+    pub lifecycle: bool,
+    /// Snapshot create / revert / delete at 256 MiB and 1 GiB.
+    pub snapshots: bool,
+    /// Directory pools and qcow2 volumes (`libvirt_pool.rs`).
+    pub pools: bool,
+    /// The boot storm and the daemons with 20 idle VMs (`libvirt_scale.rs`).
+    pub storm: bool,
+}
+
+/// The chosen figures with a libvirt equivalent, `runs` pairs each (snapshots: at most 5).
+pub fn measure(bins: &Bins, runs: usize, parts: Parts) -> Result<Vec<VsRow>> {
     let mut lv = Libvirt::start()?;
-    if storm {
-        let rows = crate::libvirt_scale::storm(bins, &mut lv, runs);
-        lv.cleanup();
-        return Ok(rows);
-    }
-    let hvd = TestHvd::start(&bins.hvd)?;
-    let scratch = TempDir::new()?;
-    let g = guest::tiny_guest()?;
     let mut rows = Vec::new();
+    if parts.lifecycle || parts.snapshots {
+        let hvd = TestHvd::start(&bins.hvd)?;
+        let scratch = TempDir::new()?;
+        let g = guest::tiny_guest()?;
+        if parts.lifecycle {
+            lifecycle_rows(bins, &hvd, &mut lv, &g, scratch.path(), runs, &mut rows);
+        }
+        if parts.snapshots {
+            snapshot_rows(bins, &hvd, &mut lv, &g, scratch.path(), runs, &mut rows);
+        }
+    }
+    if parts.pools {
+        eprintln!("  pools and volumes: {runs} runs");
+        rows.extend(crate::libvirt_pool::measure(bins, &mut lv, runs));
+    }
+    if parts.storm {
+        rows.extend(crate::libvirt_scale::storm(bins, &mut lv, runs));
+    }
+    lv.cleanup();
+    Ok(rows)
+}
+
+fn lifecycle_rows(
+    bins: &Bins,
+    hvd: &TestHvd,
+    lv: &mut Libvirt,
+    g: &TinyGuest,
+    dir: &Path,
+    runs: usize,
+    rows: &mut Vec<VsRow>,
+) {
     rows.push(VsRow::new(
         "define (`hv create` / `virsh define`)",
-        define(bins, &hvd, &mut lv, &g, scratch.path(), runs),
+        define(bins, hvd, lv, g, dir, runs),
     ));
-    match lifecycle(bins, &hvd, &mut lv, &g, scratch.path(), runs) {
+    match lifecycle(bins, hvd, lv, g, dir, runs) {
         Ok(l) => {
             for (label, hv, lvs) in l {
                 rows.push(VsRow::new(label, Ok((hv, lvs))));
@@ -118,9 +168,20 @@ pub fn measure(bins: &Bins, runs: usize, storm: bool) -> Result<Vec<VsRow>> {
             Err(e),
         )),
     }
+}
+
+fn snapshot_rows(
+    bins: &Bins,
+    hvd: &TestHvd,
+    lv: &mut Libvirt,
+    g: &TinyGuest,
+    dir: &Path,
+    runs: usize,
+    rows: &mut Vec<VsRow>,
+) {
     for mem in [256, 1024] {
         let g_label = if mem >= 1024 { "1 GiB" } else { "256 MiB" };
-        match snapshots(bins, &hvd, &mut lv, &g, scratch.path(), runs.min(5), mem) {
+        match snapshots(bins, hvd, lv, g, dir, runs.min(5), mem) {
             Ok([c, r, d]) => {
                 for (op, v) in [("create", c), ("revert", r), ("delete", d)] {
                     rows.push(VsRow::new(
@@ -132,8 +193,6 @@ pub fn measure(bins: &Bins, runs: usize, storm: bool) -> Result<Vec<VsRow>> {
             Err(e) => rows.push(VsRow::new(&format!("snapshots, {g_label} guest"), Err(e))),
         }
     }
-    lv.cleanup();
-    Ok(rows)
 }
 
 fn define(
@@ -192,7 +251,7 @@ fn define(
     Ok((hv, lvs))
 }
 
-type Figures = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
+pub(crate) type Figures = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
 
 /// Start → guest ready, `info`, `list` and destroy of a running 128 MiB guest.
 fn lifecycle(
@@ -397,6 +456,8 @@ fn snapshots(
 pub(crate) struct Libvirt {
     daemons: Vec<(&'static str, Reaped)>,
     names: Vec<String>,
+    /// Pools defined in this run and not yet undefined.
+    pub(crate) pools: Vec<String>,
 }
 
 impl Libvirt {
@@ -404,6 +465,7 @@ impl Libvirt {
         let mut lv = Libvirt {
             daemons: Vec::new(),
             names: Vec::new(),
+            pools: Vec::new(),
         };
         if virsh(&["version"]).is_ok() {
             eprintln!("libvirt: using the running libvirtd");
@@ -450,9 +512,15 @@ impl Libvirt {
         Ok(())
     }
 
-    /// Destroys and undefines every domain of this run, by name, then stops the daemons this
-    /// started, by PID.
+    /// Destroys and undefines every domain and pool of this run, by name, then stops the
+    /// daemons this started, by PID.
     pub(crate) fn cleanup(&mut self) {
+        for pool in std::mem::take(&mut self.pools) {
+            let _ = virsh(&["pool-destroy", &pool]);
+            if let Err(e) = virsh(&["pool-undefine", &pool]) {
+                eprintln!("libvirt: undefining pool {pool}: {e:#}");
+            }
+        }
         for name in std::mem::take(&mut self.names) {
             let _ = virsh(&["destroy", &name]);
             if let Err(e) = virsh(&["undefine", "--snapshots-metadata", &name]) {
@@ -492,7 +560,7 @@ pub(crate) fn virsh(args: &[&str]) -> Result<String> {
 }
 
 /// Runs `virsh ARGS` to completion (output to /dev/null) and returns its wall time.
-fn virsh_timed(args: &[&std::ffi::OsStr]) -> Result<Duration> {
+pub(crate) fn virsh_timed(args: &[&std::ffi::OsStr]) -> Result<Duration> {
     let mut cmd = Command::new("virsh");
     cmd.args(["-q", "-c", URI])
         .args(args)
@@ -560,6 +628,19 @@ pub(crate) fn domain_xml(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_shows_each_rows_unit_and_no_ratio_to_zero() {
+        let rows = [
+            VsRow::new("a", Ok((vec![1.0], vec![4.0]))),
+            VsRow::new("b", Ok((vec![15.6], vec![36.8]))).in_unit("KiB"),
+            VsRow::new("c", Ok((vec![0.0], vec![0.0]))).in_unit("%"),
+        ];
+        let t = table(&rows);
+        assert!(t.contains("| a | 1 | 1.0 ms | 4.0 ms | 0.25 |"), "{t}");
+        assert!(t.contains("| b | 1 | 15.6 KiB | 36.8 KiB | 0.42 |"), "{t}");
+        assert!(t.contains("| c | 1 | 0.0 % | 0.0 % | - |"), "{t}");
+    }
 
     #[test]
     fn the_domain_has_the_guest_and_escapes_paths() {

@@ -18,8 +18,8 @@ use crate::stats::ms;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A figure's label, hv's values and libvirt's.
-type Figure = (&'static str, Vec<f64>, Vec<f64>);
+/// A figure's label, hv's values and libvirt's, and their unit.
+type Figure = (&'static str, Vec<f64>, Vec<f64>, &'static str);
 
 /// Storm rounds (at most 3; the side that goes first alternates), then the idle figures.
 pub fn storm(bins: &Bins, lv: &mut Libvirt, runs: usize) -> Vec<VsRow> {
@@ -73,23 +73,30 @@ pub fn storm(bins: &Bins, lv: &mut Libvirt, runs: usize) -> Vec<VsRow> {
         }
         lv_stop_all(&names)?;
         Ok(vec![
-            ("boot storm: 20 tiny VMs started at once → all ready", hv, lvs),
             (
-                "daemon memory per running VM (RSS growth 20 defined → 20 running, ÷ 20; KiB): hvd / libvirtd + virtlogd",
-                vec![hv_kib],
-                vec![lv_kib],
+                "boot storm: 20 tiny VMs started at once → all ready",
+                hv,
+                lvs,
+                "ms",
             ),
             (
-                "daemon CPU with 20 idle running VMs (% of a core over 10 s): hvd / libvirtd + virtlogd",
+                "daemon memory per running VM (RSS growth 20 defined → 20 running, ÷ 20): hvd / libvirtd + virtlogd",
+                vec![hv_kib],
+                vec![lv_kib],
+                "KiB",
+            ),
+            (
+                "daemon CPU with 20 idle running VMs (of one core, over 10 s): hvd / libvirtd + virtlogd",
                 vec![hv_cpu],
                 vec![lv_cpu],
+                "%",
             ),
         ])
     })();
     match r {
         Ok(rows) => rows
             .into_iter()
-            .map(|(label, hv, lv)| VsRow::new(label, Ok((hv, lv))))
+            .map(|(label, hv, lv, unit)| VsRow::new(label, Ok((hv, lv))).in_unit(unit))
             .collect(),
         Err(e) => vec![VsRow::new("boot storm and idle VMs", Err(e))],
     }

@@ -16,6 +16,7 @@ mod extra;
 mod growth;
 mod kvm;
 mod libvirt;
+mod libvirt_pool;
 mod libvirt_scale;
 mod machine;
 mod migrate;
@@ -58,9 +59,10 @@ struct Args {
     /// Measure only these groups of figures (repeatable; default: all).
     #[arg(long, value_enum, value_name = "GROUP")]
     only: Vec<Group>,
-    /// Also measure every figure with a libvirt equivalent through `virsh`, interleaved with
-    /// hv's, and print both medians and the ratio (needs `cargo xtask bench-deps`). Without
-    /// --only, this runs only the side-by-side figures.
+    /// Measure the figures with a libvirt equivalent through `virsh` instead, interleaved with
+    /// hv's, and print both medians and the ratio (needs `cargo xtask bench-deps`). --only then
+    /// picks which: boot/cli/scale (lifecycle), snapshot, storage (pools and volumes), storm;
+    /// without it, all but the storm.
     #[arg(long, value_enum, value_name = "OTHER")]
     vs: Option<Vs>,
 }
@@ -145,13 +147,8 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<bool> {
     let bins = Bins::find(args.bin_dir.as_deref())?;
     let plan = Plan::new(&args);
-    let wanted = |g: Group| {
-        if args.only.is_empty() {
-            args.vs.is_none()
-        } else {
-            args.only.contains(&g)
-        }
-    };
+    // With `--vs`, `--only` picks side-by-side figures and hv's own groups do not run.
+    let wanted = |g: Group| args.vs.is_none() && (args.only.is_empty() || args.only.contains(&g));
     // Build (or find) the test guest before any clock starts.
     testkit::guest::tiny_guest().context("building the tiny test guest")?;
     let machine = machine::describe(TestHvd::start(&bins.hvd)?.client());
@@ -212,7 +209,7 @@ fn run(args: Args) -> Result<bool> {
         extra.extend(watch::measure(&bins.hvd, plan.runs));
     }
     // With `--vs libvirt`, the storm is measured against libvirt's instead (libvirt_scale.rs).
-    if wanted(Group::Storm) && args.vs.is_none() {
+    if wanted(Group::Storm) {
         eprintln!("storm: 20 VMs at once, {} rounds", plan.runs.min(3));
         extra.extend(growth::storm(&bins, plan.runs.min(3)));
     }
@@ -241,7 +238,7 @@ fn run(args: Args) -> Result<bool> {
             "vs libvirt: the same figures through virsh, {} runs",
             plan.runs
         );
-        versus = libvirt::measure(&bins, plan.runs, args.only.contains(&Group::Storm))?;
+        versus = libvirt::measure(&bins, plan.runs, vs_parts(&args.only))?;
     }
 
     println!("Machine: {machine}\n");
@@ -278,6 +275,19 @@ fn run(args: Args) -> Result<bool> {
     let extra_ok = extra.iter().all(|r| r.error.is_none());
     let versus_ok = versus.iter().all(|r| !r.failed());
     Ok(out.rows.iter().all(|r| !r.failed()) && extra_ok && versus_ok && migration_ok)
+}
+
+/// The side-by-side figures `--only` asks for: all but the storm without it; `boot`, `cli` and
+/// `scale` pick the lifecycle figures, `snapshot` the snapshots, `storage` pools and volumes,
+/// `storm` the boot storm and idle daemons.
+fn vs_parts(only: &[Group]) -> libvirt::Parts {
+    let has = |g: &[Group]| only.is_empty() || g.iter().any(|g| only.contains(g));
+    libvirt::Parts {
+        lifecycle: has(&[Group::Boot, Group::Cli, Group::Scale]),
+        snapshots: has(&[Group::Snapshot]),
+        pools: has(&[Group::Storage]),
+        storm: only.contains(&Group::Storm),
+    }
 }
 
 /// The table rows and the notes printed under the table.

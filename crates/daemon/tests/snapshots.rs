@@ -383,6 +383,10 @@ fn sigkill_of_hvd_during_a_snapshot_leaves_a_consistent_state() {
     if listed.is_empty() {
         // The interrupted snapshot left no metadata: taking it again works.
         c.snapshot_create("k", &snap("s1")).unwrap();
+    } else {
+        // The row and the VM's current snapshot are committed together.
+        let current = c.snapshot_current("k").unwrap().map(|s| s.name);
+        assert_eq!(current.as_deref(), Some("s1"));
     }
     write_disk(&h, "k", "disk-L", "w2");
     c.snapshot_revert("k", "s1").unwrap();

@@ -339,8 +339,16 @@ impl Engine {
             spec,
             disks: Vec::new(),
         };
-        self.inner.store.insert_snapshot(vm.id, &row)?;
-        self.set_current(&vm, Some(snap.clone()))?;
+        // The row and the new current snapshot go to the database in one commit.
+        let rec = {
+            let mut st = vm.lock();
+            st.rec.current_snapshot = Some(snap.clone());
+            st.rec.clone()
+        };
+        if let Err(e) = self.inner.store.insert_snapshot(vm.id, &row, &rec) {
+            vm.lock().rec.current_snapshot = row.parent.clone();
+            return Err(e);
+        }
         tracing::info!(
             vm = name,
             snapshot = snap,

@@ -15,6 +15,9 @@ use crate::store::{ImageOrigin, PoolRow};
 use crate::Engine;
 use crate::{Replaced, Upload};
 
+/// `qemu-img info` processes one `vol list` runs at once.
+const VOL_LIST_PARALLEL: usize = 8;
+
 fn host(what: impl std::fmt::Display) -> impl FnOnce(host_storage::StorageError) -> EngineError {
     move |e| EngineError::Host(format!("{what}: {e}"))
 }
@@ -322,30 +325,46 @@ impl Engine {
         })
     }
 
+    /// Every volume of a pool, in file-name order. Each needs a `qemu-img info`, which is mostly
+    /// process start-up, so up to [`VOL_LIST_PARALLEL`] run at once.
     pub async fn vol_list(&self, pool: &str) -> Result<Vec<VolInfo>> {
         let p = self.pool_row(pool)?;
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(VOL_LIST_PARALLEL));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, f) in volume_files(&p.path).into_iter().enumerate() {
+            let (e, pool, limit) = (self.clone(), pool.to_string(), limit.clone());
+            set.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (i, e.vol_list_entry(&pool, f).await)
+            });
+        }
         let mut out = Vec::new();
-        for f in volume_files(&p.path) {
-            match self.vol_info_at(pool, &f).await {
-                Ok(v) => out.push(v),
-                // A file put in the pool by hand that hv will not guess: listed, not hidden.
-                Err(e) => {
-                    tracing::warn!(pool, file = %f.display(), error = %e, "volume of unknown format");
-                    out.push(VolInfo {
-                        pool: pool.to_string(),
-                        name: file_name(&f),
-                        path: f.clone(),
-                        format: "unknown".into(),
-                        virtual_size_bytes: 0,
-                        allocation_bytes: host_storage::allocated_bytes(&f),
-                        backing: None,
-                        backing_format: None,
-                        used_by: self.users_of(&f),
-                    })
+        while let Some(r) = set.join_next().await {
+            out.push(r.map_err(|e| EngineError::Internal(format!("listing pool {pool}: {e}")))?);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, v)| v).collect())
+    }
+
+    async fn vol_list_entry(&self, pool: &str, f: PathBuf) -> VolInfo {
+        match self.vol_info_at(pool, &f).await {
+            Ok(v) => v,
+            // A file put in the pool by hand that hv will not guess: listed, not hidden.
+            Err(e) => {
+                tracing::warn!(pool, file = %f.display(), error = %e, "volume of unknown format");
+                VolInfo {
+                    pool: pool.to_string(),
+                    name: file_name(&f),
+                    allocation_bytes: host_storage::allocated_bytes(&f),
+                    used_by: self.users_of(&f),
+                    path: f,
+                    format: "unknown".into(),
+                    virtual_size_bytes: 0,
+                    backing: None,
+                    backing_format: None,
                 }
             }
         }
-        Ok(out)
     }
 
     fn existing_vol(&self, pool: &str, name: &str) -> Result<PathBuf> {

@@ -429,12 +429,21 @@ impl Store {
         Ok(out)
     }
 
-    pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow) -> Result<()> {
+    /// Records a snapshot and the VM's runtime record (which names it current) in one
+    /// transaction: one commit, so one fsync, and after a crash either both are there or neither.
+    pub fn insert_snapshot(&self, vm_id: i64, s: &SnapshotRow, rt: &RuntimeRecord) -> Result<()> {
         off_worker(|| {
-            self.conn().execute(
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
             "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
         )?;
+            tx.execute(
+                "UPDATE vms SET runtime = ?1 WHERE id = ?2",
+                params![to_json(rt), vm_id],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }
