@@ -448,6 +448,22 @@ impl Store {
         })
     }
 
+    /// Records several snapshots of one VM in one transaction (a migrated VM's metadata).
+    pub fn insert_snapshots(&self, vm_id: i64, rows: &[SnapshotRow]) -> Result<()> {
+        off_worker(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            for s in rows {
+                tx.execute(
+                    "INSERT INTO snapshots (vm_id, name, parent, created_at, vm_state, kind, memory, description, spec, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![vm_id, s.name, s.parent, s.created_at as i64, s.vm_state.as_str(), s.kind, s.memory as i64, s.description, to_json(&s.spec), to_json(&s.disks)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Deletes a snapshot and hands its children to its parent, in one transaction.
     pub fn delete_snapshot(&self, vm_id: i64, name: &str, parent: Option<&str>) -> Result<()> {
         off_worker(|| {

@@ -293,24 +293,27 @@ impl Engine {
     }
 
     pub(super) fn store_snapshots(&self, vm: &Vm, req: &IncomingRequest) -> Result<()> {
+        let mut rows = Vec::with_capacity(req.snapshots.len());
         for s in &req.snapshots {
-            let disks = serde_json::from_value(s.disks.clone()).unwrap_or_default();
-            self.inner.store.insert_snapshot(
-                vm.id,
-                &crate::store::SnapshotRow {
-                    name: s.name.clone(),
-                    parent: s.parent.clone(),
-                    created_at: s.created_at,
-                    vm_state: s.vm_state,
-                    kind: s.kind.clone(),
-                    memory: s.memory,
-                    description: s.description.clone(),
-                    spec: s.spec.clone(),
-                    disks,
-                },
-            )?;
+            let disks = serde_json::from_value(s.disks.clone()).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "the source sent snapshot {:?} with disk records this hvd cannot read ({e}); are both hosts running the same hv version?",
+                    s.name
+                ))
+            })?;
+            rows.push(crate::store::SnapshotRow {
+                name: s.name.clone(),
+                parent: s.parent.clone(),
+                created_at: s.created_at,
+                vm_state: s.vm_state,
+                kind: s.kind.clone(),
+                memory: s.memory,
+                description: s.description.clone(),
+                spec: s.spec.clone(),
+                disks,
+            });
         }
-        Ok(())
+        self.inner.store.insert_snapshots(vm.id, &rows)
     }
 
     /// Aborts the session `id` unless it has moved on from `from` within [`IDLE_LIMIT`].
