@@ -565,14 +565,9 @@ impl Engine {
             let spec = vm.lock().spec.clone();
             self.migration_unexport(&vm, &spec).await;
         }
-        if !paused {
-            if let Err(e) = qmp.cont().await {
-                let e = EngineError::Qemu(format!("cannot continue the received VM: {e}"));
-                self.incoming_fail(id, &e.to_string()).await;
-                return Err(e);
-            }
-        }
-        // Commit: the marker goes (durably) and the definition is this host's own.
+        // Commit first: the marker goes (durably) and the definition is this host's own. Only
+        // then does the guest run here, so a guest that ran on this host is never thrown away
+        // while the source continues its older state on a disk this one already wrote.
         let dir = self.inner.cfg.vm_dir(&vm_name);
         if let Err(e) = std::fs::remove_file(dir.join(MARKER)) {
             let e = EngineError::Host(format!("cannot commit the incoming VM: {e}"));
@@ -586,6 +581,15 @@ impl Engine {
         self.set_session(id, IncomingState::Committed, None);
         vm.release();
         self.adopt_net_entries(&res, &fwd).await;
+        if !paused {
+            if let Err(e) = qmp.cont().await {
+                // This host owns the VM now (the source learns it from the session's state):
+                // it stays paused here rather than run in two places.
+                return Err(EngineError::Qemu(format!(
+                    "this host owns VM {vm_name:?} now, but cannot continue it ({e}); it is paused: hv resume {vm_name}"
+                )));
+            }
+        }
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");
