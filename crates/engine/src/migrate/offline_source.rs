@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::{
-    IncomingDisk, IncomingRequest, IncomingSnapshot, IncomingState, MigrateRequest, MigrationMode,
-    MigrationPhase, MigrationProgress, SourceFacts,
+    IncomingDisk, IncomingRequest, IncomingState, MigrateRequest, MigrationMode, MigrationPhase,
+    MigrationProgress, SourceFacts,
 };
-use serde_json::Value;
 
 use super::offline::{self, DiskPlan};
 use super::{placement, Peer};
@@ -68,23 +67,7 @@ impl Engine {
                 }
             })
             .collect();
-        let snapshots = self
-            .inner
-            .store
-            .load_snapshots(vm.id)?
-            .into_iter()
-            .map(|s| IncomingSnapshot {
-                name: s.name,
-                parent: s.parent,
-                created_at: s.created_at,
-                vm_state: s.vm_state,
-                kind: s.kind,
-                memory: s.memory,
-                description: s.description,
-                spec: s.spec,
-                disks: serde_json::to_value(&s.disks).unwrap_or(Value::Null),
-            })
-            .collect();
+        let snapshots = self.outgoing_snapshots(vm.id)?;
         let (reservations, forwards) =
             super::netstate::entries_of(name, &spec, &self.network_specs().await);
         let caps = self.caps().await?;

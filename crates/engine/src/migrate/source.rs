@@ -135,23 +135,7 @@ impl Engine {
                 layers: vec![],
             });
         }
-        let snapshots = self
-            .inner
-            .store
-            .load_snapshots(vm.id)?
-            .into_iter()
-            .map(|s| IncomingSnapshot {
-                name: s.name,
-                parent: s.parent,
-                created_at: s.created_at,
-                vm_state: s.vm_state,
-                kind: s.kind,
-                memory: s.memory,
-                description: s.description,
-                spec: s.spec,
-                disks: serde_json::to_value(&s.disks).unwrap_or(Value::Null),
-            })
-            .collect();
+        let snapshots = self.outgoing_snapshots(vm.id)?;
         let (reservations, forwards) =
             super::netstate::entries_of(name, &spec, &self.network_specs().await);
         let mut ireq = IncomingRequest {
@@ -253,6 +237,28 @@ impl Engine {
         report_migration(&progress);
         tracing::info!(vm = name, downtime_ms = ?progress.downtime_ms, total_ms = ?progress.total_ms, "migrated");
         Ok(progress)
+    }
+
+    /// The VM's snapshot rows as the target receives them.
+    pub(super) fn outgoing_snapshots(&self, vm_id: i64) -> Result<Vec<IncomingSnapshot>> {
+        let mut out = Vec::new();
+        for s in self.inner.store.load_snapshots(vm_id)? {
+            let disks = serde_json::to_value(&s.disks).map_err(|e| {
+                EngineError::Internal(format!("snapshot {:?}'s disk records: {e}", s.name))
+            })?;
+            out.push(IncomingSnapshot {
+                name: s.name,
+                parent: s.parent,
+                created_at: s.created_at,
+                vm_state: s.vm_state,
+                kind: s.kind,
+                memory: s.memory,
+                description: s.description,
+                spec: s.spec,
+                disks,
+            });
+        }
+        Ok(out)
     }
 
     /// Disks (none with shared storage) then RAM: returns once QEMU reports `completed`.
