@@ -151,7 +151,10 @@ fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
     };
     let disk = raw::shared_disk(&disk_dir)?;
     let mut rows = Vec::new();
-    for mem in MEMORY_MIB {
+    // `HV_BENCH_MIGRATE=live` or `=copy` measures one half only (while tuning one of them).
+    let part = std::env::var("HV_BENCH_MIGRATE").unwrap_or_default();
+    let sizes: &[u64] = if part == "copy" { &[] } else { &MEMORY_MIB };
+    for &mem in sizes {
         eprintln!("migrate: {mem} MiB guest, {runs} pairs of hv and raw QEMU");
         let (mut hv, mut raw) = (Side::new(), Side::new());
         let vol = match &pair {
@@ -246,6 +249,9 @@ fn measure_all(bins: &Bins, runs: usize) -> Result<Vec<MigRow>> {
                 target: "—",
             });
         }
+    }
+    if part == "live" {
+        return Ok(rows);
     }
     eprintln!("migrate: 1 GiB disk copy, {runs} pairs of --copy-storage and plain TCP");
     let src = scratch.path().join("data.raw");

@@ -128,7 +128,11 @@ impl TestHvd {
             .args(&self.extra_args)
             .arg("--qemu-uid-base")
             .arg(self.qemu_uid_base.to_string())
-            .env("HV_LOG", "info")
+            // `HV_TEST_HVD_LOG` (say `info,engine::migrate=debug`) raises it for a profile.
+            .env(
+                "HV_LOG",
+                std::env::var("HV_TEST_HVD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

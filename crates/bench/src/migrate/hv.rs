@@ -109,6 +109,8 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
             p.target.hvd_pid().and_then(cpu_ms),
         )
     };
+    let logs = || (p.source.hvd_log().len(), p.target.hvd_log().len());
+    let log0 = logs();
     let cpu0 = cpu();
     let t0 = Instant::now();
     let (progress, elapsed, seen) = std::thread::scope(|s| {
@@ -120,6 +122,19 @@ pub fn run_operation(p: &HostPair, vm: &str, req: &MigrateRequest) -> Result<Don
         (r, elapsed, seen)
     });
     let total_ms = elapsed.as_secs_f64() * 1000.0;
+    if std::env::var_os("HV_TEST_HVD_LOG").is_some() {
+        // A profile: the steps both hvds logged at debug level during this migration.
+        for (side, log, from) in [
+            ("source", p.source.hvd_log(), log0.0),
+            ("target", p.target.hvd_log(), log0.1),
+        ] {
+            for l in log.get(from..).unwrap_or("").lines().map(strip_ansi) {
+                if l.contains(" step: ") || l.contains("tunnel closed") {
+                    eprintln!("    {side}: {l}");
+                }
+            }
+        }
+    }
     let (setup_ms, disks_ms, handover_ms) = breakdown(&seen, total_ms);
     let cpu1 = cpu();
     let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);

@@ -63,12 +63,17 @@ impl Mirror {
     }
 }
 
+/// How long the NBD tunnels may take to end once the mirrors stopped.
+const PUMPS_END: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The source's `--copy-storage` in progress: the NBD connections tunnelled to the target
 /// and the mirror. Dropped without [`CopyPhase::finish`] (a failure, a cancel), the mirror is
 /// aborted in the background: the source keeps running on its own disks.
 pub(crate) struct CopyPhase {
     mirror: Option<Mirror>,
     acceptor: tokio::task::JoinHandle<()>,
+    /// Dropped (or sent): the acceptor takes no more connections and waits for its pumps.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     socket: PathBuf,
 }
 
@@ -87,7 +92,17 @@ impl CopyPhase {
             Some(m) => m.finish().await,
             None => Ok(()),
         };
-        self.acceptor.abort();
+        // QEMU's NBD clients are gone now (`blockdev-del`): the tunnels end cleanly, so the
+        // target does not take them for a broken link while its RAM stream is still in flight
+        // (it would fail the session). Aborted only if they do not end in time.
+        self.stop.take();
+        if tokio::time::timeout(PUMPS_END, &mut self.acceptor)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the NBD tunnels did not end after the mirrors stopped; closing them");
+            self.acceptor.abort();
+        }
         r
     }
 }
@@ -118,9 +133,17 @@ impl Engine {
         let listener = self.migration_nbd_listen(vm)?;
         let socket = self.migration_nbd_out_socket(vm.id);
         let (peer2, id2, name) = (peer.clone(), id.to_string(), vm.name.clone());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let acceptor = tokio::spawn(async move {
             let mut pumps = tokio::task::JoinSet::new();
-            while let Ok((conn, _)) = listener.accept().await {
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept() => match c {
+                        Ok((conn, _)) => conn,
+                        Err(_) => break,
+                    },
+                    _ = &mut stopped => break,
+                };
                 let (peer, id, name) = (peer2.clone(), id2.clone(), name.clone());
                 pumps.spawn(async move {
                     match peer.tunnel(&id, api::migrate::channel::NBD).await {
@@ -136,10 +159,12 @@ impl Engine {
                     }
                 });
             }
+            while pumps.join_next().await.is_some() {}
         });
         let mut phase = CopyPhase {
             mirror: None,
             acceptor,
+            stop: Some(stop),
             socket,
         };
         let spec = vm.lock().spec.clone();

@@ -162,6 +162,7 @@ impl Engine {
                 req.vm.as_str()
             )));
         }
+        tracing::debug!(vm = %req.vm.as_str(), check_only = req.check_only, "incoming step: prepare asked");
         let facts = self.target_facts(&req).await?;
         let mut problems = checks::check(&req, &facts);
         problems.extend(super::netstate::conflicts(
@@ -217,6 +218,7 @@ impl Engine {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
+        tracing::debug!(vm = %name, "incoming step: marker written");
         let mut spec = placed;
         spec.autostart = false;
         if let Err(e) = self.define(spec, false).await {
@@ -254,7 +256,9 @@ impl Engine {
             }
             vm.lock().incoming = true;
             let spec = vm.lock().spec.clone();
+            tracing::debug!(vm = %name, "incoming step: defined, launching");
             let r = self.launch(&vm, spec, true, None).await;
+            tracing::debug!(vm = %name, "incoming step: launched");
             vm.lock().incoming = false;
             r?;
             let qmp = vm
@@ -392,6 +396,7 @@ impl Engine {
             .qmp
             .clone()
             .ok_or_else(|| EngineError::Qemu("the incoming QEMU is gone".into()))?;
+        tracing::debug!(vm = %vm_name, "incoming step: memory tunnel asked");
         let sock = self.private_dir(vm.id).join("mig-in.sock");
         let mut events = vm.subscribe_qmp_events();
         let r = async {
@@ -406,6 +411,7 @@ impl Engine {
             })
         }
         .await;
+        tracing::debug!(vm = %vm_name, "incoming step: migrate-incoming connected");
         let stream = match r {
             Ok(s) => s,
             Err(e) => {
@@ -420,6 +426,7 @@ impl Engine {
                 match events.recv().await {
                     Ok(ev) if ev.event == "MIGRATION" => match ev.data["status"].as_str() {
                         Some("completed") => {
+                            tracing::debug!(id = %id2, "incoming step: QEMU reports completed");
                             e.set_session(&id2, IncomingState::Completed, None);
                             e.watch_idle(&id2, IncomingState::Completed);
                             return;
@@ -524,6 +531,7 @@ impl Engine {
         if offline {
             return self.incoming_finish_offline(id).await;
         }
+        tracing::debug!(id, "incoming step: finish asked");
         let rx = self
             .sessions()
             .lock()
@@ -590,6 +598,7 @@ impl Engine {
                 )));
             }
         }
+        tracing::debug!(id, "incoming step: guest continued");
         if autostart {
             if let Err(e) = self.set_autostart(&vm_name, true) {
                 tracing::warn!(vm = %vm_name, error = %e, "cannot turn autostart on for the received VM");

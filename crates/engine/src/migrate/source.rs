@@ -60,6 +60,15 @@ fn progress_of(phase: MigrationPhase, q: &Value) -> MigrationProgress {
     p
 }
 
+/// A step of a migration and the time since its request (debug level, to find where time goes).
+fn step(vm: &str, started: Instant, what: &str) {
+    tracing::debug!(
+        vm,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "migrate step: {what}"
+    );
+}
+
 impl Engine {
     /// Migrates the running VM `name` to the hvd behind `peer`. Run as an operation with
     /// `Cancel::Cooperative`: a cancel stops QEMU's migration and leaves the VM running here.
@@ -160,12 +169,14 @@ impl Engine {
             postcopy: req.postcopy,
         };
         peer.incoming(&ireq).await?;
+        step(name, started, "target checked");
         progress.phase = MigrationPhase::Preparing;
         report_migration(&progress);
         ireq.check_only = false;
         let ready = peer.incoming(&ireq).await?;
         drop(probes);
         tracing::info!(vm = name, id = ready.id, "target prepared the incoming VM");
+        step(name, started, "target prepared");
         let outcome = self
             .migrate_memory(&vm, &req, &peer, &ready.id, &mut progress, started)
             .await;
@@ -180,6 +191,7 @@ impl Engine {
         let completed_at = Instant::now();
         progress.phase = MigrationPhase::Handover;
         report_migration(&progress);
+        step(name, started, "asking the target to finish");
         let committed = match peer.finish(&ready.id).await {
             Ok(_) => true,
             Err(e) => {
@@ -211,6 +223,7 @@ impl Engine {
             }
         };
         debug_assert!(committed);
+        step(name, started, "target finished");
         // The guest's pause as hv sees it: QEMU's switchover plus the handover (the target
         // continues the guest before it answers finish).
         let handover = completed_at.elapsed().as_millis() as u64;
@@ -220,6 +233,7 @@ impl Engine {
         if let Err(e) = self.destroy_vm(&vm).await {
             tracing::error!(vm = name, error = %e, "cannot stop the source QEMU after the handover");
         }
+        step(name, started, "source QEMU stopped");
         if req.keep_source {
             let mut spec = vm.lock().spec.clone();
             spec.autostart = false;
@@ -320,7 +334,9 @@ impl Engine {
         std::os::unix::fs::chown(&sock, Some(ids.uid), Some(ids.gid)).map_err(|e| {
             EngineError::Host(format!("cannot hand {} to QEMU: {e}", sock.display()))
         })?;
+        step(&vm.name, started, "migration parameters set");
         let tunnel = peer.tunnel(id, api::migrate::channel::MEMORY).await?;
+        step(&vm.name, started, "memory tunnel open");
         let mut events = vm.subscribe_qmp_events();
         progress.phase = MigrationPhase::Memory;
         report_migration(progress);
@@ -338,6 +354,7 @@ impl Engine {
                 ))
             }
         };
+        step(&vm.name, started, "QEMU connected");
         let mut pump = tokio::spawn(super::tunnel::pump(conn, tunnel));
         let mut cancel = cancel_signal();
         let mut tick = tokio::time::interval(SAMPLE);
@@ -355,7 +372,10 @@ impl Engine {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(ev) if ev.event == "MIGRATION" => match ev.data["status"].as_str() {
-                        Some("completed") => break,
+                        Some("completed") => {
+                            step(&vm.name, started, "QEMU reports completed");
+                            break;
+                        }
                         Some("failed") => {
                             let q = qmp.execute("query-migrate", None).await.unwrap_or_default();
                             return Err(EngineError::Qemu(format!(
@@ -367,6 +387,7 @@ impl Engine {
                             return Err(EngineError::Cancelled("the migration was cancelled".into()))
                         }
                         Some("device") | Some("pre-switchover") => {
+                            step(&vm.name, started, "QEMU in switchover");
                             progress.phase = MigrationPhase::Switchover;
                             report_migration(progress);
                         }
@@ -395,6 +416,7 @@ impl Engine {
                 }
                 r = &mut pump, if !pump_done => {
                     pump_done = true;
+                    step(&vm.name, started, "memory tunnel ended");
                     if let Ok(Err(e)) = r {
                         tracing::warn!(vm = %vm.name, error = %e, "the migration tunnel broke");
                     }
@@ -427,6 +449,7 @@ impl Engine {
         // Let the tunnel deliver QEMU's last bytes before the target is asked to finish.
         if !pump_done {
             let _ = tokio::time::timeout(Duration::from_secs(30), pump).await;
+            step(&vm.name, started, "memory tunnel ended");
         }
         Ok(())
     }
