@@ -576,17 +576,7 @@ impl Engine {
         // Commit first: the marker goes (durably) and the definition is this host's own. Only
         // then does the guest run here, so a guest that ran on this host is never thrown away
         // while the source continues its older state on a disk this one already wrote.
-        let dir = self.inner.cfg.vm_dir(&vm_name);
-        if let Err(e) = std::fs::remove_file(dir.join(MARKER)) {
-            let e = EngineError::Host(format!("cannot commit the incoming VM: {e}"));
-            self.incoming_fail(id, &e.to_string()).await;
-            return Err(e);
-        }
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        self.incoming_keep_disks(&dir);
-        self.set_session(id, IncomingState::Committed, None);
+        self.incoming_commit(id, &vm_name).await?;
         vm.release();
         self.adopt_net_entries(&res, &fwd).await;
         if !paused {
@@ -606,6 +596,23 @@ impl Engine {
         }
         tracing::info!(vm = %vm_name, id, "incoming migration finished: this host owns the VM");
         self.info(&vm_name)
+    }
+
+    /// The commit point of a handover, live or offline: the marker goes (durably), the
+    /// session's disks stay, and the session says `committed`. A failure fails the session.
+    pub(super) async fn incoming_commit(&self, id: &str, vm_name: &str) -> Result<()> {
+        let dir = self.inner.cfg.vm_dir(vm_name);
+        if let Err(e) = std::fs::remove_file(dir.join(MARKER)) {
+            let e = EngineError::Host(format!("cannot commit the incoming VM: {e}"));
+            self.incoming_fail(id, &e.to_string()).await;
+            return Err(e);
+        }
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        self.incoming_keep_disks(&dir);
+        self.set_session(id, IncomingState::Committed, None);
+        Ok(())
     }
 
     /// `DELETE /v1/migrations/incoming/{id}`: nothing of the migration is left.

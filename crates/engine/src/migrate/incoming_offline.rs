@@ -297,17 +297,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        let dir = self.inner.cfg.vm_dir(&vm_name);
-        if let Err(e) = std::fs::remove_file(dir.join(MARKER)) {
-            let e = EngineError::Host(format!("cannot commit the incoming VM: {e}"));
-            self.incoming_fail(id, &e.to_string()).await;
-            return Err(e);
-        }
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        self.incoming_keep_disks(&dir);
-        self.set_session(id, IncomingState::Committed, None);
+        self.incoming_commit(id, &vm_name).await?;
         {
             let g = o.lock().await;
             self.adopt_net_entries(&g.req.reservations, &g.req.forwards)
